@@ -1,0 +1,158 @@
+"""Checkpoint file: a flat dict, written atomically, loaded without running code.
+
+Keys (FORMAT_VERSION 1):
+    format_version   int, bumped on any incompatible change
+    model            str, the model class name ("Net")
+    model_state      model.state_dict()
+    optimizer_state  optimizer.state_dict() (SGD, holds the momentum buffers)
+    epoch            int, epochs fully trained *and* evaluated
+    step             int, batches of epoch `epoch + 1` already trained
+                     (equal to the batches per epoch when the training of that
+                     epoch finished but its evaluation was interrupted)
+    batches_per_epoch int, for checking `step` on resume
+    seed             int
+    args             dict, the command-line arguments of the run that saved it
+    metrics          list of dicts, one per evaluated epoch (see README)
+"""
+
+import glob
+import os
+import pickle
+import secrets
+import zipfile
+
+import torch
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "format_version",
+    "model",
+    "model_state",
+    "optimizer_state",
+    "epoch",
+    "step",
+    "batches_per_epoch",
+    "seed",
+    "args",
+    "metrics",
+)
+
+
+class CheckpointError(Exception):
+    """The checkpoint cannot be read, written or used (one-line message)."""
+
+
+def _temp_prefix(path):
+    return "." + os.path.basename(path) + "."
+
+
+def atomic_write(path, write):
+    """Call write(file) on a temp file beside PATH, fsync it, then rename it over PATH.
+
+    A crash at any instant leaves either the old file or the new one, never a
+    mix. On failure (disk full, read-only volume) the temp file is removed,
+    the old file is untouched, and OSError propagates.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        # O_EXCL with mode 0o666: the umask applies, as for any new file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        # fsync the directory too, so the rename itself survives a power cut.
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(state, path):
+    """Write the checkpoint dict STATE to PATH atomically (see atomic_write)."""
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}; "
+            f"the previous checkpoint (if any) is unchanged"
+        ) from None
+
+
+def check_writable(path):
+    """Fail fast, before any training, if the checkpoint cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}.probe.tmp")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoints to {directory}: {e.strerror or e} "
+            f"(uid {os.getuid()}); mount a writable volume or pass --checkpoint"
+        ) from None
+    if os.path.isdir(path):
+        raise CheckpointError(f"--checkpoint {path} is a directory")
+
+
+def remove_stale_temps(path):
+    """Remove temp files left by a save that was killed (SIGKILL mid-write)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    stale = glob.glob(os.path.join(directory, glob.escape(_temp_prefix(path)) + "*.tmp"))
+    for name in stale:
+        os.unlink(name)
+    return stale
+
+
+def load(path, model_state):
+    """Load and validate the checkpoint at PATH against the expected MODEL_STATE.
+
+    weights_only=True: a checkpoint is data, and must not be able to run code.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path} refused: it contains objects other than tensors and plain data "
+                f"(a pickle that could run code)"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a mnist-hogwild checkpoint (no format_version)")
+    version = state["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version}, newer than this program reads "
+            f"({FORMAT_VERSION}); use a newer mnist-hogwild"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    saved = state["model_state"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} has no model state dict")
+    if set(saved) != set(model_state) or any(
+        not isinstance(saved[k], torch.Tensor) or saved[k].shape != model_state[k].shape
+        for k in model_state
+    ):
+        raise CheckpointError(
+            f"{path} is from a different model ({state.get('model')!r}): its weights do "
+            f"not match this Net's layers"
+        )
+    return state

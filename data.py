@@ -1,0 +1,262 @@
+"""MNIST-format data: find, download, verify and memory-map the IDX files.
+
+torchvision is deliberately not used: its wheels are built against CUDA torch
+and do not import next to the CPU-only torch this project pins. Reading IDX
+is a few lines, and memory-mapping the unpacked files lets every Hogwild
+worker share one copy of the data through the page cache (nothing goes
+through /dev/shm, whose Docker default is only 64 MB).
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import urllib.error
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+ROWS = COLS = 28
+NUM_CLASSES = 10
+DOWNLOAD_TIMEOUT = 60  # seconds without data before a download gives up
+
+# Layout and checksums follow torchvision, so an existing torchvision download
+# (DIR/MNIST/raw, DIR/FashionMNIST/raw) is reused as it is.
+DATASETS = {
+    "mnist": {
+        "folder": "MNIST",
+        "mirrors": [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ],
+        "md5": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        "mean": 0.1307,
+        "std": 0.3081,
+    },
+    "fashion-mnist": {
+        "folder": "FashionMNIST",
+        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        "md5": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        "mean": 0.2860,
+        "std": 0.3530,
+    },
+}
+SPLITS = {"train": "train", "test": "t10k"}
+
+
+class DataError(Exception):
+    """A data file is missing, corrupt or cannot be fetched (one-line message)."""
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """Paths of one split's unpacked IDX files (what workers memory-map)."""
+
+    images: str
+    labels: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split, memory-mapped: uint8 images [N, 28, 28] and uint8 labels [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self):
+        return self.labels.numel()
+
+
+def raw_dir(data_dir, dataset):
+    return os.path.join(data_dir, DATASETS[dataset]["folder"], "raw")
+
+
+def read_header(path, magic):
+    """Return the dimensions of an unpacked IDX file after checking its structure."""
+    ndim = magic & 0xFF
+    try:
+        with open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: {size} bytes is too short for an IDX header")
+    found = int.from_bytes(header[:4], "big")
+    if found != magic:
+        raise DataError(
+            f"{path} is not an IDX {'image' if ndim == 3 else 'label'} file "
+            f"(magic number {found:#010x}, expected {magic:#010x})"
+        )
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [ROWS, COLS]:
+        raise DataError(f"{path} holds {dims[1]}x{dims[2]} images, expected {ROWS}x{COLS}")
+    expected = 4 + 4 * ndim + dims[0] * (ROWS * COLS if ndim == 3 else 1)
+    if size != expected:
+        raise DataError(
+            f"{path} is corrupt: its header says {dims[0]} items ({expected} bytes) "
+            f"but the file has {size} bytes"
+        )
+    return dims
+
+
+def map_split(files):
+    """Memory-map one split without copying it (MAP_PRIVATE, read-only file is fine)."""
+    n_images = read_header(files.images, IMAGE_MAGIC)[0]
+    n_labels = read_header(files.labels, LABEL_MAGIC)[0]
+    if n_images != n_labels:
+        raise DataError(
+            f"{files.images} has {n_images} images but {files.labels} has {n_labels} labels"
+        )
+    images = torch.from_file(
+        files.images, shared=False, size=16 + n_images * ROWS * COLS, dtype=torch.uint8
+    )[16:].view(n_images, ROWS, COLS)
+    labels = torch.from_file(files.labels, shared=False, size=8 + n_labels, dtype=torch.uint8)[8:]
+    if n_labels and int(labels.max()) >= NUM_CLASSES:
+        raise DataError(f"{files.labels} holds label {int(labels.max())}; expected 0..9")
+    return Split(images, labels)
+
+
+def normalizer(dataset):
+    """(scale, shift) so that uint8 pixels * scale - shift == (x/255 - mean) / std."""
+    mean, std = DATASETS[dataset]["mean"], DATASETS[dataset]["std"]
+    return 1.0 / (255.0 * std), mean / std
+
+
+def make_batch(split, indices, scale, shift):
+    """Gather a batch from the mapped split and normalise it: ([B,1,28,28] float, [B] int64)."""
+    x = split.images.index_select(0, indices).unsqueeze(1).float()
+    x.mul_(scale).sub_(shift)
+    return x, split.labels.index_select(0, indices).long()
+
+
+def md5sum(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(dataset, name, dest_dir):
+    """Fetch NAME.gz into dest_dir from the first mirror that works; check its MD5."""
+    info = DATASETS[dataset]
+    gz_name = name + ".gz"
+    dest = os.path.join(dest_dir, gz_name)
+    # download_url_to_file has no timeout of its own; without one a dropped
+    # connection hangs forever. Restored afterwards: it is process-wide.
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+    try:
+        return _download_from_mirrors(info, gz_name, dest)
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def _download_from_mirrors(info, gz_name, dest):
+    reasons = []
+    for mirror in info["mirrors"]:
+        tmp = dest + ".part"
+        try:
+            torch.hub.download_url_to_file(mirror + gz_name, tmp, progress=False)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reasons.append(f"{mirror}: {getattr(e, 'reason', None) or e}")
+            continue
+        digest = md5sum(tmp)
+        if digest != info["md5"][gz_name]:
+            os.unlink(tmp)
+            reasons.append(f"{mirror}: MD5 {digest} != published {info['md5'][gz_name]}")
+            continue
+        os.replace(tmp, dest)
+        return dest
+    raise DataError("download failed (" + "; ".join(reasons) + ")")
+
+
+def unpack(gz_path, dest):
+    """Decompress atomically, so an interrupted unpack never leaves a half file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".unpack-")
+    try:
+        with gzip.open(gz_path, "rb") as src, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, dest)
+    except (OSError, EOFError, zlib.error) as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise DataError(f"cannot unpack {gz_path} to {dest}: {e.strerror}") from None
+        raise DataError(f"{gz_path} is corrupt: {e}") from None
+
+
+def writable_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+def prepare(data_dir, dataset, log=print):
+    """Make sure both splits exist unpacked; return {"train": SplitFiles, "test": ...}.
+
+    Looks in DATA_DIR/<Folder>/raw for the unpacked file, else NAME.gz (unpacked
+    next to it, or into a per-user temp cache when the data dir is read-only),
+    else downloads NAME.gz. Each file is checked by structure before use.
+    """
+    raw = raw_dir(data_dir, dataset)
+    can_write = writable_dir(raw)
+    cache = os.path.join(tempfile.gettempdir(), f"mnist-hogwild-{os.getuid()}", dataset)
+    names = [
+        f"{SPLITS[s]}-{kind}" for s in SPLITS for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+    ]
+
+    missing = [
+        n
+        for n in names
+        if not any(os.path.exists(os.path.join(raw, n + ext)) for ext in ("", ".gz"))
+    ]
+    if missing:
+        if not can_write:
+            raise DataError(
+                f"missing {', '.join(missing)} in {raw}, which is not writable, so they "
+                f"cannot be downloaded; put the files (.gz or unpacked) there"
+            )
+        log(f"downloading {len(missing)} {dataset} file(s) into {raw}")
+        for name in missing:
+            try:
+                download(dataset, name, raw)
+            except DataError as e:
+                raise DataError(
+                    f"{dataset} files missing from {raw}: {', '.join(missing)}; {e}. "
+                    f"Put the files (.gz or unpacked) there, or point --data-dir at them"
+                ) from None
+
+    paths = {}
+    for name in names:
+        plain = os.path.join(raw, name)
+        if not os.path.exists(plain):
+            target = plain if can_write else os.path.join(cache, name)
+            if not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                unpack(plain + ".gz", target)
+            plain = target
+        paths[name] = plain
+    return {
+        split: SplitFiles(
+            images=paths[f"{prefix}-images-idx3-ubyte"], labels=paths[f"{prefix}-labels-idx1-ubyte"]
+        )
+        for split, prefix in SPLITS.items()
+    }

@@ -1,0 +1,482 @@
+"""One training run: load or start, spawn the Hogwild workers, evaluate,
+checkpoint, and shut down cleanly on a signal or a failed worker."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+import checkpoint
+import cpus
+import data
+import train
+from model import Net
+
+# Training flags that fix which batches make up an epoch: they must match the
+# checkpoint when resuming (lr and momentum may be changed on purpose).
+MUST_MATCH = ("batch_size", "seed", "dataset")
+POLL_SECONDS = 0.1  # how often the parent looks at signals and workers
+
+
+class WorkerDied(Exception):
+    pass
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class UsageError(Exception):
+    """Flags that contradict the checkpoint (exit 2, like argparse)."""
+
+
+def resolve_training_args(args, defaults, saved_args):
+    """Fill unset training flags: from the checkpoint when resuming, else defaults."""
+    resolved = {}
+    for key, default in defaults.items():
+        given = getattr(args, key)
+        saved = saved_args.get(key) if saved_args else None
+        if given is None:
+            resolved[key] = saved if saved is not None else default
+        elif saved is not None and given != saved and key in MUST_MATCH:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(
+                f"{flag} {given} differs from the checkpoint's {saved}; resuming needs "
+                f"the same {flag} (or start a new run with another --checkpoint)"
+            )
+        else:
+            if saved is not None and given != saved and key != "epochs":
+                log(f"note: --{key.replace('_', '-')} changed from {saved} to {given} on resume")
+            resolved[key] = given
+    return resolved
+
+
+def metrics_path(checkpoint_path):
+    return os.path.splitext(checkpoint_path)[0] + ".metrics.jsonl"
+
+
+def write_metrics(path, metrics):
+    """Rewrite the JSON-lines file from the checkpoint's list, atomically: it
+    then always agrees with the checkpoint, even after a crash between the two."""
+    lines = "".join(json.dumps(row) + "\n" for row in metrics).encode()
+    try:
+        checkpoint.atomic_write(path, lambda f: f.write(lines))
+    except OSError as e:
+        raise checkpoint.CheckpointError(f"could not write {path}: {e.strerror or e}") from None
+
+
+def describe_exit(exitcode):
+    if exitcode == -signal.SIGKILL:
+        return "was killed by SIGKILL (the kernel's out-of-memory killer does this when memory runs out, e.g. under docker --memory)"
+    if exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"exited with code {exitcode} before training finished"
+
+
+def format_seconds(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Run:
+    """The parent's side of a run: owns the shared model, the workers and the checkpoint."""
+
+    def __init__(self, args, hp, stop, state):
+        self.args, self.hp, self.stop = args, hp, stop
+        self.files = data.prepare(args.data_dir, hp["dataset"], log=log)
+        self.train_set = data.map_split(self.files["train"])
+        self.test_set = data.map_split(self.files["test"])
+        self.per_epoch = train.batches_per_epoch(len(self.train_set), hp["batch_size"])
+        if state is not None and state["batches_per_epoch"] != self.per_epoch:
+            raise checkpoint.CheckpointError(
+                f"{args.checkpoint} was saved with {state['batches_per_epoch']} batches per "
+                f"epoch, but this data set gives {self.per_epoch}: different training data"
+            )
+
+        torch.manual_seed(hp["seed"])
+        self.model = Net()
+        self.optimizer = train.make_optimizer(self.model, hp["lr"], hp["momentum"])
+        for param in self.model.parameters():
+            self.optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        self.metrics, self.partial = [], {"loss_sum": 0.0, "seconds": 0.0}
+        epoch, step = 0, 0
+        if state is not None:
+            epoch, step = state["epoch"], state["step"]
+            self.metrics = list(state["metrics"])
+            self.partial = dict(state.get("partial_epoch") or self.partial)
+            self.model.load_state_dict(state["model_state"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer_state"])
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                raise checkpoint.CheckpointError(
+                    f"{args.checkpoint} has an unusable optimizer state ({e})"
+                ) from None
+            for group in self.optimizer.param_groups:
+                group["lr"], group["momentum"] = hp["lr"], hp["momentum"]
+        if not 0 <= step <= self.per_epoch:
+            raise checkpoint.CheckpointError(f"{args.checkpoint} has an impossible step {step}")
+        self.start = epoch * self.per_epoch + step
+        # Hogwild: the workers update these very tensors, without locks.
+        self.model.share_memory()
+        self.momentum = [
+            self.optimizer.state[p]["momentum_buffer"].share_memory_()
+            for p in self.model.parameters()
+        ]
+
+        usable = cpus.usable_cpus()
+        self.threads = args.threads_per_process or max(1, usable // args.num_processes)
+        self.eval_threads = max(self.threads, usable)
+        self.ctx = mp.get_context("spawn")
+        self.progress = train.SharedProgress(self.ctx, self.start, args.log_interval)
+        self.workers, self.errors = [], None
+
+    # ----- workers -------------------------------------------------------
+    def spawn_workers(self):
+        ctx = self.ctx
+        self.errors = ctx.SimpleQueue()
+        hparams = {k: self.hp[k] for k in ("batch_size", "lr", "momentum", "seed", "dataset")}
+        # Children inherit a blocked signal mask through exec, so a Ctrl-C that
+        # arrives while they import torch cannot kill them before they ignore it.
+        # For us it stays pending and is handled right after the unblock.
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            for rank in range(self.args.num_processes):
+                p = ctx.Process(
+                    target=train.worker,
+                    args=(
+                        rank,
+                        self.model,
+                        self.momentum,
+                        self.progress,
+                        self.files["train"],
+                        hparams,
+                        self.threads,
+                        self.errors,
+                    ),
+                    name=f"hogwild-worker-{rank}",
+                    daemon=True,
+                )
+                p.start()
+                self.workers.append(p)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+    def check_workers(self):
+        for rank, p in enumerate(self.workers):
+            if p.exitcode is not None:
+                cause = describe_exit(p.exitcode)
+                while not self.errors.empty():
+                    failed_rank, message = self.errors.get()
+                    if failed_rank == rank:
+                        cause = f"failed: {message}"
+                raise WorkerDied(f"worker {rank} (pid {p.pid}) {cause}")
+
+    def stop_workers(self, graceful):
+        if graceful and self.workers:
+            if self.progress.cond.acquire(timeout=1.0):
+                self.progress.stop.value = 1
+                self.progress.cond.notify_all()
+                self.progress.cond.release()
+            deadline = time.monotonic() + 1.5
+            for p in self.workers:
+                p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.workers:
+            if p.exitcode is None:
+                p.kill()
+        for p in self.workers:
+            p.join()
+        self.workers = []
+
+    def _locked(self):
+        """Acquire the shared lock, but notice a worker that died holding it."""
+        while not self.progress.cond.acquire(timeout=0.5):
+            self.check_workers()
+
+    def set_limit(self, limit):
+        self._locked()
+        try:
+            self.progress.limit.value = limit
+            self.progress.cond.notify_all()
+        finally:
+            self.progress.cond.release()
+
+    def pause(self):
+        """Stop handing out batches and wait for the ones in flight: afterwards
+        the finished batches are exactly 0..done-1 and the weights are still."""
+        self._locked()
+        try:
+            self.progress.limit.value = self.progress.claimed.value
+            target = self.progress.claimed.value
+        finally:
+            self.progress.cond.release()
+        self.wait_for(target, interruptible=False)
+
+    def wait_ready(self):
+        """Wait until every worker has imported torch and mapped the data, so
+        epoch timings measure training, not start-up. False on a stop signal."""
+        while True:
+            self._locked()
+            try:
+                if self.progress.ready.value < len(self.workers):
+                    self.progress.cond.wait(POLL_SECONDS)
+                ready = self.progress.ready.value
+            finally:
+                self.progress.cond.release()
+            if ready >= len(self.workers):
+                return True
+            self.check_workers()
+            if self.stop.signum is not None:
+                return False
+
+    def wait_for(self, target, interruptible=True, on_tick=None):
+        """Wait until `target` batches are done; False if a stop signal came first."""
+        while True:
+            self._locked()
+            try:
+                if self.progress.done.value < target:
+                    self.progress.cond.wait(POLL_SECONDS)
+                done = self.progress.done.value
+            finally:
+                self.progress.cond.release()
+            if done >= target:
+                return True
+            self.check_workers()
+            if interruptible and self.stop.signum is not None:
+                return False
+            if on_tick is not None:
+                on_tick(done)
+
+    # ----- checkpoints ---------------------------------------------------
+    def snapshot(self, epoch, step):
+        """The checkpoint dict; call only while the workers are paused."""
+        return {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "model": type(self.model).__name__,
+            "model_state": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "optimizer_state": _clone(self.optimizer.state_dict()),
+            "epoch": epoch,
+            "step": step,
+            "batches_per_epoch": self.per_epoch,
+            "seed": self.hp["seed"],
+            "args": {**vars(self.args), **self.hp},
+            "metrics": list(self.metrics),
+            "partial_epoch": dict(self.partial),
+        }
+
+    def save(self, state):
+        started = time.perf_counter()
+        checkpoint.save(state, self.args.checkpoint)
+        return time.perf_counter() - started
+
+    # ----- the run -------------------------------------------------------
+    def run(self):
+        args, hp = self.args, self.hp
+        first_epoch, step = divmod(self.start, self.per_epoch)
+        if self.start:
+            log(
+                f"resuming {args.checkpoint} at epoch {first_epoch + 1}, batch {step}/{self.per_epoch}"
+            )
+        log(
+            f"training {hp['dataset']} for {hp['epochs']} epochs: {args.num_processes} processes x "
+            f"{self.threads} threads, batch {hp['batch_size']}, lr {hp['lr']}, momentum {hp['momentum']}"
+        )
+        if self.stop.signum is not None:
+            return 128 + self.stop.signum
+        torch.set_num_threads(self.threads)
+        run_started = time.perf_counter()
+        self.spawn_workers()
+        if not self.wait_ready():
+            log(
+                f"stopped by {signal.Signals(self.stop.signum).name} during start-up; nothing to save"
+            )
+            self.stop_workers(graceful=False)  # still importing torch: nothing to finish
+            return 128 + self.stop.signum
+        log(f"{len(self.workers)} workers ready in {time.perf_counter() - run_started:.1f}s")
+        trained_seconds, trained_batches = 0.0, 0
+        for epoch in range(first_epoch, hp["epochs"]):
+            epoch_start = epoch * self.per_epoch
+            epoch_end = epoch_start + self.per_epoch
+            if args.dry_run:
+                epoch_end = min(epoch_end, self.progress.done.value + args.num_processes)
+            done0, loss0, t0 = (
+                self.progress.done.value,
+                self.progress.loss_sum.value,
+                time.perf_counter(),
+            )
+            last_log = {"done": done0, "loss": loss0}
+            last_save = time.monotonic()
+
+            def tick(done):
+                nonlocal last_save
+                if done - last_log["done"] >= args.log_interval:
+                    self.log_progress(
+                        epoch,
+                        done,
+                        last_log,
+                        trained_seconds + time.perf_counter() - t0,
+                        trained_batches + done - done0,
+                    )
+                if (
+                    args.checkpoint_interval
+                    and time.monotonic() - last_save >= args.checkpoint_interval
+                ):
+                    self.pause()
+                    paused_done = self.progress.done.value
+                    state = self.snapshot(epoch, paused_done - epoch_start)
+                    state["partial_epoch"] = self.partial_with(
+                        self.progress.loss_sum.value - loss0, time.perf_counter() - t0
+                    )
+                    self.set_limit(epoch_end)
+                    self.save(state)
+                    last_save = time.monotonic()
+
+            self.set_limit(epoch_end)
+            finished = self.wait_for(epoch_end, on_tick=tick)
+            if not finished:
+                self.pause()
+            done = self.progress.done.value
+            seconds = time.perf_counter() - t0
+            trained_seconds += seconds
+            trained_batches += done - done0
+            partial = self.partial_with(self.progress.loss_sum.value - loss0, seconds)
+            if not finished:
+                return self.stop_and_save(epoch, done - epoch_start, partial, done - self.start)
+
+            # Evaluation: the workers are idle, so the parent may use every core.
+            torch.set_num_threads(self.eval_threads)
+            result = train.evaluate(
+                self.model,
+                self.test_set,
+                hp["dataset"],
+                args.test_batch_size,
+                lambda: self.stop.signum is not None,
+            )
+            torch.set_num_threads(self.threads)
+            if result is None:
+                return self.stop_and_save(epoch, done - epoch_start, partial, done - self.start)
+            test_loss, accuracy = result
+            batches = done - epoch_start
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": partial["loss_sum"] / max(1, batches),
+                "test_loss": test_loss,
+                "accuracy": accuracy,
+                "samples_per_s": min(batches * hp["batch_size"], len(self.train_set))
+                / max(partial["seconds"], 1e-9),
+                "seconds": partial["seconds"],
+            }
+            self.metrics.append(row)
+            self.partial = {"loss_sum": 0.0, "seconds": 0.0}
+            next_epoch = epoch + 1
+            if args.dry_run:
+                # A dry run never counts as a trained epoch: its checkpoint records
+                # the batches it did, so --resume continues that epoch.
+                next_epoch, batches = epoch, done - epoch_start
+                self.partial = partial
+            self.save(self.snapshot(next_epoch, 0 if next_epoch > epoch else batches))
+            write_metrics(metrics_path(args.checkpoint), self.metrics)
+            log(
+                f"epoch {epoch + 1}/{hp['epochs']}: test loss {test_loss:.4f}, accuracy "
+                f"{100 * accuracy:.2f}%, {row['samples_per_s']:.0f} samples/s, "
+                f"{row['seconds']:.1f}s training; saved {args.checkpoint}"
+            )
+            if args.dry_run:
+                break
+        self.stop_workers(graceful=True)
+        total = time.perf_counter() - run_started
+        log(
+            f"done in {format_seconds(total)} ({self.progress.done.value - self.start} batches "
+            f"this run): {len(self.metrics)} epochs in {args.checkpoint}"
+        )
+        return 0
+
+    def partial_with(self, loss_sum, seconds):
+        return {
+            "loss_sum": self.partial["loss_sum"] + loss_sum,
+            "seconds": self.partial["seconds"] + seconds,
+        }
+
+    def stop_and_save(self, epoch, step, partial, batches_this_run):
+        """Graceful stop: the workers are paused; save, then let them exit."""
+        state = self.snapshot(epoch, step)
+        state["partial_epoch"] = partial
+        seconds = self.save(state)
+        log(
+            f"stopped by {signal.Signals(self.stop.signum).name}: saved {self.args.checkpoint} "
+            f"at epoch {epoch + 1}, batch {step}/{self.per_epoch} in {seconds * 1000:.0f} ms "
+            f"({batches_this_run} batches this run); continue with --resume"
+        )
+        self.stop_workers(graceful=True)
+        return 128 + self.stop.signum
+
+    def log_progress(self, epoch, done, last, seconds, batches):
+        hp = self.hp
+        samples = min((done - epoch * self.per_epoch) * hp["batch_size"], len(self.train_set))
+        loss_sum = self.progress.loss_sum.value
+        loss = (loss_sum - last["loss"]) / max(1, done - last["done"])
+        last["done"], last["loss"] = done, loss_sum
+        rate = batches * hp["batch_size"] / max(seconds, 1e-9)
+        remaining = (hp["epochs"] * self.per_epoch - done) * hp["batch_size"]
+        log(
+            f"epoch {epoch + 1}/{hp['epochs']} [{samples}/{len(self.train_set)} "
+            f"({100 * samples / len(self.train_set):.0f}%)] loss {loss:.4f} "
+            f"{rate:.0f} samples/s ETA {format_seconds(remaining / max(rate, 1e-9))}"
+        )
+
+
+def _clone(value):
+    """Deep copy of a state dict's tensors, so a save never sees later updates."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
+
+
+def run(args, defaults, stop):
+    """Run training as the flags say; returns the process exit code."""
+    run_obj = None
+    try:
+        checkpoint.check_writable(args.checkpoint)
+        for name in checkpoint.remove_stale_temps(args.checkpoint):
+            warn(f"removed {name}, left by an interrupted save")
+        state = None
+        if args.resume:
+            if os.path.exists(args.checkpoint):
+                state = checkpoint.load(args.checkpoint, Net().state_dict())
+            else:
+                warn(f"--resume: no checkpoint at {args.checkpoint}; starting fresh")
+        hp = resolve_training_args(args, defaults, state["args"] if state else None)
+        if state is not None and state["epoch"] >= hp["epochs"]:
+            log(
+                f"training already complete: {args.checkpoint} holds {state['epoch']} of "
+                f"{hp['epochs']} epochs; pass a larger --epochs to train further"
+            )
+            return 0
+        run_obj = Run(args, hp, stop, state)
+        return run_obj.run()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (checkpoint.CheckpointError, data.DataError, WorkerDied) as e:
+        print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, WorkerDied):
+            print(
+                f"error: training stopped; the last good checkpoint {args.checkpoint} is kept",
+                file=sys.stderr,
+            )
+        return 1
+    finally:
+        if run_obj is not None:
+            run_obj.stop_workers(graceful=False)

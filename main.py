@@ -1,0 +1,202 @@
+"""mnist-hogwild: train an MNIST classifier on every CPU core with Hogwild.
+
+Command line and start-up. The training run itself is in hogwild.py, the
+per-worker loop in train.py, the network in model.py.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+# The defaults of the flags that define the training itself. They are left
+# unset (None) in argparse so that --resume can tell "not given" (take the
+# checkpoint's value) from "given" (check or override it).
+TRAINING_DEFAULTS = {
+    "batch_size": 64,
+    "epochs": 6,
+    "lr": 0.01,
+    "momentum": 0.5,
+    "seed": 1,
+    "dataset": "mnist",
+}
+DATASETS = ("mnist", "fashion-mnist")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def momentum_value(text):
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def build_parser():
+    d = TRAINING_DEFAULTS
+    p = argparse.ArgumentParser(
+        prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py",
+        description="Train the MNIST Net with Hogwild: N processes share one model's "
+        "memory. Checkpoints survive SIGINT/SIGTERM (docker stop); --resume continues "
+        "exactly where training stopped.",
+        epilog="With --resume, flags marked * default to the checkpoint's values; "
+        "--batch-size, --seed and --dataset must then match the checkpoint.",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help=f"* input batch size for training (default: {d['batch_size']})",
+    )
+    p.add_argument(
+        "--test-batch-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="input batch size for testing (default: 1000)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help=f"* number of epochs to train in total (default: {d['epochs']})",
+    )
+    p.add_argument(
+        "--lr", type=positive_float, metavar="LR", help=f"* learning rate (default: {d['lr']})"
+    )
+    p.add_argument(
+        "--momentum",
+        type=momentum_value,
+        metavar="M",
+        help=f"* SGD momentum (default: {d['momentum']})",
+    )
+    p.add_argument("--seed", type=int, metavar="S", help=f"* random seed (default: {d['seed']})")
+    p.add_argument(
+        "--log-interval",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="how many batches to wait before logging training status (default: 10)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=positive_int,
+        default=2,
+        metavar="N",
+        help="how many training processes to use (default: 2)",
+    )
+    p.add_argument(
+        "--threads-per-process",
+        type=positive_int,
+        metavar="N",
+        help="torch threads in each process (default: usable CPUs // "
+        "processes, at least 1; usable CPUs honour affinity and cgroup quota)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="train one batch per worker, then evaluate and checkpoint (smoke test)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint if it exists (else warn and start fresh)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="model_checkpoint.pth",
+        metavar="PATH",
+        help="checkpoint file; metrics go beside it as STEM.metrics.jsonl "
+        "(default: model_checkpoint.pth)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="also save every SECONDS while training; 0 disables (default: 30)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default="./data",
+        metavar="DIR",
+        help="data root, torchvision layout DIR/MNIST/raw, DIR/FashionMNIST/raw; "
+        "files may be gzipped or unpacked (default: ./data)",
+    )
+    p.add_argument(
+        "--dataset", choices=DATASETS, help=f"* which data set (default: {d['dataset']})"
+    )
+    return p
+
+
+class StopRequest:
+    """Records SIGINT/SIGTERM; the training loop polls it and shuts down cleanly.
+
+    The handler only sets a field (and writes with os.write, which is safe at
+    any moment): no KeyboardInterrupt can land in the middle of a save.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self.count = 0
+
+    def install(self):
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            os.write(
+                2,
+                f"received {name}: stopping after the current batches, saving a checkpoint\n".encode(),
+            )
+        else:
+            os.write(
+                2, f"received {name} again: still saving the checkpoint, please wait\n".encode()
+            )
+
+
+def main(argv=None):
+    stop = StopRequest()
+    stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
+    args = build_parser().parse_args(argv)
+    # Imported here, after the handlers are in place and the flags are valid:
+    # importing torch takes about a second, and --help or a bad flag should not wait.
+    import hogwild
+
+    return hogwild.run(args, TRAINING_DEFAULTS, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
