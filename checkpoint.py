@@ -19,7 +19,6 @@ import glob
 import os
 import pickle
 import secrets
-import zipfile
 
 import torch
 
@@ -112,26 +111,37 @@ def remove_stale_temps(path):
     return stale
 
 
+def _reason(error):
+    """The informative line of a torch.load error (its messages span many lines)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif "Weights only load failed" in text:
+        text = text.split("trusted source.", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
 def load(path, model_state):
     """Load and validate the checkpoint at PATH against the expected MODEL_STATE.
 
     weights_only=True: a checkpoint is data, and must not be able to run code.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"{path} refused: it contains objects other than tensors and plain data "
-                f"(a pickle that could run code)"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
+        f = open(path, "rb")
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    with f:
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+            reason = _reason(e)
+            if "GLOBAL" in reason:
+                raise CheckpointError(
+                    f"{path} refused: it is not plain tensors and data ({reason}), "
+                    f"a pickle that could run code"
+                ) from None
+            raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
 
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path} is not a mnist-hogwild checkpoint (no format_version)")

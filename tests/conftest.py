@@ -1,0 +1,86 @@
+"""Shared fixtures: synthetic IDX data and a helper that runs the real trainer."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import synthetic_data  # noqa: E402
+
+MAIN = os.path.join(REPO, "main.py")
+TRAIN = os.path.join(REPO, "train.py")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Unpacked synthetic MNIST: 2,560 train (40 batches of 64), 500 test."""
+    root = tmp_path_factory.mktemp("data")
+    synthetic_data.write_files(str(root), train=2560, test=500)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def big_data_dir(tmp_path_factory):
+    """Enough batches (20k samples, 313 batches) to signal a run mid-epoch."""
+    root = tmp_path_factory.mktemp("bigdata")
+    synthetic_data.write_files(str(root), train=20000, test=500)
+    return str(root)
+
+
+def trainer_cmd(*args, entry=MAIN):
+    return [sys.executable, entry, *map(str, args)]
+
+
+def run_trainer(*args, cwd, entry=MAIN, timeout=180):
+    """Run the trainer to completion; returns the CompletedProcess."""
+    return subprocess.run(
+        trainer_cmd(*args, entry=entry),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_trainer(*args, cwd, entry=MAIN):
+    """Start the trainer in its own process group (so tests can signal the group)."""
+    return subprocess.Popen(
+        trainer_cmd(*args, entry=entry),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_line(proc, needle, timeout=60):
+    """Read stdout until a line contains NEEDLE; returns the lines read."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"never saw {needle!r}; output so far:\n{''.join(lines)}")
+
+
+def load_checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def stop_group(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

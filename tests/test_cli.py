@@ -1,0 +1,97 @@
+"""Command-line behaviour, through real processes."""
+
+import os
+
+import pytest
+import torch
+
+from conftest import MAIN, TRAIN, load_checkpoint, run_trainer
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--batch-size", "0"],
+        ["--batch-size", "-3"],
+        ["--epochs", "0"],
+        ["--num-processes", "0"],
+        ["--num-processes", "two"],
+        ["--threads-per-process", "0"],
+        ["--test-batch-size", "0"],
+        ["--lr", "0"],
+        ["--lr", "nan"],
+        ["--momentum", "1.5"],
+        ["--log-interval", "0"],
+        ["--checkpoint-interval", "-1"],
+        ["--dataset", "cifar10"],
+        ["--no-such-flag"],
+    ],
+)
+def test_invalid_values_exit_2_with_one_error_line(tmp_path, flags):
+    proc = run_trainer(*flags, cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_flag_with_its_default(tmp_path):
+    out = run_trainer("--help", cwd=tmp_path).stdout
+    for flag, default in [
+        ("--batch-size", "64"),
+        ("--test-batch-size", "1000"),
+        ("--epochs", "6"),
+        ("--lr", "0.01"),
+        ("--momentum", "0.5"),
+        ("--seed", "1"),
+        ("--log-interval", "10"),
+        ("--num-processes", "2"),
+        ("--checkpoint", "model_checkpoint.pth"),
+        ("--checkpoint-interval", "30"),
+        ("--data-dir", "./data"),
+        ("--dataset", "mnist"),
+    ]:
+        assert flag in out
+        assert f"(default: {default}" in " ".join(out.split()), flag
+    for flag in ("--resume", "--dry-run", "--threads-per-process"):
+        assert flag in out
+
+
+def test_train_py_is_the_same_program_as_main_py(tmp_path, data_dir):
+    def words(text):
+        return " ".join(text.replace("train.py", "main.py").split())
+
+    help_main = run_trainer("--help", cwd=tmp_path).stdout
+    assert words(run_trainer("--help", cwd=tmp_path, entry=TRAIN).stdout) == words(help_main)
+    for entry in (MAIN, TRAIN):
+        out = tmp_path / os.path.basename(entry)
+        out.mkdir()
+        proc = run_trainer(
+            "--data-dir", data_dir, "--epochs", "1", "--num-processes", "1", cwd=out, entry=entry
+        )
+        assert proc.returncode == 0, proc.stderr
+    a = load_checkpoint(tmp_path / "main.py" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "train.py" / "model_checkpoint.pth")
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+
+
+def test_missing_data_without_network_is_one_clear_error(tmp_path):
+    proc = run_trainer("--data-dir", tmp_path / "nothing", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: mnist files missing from")
+    assert "train-images-idx3-ubyte" in last and "--data-dir" in last
+    assert not (tmp_path / "model_checkpoint.pth").exists()
+
+
+def test_corrupt_data_is_one_clear_error(tmp_path, data_dir):
+    import shutil
+
+    shutil.copytree(data_dir, tmp_path / "d")
+    images = tmp_path / "d" / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    proc = run_trainer("--data-dir", tmp_path / "d", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "t10k-images-idx3-ubyte is corrupt" in proc.stderr.strip().splitlines()[-1]

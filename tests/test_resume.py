@@ -1,0 +1,134 @@
+"""Checkpoint and resume through the real trainer."""
+
+import os
+
+import pytest
+import torch
+
+from conftest import load_checkpoint, run_trainer
+
+ONE = ["--num-processes", "1", "--threads-per-process", "1"]
+
+
+def assert_same_weights(a, b):
+    assert a["model_state"].keys() == b["model_state"].keys()
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    for i, state in a["optimizer_state"]["state"].items():
+        assert torch.equal(
+            state["momentum_buffer"], b["optimizer_state"]["state"][i]["momentum_buffer"]
+        )
+
+
+def test_resume_after_k_epochs_is_bitwise_identical(tmp_path, data_dir):
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "split").mkdir()
+    common = ["--data-dir", data_dir, *ONE, "--seed", "7"]
+    assert run_trainer(*common, "--epochs", "3", cwd=tmp_path / "straight").returncode == 0
+    assert run_trainer(*common, "--epochs", "1", cwd=tmp_path / "split").returncode == 0
+    first = load_checkpoint(tmp_path / "split" / "model_checkpoint.pth")
+    assert (first["epoch"], first["step"]) == (1, 0)
+    proc = run_trainer(*common, "--epochs", "3", "--resume", cwd=tmp_path / "split")
+    assert proc.returncode == 0, proc.stderr
+    a = load_checkpoint(tmp_path / "straight" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "split" / "model_checkpoint.pth")
+    assert (b["epoch"], b["step"]) == (3, 0)
+    assert_same_weights(a, b)
+    assert [m["accuracy"] for m in a["metrics"]] == [m["accuracy"] for m in b["metrics"]]
+    lines = (tmp_path / "split" / "model_checkpoint.metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_resume_keeps_training_settings_and_checks_conflicts(tmp_path, data_dir):
+    common = ["--data-dir", data_dir, *ONE]
+    assert (
+        run_trainer(*common, "--epochs", "1", "--batch-size", "128", cwd=tmp_path).returncode == 0
+    )
+    before = (tmp_path / "model_checkpoint.pth").read_bytes()
+    # Complete: say so, exit 0, touch nothing.
+    proc = run_trainer(*common, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0 and "already complete" in proc.stdout
+    assert (tmp_path / "model_checkpoint.pth").read_bytes() == before
+    # A different batch size would change what an epoch is: refused.
+    proc = run_trainer(*common, "--resume", "--epochs", "2", "--batch-size", "64", cwd=tmp_path)
+    assert proc.returncode == 2 and "--batch-size 64 differs" in proc.stderr
+    # Raising --epochs trains further, with the checkpoint's batch size.
+    proc = run_trainer(*common, "--resume", "--epochs", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert state["epoch"] == 2 and state["args"]["batch_size"] == 128
+
+
+def test_resume_without_checkpoint_warns_and_starts_fresh(tmp_path, data_dir):
+    proc = run_trainer("--data-dir", data_dir, *ONE, "--epochs", "1", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "no checkpoint at model_checkpoint.pth; starting fresh" in proc.stderr
+    assert load_checkpoint(tmp_path / "model_checkpoint.pth")["epoch"] == 1
+
+
+def test_resume_with_a_different_number_of_processes(tmp_path, data_dir):
+    common = ["--data-dir", data_dir]
+    assert (
+        run_trainer(*common, "--epochs", "1", "--num-processes", "1", cwd=tmp_path).returncode == 0
+    )
+    proc = run_trainer(*common, "--epochs", "2", "--num-processes", "3", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 processes" in proc.stdout
+    assert load_checkpoint(tmp_path / "model_checkpoint.pth")["epoch"] == 2
+
+
+def test_dry_run_trains_one_batch_per_worker_then_checkpoints(tmp_path, data_dir):
+    proc = run_trainer("--data-dir", data_dir, "--dry-run", "--num-processes", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert (state["epoch"], state["step"]) == (0, 2)
+    assert len(state["metrics"]) == 1
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"\x00garbage" * 50), "is not a readable checkpoint"),
+        (lambda p: torch.save({"format_version": 1}, p), "incomplete"),
+        (lambda p: torch.save({"format_version": 7}, p), "newer than this program"),
+        (
+            lambda p: torch.save(
+                {
+                    "format_version": 1,
+                    "model_state": torch.nn.Linear(3, 3).state_dict(),
+                    **dict.fromkeys(
+                        [
+                            "model",
+                            "optimizer_state",
+                            "epoch",
+                            "step",
+                            "batches_per_epoch",
+                            "seed",
+                            "args",
+                            "metrics",
+                        ],
+                        0,
+                    ),
+                },
+                p,
+            ),
+            "different model",
+        ),
+        (lambda p: torch.save({"format_version": 1, "x": RunsCode()}, p), "could run code"),
+    ],
+)
+def test_bad_checkpoint_is_refused_and_left_untouched(tmp_path, data_dir, make, message):
+    path = tmp_path / "model_checkpoint.pth"
+    make(path)
+    before = path.read_bytes()
+    proc = run_trainer("--data-dir", data_dir, "--resume", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert path.read_bytes() == before
+    assert not (tmp_path / "PWNED").exists()
