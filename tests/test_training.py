@@ -1,0 +1,234 @@
+"""The real trainer with real processes and real signals."""
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+
+from conftest import (
+    load_checkpoint,
+    run_trainer,
+    start_trainer,
+    stop_group,
+    wait_for_line,
+)
+
+ONE = ["--num-processes", "1", "--threads-per-process", "1"]
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def batches_this_run(output):
+    return sum(int(n) for n in re.findall(r"\((\d+) batches this run\)", output))
+
+
+def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_dir):
+    proc = run_trainer(
+        "--data-dir", data_dir, "--epochs", "2", "--num-processes", "2", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 processes" in proc.stdout
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert (state["epoch"], state["step"], state["format_version"]) == (2, 0, 1)
+    rows = [json.loads(line) for line in open(tmp_path / "model_checkpoint.metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) == {
+        "epoch",
+        "train_loss",
+        "test_loss",
+        "accuracy",
+        "samples_per_s",
+        "seconds",
+    }
+    # Learnable synthetic data: the loss falls from chance (ln 10 = 2.30) and keeps falling.
+    assert rows[1]["train_loss"] < rows[0]["train_loss"] < 2.30
+    assert rows[1]["test_loss"] < rows[0]["test_loss"] < 2.30
+    assert rows[1]["accuracy"] > 0.5
+    # Progress lines come from one place, not one copy per worker.
+    progress = [l for l in proc.stdout.splitlines() if l.startswith("epoch 1/2 [")]
+    assert len(progress) == len(set(progress)) >= 2
+    assert batches_this_run(proc.stdout) == 2 * 40
+
+
+def signal_mid_epoch(tmp_path, data_dir, signum, extra=(), group=False):
+    proc = start_trainer(
+        "--data-dir", data_dir, "--epochs", "2", "--log-interval", "20", *extra, cwd=tmp_path
+    )
+    try:
+        lines = wait_for_line(proc, "epoch 1/2 [")
+        os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        stop_group(proc)
+    return proc.returncode, "".join(lines) + out, err, elapsed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_epoch_saves_progress_and_resume_finishes(tmp_path, big_data_dir, signum):
+    rc, out, err, elapsed = signal_mid_epoch(tmp_path, big_data_dir, signum)
+    assert rc == 128 + signum, err
+    assert elapsed < 2.0, f"took {elapsed:.2f}s to exit after the signal"
+    assert "Traceback" not in err
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert state["epoch"] == 0 and 0 < state["step"] < state["batches_per_epoch"]
+    first = batches_this_run(out)
+    assert first == state["step"]
+    proc = run_trainer("--data-dir", big_data_dir, "--epochs", "2", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming model_checkpoint.pth at epoch 1, batch {state['step']}/" in proc.stdout
+    final = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert (final["epoch"], final["step"]) == (2, 0)
+    assert first + batches_this_run(proc.stdout) == 2 * state["batches_per_epoch"]
+
+
+def test_ctrl_c_to_the_process_group_is_handled_once(tmp_path, big_data_dir):
+    rc, out, err, elapsed = signal_mid_epoch(tmp_path, big_data_dir, signal.SIGINT, group=True)
+    assert rc == 130, err
+    assert err.count("received SIGINT") == 1, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert out.count("stopped by SIGINT") == 1
+    assert load_checkpoint(tmp_path / "model_checkpoint.pth")["step"] > 0
+
+
+def test_second_signal_while_stopping_does_not_corrupt(tmp_path, big_data_dir):
+    proc = start_trainer(
+        "--data-dir", big_data_dir, "--epochs", "2", "--log-interval", "20", cwd=tmp_path
+    )
+    try:
+        wait_for_line(proc, "epoch 1/2 [")
+        for _ in range(5):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.005)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 130
+    assert "again" in err and "Traceback" not in err
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert state["step"] > 0
+
+
+def test_mid_epoch_stop_and_resume_is_bitwise_identical(tmp_path, big_data_dir):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    common = ["--data-dir", big_data_dir, "--epochs", "1", *ONE]
+    assert run_trainer(*common, cwd=tmp_path / "a").returncode == 0
+    rc, _, err, _ = signal_mid_epoch(tmp_path / "b", big_data_dir, signal.SIGTERM, extra=ONE)
+    assert rc == 143, err
+    assert load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")["step"] > 0
+    assert run_trainer(*common, "--resume", cwd=tmp_path / "b").returncode == 0
+    a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+
+
+def worker_pids(pid):
+    children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    workers = []
+    for child in children:
+        cmdline = open(f"/proc/{child}/cmdline").read()
+        if "spawn_main" in cmdline and "resource_tracker" not in cmdline:
+            workers.append(int(child))
+    return workers
+
+
+def test_killed_worker_fails_the_run_and_keeps_the_checkpoint(tmp_path, big_data_dir):
+    proc = start_trainer(
+        "--data-dir",
+        big_data_dir,
+        "--epochs",
+        "2",
+        "--log-interval",
+        "20",
+        "--checkpoint-interval",
+        "0",
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_line(proc, "epoch 1/2: test loss", timeout=120)
+        saved = (tmp_path / "model_checkpoint.pth").read_bytes()
+        wait_for_line(proc, "epoch 2/2 [")
+        victim = worker_pids(proc.pid)[1]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - killed
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 1
+    assert elapsed < 5
+    assert f"worker 1 (pid {victim}) was killed by SIGKILL" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "model_checkpoint.pth").read_bytes() == saved
+    assert load_checkpoint(tmp_path / "model_checkpoint.pth")["epoch"] == 1
+
+
+def test_sigkill_of_the_parent_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, big_data_dir):
+    """Saves every 50 ms, killed at varied moments: the file always loads."""
+    outcomes = []
+    for delay in (0.05, 0.13, 0.21, 0.34, 0.55):
+        proc = start_trainer(
+            "--data-dir",
+            big_data_dir,
+            "--epochs",
+            "1",
+            "--checkpoint-interval",
+            "0.05",
+            "--resume",
+            "--log-interval",
+            "1",
+            cwd=tmp_path,
+        )
+        try:
+            wait_for_line(proc, "epoch 1/1 [")
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            stop_group(proc)
+        state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+        outcomes.append(state["step"])
+    assert outcomes[-1] > 0
+    # Each resume continued from the previous kill's checkpoint, never went back.
+    assert outcomes == sorted(outcomes)
+    proc = run_trainer("--data-dir", big_data_dir, "--epochs", "1", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "left by an interrupted save" in proc.stderr or not any(
+        name.endswith(".tmp") for name in os.listdir(tmp_path)
+    )
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION) and not os.environ.get("CI"),
+    reason="needs Debian's dataset-fashion-mnist (installed by .ci/run)",
+)
+def test_real_fashion_mnist_one_epoch_two_workers(tmp_path):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in os.listdir(FASHION):
+        os.symlink(os.path.join(FASHION, name), raw / name)
+    proc = run_trainer(
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        tmp_path / "data",
+        "--epochs",
+        "1",
+        "--num-processes",
+        "2",
+        "--log-interval",
+        "200",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(open(tmp_path / "model_checkpoint.metrics.jsonl").readline())
+    print(f"fashion-mnist 1 epoch, 2 workers: {row}")
+    assert row["accuracy"] >= 0.70
