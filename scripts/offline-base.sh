@@ -47,7 +47,7 @@ make_image "$BASE_IMAGE" python3,python3-venv
 make_image "$BUILDER_IMAGE" python3,python3-venv,binutils
 
 echo "offline-base: pip download -r requirements.txt -d wheels/"
-pip download --quiet --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_28_x86_64 --platform linux_x86_64 \
+# Wheels for the image's Python (3.11) on this machine's architecture.
+pip download --quiet --only-binary=:all: --python-version 3.11 \
   -r "$here/requirements.txt" -d "$here/wheels"
 ls "$here/wheels"

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The assignment's check, extended: build the image, train with checkpoints on
+# the host, resume, scale, docker stop -> checkpoint -> resume, and the
+# container runtime contract. Prints ✅/❌ per check; exits non-zero on any ❌.
+#
+#   bash tests/grading.sh
+#
+# Environment:
+#   IMAGE          image tag to build and test      (default: mnist-hogwild:grading)
+#   BASE_IMAGE     passed to docker build if set     (e.g. mnist-hogwild-base:bookworm)
+#   BUILDER_IMAGE  passed to docker build if set
+#   GRADING_DATA   "synthetic": write small synthetic IDX files into ./data first
+#                  (CI does this: MNIST cannot be downloaded there). Default: use
+#                  ./data as it is (the trainer downloads MNIST if it is missing).
+#   MAX_SIZE       size limit in bytes               (default: 1100000000 = 1.1 GB)
+#   MAX_STOP       docker stop limit in seconds      (default: 2)
+#   SKIP_BUILD=1   test an image that is already built
+set -uo pipefail
+
+IMAGE=${IMAGE:-mnist-hogwild:grading}
+MAX_SIZE=${MAX_SIZE:-1100000000}
+MAX_STOP=${MAX_STOP:-2}
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=grading-output  # checkpoints of the extra checks, under the mounted repo
+failures=0
+name_prefix="grading-$$"
+
+pass() { echo "✅ $*"; }
+fail() { echo "❌ $*"; failures=$((failures + 1)); }
+step() { echo; echo "== $*"; }
+run() { docker run --rm -v "$ROOT:/workspace" "$@"; }
+ckpt_field() { # file expr -> prints the value of a python expression over the checkpoint s
+  run "$IMAGE" python -c "import torch; s = torch.load('$1', weights_only=True); print($2)"
+}
+cleanup() { docker rm -f $(docker ps -aq --filter "name=$name_prefix") >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+step "1. build $IMAGE"
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  build_args=()
+  [ -n "${BASE_IMAGE:-}" ] && build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  [ -n "${BUILDER_IMAGE:-}" ] && build_args+=(--build-arg "BUILDER_IMAGE=$BUILDER_IMAGE")
+  if docker build -q "${build_args[@]}" -t "$IMAGE" . >/tmp/grading-build.log 2>&1; then
+    pass "image built"
+  else
+    tail -20 /tmp/grading-build.log
+    fail "docker build failed"
+    exit 1
+  fi
+fi
+size=$(docker inspect --format '{{.Size}}' "$IMAGE")
+echo "image size: $size bytes ($((size / 1000000)) MB)"
+if [ -n "${BASE_IMAGE:-}" ] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  base=$(docker inspect --format '{{.Size}}' "$BASE_IMAGE")
+  echo "base image $BASE_IMAGE: $((base / 1000000)) MB; added by this image: $(((size - base) / 1000000)) MB"
+fi
+[ "$size" -le "$MAX_SIZE" ] && pass "size $((size / 1000000)) MB <= $((MAX_SIZE / 1000000)) MB" \
+  || fail "size $((size / 1000000)) MB > $((MAX_SIZE / 1000000)) MB"
+
+if [ "${GRADING_DATA:-}" = synthetic ]; then
+  echo "writing synthetic IDX files into ./data (GRADING_DATA=synthetic)"
+  run "$IMAGE" python /workspace/tests/synthetic_data.py /workspace/data --train 19200 --test 1000 >/dev/null \
+    || fail "could not write synthetic data"
+fi
+rm -rf "$OUT" model_checkpoint.pth model_checkpoint.metrics.jsonl
+mkdir -p "$OUT" && chmod 777 "$OUT"
+
+step "2. python /workspace/train.py"
+if run "$IMAGE" python /workspace/train.py; then pass "training finished"; else fail "training failed"; fi
+[ -f model_checkpoint.pth ] && pass "model_checkpoint.pth is on the host" \
+  || fail "model_checkpoint.pth missing on the host"
+
+step "3. python /workspace/train.py --resume"
+out=$(run "$IMAGE" python /workspace/train.py --resume 2>&1)
+rc=$?
+echo "$out" | tail -3
+[ $rc -eq 0 ] && pass "resume exited 0" || fail "resume exited $rc"
+[ -f model_checkpoint.pth ] && pass "checkpoint still there" || fail "checkpoint gone after resume"
+
+step "4a. --num-processes 2"
+if run "$IMAGE" --num-processes 2 --epochs 1 --checkpoint "$OUT/np2.pth" >/dev/null; then
+  pass "--num-processes 2 run finished"
+else
+  fail "--num-processes 2 run failed"
+fi
+
+step "4b. docker stop mid-epoch -> checkpoint -> --resume"
+cname="$name_prefix-stop"
+docker run -d --name "$cname" -v "$ROOT:/workspace" "$IMAGE" \
+  --epochs 2 --log-interval 20 --checkpoint "$OUT/stop.pth" --checkpoint-interval 0 >/dev/null
+for _ in $(seq 600); do
+  docker logs "$cname" 2>/dev/null | grep -q "epoch 1/2 \[" && break
+  sleep 0.1
+done
+start=$(date +%s%N)
+docker stop "$cname" >/dev/null
+stop_ms=$((($(date +%s%N) - start) / 1000000))
+code=$(docker inspect --format '{{.State.ExitCode}}' "$cname")
+docker logs "$cname" 2>&1 | tail -2
+echo "docker stop took ${stop_ms} ms (exit code $code)"
+[ "$stop_ms" -le $((MAX_STOP * 1000)) ] && pass "container exited ${stop_ms} ms after docker stop" \
+  || fail "container took ${stop_ms} ms to exit after docker stop (limit ${MAX_STOP}s)"
+[ "$code" = 130 ] && pass "trainer saw SIGINT (exit 130)" || fail "exit code $code, expected 130"
+progress=$(ckpt_field "$OUT/stop.pth" "s['epoch'], s['step'], s['batches_per_epoch']" 2>&1)
+echo "checkpoint (epoch, step, batches per epoch): $progress"
+read -r epoch step per <<<"$(echo "$progress" | tr -d '(),')"
+if [ "${epoch:-x}" = 0 ] && [ "${step:-0}" -gt 0 ] 2>/dev/null && [ "$step" -lt "$per" ]; then
+  pass "checkpoint holds mid-epoch progress (batch $step of $per)"
+else
+  fail "no mid-epoch checkpoint: $progress"
+fi
+out=$(run "$IMAGE" --epochs 2 --checkpoint "$OUT/stop.pth" --resume 2>&1)
+rc=$?
+echo "$out" | grep -E "resuming|done in" || true
+echo "$out" | grep -q "resuming $OUT/stop.pth at epoch 1, batch ${step:-?}/" \
+  && pass "--resume continued from batch $step, not from the start" \
+  || fail "--resume did not continue from the checkpoint"
+[ $rc -eq 0 ] && [ "$(ckpt_field "$OUT/stop.pth" "s['epoch']")" = 2 ] && pass "resumed run finished 2 epochs" \
+  || fail "resumed run did not finish (exit $rc)"
+
+step "5. runtime contract"
+run "$IMAGE" --help | grep -q -- "--num-processes" && pass "flags go to main.py (docker run IMAGE --help)" \
+  || fail "docker run IMAGE --help did not reach main.py"
+[ "$(docker run --rm "$IMAGE" python -c 'print(6 * 7)')" = 42 ] && pass "other commands run as given" \
+  || fail "docker run IMAGE python -c ... did not run as given"
+docker run --rm "$IMAGE" sh -c 'python -c "import torch; assert not torch.cuda.is_available()"; pwd' | grep -qx /workspace \
+  && pass "CPU-only torch, WORKDIR /workspace" || fail "CUDA torch or wrong WORKDIR"
+[ "$(docker inspect --format '{{.Config.StopSignal}}' "$IMAGE")" = SIGINT ] && pass "STOPSIGNAL SIGINT" \
+  || fail "STOPSIGNAL is not SIGINT"
+docker inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMAGE" | grep -q . \
+  && pass "OCI labels" || fail "OCI labels missing"
+
+# A foreign uid with no home, a read-only root file system, read-only data.
+mkdir -p "$OUT/user" && chmod 777 "$OUT/user"
+if docker run --rm --user 12345:12345 --read-only --tmpfs /tmp \
+    -v "$ROOT/data:/data:ro" -v "$ROOT/$OUT/user:/workspace" \
+    "$IMAGE" --data-dir /data --dry-run >/dev/null 2>"$OUT/user.err"; then
+  pass "--user 12345:12345 --read-only --tmpfs /tmp, data mounted read-only"
+else
+  tail -3 "$OUT/user.err"
+  fail "run as another uid with a read-only root file system failed"
+fi
+[ -f "$OUT/user/model_checkpoint.pth" ] && [ "$(stat -c %u "$OUT/user/model_checkpoint.pth")" = 12345 ] \
+  && pass "checkpoint written by uid 12345" || fail "no checkpoint from uid 12345"
+
+# Unwritable checkpoint volume: a clear error before any training.
+mkdir -p "$OUT/ro"
+err=$(docker run --rm -v "$ROOT/data:/workspace/data:ro" -v "$ROOT/$OUT/ro:/out:ro" "$IMAGE" \
+  --checkpoint /out/model_checkpoint.pth 2>&1 >/dev/null)
+rc=$?
+echo "$err" | tail -1
+[ $rc -eq 1 ] && echo "$err" | grep -q "cannot write checkpoints to /out" && ! echo "$err" | grep -q Traceback \
+  && pass "read-only checkpoint volume: one clear error, exit 1" || fail "read-only checkpoint volume not reported clearly (exit $rc)"
+
+# Docker's default 64 MB /dev/shm, up to 8 workers.
+for n in 1 8; do
+  if run "$IMAGE" --num-processes "$n" --dry-run --checkpoint "$OUT/shm$n.pth" >/dev/null 2>"$OUT/shm.err"; then
+    pass "--num-processes $n within the default 64 MB /dev/shm"
+  else
+    tail -3 "$OUT/shm.err"
+    fail "--num-processes $n failed with the default /dev/shm"
+  fi
+done
+
+echo
+if [ "$failures" -eq 0 ]; then
+  echo "✅ all grading checks passed"
+else
+  echo "❌ $failures grading check(s) failed"
+  exit 1
+fi
