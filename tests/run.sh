@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and trainer tests (pytest), the image and
+# container checks (tests/grading.sh), and the registry push test.
+# Needs a running Docker engine; see README "Tests".
+#
+#   bash tests/run.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export IMAGE=${IMAGE:-mnist-hogwild:grading}
+status=0
+
+echo "=== pytest"
+python3 -m pytest -v -p no:cacheprovider tests || status=1
+echo "=== tests/grading.sh"
+bash tests/grading.sh || status=1
+echo "=== tests/registry_test.sh"
+SKIP_BUILD=1 bash tests/registry_test.sh || status=1
+
+[ "$status" -eq 0 ] && echo "=== all test suites passed" || echo "=== some test suites FAILED"
+exit "$status"
