@@ -89,8 +89,8 @@ def format_seconds(seconds):
 class Run:
     """The parent's side of a run: owns the shared model, the workers and the checkpoint."""
 
-    def __init__(self, args, hp, stop, state):
-        self.args, self.hp, self.stop = args, hp, stop
+    def __init__(self, args, hp, stop, state, started):
+        self.args, self.hp, self.stop, self.started = args, hp, stop, started
         self.files = data.prepare(args.data_dir, hp["dataset"], log=log)
         self.train_set = data.map_split(self.files["train"])
         self.test_set = data.map_split(self.files["test"])
@@ -300,7 +300,10 @@ class Run:
             )
             self.stop_workers(graceful=False)  # still importing torch: nothing to finish
             return 128 + self.stop.signum
-        log(f"{len(self.workers)} workers ready in {time.perf_counter() - run_started:.1f}s")
+        log(
+            f"{len(self.workers)} workers ready: first batch {time.monotonic() - self.started:.1f}s "
+            f"after start ({time.perf_counter() - run_started:.1f}s to start the workers)"
+        )
         trained_seconds, trained_batches = 0.0, 0
         for epoch in range(first_epoch, hp["epochs"]):
             epoch_start = epoch * self.per_epoch
@@ -444,8 +447,11 @@ def _clone(value):
     return value
 
 
-def run(args, defaults, stop):
-    """Run training as the flags say; returns the process exit code."""
+def run(args, defaults, stop, started):
+    """Run training as the flags say; returns the process exit code.
+
+    STARTED is time.monotonic() at the start of main(), for the start-up time.
+    """
     run_obj = None
     try:
         checkpoint.check_writable(args.checkpoint)
@@ -464,7 +470,7 @@ def run(args, defaults, stop):
                 f"{hp['epochs']} epochs; pass a larger --epochs to train further"
             )
             return 0
-        run_obj = Run(args, hp, stop, state)
+        run_obj = Run(args, hp, stop, state, started)
         return run_obj.run()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 # The defaults of the flags that define the training itself. They are left
 # unset (None) in argparse so that --resume can tell "not given" (take the
@@ -188,6 +189,7 @@ class StopRequest:
 
 
 def main(argv=None):
+    started = time.monotonic()
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
     args = build_parser().parse_args(argv)
@@ -195,7 +197,7 @@ def main(argv=None):
     # importing torch takes about a second, and --help or a bad flag should not wait.
     import hogwild
 
-    return hogwild.run(args, TRAINING_DEFAULTS, stop)
+    return hogwild.run(args, TRAINING_DEFAULTS, stop, started)
 
 
 if __name__ == "__main__":

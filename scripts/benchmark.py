@@ -1,0 +1,506 @@
+#!/usr/bin/env python3
+"""Measure mnist-hogwild and print (and save) a table.
+
+    python scripts/benchmark.py                 # full run, ~15 min on 2 cores
+    python scripts/benchmark.py --smoke         # seconds, tiny synthetic data (tests use it)
+    python scripts/benchmark.py --update-readme # also rewrite README's performance section
+
+Data: MNIST under ./data if present, else Debian's Fashion-MNIST
+(/usr/share/datasets/fashion-mnist), else synthetic. Every number is the
+median of --repeats runs of the real trainer in subprocesses. Time only on an
+idle machine: another busy process on a 2-core box changes everything.
+Writes docs/benchmark.json, docs/benchmark.md and docs/scaling.png.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+import cpus  # noqa: E402
+import synthetic_data  # noqa: E402
+
+MAIN = os.path.join(REPO, "main.py")
+FASHION = "/usr/share/datasets/fashion-mnist"
+TARGETS = {"mnist": 0.98, "fashion-mnist": 0.82, "synthetic": 0.9}
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+def choose_data(work, smoke):
+    """(data_dir, dataset, label)."""
+    if smoke:
+        synthetic_data.write_files(work, train=1280, test=200)
+        return work, "mnist", "synthetic"
+    if os.path.isdir(os.path.join(REPO, "data", "MNIST", "raw")):
+        return os.path.join(REPO, "data"), "mnist", "mnist"
+    if os.path.isdir(FASHION):
+        raw = os.path.join(work, "FashionMNIST", "raw")
+        os.makedirs(raw)
+        for name in os.listdir(FASHION):
+            os.symlink(os.path.join(FASHION, name), os.path.join(raw, name))
+        return work, "fashion-mnist", "fashion-mnist"
+    synthetic_data.write_files(work, train=60000, test=10000)
+    return work, "mnist", "synthetic"
+
+
+def pss_kb(pid):
+    """Proportional set size: shared pages (torch libraries, the mapped data) count once overall."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def descendants(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def shm_used():
+    st = os.statvfs("/dev/shm")
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def flags(**options):
+    """Command-line flags from keyword arguments: data_dir="x" -> ["--data-dir", "x"]."""
+    return [part for k, v in options.items() for part in ("--" + k.replace("_", "-"), str(v))]
+
+
+class Trainer:
+    """One trainer process, with its output lines timestamped as they arrive."""
+
+    def __init__(self, args, cwd):
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, MAIN, *map(str, args)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines = []
+
+    def wait_line(self, pattern, timeout=600):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("trainer ended early:\n" + "".join(self.lines[-10:]))
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return time.monotonic() - self.t0, line
+        raise RuntimeError(f"timed out waiting for {pattern!r}")
+
+    def finish(self):
+        out, _ = self.proc.communicate(timeout=900)
+        self.lines.append(out)
+        if self.proc.returncode not in (0, 130):
+            raise RuntimeError("trainer failed:\n" + "".join(self.lines[-10:]))
+        return "".join(self.lines)
+
+
+def one_epoch(data_dir, dataset, workers, threads, work, measure_memory=False):
+    ckpt = os.path.join(work, f"bench-{workers}x{threads}.pth")
+    for path in (ckpt, ckpt.replace(".pth", ".metrics.jsonl")):
+        if os.path.exists(path):
+            os.unlink(path)
+    t = Trainer(
+        flags(
+            data_dir=data_dir,
+            dataset=dataset,
+            epochs="1",
+            num_processes=workers,
+            threads_per_process=threads,
+            checkpoint=ckpt,
+            checkpoint_interval="0",
+            log_interval="50",
+        ),
+        cwd=work,
+    )
+    sampler = MemorySampler(t.proc.pid) if measure_memory else None
+    _, line = t.wait_line(r"workers ready")
+    reported = float(re.search(r"first batch ([\d.]+)s after start", line).group(1))
+    t.wait_line(r"^epoch 1/1: test loss")
+    memory = sampler.stop() if sampler else {"pss_kb": 0, "shm_bytes": 0}
+    t.finish()
+    row = json.loads(open(ckpt.replace(".pth", ".metrics.jsonl")).readline())
+    return {
+        "samples_per_s": row["samples_per_s"],
+        "epoch_seconds": row["seconds"],
+        "first_batch_s": reported,
+        "pss_mb": memory["pss_kb"] / 1024,
+        "shm_mb": memory["shm_bytes"] / 2**20,
+    }
+
+
+class MemorySampler:
+    """Polls the trainer's total PSS and /dev/shm use every 0.1 s; keeps the peaks."""
+
+    def __init__(self, pid):
+        self.pid, self.peak = pid, {"pss_kb": 0, "shm_bytes": 0}
+        self.shm_before = shm_used()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.wait(0.1):
+            pids = [self.pid] + descendants(self.pid)
+            # The trainer and its workers; not multiprocessing's resource tracker.
+            total = sum(pss_kb(p) for p in pids if "resource_tracker" not in _cmdline(p))
+            self.peak["pss_kb"] = max(self.peak["pss_kb"], total)
+            self.peak["shm_bytes"] = max(self.peak["shm_bytes"], shm_used() - self.shm_before)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.peak
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def median_of(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def busy_loop():
+    """A competing process that keeps one core busy."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def stop_timing(data_dir, dataset, work):
+    ckpt = os.path.join(work, "bench-stop.pth")
+    if os.path.exists(ckpt):
+        os.unlink(ckpt)
+    t = Trainer(
+        # Many epochs: the stop must land mid-training even on tiny smoke data.
+        flags(data_dir=data_dir, dataset=dataset, epochs=100, checkpoint=ckpt, log_interval=5),
+        cwd=work,
+    )
+    t.wait_line(r"^epoch 1/100 \[")
+    time.sleep(0.5)
+    sent = time.monotonic()
+    t.proc.send_signal(signal.SIGINT)
+    out = t.finish()
+    exit_s = time.monotonic() - sent
+    save_ms = float(re.search(r"in (\d+) ms", out).group(1))
+    return {
+        "sigint_to_exit_s": exit_s,
+        "save_ms": save_ms,
+        "checkpoint_bytes": os.path.getsize(ckpt),
+    }
+
+
+def time_to_accuracy(data_dir, dataset, label, work, epochs):
+    ckpt = os.path.join(work, "bench-accuracy.pth")
+    for path in (ckpt, ckpt.replace(".pth", ".metrics.jsonl")):
+        if os.path.exists(path):
+            os.unlink(path)
+    t = Trainer(
+        flags(
+            data_dir=data_dir, dataset=dataset, epochs=epochs, checkpoint=ckpt, log_interval="1000"
+        ),
+        cwd=work,
+    )
+    target = TARGETS[label]
+    reached = None
+    while reached is None:
+        elapsed, line = t.wait_line(r"^epoch \d+/\d+: test loss|^done in")
+        match = re.search(r"^epoch (\d+)/\d+: .*accuracy ([\d.]+)%", line)
+        if not match:
+            break
+        if float(match.group(2)) / 100 >= target:
+            reached = {"epoch": int(match.group(1)), "wall_s": elapsed}
+    t.proc.send_signal(signal.SIGINT)
+    t.finish()
+    rows = [json.loads(l) for l in open(ckpt.replace(".pth", ".metrics.jsonl"))]
+    return {
+        "target": target,
+        "reached": reached,
+        "accuracy_per_epoch": [r["accuracy"] for r in rows],
+        "metrics_file": ckpt.replace(".pth", ".metrics.jsonl"),
+    }
+
+
+def docker_numbers(data_dir, dataset, image, work):
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode
+        != 0
+    ):
+        return None
+    size = int(
+        subprocess.run(
+            ["docker", "inspect", "--format", "{{.Size}}", image],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    name = f"bench-{os.getpid()}"
+    os.makedirs(os.path.join(work, "docker"), exist_ok=True)
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-v",
+            f"{os.path.realpath(data_dir)}:/data:ro",
+            "-v",
+            f"{os.path.join(work, 'docker')}:/workspace",
+            image,
+            "--data-dir",
+            "/data",
+            "--dataset",
+            dataset,
+            "--epochs",
+            "1",
+            "--log-interval",
+            "20",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        first_batch = None
+        while time.monotonic() - started < 120:
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+            if first_batch is None and "workers ready" in logs:
+                first_batch = time.monotonic() - started
+            if "epoch 1/1 [" in logs:
+                break
+            time.sleep(0.05)
+        t = time.monotonic()
+        subprocess.run(["docker", "stop", name], check=True, capture_output=True)
+        stop_s = time.monotonic() - t
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    return {
+        "image": image,
+        "image_mb": size / 1e6,
+        "container_first_batch_s": first_batch,
+        "docker_stop_s": stop_s,
+    }
+
+
+def markdown(result):
+    lines = [
+        f"Measured {result['date']} on {result['machine']}, data: {result['data']}, "
+        f"batch 64, the sample's Net; medians of {result['repeats']} runs "
+        f"(`python scripts/benchmark.py`).",
+        "",
+        "| processes x threads | samples/s | epoch (s) | scaling vs 1x1 | memory PSS (MB) | /dev/shm (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = result["throughput"][0]["samples_per_s"]
+    for row in result["throughput"]:
+        n = row["processes"]
+        lines.append(
+            f"| {n} x {row['threads']} | {row['samples_per_s']:.0f} | {row['epoch_seconds']:.1f} | "
+            f"{row['samples_per_s'] / base:.2f}x ({100 * row['samples_per_s'] / base / n:.0f}% per process) | "
+            f"{row['pss_mb']:.0f} | {row['shm_mb']:.1f} |"
+        )
+    c = result["contention"]
+    if c:
+        lines += [
+            "",
+            "With another process keeping one core busy: "
+            + ", ".join(f"{k}: {v:.0f} samples/s" for k, v in c.items())
+            + ".",
+        ]
+    mem = result["throughput"]
+    if len(mem) > 1:
+        lines.append("")
+        lines.append(
+            f"Each extra process adds about {(mem[1]['pss_mb'] - mem[0]['pss_mb']):.0f} MB PSS "
+            f"(its own torch state; the data set is memory-mapped and shared)."
+        )
+    s = result["stop"]
+    acc = result["accuracy"]
+    reached = acc["reached"]
+    lines += [
+        "",
+        "| what | value |",
+        "| --- | ---: |",
+        f"| start of run to first training batch | {result['first_batch_s']:.1f} s |",
+        f"| SIGINT to exit (checkpoint saved) | {s['sigint_to_exit_s']:.2f} s |",
+        f"| checkpoint save | {s['save_ms']:.0f} ms, {s['checkpoint_bytes'] / 1024:.0f} KiB |",
+        f"| time to {100 * acc['target']:.0f}% test accuracy (defaults) | "
+        + (
+            f"epoch {reached['epoch']}, {reached['wall_s']:.0f} s wall |"
+            if reached
+            else "not reached |"
+        ),
+    ]
+    d = result["docker"]
+    if d:
+        lines += [
+            f"| image size ({d['image']}) | {d['image_mb']:.0f} MB |",
+            f"| container start to first batch | {d['container_first_batch_s']:.1f} s |",
+            f"| docker stop | {d['docker_stop_s']:.2f} s |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["throughput"] if r["threads"] == 1]
+    xs = [r["processes"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(xs, [r["samples_per_s"] for r in rows], "o-", label="measured")
+    ax.plot(
+        xs,
+        [rows[0]["samples_per_s"] * min(x, result["usable_cpus"]) for x in xs],
+        "--",
+        label=f"linear up to {result['usable_cpus']} CPUs",
+    )
+    ax.set_xlabel("--num-processes (1 thread each)")
+    ax.set_ylabel("training samples/s")
+    ax.set_title(f"Hogwild scaling, {result['data']}")
+    ax.set_xticks(xs)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def update_readme(md):
+    path = os.path.join(REPO, "README.md")
+    text = open(path).read()
+    start, end = text.index(README_START), text.index(README_END)
+    open(path, "w").write(text[: start + len(README_START)] + "\n" + md + text[end:])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
+    p.add_argument("--smoke", action="store_true", help="tiny synthetic data, 1 repeat, no Docker")
+    p.add_argument(
+        "--out", default=os.path.join(REPO, "docs"), help="output folder (default: docs/)"
+    )
+    p.add_argument("--image", default="mnist-hogwild:grading", help="image for the Docker numbers")
+    p.add_argument(
+        "--accuracy-epochs",
+        type=int,
+        default=10,
+        help="most epochs to wait for the target accuracy (default: 10)",
+    )
+    p.add_argument(
+        "--update-readme", action="store_true", help="rewrite README's benchmark section"
+    )
+    args = p.parse_args()
+    repeats = 1 if args.smoke else args.repeats
+    usable = cpus.usable_cpus()
+    os.makedirs(args.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="mnist-hogwild-bench-")
+    try:
+        data_dir, dataset, label = choose_data(work, args.smoke)
+        print(f"data: {label} in {data_dir}; usable CPUs: {usable}", flush=True)
+        configs = (
+            [(1, 1), (2, 1)]
+            if args.smoke
+            else sorted({(1, 1), (2, 1), (4, 1), (usable, 1), (1, 2)})
+        )
+        throughput = []
+        for workers, threads in configs:
+            runs = [
+                one_epoch(data_dir, dataset, workers, threads, work, measure_memory=True)
+                for _ in range(repeats)
+            ]
+            row = {
+                "processes": workers,
+                "threads": threads,
+                **{k: median_of(runs, k) for k in runs[0]},
+            }
+            print(f"{workers} x {threads}: {row}", flush=True)
+            throughput.append(row)
+        contention = {}
+        if not args.smoke:
+            burner = busy_loop()
+            try:
+                for workers, threads in ((1, 2), (2, 1)):
+                    runs = [
+                        one_epoch(data_dir, dataset, workers, threads, work) for _ in range(repeats)
+                    ]
+                    contention[f"{workers} x {threads}"] = median_of(runs, "samples_per_s")
+            finally:
+                burner.kill()
+            print(f"contention: {contention}", flush=True)
+        stops = [stop_timing(data_dir, dataset, work) for _ in range(repeats)]
+        stop = {k: median_of(stops, k) for k in stops[0]}
+        print(f"stop: {stop}", flush=True)
+        accuracy = time_to_accuracy(
+            data_dir, dataset, label, work, 2 if args.smoke else args.accuracy_epochs
+        )
+        print(
+            f"accuracy: {accuracy['accuracy_per_epoch']} reached {accuracy['reached']}", flush=True
+        )
+        shutil.copy(accuracy.pop("metrics_file"), os.path.join(args.out, "metrics.jsonl"))
+        docker = None if args.smoke else docker_numbers(data_dir, dataset, args.image, work)
+        result = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} cores ({usable} usable), {os.uname().machine}",
+            "data": label,
+            "repeats": repeats,
+            "usable_cpus": usable,
+            "throughput": throughput,
+            "first_batch_s": next(r["first_batch_s"] for r in throughput if r["processes"] == 2),
+            "contention": contention,
+            "stop": stop,
+            "accuracy": accuracy,
+            "docker": docker,
+        }
+        with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        md = markdown(result)
+        with open(os.path.join(args.out, "benchmark.md"), "w") as f:
+            f.write(md)
+        plot_scaling(result, os.path.join(args.out, "scaling.png"))
+        print(md)
+        if args.update_readme:
+            update_readme(md)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Smoke runs of the benchmark and the plot script, so they cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_benchmark_smoke_writes_table_json_and_plot(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "scripts", "benchmark.py"),
+            "--smoke",
+            "--out",
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [r["processes"] for r in result["throughput"]] == [1, 2]
+    for row in result["throughput"]:
+        assert row["samples_per_s"] > 0 and row["pss_mb"] > 0 and row["first_batch_s"] > 0
+    assert result["stop"]["checkpoint_bytes"] > 0
+    assert "| 1 x 1 |" in (tmp_path / "benchmark.md").read_text()
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_draws_curves_from_a_metrics_file(tmp_path):
+    metrics = tmp_path / "m.metrics.jsonl"
+    metrics.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "epoch": e,
+                    "train_loss": 1 / e,
+                    "test_loss": 1.2 / e,
+                    "accuracy": 0.5 + e / 10,
+                    "samples_per_s": 1000,
+                    "seconds": 1,
+                }
+            )
+            + "\n"
+            for e in (1, 2, 3)
+        )
+    )
+    out = tmp_path / "curves.png"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "plot.py"), metrics, "-o", out],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "plot.py"), empty], capture_output=True, text=True
+    )
+    assert (
+        proc.returncode == 1 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    )
