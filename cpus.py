@@ -1,4 +1,4 @@
-"""How many CPUs this process may really use: affinity and cgroup CPU quota.
+"""What this process may really use: CPUs (affinity, cgroup CPU quota) and memory.
 
 os.cpu_count() reports the host's cores; inside `docker run --cpus 1.5` or
 under `taskset` that over-counts, and over-subscribed OpenMP threads spin and
@@ -58,3 +58,26 @@ def usable_cpus(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
     if limit is not None:
         count = min(count, math.ceil(limit))
     return max(1, count)
+
+
+def cgroup_memory_limit(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """The cgroup memory limit in bytes (v2 memory.max or v1 limit_in_bytes), or None."""
+    limits = []
+    for line in (_read(proc_cgroup) or "").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, rel = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            names, dirs = ("memory.max",), _ancestors(cgroup_root, rel)
+        elif "memory" in controllers.split(","):
+            names, dirs = ("memory.limit_in_bytes",), _ancestors(
+                os.path.join(cgroup_root, "memory"), rel
+            )
+        else:
+            continue
+        for d in dirs:
+            for name in names:
+                value = _read(os.path.join(d, name))
+                # v1 reports "no limit" as a huge number (a page-rounded 2**63 - 1).
+                if value and value.isdigit() and int(value) < 2**60:
+                    limits.append(int(value))
+    return min(limits) if limits else None

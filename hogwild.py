@@ -75,7 +75,12 @@ def write_metrics(path, metrics):
 
 def describe_exit(exitcode):
     if exitcode == -signal.SIGKILL:
-        return "was killed by SIGKILL (the kernel's out-of-memory killer does this when memory runs out, e.g. under docker --memory)"
+        limit = cpus.cgroup_memory_limit()
+        where = f"the memory limit of {limit / 2**20:.0f} MiB" if limit else "memory"
+        return (
+            f"was killed by SIGKILL (the kernel's out-of-memory killer does this when {where} "
+            f"runs out; each process needs about 220 MB)"
+        )
     if exitcode < 0:
         return f"was killed by {signal.Signals(-exitcode).name}"
     return f"exited with code {exitcode} before training finished"

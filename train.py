@@ -114,6 +114,20 @@ class SharedProgress:
                 self.cond.notify_all()
 
 
+def prefer_oom_kill():
+    """Make the kernel's out-of-memory killer pick a worker before the parent.
+
+    Under a memory limit (docker --memory) the kernel kills the process with
+    the highest OOM score. Raising our own score needs no privilege; then the
+    parent survives to report the failure and keep the checkpoint intact.
+    """
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass  # no procfs (not Linux): only the error message gets less specific
+
+
 def worker(rank, model, momentum_buffers, progress, files, hparams, threads, errors):
     """One Hogwild worker: claim batches, train the shared model, until stopped."""
     # The parent owns shutdown: a Ctrl-C to the process group or a signal must
@@ -123,6 +137,7 @@ def worker(rank, model, momentum_buffers, progress, files, hparams, threads, err
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     parent_pid = os.getppid()
+    prefer_oom_kill()
     try:
         torch.set_num_threads(threads)
         train_set = data.map_split(files)

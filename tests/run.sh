@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and trainer tests (pytest), the image and
-# container checks (tests/grading.sh), and the registry push test.
+# container checks (tests/grading.sh), the registry push test, and the quick
+# fault-injection soak (scripts/soak.py --quick).
 # Needs a running Docker engine; see README "Tests".
 #
 #   bash tests/run.sh
@@ -15,6 +16,8 @@ echo "=== tests/grading.sh"
 bash tests/grading.sh || status=1
 echo "=== tests/registry_test.sh"
 SKIP_BUILD=1 bash tests/registry_test.sh || status=1
+echo "=== scripts/soak.py --quick (fault injection, the CI subset)"
+python3 scripts/soak.py --quick --image "$IMAGE" --out "${SOAK_OUT:-/tmp/mnist-hogwild-soak}" || status=1
 
 [ "$status" -eq 0 ] && echo "=== all test suites passed" || echo "=== some test suites FAILED"
 exit "$status"

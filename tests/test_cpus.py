@@ -54,3 +54,16 @@ def test_usable_cpus_rounds_quota_up_and_honours_affinity(tmp_path):
     assert cpus.usable_cpus(root, proc) == 1
     root, proc = tree(tmp_path / "x", {"cpu.max": "max 100000\n"}, "0::/\n")
     assert cpus.usable_cpus(root, proc) == len(os.sched_getaffinity(0))
+
+
+def test_memory_limit_v1_and_v2(tmp_path):
+    root, proc = tree(tmp_path, {"memory.max": "314572800\n"}, "0::/\n")
+    assert cpus.cgroup_memory_limit(root, proc) == 300 * 2**20
+    root, proc = tree(tmp_path / "u", {"memory.max": "max\n"}, "0::/\n")
+    assert cpus.cgroup_memory_limit(root, proc) is None
+    root, proc = tree(
+        tmp_path / "v1", {"memory/memory.limit_in_bytes": "9223372036854771712\n"}, "4:memory:/x\n"
+    )
+    assert cpus.cgroup_memory_limit(root, proc) is None
+    (tmp_path / "v1" / "cg" / "memory" / "memory.limit_in_bytes").write_text("104857600\n")
+    assert cpus.cgroup_memory_limit(root, proc) == 100 * 2**20
