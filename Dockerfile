@@ -76,8 +76,8 @@ COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 # The code lives in /opt/mnist-hogwild (the default command), and also in
 # /workspace so that `docker run IMAGE python /workspace/train.py` works with
 # or without a volume there (the course autograder mounts the repository).
-COPY main.py train.py model.py data.py checkpoint.py cpus.py hogwild.py /opt/mnist-hogwild/
-COPY main.py train.py model.py data.py checkpoint.py cpus.py hogwild.py /workspace/
+COPY main.py train.py model.py data.py checkpoint.py cpus.py hogwild.py shared.py /opt/mnist-hogwild/
+COPY main.py train.py model.py data.py checkpoint.py cpus.py hogwild.py shared.py /workspace/
 # Any uid may write here when no volume is mounted (docker run --user).
 RUN chmod 1777 /workspace
 WORKDIR /workspace

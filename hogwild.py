@@ -8,11 +8,12 @@ import sys
 import time
 
 import torch
-import torch.multiprocessing as mp
+import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
 
 import checkpoint
 import cpus
 import data
+import shared
 import train
 from model import Net
 
@@ -20,10 +21,6 @@ from model import Net
 # checkpoint when resuming (lr and momentum may be changed on purpose).
 MUST_MATCH = ("batch_size", "seed", "dataset")
 POLL_SECONDS = 0.1  # how often the parent looks at signals and workers
-
-
-class WorkerDied(Exception):
-    pass
 
 
 def log(message):
@@ -73,19 +70,6 @@ def write_metrics(path, metrics):
         raise checkpoint.CheckpointError(f"could not write {path}: {e.strerror or e}") from None
 
 
-def describe_exit(exitcode):
-    if exitcode == -signal.SIGKILL:
-        limit = cpus.cgroup_memory_limit()
-        where = f"the memory limit of {limit / 2**20:.0f} MiB" if limit else "memory"
-        return (
-            f"was killed by SIGKILL (the kernel's out-of-memory killer does this when {where} "
-            f"runs out; each process needs about 220 MB)"
-        )
-    if exitcode < 0:
-        return f"was killed by {signal.Signals(-exitcode).name}"
-    return f"exited with code {exitcode} before training finished"
-
-
 def format_seconds(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
@@ -94,7 +78,7 @@ def format_seconds(seconds):
 class Run:
     """The parent's side of a run: owns the shared model, the workers and the checkpoint."""
 
-    def __init__(self, args, hp, stop, state, started):
+    def __init__(self, args, hp, stop, state, started, pool):
         self.args, self.hp, self.stop, self.started = args, hp, stop, started
         self.files = data.prepare(args.data_dir, hp["dataset"], log=log)
         self.train_set = data.map_split(self.files["train"])
@@ -108,9 +92,7 @@ class Run:
 
         torch.manual_seed(hp["seed"])
         self.model = Net()
-        self.optimizer = train.make_optimizer(self.model, hp["lr"], hp["momentum"])
-        for param in self.model.parameters():
-            self.optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        self.optimizer = train.MomentumSGD(self.model.parameters(), hp["lr"], hp["momentum"])
         self.metrics, self.partial = [], {"loss_sum": 0.0, "seconds": 0.0}
         epoch, step = 0, 0
         if state is not None:
@@ -119,87 +101,42 @@ class Run:
             self.partial = dict(state.get("partial_epoch") or self.partial)
             self.model.load_state_dict(state["model_state"])
             try:
-                self.optimizer.load_state_dict(state["optimizer_state"])
-            except (ValueError, KeyError, TypeError, IndexError) as e:
+                self.optimizer.load_momentum(state["optimizer_state"])
+            except ValueError as e:
                 raise checkpoint.CheckpointError(
                     f"{args.checkpoint} has an unusable optimizer state ({e})"
                 ) from None
-            for group in self.optimizer.param_groups:
-                group["lr"], group["momentum"] = hp["lr"], hp["momentum"]
         if not 0 <= step <= self.per_epoch:
             raise checkpoint.CheckpointError(f"{args.checkpoint} has an impossible step {step}")
         self.start = epoch * self.per_epoch + step
         # Hogwild: the workers update these very tensors, without locks.
         self.model.share_memory()
-        self.momentum = [
-            self.optimizer.state[p]["momentum_buffer"].share_memory_()
-            for p in self.model.parameters()
-        ]
+        self.momentum = [buf.share_memory_() for buf in self.optimizer.momentum_buffers]
 
         usable = cpus.usable_cpus()
         self.threads = args.threads_per_process or max(1, usable // args.num_processes)
         self.eval_threads = max(self.threads, usable)
-        self.ctx = mp.get_context("spawn")
-        self.progress = train.SharedProgress(self.ctx, self.start, args.log_interval)
-        self.workers, self.errors = [], None
+        self.memory_limit = cpus.cgroup_memory_limit()
+        self.pool, self.progress = pool, pool.progress
+        self.progress.reset(self.start)
 
     # ----- workers -------------------------------------------------------
-    def spawn_workers(self):
-        ctx = self.ctx
-        self.errors = ctx.SimpleQueue()
+    def send_setup(self):
+        """Hand the workers (started at launch, importing torch meanwhile) the
+        shared model, the momentum buffers and their settings."""
         hparams = {k: self.hp[k] for k in ("batch_size", "lr", "momentum", "seed", "dataset")}
-        # Children inherit a blocked signal mask through exec, so a Ctrl-C that
-        # arrives while they import torch cannot kill them before they ignore it.
-        # For us it stays pending and is handled right after the unblock.
-        blocked = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
-            for rank in range(self.args.num_processes):
-                p = ctx.Process(
-                    target=train.worker,
-                    args=(
-                        rank,
-                        self.model,
-                        self.momentum,
-                        self.progress,
-                        self.files["train"],
-                        hparams,
-                        self.threads,
-                        self.errors,
-                    ),
-                    name=f"hogwild-worker-{rank}",
-                    daemon=True,
-                )
-                p.start()
-                self.workers.append(p)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        self.pool.send_setup(
+            {
+                "model": self.model,
+                "momentum_buffers": self.momentum,
+                "files": self.files["train"],
+                "hparams": hparams,
+                "threads": self.threads,
+            }
+        )
 
     def check_workers(self):
-        for rank, p in enumerate(self.workers):
-            if p.exitcode is not None:
-                cause = describe_exit(p.exitcode)
-                while not self.errors.empty():
-                    failed_rank, message = self.errors.get()
-                    if failed_rank == rank:
-                        cause = f"failed: {message}"
-                raise WorkerDied(f"worker {rank} (pid {p.pid}) {cause}")
-
-    def stop_workers(self, graceful):
-        if graceful and self.workers:
-            if self.progress.cond.acquire(timeout=1.0):
-                self.progress.stop.value = 1
-                self.progress.cond.notify_all()
-                self.progress.cond.release()
-            deadline = time.monotonic() + 1.5
-            for p in self.workers:
-                p.join(max(0.0, deadline - time.monotonic()))
-        for p in self.workers:
-            if p.exitcode is None:
-                p.kill()
-        for p in self.workers:
-            p.join()
-        self.workers = []
+        self.pool.check(self.memory_limit)
 
     def _locked(self):
         """Acquire the shared lock, but notice a worker that died holding it."""
@@ -231,12 +168,12 @@ class Run:
         while True:
             self._locked()
             try:
-                if self.progress.ready.value < len(self.workers):
+                if self.progress.ready.value < len(self.pool):
                     self.progress.cond.wait(POLL_SECONDS)
                 ready = self.progress.ready.value
             finally:
                 self.progress.cond.release()
-            if ready >= len(self.workers):
+            if ready >= len(self.pool):
                 return True
             self.check_workers()
             if self.stop.signum is not None:
@@ -267,7 +204,7 @@ class Run:
             "format_version": checkpoint.FORMAT_VERSION,
             "model": type(self.model).__name__,
             "model_state": {k: v.clone() for k, v in self.model.state_dict().items()},
-            "optimizer_state": _clone(self.optimizer.state_dict()),
+            "optimizer_state": self.optimizer.state_dict(),
             "epoch": epoch,
             "step": step,
             "batches_per_epoch": self.per_epoch,
@@ -298,16 +235,16 @@ class Run:
             return 128 + self.stop.signum
         torch.set_num_threads(self.threads)
         run_started = time.perf_counter()
-        self.spawn_workers()
+        self.send_setup()
         if not self.wait_ready():
             log(
                 f"stopped by {signal.Signals(self.stop.signum).name} during start-up; nothing to save"
             )
-            self.stop_workers(graceful=False)  # still importing torch: nothing to finish
+            self.pool.stop(graceful=False)  # still starting: nothing to finish
             return 128 + self.stop.signum
         log(
-            f"{len(self.workers)} workers ready: first batch {time.monotonic() - self.started:.1f}s "
-            f"after start ({time.perf_counter() - run_started:.1f}s to start the workers)"
+            f"{len(self.pool)} workers ready: first batch {time.monotonic() - self.started:.1f}s "
+            f"after start"
         )
         trained_seconds, trained_batches = 0.0, 0
         for epoch in range(first_epoch, hp["epochs"]):
@@ -399,7 +336,7 @@ class Run:
             )
             if args.dry_run:
                 break
-        self.stop_workers(graceful=True)
+        self.pool.stop(graceful=True)
         total = time.perf_counter() - run_started
         log(
             f"done in {format_seconds(total)} ({self.progress.done.value - self.start} batches "
@@ -423,7 +360,7 @@ class Run:
             f"at epoch {epoch + 1}, batch {step}/{self.per_epoch} in {seconds * 1000:.0f} ms "
             f"({batches_this_run} batches this run); continue with --resume"
         )
-        self.stop_workers(graceful=True)
+        self.pool.stop(graceful=True)
         return 128 + self.stop.signum
 
     def log_progress(self, epoch, done, last, seconds, batches):
@@ -441,23 +378,12 @@ class Run:
         )
 
 
-def _clone(value):
-    """Deep copy of a state dict's tensors, so a save never sees later updates."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clone(v) for v in value]
-    return value
-
-
-def run(args, defaults, stop, started):
+def run(args, defaults, stop, started, pool):
     """Run training as the flags say; returns the process exit code.
 
-    STARTED is time.monotonic() at the start of main(), for the start-up time.
+    STARTED is time.monotonic() at the start of main(), for the start-up time;
+    POOL holds the workers, already starting; the caller stops it on every exit.
     """
-    run_obj = None
     try:
         checkpoint.check_writable(args.checkpoint)
         for name in checkpoint.remove_stale_temps(args.checkpoint):
@@ -475,19 +401,15 @@ def run(args, defaults, stop, started):
                 f"{hp['epochs']} epochs; pass a larger --epochs to train further"
             )
             return 0
-        run_obj = Run(args, hp, stop, state, started)
-        return run_obj.run()
+        return Run(args, hp, stop, state, started, pool).run()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (checkpoint.CheckpointError, data.DataError, WorkerDied) as e:
+    except (checkpoint.CheckpointError, data.DataError, shared.WorkerDied) as e:
         print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, WorkerDied):
+        if isinstance(e, shared.WorkerDied):
             print(
                 f"error: training stopped; the last good checkpoint {args.checkpoint} is kept",
                 file=sys.stderr,
             )
         return 1
-    finally:
-        if run_obj is not None:
-            run_obj.stop_workers(graceful=False)

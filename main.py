@@ -10,6 +10,8 @@ import signal
 import sys
 import time
 
+import shared
+
 # The defaults of the flags that define the training itself. They are left
 # unset (None) in argparse so that --resume can tell "not given" (take the
 # checkpoint's value) from "given" (check or override it).
@@ -193,11 +195,17 @@ def main(argv=None):
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
     args = build_parser().parse_args(argv)
-    # Imported here, after the handlers are in place and the flags are valid:
-    # importing torch takes about a second, and --help or a bad flag should not wait.
-    import hogwild
+    # Start the workers now: each imports torch (about 2.5 s here) while this
+    # process imports it too, instead of after it. They wait for the model.
+    pool = shared.WorkerPool(args.num_processes, args.log_interval)
+    try:
+        # Imported here, after the handlers are in place and the flags are valid:
+        # --help or a bad flag should not wait for torch.
+        import hogwild
 
-    return hogwild.run(args, TRAINING_DEFAULTS, stop, started)
+        return hogwild.run(args, TRAINING_DEFAULTS, stop, started, pool)
+    finally:
+        pool.stop(graceful=False)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ paused. That prefix is the whole progress a checkpoint has to record.
 
 import hashlib
 import os
-import signal
 import sys
 import traceback
 
 import torch
 import torch.nn.functional as F
-import torch.optim as optim
 
 import data
 
@@ -40,19 +38,79 @@ def batches_per_epoch(num_samples, batch_size):
     return -(-num_samples // batch_size)
 
 
-def make_optimizer(model, lr, momentum, momentum_buffers=None):
-    """SGD whose momentum buffers are the given (shared-memory) tensors.
+class MomentumSGD:
+    """SGD with momentum, with exactly torch.optim.SGD's arithmetic and state format.
 
-    Hogwild and momentum: every worker's optimizer points at the same buffers,
-    so all workers update one momentum racily, without locks, exactly as they
-    update the weights. This keeps the optimizer state a single thing the
-    parent can checkpoint and restore; races only cost a little noise.
+    buf = momentum * buf + grad; param -= lr * buf (dampening 0, no Nesterov, no
+    weight decay: the settings this project uses). Not torch.optim.SGD itself:
+    its first call imports torch._dynamo, which took 2.1 s per process here, on
+    every worker's path to its first batch. tests/test_train.py checks that the
+    weights after several steps are bitwise those of torch.optim.SGD, and that
+    torch.optim.SGD loads state_dict()'s output.
+
+    Hogwild and momentum: every worker's optimizer points at the same buffers
+    in shared memory, so all workers update one momentum racily, without
+    locks, exactly as they update the weights. This keeps the optimizer state a
+    single thing the parent can checkpoint and restore; races only cost noise.
     """
-    optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    if momentum_buffers is not None:
-        for param, buf in zip(model.parameters(), momentum_buffers):
-            optimizer.state[param]["momentum_buffer"] = buf
-    return optimizer
+
+    def __init__(self, params, lr, momentum, momentum_buffers=None):
+        self.params = list(params)
+        self.lr, self.momentum = lr, momentum
+        if momentum_buffers is None:
+            momentum_buffers = [torch.zeros_like(p) for p in self.params]
+        self.momentum_buffers = list(momentum_buffers)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for p, buf in zip(self.params, self.momentum_buffers):
+            if p.grad is not None:
+                buf.mul_(self.momentum).add_(p.grad)
+                p.add_(buf, alpha=-self.lr)
+
+    def state_dict(self):
+        """The same structure as torch.optim.SGD.state_dict() (tensors cloned)."""
+        return {
+            "state": {
+                i: {"momentum_buffer": buf.clone()} for i, buf in enumerate(self.momentum_buffers)
+            },
+            "param_groups": [
+                {
+                    "lr": self.lr,
+                    "momentum": self.momentum,
+                    "dampening": 0,
+                    "weight_decay": 0,
+                    "nesterov": False,
+                    "maximize": False,
+                    "foreach": None,
+                    "differentiable": False,
+                    "fused": None,
+                    "params": list(range(len(self.params))),
+                }
+            ],
+        }
+
+    def load_momentum(self, state_dict):
+        """Copy the momentum buffers of an SGD state dict into ours (in place:
+        they may already be shared with workers). ValueError if they do not fit."""
+        try:
+            state = state_dict["state"]
+            saved = [
+                state[i]["momentum_buffer"] if i in state else None for i in range(len(self.params))
+            ]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"no SGD state ({e!r})") from None
+        for i, (buf, value) in enumerate(zip(self.momentum_buffers, saved)):
+            if value is None:
+                buf.zero_()  # a parameter that never had a gradient
+            elif not isinstance(value, torch.Tensor) or value.shape != buf.shape:
+                raise ValueError(f"momentum buffer {i} does not match parameter {i}")
+            else:
+                buf.copy_(value)
 
 
 def train_batch(model, optimizer, x, y, dropout_seed):
@@ -60,58 +118,11 @@ def train_batch(model, optimizer, x, y, dropout_seed):
     # batch's masks depend only on (seed, epoch, batch), so an interrupted and
     # resumed run is bitwise the same as an uninterrupted one.
     torch.default_generator.manual_seed(dropout_seed)
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss = F.nll_loss(model(x), y)
     loss.backward()
     optimizer.step()
     return loss.item()
-
-
-class SharedProgress:
-    """Counters shared by the parent and the workers, guarded by one condition.
-
-    claimed: next global batch to hand out; done: batches finished;
-    limit: workers claim only below it (the parent lowers it to `claimed` to
-    pause, and raises it to the end of the epoch to run); stop: workers exit.
-    A global batch number g means epoch g // batches_per_epoch (0-based),
-    batch g % batches_per_epoch within it.
-    """
-
-    def __init__(self, ctx, start, log_interval):
-        self.cond = ctx.Condition()
-        self.claimed = ctx.RawValue("q", start)
-        self.done = ctx.RawValue("q", start)
-        self.limit = ctx.RawValue("q", start)
-        self.stop = ctx.RawValue("b", 0)
-        self.loss_sum = ctx.RawValue("d", 0.0)
-        self.ready = ctx.RawValue("q", 0)  # workers set up and waiting for batches
-        self.log_interval = log_interval
-
-    def claim(self, parent_pid):
-        """The next batch number, or None when told to stop (or orphaned)."""
-        with self.cond:
-            while not self.stop.value and self.claimed.value >= self.limit.value:
-                self.cond.wait(1.0)
-                if os.getppid() != parent_pid:
-                    return None
-            if self.stop.value:
-                return None
-            g = self.claimed.value
-            self.claimed.value = g + 1
-            return g
-
-    def set_ready(self):
-        with self.cond:
-            self.ready.value += 1
-            self.cond.notify_all()
-
-    def complete(self, loss):
-        with self.cond:
-            self.done.value += 1
-            self.loss_sum.value += loss
-            done = self.done.value
-            if done == self.limit.value or done % self.log_interval == 0:
-                self.cond.notify_all()
 
 
 def prefer_oom_kill():
@@ -128,36 +139,18 @@ def prefer_oom_kill():
         pass  # no procfs (not Linux): only the error message gets less specific
 
 
-def worker(rank, model, momentum_buffers, progress, files, hparams, threads, errors):
-    """One Hogwild worker: claim batches, train the shared model, until stopped."""
-    # The parent owns shutdown: a Ctrl-C to the process group or a signal must
-    # not kill a worker mid-update. The parent started us with these signals
-    # blocked (inherited through exec), so ignoring them first leaves no gap.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+def worker(rank, progress, setup, errors):
+    """One Hogwild worker: wait for the shared model, then claim batches and
+    train it until stopped. Started by shared.worker_entry (signals ignored)."""
     parent_pid = os.getppid()
     prefer_oom_kill()
     try:
-        torch.set_num_threads(threads)
-        train_set = data.map_split(files)
-        scale, shift = data.normalizer(hparams["dataset"])
-        per_epoch = batches_per_epoch(len(train_set), hparams["batch_size"])
-        optimizer = make_optimizer(model, hparams["lr"], hparams["momentum"], momentum_buffers)
-        model.train()
-        order_epoch, order = None, None
-        progress.set_ready()
-        while True:
-            g = progress.claim(parent_pid)
-            if g is None:
-                break
-            epoch, k = divmod(g, per_epoch)
-            if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(hparams["seed"], epoch, len(train_set))
-            indices = order[k * hparams["batch_size"] : (k + 1) * hparams["batch_size"]]
-            x, y = data.make_batch(train_set, indices, scale, shift)
-            loss = train_batch(model, optimizer, x, y, derived_seed(hparams["seed"], "dropout", g))
-            progress.complete(loss)
+        try:
+            payload = setup.recv()
+        except EOFError:
+            payload = None  # the parent gave up before training (an error, or nothing to do)
+        if payload is not None:
+            train_loop(progress, parent_pid, **payload)
     except Exception as e:  # noqa: BLE001 - a process boundary: report any failure to the parent
         errors.put((rank, f"{type(e).__name__}: {e}"))
         traceback.print_exc()
@@ -170,6 +163,30 @@ def worker(rank, model, momentum_buffers, progress, files, hparams, threads, err
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
+
+
+def train_loop(progress, parent_pid, model, momentum_buffers, files, hparams, threads):
+    torch.set_num_threads(threads)
+    train_set = data.map_split(files)
+    scale, shift = data.normalizer(hparams["dataset"])
+    per_epoch = batches_per_epoch(len(train_set), hparams["batch_size"])
+    optimizer = MomentumSGD(
+        model.parameters(), hparams["lr"], hparams["momentum"], momentum_buffers
+    )
+    model.train()
+    order_epoch, order = None, None
+    progress.set_ready()
+    while True:
+        g = progress.claim(parent_pid)
+        if g is None:
+            return
+        epoch, k = divmod(g, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(hparams["seed"], epoch, len(train_set))
+        indices = order[k * hparams["batch_size"] : (k + 1) * hparams["batch_size"]]
+        x, y = data.make_batch(train_set, indices, scale, shift)
+        loss = train_batch(model, optimizer, x, y, derived_seed(hparams["seed"], "dropout", g))
+        progress.complete(loss)
 
 
 def evaluate(model, split, dataset, batch_size, should_stop):

@@ -1,0 +1,164 @@
+"""The workers' processes and the counters they share with the parent.
+
+No torch here, on purpose: main.py starts the workers before it imports
+torch, so that the workers' imports (about 2.5 s each here) overlap the
+parent's. The parent sends the shared model once it has built it.
+"""
+
+import multiprocessing
+import os
+import signal
+import time
+
+
+class SharedProgress:
+    """Counters shared by the parent and the workers, guarded by one condition.
+
+    claimed: next global batch to hand out; done: batches finished;
+    limit: workers claim only below it (the parent lowers it to `claimed` to
+    pause, and raises it to the end of the epoch to run); stop: workers exit.
+    A global batch number g means epoch g // batches_per_epoch (0-based),
+    batch g % batches_per_epoch within it.
+    """
+
+    def __init__(self, ctx, log_interval):
+        self.cond = ctx.Condition()
+        self.claimed = ctx.RawValue("q", 0)
+        self.done = ctx.RawValue("q", 0)
+        self.limit = ctx.RawValue("q", 0)
+        self.stop = ctx.RawValue("b", 0)
+        self.loss_sum = ctx.RawValue("d", 0.0)
+        self.ready = ctx.RawValue("q", 0)  # workers set up and waiting for batches
+        self.log_interval = log_interval
+
+    def reset(self, start):
+        """Where training starts (called before any worker may claim)."""
+        with self.cond:
+            self.claimed.value = self.done.value = self.limit.value = start
+
+    def claim(self, parent_pid):
+        """The next batch number, or None when told to stop (or orphaned)."""
+        with self.cond:
+            while not self.stop.value and self.claimed.value >= self.limit.value:
+                self.cond.wait(1.0)
+                if os.getppid() != parent_pid:
+                    return None
+            if self.stop.value:
+                return None
+            g = self.claimed.value
+            self.claimed.value = g + 1
+            return g
+
+    def set_ready(self):
+        with self.cond:
+            self.ready.value += 1
+            self.cond.notify_all()
+
+    def complete(self, loss):
+        with self.cond:
+            self.done.value += 1
+            self.loss_sum.value += loss
+            done = self.done.value
+            if done == self.limit.value or done % self.log_interval == 0:
+                self.cond.notify_all()
+
+
+class WorkerDied(Exception):
+    pass
+
+
+def describe_exit(exitcode, memory_limit):
+    if exitcode == -signal.SIGKILL:
+        where = f"the memory limit of {memory_limit / 2**20:.0f} MiB" if memory_limit else "memory"
+        return (
+            f"was killed by SIGKILL (the kernel's out-of-memory killer does this when {where} "
+            f"runs out; each process needs about 220 MB)"
+        )
+    if exitcode < 0:
+        return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"exited with code {exitcode} before training finished"
+
+
+def worker_entry(rank, progress, setup, errors):
+    """Runs first in each worker; torch is imported only after the signals are set."""
+    # The parent owns shutdown: a Ctrl-C to the process group or a signal must
+    # not kill a worker mid-update. The parent started us with these signals
+    # blocked (inherited through exec), so ignoring them first leaves no gap.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    import train  # noqa: PLC0415 - the slow import, overlapping the parent's
+
+    train.worker(rank, progress, setup, errors)
+
+
+class WorkerPool:
+    """The Hogwild worker processes, started before the parent imports torch."""
+
+    def __init__(self, num_processes, log_interval):
+        self.ctx = multiprocessing.get_context("spawn")
+        self.progress = SharedProgress(self.ctx, log_interval)
+        self.errors = self.ctx.SimpleQueue()
+        self.processes, self.pipes = [], []
+        # Children inherit a blocked signal mask through exec, so a Ctrl-C that
+        # arrives while they start cannot kill them before they ignore it.
+        # For us it stays pending and is handled right after the unblock.
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            for rank in range(num_processes):
+                receiver, sender = self.ctx.Pipe(duplex=False)
+                p = self.ctx.Process(
+                    target=worker_entry,
+                    args=(rank, self.progress, receiver, self.errors),
+                    name=f"hogwild-worker-{rank}",
+                    daemon=True,
+                )
+                p.start()
+                receiver.close()
+                self.processes.append(p)
+                self.pipes.append(sender)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+    def __len__(self):
+        return len(self.processes)
+
+    def send_setup(self, payload):
+        """Hand every worker the shared model and its settings (tensors go by fd)."""
+        for rank, pipe in enumerate(self.pipes):
+            try:
+                pipe.send(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.check(memory_limit=None)
+                raise WorkerDied(f"worker {rank} exited during start-up") from None
+
+    def check(self, memory_limit):
+        """Raise WorkerDied if any worker has exited."""
+        for rank, p in enumerate(self.processes):
+            if p.exitcode is not None:
+                cause = describe_exit(p.exitcode, memory_limit)
+                while not self.errors.empty():
+                    failed_rank, message = self.errors.get()
+                    if failed_rank == rank:
+                        cause = f"failed: {message}"
+                raise WorkerDied(f"worker {rank} (pid {p.pid}) {cause}")
+
+    def stop(self, graceful):
+        """Graceful: tell idle workers to exit and wait up to 1.5 s; then kill what is left."""
+        if graceful and self.processes:
+            if self.progress.cond.acquire(timeout=1.0):
+                self.progress.stop.value = 1
+                self.progress.cond.notify_all()
+                self.progress.cond.release()
+            deadline = time.monotonic() + 1.5
+            for p in self.processes:
+                p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.processes:
+            if p.exitcode is None:
+                p.kill()
+        for p in self.processes:
+            p.join()
+        for pipe in self.pipes:
+            pipe.close()
+        self.processes, self.pipes = [], []
