@@ -16,6 +16,7 @@ Keys (FORMAT_VERSION 1):
 """
 
 import glob
+import io
 import os
 import pickle
 import secrets
@@ -76,8 +77,12 @@ def atomic_write(path, write):
 
 def save(state, path):
     """Write the checkpoint dict STATE to PATH atomically (see atomic_write)."""
+    # Serialise in memory first (about 180 KB): torch's zip writer reports a
+    # full disk as a RuntimeError from C++, a plain write() as OSError ENOSPC.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     except OSError as e:
         raise CheckpointError(
             f"could not write checkpoint {path}: {e.strerror or e}; "

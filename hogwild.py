@@ -116,7 +116,6 @@ class Run:
         usable = cpus.usable_cpus()
         self.threads = args.threads_per_process or max(1, usable // args.num_processes)
         self.eval_threads = max(self.threads, usable)
-        self.memory_limit = cpus.cgroup_memory_limit()
         self.pool, self.progress = pool, pool.progress
         self.progress.reset(self.start)
 
@@ -136,7 +135,7 @@ class Run:
         )
 
     def check_workers(self):
-        self.pool.check(self.memory_limit)
+        self.pool.check()
 
     def _locked(self):
         """Acquire the shared lock, but notice a worker that died holding it."""
@@ -408,8 +407,10 @@ def run(args, defaults, stop, started, pool):
     except (checkpoint.CheckpointError, data.DataError, shared.WorkerDied) as e:
         print(f"error: {e}", file=sys.stderr)
         if isinstance(e, shared.WorkerDied):
-            print(
-                f"error: training stopped; the last good checkpoint {args.checkpoint} is kept",
-                file=sys.stderr,
+            kept = (
+                f"the last good checkpoint {args.checkpoint} is kept"
+                if os.path.exists(args.checkpoint)
+                else "no checkpoint had been written yet"
             )
+            print(f"error: training stopped; {kept}", file=sys.stderr)
         return 1

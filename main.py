@@ -17,7 +17,7 @@ import shared
 # checkpoint's value) from "given" (check or override it).
 TRAINING_DEFAULTS = {
     "batch_size": 64,
-    "epochs": 6,
+    "epochs": 10,
     "lr": 0.01,
     "momentum": 0.5,
     "seed": 1,

@@ -10,6 +10,8 @@ import os
 import signal
 import time
 
+import cpus
+
 
 class SharedProgress:
     """Counters shared by the parent and the workers, guarded by one condition.
@@ -67,8 +69,9 @@ class WorkerDied(Exception):
     pass
 
 
-def describe_exit(exitcode, memory_limit):
+def describe_exit(exitcode):
     if exitcode == -signal.SIGKILL:
+        memory_limit = cpus.cgroup_memory_limit()
         where = f"the memory limit of {memory_limit / 2**20:.0f} MiB" if memory_limit else "memory"
         return (
             f"was killed by SIGKILL (the kernel's out-of-memory killer does this when {where} "
@@ -79,6 +82,20 @@ def describe_exit(exitcode, memory_limit):
     return f"exited with code {exitcode} before training finished"
 
 
+def prefer_oom_kill():
+    """Make the kernel's out-of-memory killer pick a worker before the parent.
+
+    Under a memory limit (docker --memory) the kernel kills the process with
+    the highest OOM score. Raising our own score needs no privilege; then the
+    parent survives to report the failure and keep the checkpoint intact.
+    """
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("500")
+    except OSError:
+        pass  # no procfs (not Linux): only the error message gets less specific
+
+
 def worker_entry(rank, progress, setup, errors):
     """Runs first in each worker; torch is imported only after the signals are set."""
     # The parent owns shutdown: a Ctrl-C to the process group or a signal must
@@ -87,6 +104,7 @@ def worker_entry(rank, progress, setup, errors):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    prefer_oom_kill()  # before the import: importing torch is when memory grows most
     import train  # noqa: PLC0415 - the slow import, overlapping the parent's
 
     train.worker(rank, progress, setup, errors)
@@ -130,14 +148,14 @@ class WorkerPool:
             try:
                 pipe.send(payload)
             except (BrokenPipeError, ConnectionResetError):
-                self.check(memory_limit=None)
+                self.check()
                 raise WorkerDied(f"worker {rank} exited during start-up") from None
 
-    def check(self, memory_limit):
+    def check(self):
         """Raise WorkerDied if any worker has exited."""
         for rank, p in enumerate(self.processes):
             if p.exitcode is not None:
-                cause = describe_exit(p.exitcode, memory_limit)
+                cause = describe_exit(p.exitcode)
                 while not self.errors.empty():
                     failed_rank, message = self.errors.get()
                     if failed_rank == rank:

@@ -125,25 +125,10 @@ def train_batch(model, optimizer, x, y, dropout_seed):
     return loss.item()
 
 
-def prefer_oom_kill():
-    """Make the kernel's out-of-memory killer pick a worker before the parent.
-
-    Under a memory limit (docker --memory) the kernel kills the process with
-    the highest OOM score. Raising our own score needs no privilege; then the
-    parent survives to report the failure and keep the checkpoint intact.
-    """
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("500")
-    except OSError:
-        pass  # no procfs (not Linux): only the error message gets less specific
-
-
 def worker(rank, progress, setup, errors):
     """One Hogwild worker: wait for the shared model, then claim batches and
     train it until stopped. Started by shared.worker_entry (signals ignored)."""
     parent_pid = os.getppid()
-    prefer_oom_kill()
     try:
         try:
             payload = setup.recv()

@@ -253,14 +253,24 @@ class Soak:
     # ----- faults --------------------------------------------------------
     def baseline(self):
         ckpt = self.fresh("baseline")
+        t = time.monotonic()
         code, out = self.runner.run([*self.common, "--checkpoint", self.runner.path(ckpt)])
+        wall = time.monotonic() - t
         if code != 0:
             raise SystemExit(f"baseline run failed:\n{out}")
         acc = self.accuracy(ckpt)
-        print(f"baseline (uninterrupted): accuracy {100 * acc:.2f}%", flush=True)
+        startup = float(re.search(r"first batch ([\d.]+)s after start", out).group(1))
+        # Stops land anywhere from start-up to a bit past the share of training
+        # each of the K segments has to do, so that they spread over the run.
+        self.max_delay = startup + 2 * max(wall - startup, 1.0) / self.k
+        print(
+            f"baseline (uninterrupted): accuracy {100 * acc:.2f}%, {wall:.0f} s, first batch "
+            f"after {startup:.1f} s; faults land 0-{self.max_delay:.1f} s after each start",
+            flush=True,
+        )
         return ckpt, acc
 
-    def interrupt_chain(self, kind, max_delay, interval):
+    def interrupt_chain(self, kind, interval):
         """K stops or SIGKILLs at random moments, each followed by --resume."""
         ckpt = self.fresh(kind)
         previous = None
@@ -277,7 +287,7 @@ class Soak:
                     "5",
                 ]
             )
-            time.sleep(self.rng.uniform(0, max_delay))
+            time.sleep(self.rng.uniform(0, self.max_delay))
             logs = self.runner.logs(handle)
             phase = "start-up" if "workers ready" not in logs else "training"
             if "training already complete" in logs or "done in" in logs:
@@ -613,14 +623,13 @@ def main():
         )
         base_ckpt, base_acc = soak.baseline()
         accuracies = {}
-        # The longest pause covers start-up (about 8 s here) and a few seconds of training.
         print(
             "docker stop at random moments:" if docker else "SIGINT at random moments:", flush=True
         )
-        ckpt = soak.interrupt_chain("stop", max_delay=12, interval="2")
+        ckpt = soak.interrupt_chain("stop", interval="2")
         accuracies["after stops"] = soak.finish(ckpt)
         print("SIGKILL at random moments (--checkpoint-interval 1):", flush=True)
-        ckpt = soak.interrupt_chain("kill", max_delay=12, interval="1")
+        ckpt = soak.interrupt_chain("kill", interval="1")
         accuracies["after kills"] = soak.finish(ckpt)
         print("a worker killed from outside:", flush=True)
         soak.worker_kill()

@@ -88,16 +88,30 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "PWNED")
 
 
-def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+def test_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
     path = str(tmp_path / "ck.pth")
     checkpoint.save(valid_state(), path)
     before = open(path, "rb").read()
+    real_fdopen = os.fdopen
 
-    def disk_full(obj, f):
-        f.write(b"partial bytes")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
 
-    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+        def write(self, data):
+            self.f.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
     with pytest.raises(checkpoint.CheckpointError, match="No space left on device"):
         checkpoint.save(valid_state(), path)
     assert open(path, "rb").read() == before
@@ -105,7 +119,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_process_killed_mid_save_leaves_the_old_file(tmp_path):
-    """A real SIGKILL while torch.save is writing: the old checkpoint survives."""
+    """A real SIGKILL halfway through writing the temp file: the old checkpoint survives."""
     path = str(tmp_path / "ck.pth")
     checkpoint.save(valid_state(), path)
     before = open(path, "rb").read()
@@ -113,12 +127,21 @@ def test_process_killed_mid_save_leaves_the_old_file(tmp_path):
 import os, signal, sys
 sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
 import checkpoint, torch
-real = torch.save
-def dying_save(obj, f):
-    f.write(b"half a checkpoint")
-    f.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-checkpoint.torch.save = dying_save
+real_fdopen = os.fdopen
+class Dying:
+    def __init__(self, f):
+        self.f = f
+    def write(self, data):
+        self.f.write(bytes(data)[: len(data) // 2])
+        self.f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.f.close()
+checkpoint.os.fdopen = lambda fd, mode: Dying(real_fdopen(fd, mode))
 checkpoint.save({{"x": torch.zeros(3)}}, {path!r})
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)

@@ -40,7 +40,7 @@ def test_help_lists_every_flag_with_its_default(tmp_path):
     for flag, default in [
         ("--batch-size", "64"),
         ("--test-batch-size", "1000"),
-        ("--epochs", "6"),
+        ("--epochs", "10"),
         ("--lr", "0.01"),
         ("--momentum", "0.5"),
         ("--seed", "1"),
