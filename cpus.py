@@ -23,31 +23,39 @@ def _ancestors(root, rel):
     return [os.path.join(root, *parts[:i]) for i in range(len(parts), -1, -1)]
 
 
-def cgroup_cpu_limit(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
-    """CPU quota in cores (a float), or None when there is no quota."""
-    limits = []
+def _cgroup_dirs(controller, v1_mounts, cgroup_root, proc_cgroup):
+    """(version, directory) pairs where CONTROLLER's limits for this process may be.
+
+    v2: our cgroup and its ancestors. v1: the same under the controller's
+    mount; inside a container the container's own cgroup is mounted at the
+    root, so the path named in /proc/self/cgroup may not exist there.
+    """
     for line in (_read(proc_cgroup) or "").splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, _, rel = rest.partition(":")
         if hierarchy == "0" and controllers == "":
-            # cgroup v2: "max 100000" or "QUOTA PERIOD".
             for d in _ancestors(cgroup_root, rel):
-                fields = (_read(os.path.join(d, "cpu.max")) or "").split()
-                if len(fields) == 2 and fields[0] != "max":
-                    limits.append(int(fields[0]) / int(fields[1]))
-        elif "cpu" in controllers.split(","):
-            # cgroup v1: the cpu controller's mount; inside a container the
-            # container's own cgroup is mounted at the root, so REL may not exist.
-            for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-                base = os.path.join(cgroup_root, mount)
-                if not os.path.isdir(base):
-                    continue
+                yield 2, d
+        elif controller in controllers.split(","):
+            mounts = [os.path.join(cgroup_root, m) for m in v1_mounts]
+            for base in [m for m in mounts if os.path.isdir(m)][:1]:
                 for d in _ancestors(base, rel):
-                    quota = _read(os.path.join(d, "cpu.cfs_quota_us"))
-                    period = _read(os.path.join(d, "cpu.cfs_period_us"))
-                    if quota and period and int(quota) > 0:
-                        limits.append(int(quota) / int(period))
-                break
+                    yield 1, d
+
+
+def cgroup_cpu_limit(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """CPU quota in cores (a float), or None when there is no quota."""
+    limits = []
+    mounts = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+    for version, d in _cgroup_dirs("cpu", mounts, cgroup_root, proc_cgroup):
+        if version == 2:  # "max 100000" or "QUOTA PERIOD"
+            fields = (_read(os.path.join(d, "cpu.max")) or "").split()
+            quota, period = fields if len(fields) == 2 and fields[0] != "max" else (None, None)
+        else:
+            quota = _read(os.path.join(d, "cpu.cfs_quota_us"))
+            period = _read(os.path.join(d, "cpu.cfs_period_us"))
+        if quota and period and int(quota) > 0:
+            limits.append(int(quota) / int(period))
     return min(limits) if limits else None
 
 
@@ -63,21 +71,9 @@ def usable_cpus(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
 def cgroup_memory_limit(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
     """The cgroup memory limit in bytes (v2 memory.max or v1 limit_in_bytes), or None."""
     limits = []
-    for line in (_read(proc_cgroup) or "").splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, rel = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            names, dirs = ("memory.max",), _ancestors(cgroup_root, rel)
-        elif "memory" in controllers.split(","):
-            names, dirs = ("memory.limit_in_bytes",), _ancestors(
-                os.path.join(cgroup_root, "memory"), rel
-            )
-        else:
-            continue
-        for d in dirs:
-            for name in names:
-                value = _read(os.path.join(d, name))
-                # v1 reports "no limit" as a huge number (a page-rounded 2**63 - 1).
-                if value and value.isdigit() and int(value) < 2**60:
-                    limits.append(int(value))
+    for version, d in _cgroup_dirs("memory", ("memory",), cgroup_root, proc_cgroup):
+        value = _read(os.path.join(d, "memory.max" if version == 2 else "memory.limit_in_bytes"))
+        # v1 reports "no limit" as a huge number (a page-rounded 2**63 - 1).
+        if value and value.isdigit() and int(value) < 2**60:
+            limits.append(int(value))
     return min(limits) if limits else None

@@ -36,24 +36,24 @@ def positive_int(text):
     return value
 
 
-def positive_float(text):
+def _float_at_least(text, minimum, inclusive):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    in_range = value >= minimum if inclusive else value > minimum
+    if not in_range or value == float("inf"):  # (NaN is never in range)
+        what = f"{minimum} or more" if inclusive else f"more than {minimum}"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def positive_float(text):
+    return _float_at_least(text, 0, inclusive=False)
 
 
 def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    return _float_at_least(text, 0, inclusive=True)
 
 
 def momentum_value(text):

@@ -675,6 +675,12 @@ def main():
             json.dump(result, f, indent=2)
         with open(os.path.join(args.out, f"soak{suffix}.md"), "w") as f:
             f.write(md)
+        if args.update_readme:
+            path = os.path.join(REPO, "README.md")
+            text = open(path).read()
+            start = text.index("<!-- soak:start -->") + len("<!-- soak:start -->")
+            end = text.index("<!-- soak:end -->")
+            open(path, "w").write(text[:start] + "\n" + md + text[end:])
         return 1 if t["problems"] else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
