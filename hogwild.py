@@ -108,6 +108,10 @@ class Run:
                 ) from None
         if not 0 <= step <= self.per_epoch:
             raise checkpoint.CheckpointError(f"{args.checkpoint} has an impossible step {step}")
+        # Not divmod(start, per_epoch) later: a checkpoint saved while the last
+        # epoch's evaluation was interrupted holds step == per_epoch, and that
+        # epoch must still be evaluated on resume.
+        self.start_epoch = epoch
         self.start = epoch * self.per_epoch + step
         # Hogwild: the workers update these very tensors, without locks.
         self.model.share_memory()
@@ -221,7 +225,7 @@ class Run:
     # ----- the run -------------------------------------------------------
     def run(self):
         args, hp = self.args, self.hp
-        first_epoch, step = divmod(self.start, self.per_epoch)
+        first_epoch, step = self.start_epoch, self.start - self.start_epoch * self.per_epoch
         if self.start:
             log(
                 f"resuming {args.checkpoint} at epoch {first_epoch + 1}, batch {step}/{self.per_epoch}"

@@ -59,6 +59,22 @@ def test_resume_keeps_training_settings_and_checks_conflicts(tmp_path, data_dir)
     assert state["epoch"] == 2 and state["args"]["batch_size"] == 128
 
 
+def test_resume_after_an_interrupted_evaluation_evaluates_that_epoch(tmp_path, data_dir):
+    """Found by the soak: a stop during the last epoch's evaluation saves
+    (epoch E-1, step = batches per epoch); resuming must evaluate epoch E."""
+    common = ["--data-dir", data_dir, *ONE, "--epochs", "1"]
+    assert run_trainer(*common, cwd=tmp_path).returncode == 0
+    path = tmp_path / "model_checkpoint.pth"
+    state = load_checkpoint(path)
+    state.update(epoch=0, step=state["batches_per_epoch"], metrics=[])
+    torch.save(state, path)
+    proc = run_trainer(*common, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/1: test loss" in proc.stdout
+    final = load_checkpoint(path)
+    assert (final["epoch"], final["step"], len(final["metrics"])) == (1, 0, 1)
+
+
 def test_resume_without_checkpoint_warns_and_starts_fresh(tmp_path, data_dir):
     proc = run_trainer("--data-dir", data_dir, *ONE, "--epochs", "1", "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
