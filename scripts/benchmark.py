@@ -4,6 +4,7 @@
     python scripts/benchmark.py                 # full run, ~15 min on 2 cores
     python scripts/benchmark.py --smoke         # seconds, tiny synthetic data (tests use it)
     python scripts/benchmark.py --update-readme # also rewrite README's performance section
+    python scripts/benchmark.py --from-json docs/benchmark.json --update-readme  # redraw only
 
 Data: MNIST under ./data if present, else Debian's Fashion-MNIST
 (/usr/share/datasets/fashion-mnist), else synthetic. Every number is the
@@ -504,6 +505,11 @@ def main():
     )
     p.add_argument(
         "--update-readme", action="store_true", help="rewrite README's benchmark section"
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="measure nothing: redraw the table, plot and README sections from a saved benchmark.json",
     )
     args = p.parse_args()
     if args.from_json:

@@ -248,6 +248,17 @@ class Soak:
             self.tally["resumes_failed"] += 1
             self.problem(f"resume failed (exit {code}): {out.strip().splitlines()[-1:]}")
             return None
+        state = checkpoint.load(ckpt, self.expected)
+        epochs = int(self.common[5])
+        if (state["epoch"], state["step"], len(state["metrics"])) != (epochs, 0, epochs):
+            # A resumed run that exits 0 without finishing every epoch's training
+            # and evaluation is a failed resume too (this caught a real bug).
+            self.tally["resumes_failed"] += 1
+            self.problem(
+                f"resume ended at epoch {state['epoch']}, step {state['step']} with "
+                f"{len(state['metrics'])} evaluations, not {epochs} complete epochs"
+            )
+            return None
         return self.accuracy(ckpt)
 
     # ----- faults --------------------------------------------------------
