@@ -155,6 +155,9 @@ def test_killed_worker_fails_the_run_and_keeps_the_checkpoint(tmp_path, big_data
         saved = (tmp_path / "model_checkpoint.pth").read_bytes()
         wait_for_line(proc, "epoch 2/2 [")
         victim = worker_pids(proc.pid)[1]
+        # Workers volunteer for the OOM killer, so that the parent survives to report.
+        assert open(f"/proc/{victim}/oom_score_adj").read().strip() == "500"
+        assert open(f"/proc/{proc.pid}/oom_score_adj").read().strip() == "0"
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         out, err = proc.communicate(timeout=30)
