@@ -617,6 +617,11 @@ def main():
     p.add_argument(
         "--out", default=os.path.join(REPO, "docs"), help="where soak.md/json go (default: docs/)"
     )
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="put the table into README's Reliability section",
+    )
     args = p.parse_args()
     k = args.k or (3 if args.quick else 20)
     docker = not args.host
