@@ -8,7 +8,9 @@ parent's. The parent sends the shared model once it has built it.
 import multiprocessing
 import os
 import signal
+import sys
 import time
+import traceback
 
 import cpus
 
@@ -110,6 +112,33 @@ def worker_entry(rank, progress, setup, errors):
     train.worker(rank, progress, setup, errors)
 
 
+def condense_fd_server_errors():
+    """One line, not a traceback, when a worker dies while fetching the model's fds.
+
+    multiprocessing serves the file descriptors of shared tensors from a
+    thread (resource_sharer) that reports any failed hand-over through
+    sys.excepthook. A worker killed mid-hand-over (say, by the OOM killer) is
+    reported by the parent anyway, with its cause; the thread's traceback would
+    only bury that. Every other exception keeps the normal hook.
+    """
+    default = sys.excepthook
+    if getattr(default, "condensed_fd_errors", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        frames = traceback.extract_tb(tb)
+        if any(os.path.basename(f.filename) == "resource_sharer.py" for f in frames):
+            os.write(
+                2,
+                f"note: a worker disconnected while receiving the model ({exc_type.__name__})\n".encode(),
+            )
+        else:
+            default(exc_type, exc, tb)
+
+    hook.condensed_fd_errors = True
+    sys.excepthook = hook
+
+
 class WorkerPool:
     """The Hogwild worker processes, started before the parent imports torch."""
 
@@ -144,6 +173,7 @@ class WorkerPool:
 
     def send_setup(self, payload):
         """Hand every worker the shared model and its settings (tensors go by fd)."""
+        condense_fd_server_errors()
         for rank, pipe in enumerate(self.pipes):
             try:
                 pipe.send(payload)
