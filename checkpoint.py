@@ -124,7 +124,9 @@ def _reason(error):
     elif "Weights only load failed" in text:
         text = text.split("trusted source.", 1)[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:200]
+    first = lines[0] if lines else type(error).__name__
+    # torch's messages go on with advice after the first sentence; keep the fact.
+    return first.split(". ")[0].rstrip(".")[:200]
 
 
 def load(path, model_state):

@@ -245,6 +245,8 @@ class Run:
             )
             self.pool.stop(graceful=False)  # still starting: nothing to finish
             return 128 + self.stop.signum
+        # From here on a signal means "save, then stop" (see main.StopRequest).
+        self.stop.starting = False
         log(
             f"{len(self.pool)} workers ready: first batch {time.monotonic() - self.started:.1f}s "
             f"after start"

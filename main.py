@@ -164,12 +164,17 @@ class StopRequest:
     """Records SIGINT/SIGTERM; the training loop polls it and shuts down cleanly.
 
     The handler only sets a field (and writes with os.write, which is safe at
-    any moment): no KeyboardInterrupt can land in the middle of a save.
+    any moment): no KeyboardInterrupt can land in the middle of a save. The
+    one exception is start-up (importing torch takes seconds and cannot be
+    interrupted by a flag): until training starts there is nothing to save,
+    so the handler raises SystemExit and the process ends at once, well
+    within the 2 s this project promises for docker stop.
     """
 
     def __init__(self):
         self.signum = None
         self.count = 0
+        self.starting = True  # hogwild.Run sets False just before the first batch
 
     def install(self):
         signal.signal(signal.SIGINT, self._handle)
@@ -178,6 +183,11 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.count += 1
         name = signal.Signals(signum).name
+        if self.starting:
+            os.write(2, f"received {name} during start-up: nothing to save yet, exiting\n".encode())
+            # Unwinds whatever is running (even `import torch`); main()'s
+            # `finally` stops the workers and multiprocessing cleans up after itself.
+            raise SystemExit(128 + signum)
         if self.signum is None:
             self.signum = signum
             os.write(

@@ -86,6 +86,23 @@ def test_signal_mid_epoch_saves_progress_and_resume_finishes(tmp_path, big_data_
     assert first + batches_this_run(proc.stdout) == 2 * state["batches_per_epoch"]
 
 
+@pytest.mark.parametrize("delay", [0.2, 1.0])
+def test_signal_during_start_up_exits_fast_without_a_checkpoint(tmp_path, big_data_dir, delay):
+    proc = start_trainer("--data-dir", big_data_dir, "--epochs", "1", cwd=tmp_path)
+    try:
+        time.sleep(delay)  # still importing torch
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 130, err
+    assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert "Traceback" not in err
+    assert not (tmp_path / "model_checkpoint.pth").exists()
+
+
 def test_ctrl_c_to_the_process_group_is_handled_once(tmp_path, big_data_dir):
     rc, out, err, elapsed = signal_mid_epoch(tmp_path, big_data_dir, signal.SIGINT, group=True)
     assert rc == 130, err
