@@ -184,6 +184,7 @@ class StopRequest:
         self.count += 1
         name = signal.Signals(signum).name
         if self.starting:
+            self.signum = self.signum or signum  # if SystemExit is swallowed, the run still stops
             os.write(2, f"received {name} during start-up: nothing to save yet, exiting\n".encode())
             # Unwinds whatever is running (even `import torch`); main()'s
             # `finally` stops the workers and multiprocessing cleans up after itself.
