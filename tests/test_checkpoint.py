@@ -1,9 +1,7 @@
 import errno
 import os
-import pickle
 import subprocess
 import sys
-import zipfile
 
 import pytest
 import torch

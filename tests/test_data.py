@@ -32,9 +32,10 @@ def test_unpacked_and_gzipped_files_read_the_same(tmp_path):
 def test_split_is_memory_mapped_not_copied(tmp_path):
     root, _ = write(tmp_path)
     files = data.prepare(root, "mnist")["train"]
-    split = data.map_split(files)
+    split = data.map_split(files)  # kept alive: the mapping lasts as long as the tensor
     maps = open("/proc/self/maps").read()
     assert os.path.realpath(files.images) in maps
+    assert len(split) == 300
 
 
 def test_read_only_data_dir_unpacks_into_temp_cache(tmp_path, monkeypatch):
