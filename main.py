@@ -173,7 +173,6 @@ class StopRequest:
 
     def __init__(self):
         self.signum = None
-        self.count = 0
         self.starting = True  # hogwild.Run sets False just before the first batch
 
     def install(self):
@@ -181,7 +180,6 @@ class StopRequest:
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        self.count += 1
         name = signal.Signals(signum).name
         if self.starting:
             self.signum = self.signum or signum  # if SystemExit is swallowed, the run still stops

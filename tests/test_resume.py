@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+import checkpoint
+
 from conftest import load_checkpoint, run_trainer
 
 ONE = ["--num-processes", "1", "--threads-per-process", "1"]
@@ -115,21 +117,9 @@ class RunsCode:
         (
             lambda p: torch.save(
                 {
+                    **dict.fromkeys(checkpoint.REQUIRED_KEYS, 0),
                     "format_version": 1,
                     "model_state": torch.nn.Linear(3, 3).state_dict(),
-                    **dict.fromkeys(
-                        [
-                            "model",
-                            "optimizer_state",
-                            "epoch",
-                            "step",
-                            "batches_per_epoch",
-                            "seed",
-                            "args",
-                            "metrics",
-                        ],
-                        0,
-                    ),
                 },
                 p,
             ),
