@@ -1,41 +1,78 @@
 """Checkpoint file: a flat dict, written atomically, loaded without running code.
 
 Keys (FORMAT_VERSION 1):
-    format_version   int, bumped on any incompatible change
-    model            str, the model class name ("Net")
-    model_state      model.state_dict()
-    optimizer_state  optimizer.state_dict() (SGD, holds the momentum buffers)
-    epoch            int, epochs fully trained *and* evaluated
-    step             int, batches of epoch `epoch + 1` already trained
-                     (equal to the batches per epoch when the training of that
-                     epoch finished but its evaluation was interrupted)
+    format_version    int, bumped on any incompatible change
+    model             str, the model class name ("Net")
+    model_state       model.state_dict()
+    optimizer_state   optimizer.state_dict() (SGD, holds the momentum buffers)
+    args              dict, the command-line arguments and the resolved TrainConfig
+                      of the run that saved it
+and the fields of Progress, flat beside them:
+    epoch             int, epochs fully trained *and* evaluated
+    step              int, batches of epoch `epoch + 1` already trained
+                      (equal to the batches per epoch when the training of that
+                      epoch finished but its evaluation was interrupted)
     batches_per_epoch int, for checking `step` on resume
-    seed             int
-    args             dict, the command-line arguments of the run that saved it
-    metrics          list of dicts, one per evaluated epoch (see README)
+    seed              int
+    metrics           list of dicts, one per evaluated epoch (see README)
+    partial_epoch     dict {"loss_sum", "seconds"}: the training loss summed and
+                      the seconds spent so far in the unfinished epoch, so that a
+                      resumed epoch reports the same metrics as an uninterrupted one
+
+The metrics also go to a JSON-lines file beside the checkpoint (metrics_path),
+rewritten from the same list after every save.
 """
 
 import glob
 import io
+import json
 import os
 import pickle
 import secrets
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = (
-    "format_version",
-    "model",
-    "model_state",
-    "optimizer_state",
-    "epoch",
-    "step",
-    "batches_per_epoch",
-    "seed",
-    "args",
-    "metrics",
+
+
+def _empty_partial():
+    return {"loss_sum": 0.0, "seconds": 0.0}
+
+
+@dataclass
+class Progress:
+    """Where training stands: the part of the checkpoint besides the tensors."""
+
+    epoch: int
+    step: int
+    batches_per_epoch: int
+    seed: int
+    metrics: list = field(default_factory=list)
+    # Optional on load: checkpoints from before it existed resume with zeros.
+    partial_epoch: dict = field(default_factory=_empty_partial)
+
+    @classmethod
+    def from_state(cls, state):
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+OPTIONAL_KEYS = ("partial_epoch",)
+REQUIRED_KEYS = ("format_version", "model", "model_state", "optimizer_state", "args") + tuple(
+    f.name for f in fields(Progress) if f.name not in OPTIONAL_KEYS
 )
+
+
+def make_state(model, optimizer_state, progress, args):
+    """The flat checkpoint dict (see the module docstring for its keys)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": type(model).__name__,
+        "model_state": {k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
+        "optimizer_state": optimizer_state,
+        "args": dict(args),
+        **asdict(progress),
+    }
 
 
 class CheckpointError(Exception):
@@ -88,6 +125,21 @@ def save(state, path):
             f"could not write checkpoint {path}: {e.strerror or e}; "
             f"the previous checkpoint (if any) is unchanged"
         ) from None
+
+
+def metrics_path(checkpoint_path):
+    return os.path.splitext(checkpoint_path)[0] + ".metrics.jsonl"
+
+
+def write_metrics(checkpoint_path, metrics):
+    """Rewrite the JSON-lines file beside the checkpoint from its list, atomically:
+    it then always agrees with the checkpoint, even after a crash between the two."""
+    path = metrics_path(checkpoint_path)
+    lines = "".join(json.dumps(row) + "\n" for row in metrics).encode()
+    try:
+        atomic_write(path, lambda f: f.write(lines))
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}") from None
 
 
 def check_writable(path):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from config import FASHION_MNIST, MNIST
+
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 ROWS = COLS = 28
@@ -28,7 +30,7 @@ DOWNLOAD_TIMEOUT = 60  # seconds without data before a download gives up
 # Layout and checksums follow torchvision, so an existing torchvision download
 # (DIR/MNIST/raw, DIR/FashionMNIST/raw) is reused as it is.
 DATASETS = {
-    "mnist": {
+    MNIST: {
         "folder": "MNIST",
         "mirrors": [
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -43,7 +45,7 @@ DATASETS = {
         "mean": 0.1307,
         "std": 0.3081,
     },
-    "fashion-mnist": {
+    FASHION_MNIST: {
         "folder": "FashionMNIST",
         "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
         "md5": {

@@ -1,9 +1,11 @@
-"""One training run: load or start, spawn the Hogwild workers, evaluate,
-checkpoint, and shut down cleanly on a signal or a failed worker."""
+"""One training run: load or start, hand the workers the shared model, train
+epoch by epoch, evaluate, checkpoint, and shut down cleanly on a signal or a
+failed worker. Run.run() is the whole run in named steps."""
 
-import json
 import os
+import re
 import signal
+import string
 import sys
 import time
 
@@ -15,12 +17,61 @@ import cpus
 import data
 import shared
 import train
+from config import TrainConfig, UsageError
 from model import Net
 
-# Training flags that fix which batches make up an epoch: they must match the
-# checkpoint when resuming (lr and momentum may be changed on purpose).
-MUST_MATCH = ("batch_size", "seed", "dataset")
-POLL_SECONDS = 0.1  # how often the parent looks at signals and workers
+# The log lines that scripts and tests read. They are printed from these
+# formats and parsed back with parse_line(), so a reworded message fails a
+# test instead of silently breaking the soak or the benchmark.
+LINES = {
+    "resuming": "resuming {path} at epoch {epoch}, batch {step}/{per_epoch}",
+    "training": "training {dataset} for {epochs} epochs: {processes} processes x {threads} "
+    "threads, batch {batch_size}, lr {lr}, momentum {momentum}",
+    "ready": "{workers} workers ready: first batch {seconds:.1f}s after start",
+    "progress": "epoch {epoch}/{epochs} [{samples}/{total} ({percent:.0f}%)] loss {loss:.4f} "
+    "{samples_per_s:.0f} samples/s ETA {eta}",
+    "epoch": "epoch {epoch}/{epochs}: test loss {test_loss:.4f}, accuracy {accuracy:.2f}%, "
+    "{samples_per_s:.0f} samples/s, {seconds:.1f}s training; saved {path}",
+    "stopped": "stopped by {signal}: saved {path} at epoch {epoch}, batch {step}/{per_epoch} "
+    "in {ms:.0f} ms ({batches} batches this run); continue with --resume",
+    "done": "done in {elapsed} ({batches} batches this run): {epochs} epochs in {path}",
+}
+
+
+def line(kind, **fields):
+    return LINES[kind].format(**fields)
+
+
+def _pattern(fmt):
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(fmt):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(f"(?P<{name}>.+?)")
+    return re.compile("^" + "".join(parts) + "$")
+
+
+PATTERNS = {kind: _pattern(fmt) for kind, fmt in LINES.items()}
+
+
+def _number(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_line(kind, text):
+    """The fields of a KIND line (numbers as int or float), or None if TEXT is not one."""
+    match = PATTERNS[kind].match(text.strip())
+    return {k: _number(v) for k, v in match.groupdict().items()} if match else None
+
+
+def parse_lines(kind, output):
+    """Every KIND line in OUTPUT, parsed."""
+    return [p for p in (parse_line(kind, text) for text in output.splitlines()) if p]
 
 
 def log(message):
@@ -31,359 +82,332 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-class UsageError(Exception):
-    """Flags that contradict the checkpoint (exit 2, like argparse)."""
-
-
-def resolve_training_args(args, defaults, saved_args):
-    """Fill unset training flags: from the checkpoint when resuming, else defaults."""
-    resolved = {}
-    for key, default in defaults.items():
-        given = getattr(args, key)
-        saved = saved_args.get(key) if saved_args else None
-        if given is None:
-            resolved[key] = saved if saved is not None else default
-        elif saved is not None and given != saved and key in MUST_MATCH:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(
-                f"{flag} {given} differs from the checkpoint's {saved}; resuming needs "
-                f"the same {flag} (or start a new run with another --checkpoint)"
-            )
-        else:
-            if saved is not None and given != saved and key != "epochs":
-                log(f"note: --{key.replace('_', '-')} changed from {saved} to {given} on resume")
-            resolved[key] = given
-    return resolved
-
-
-def metrics_path(checkpoint_path):
-    return os.path.splitext(checkpoint_path)[0] + ".metrics.jsonl"
-
-
-def write_metrics(path, metrics):
-    """Rewrite the JSON-lines file from the checkpoint's list, atomically: it
-    then always agrees with the checkpoint, even after a crash between the two."""
-    lines = "".join(json.dumps(row) + "\n" for row in metrics).encode()
-    try:
-        checkpoint.atomic_write(path, lambda f: f.write(lines))
-    except OSError as e:
-        raise checkpoint.CheckpointError(f"could not write {path}: {e.strerror or e}") from None
-
-
 def format_seconds(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def choose_device(args):
+    """Where the model, its momentum and the batches live.
+
+    The device seam: today always the CPU. A GPU run chooses here, and the
+    model, the momentum buffers and the data follow this choice."""
+    return torch.device("cpu")
+
+
+class ProgressLog:
+    """The progress lines of one run: owns the counters they are computed from."""
+
+    def __init__(self, interval, config, per_epoch, num_samples):
+        self.interval, self.config = interval, config
+        self.per_epoch, self.num_samples = per_epoch, num_samples
+        self.trained_seconds, self.trained_batches = 0.0, 0
+
+    def begin_epoch(self, epoch, done, loss_sum):
+        self.epoch, self.done0, self.loss0, self.t0 = epoch, done, loss_sum, time.perf_counter()
+        self.last_done, self.last_loss = done, loss_sum
+
+    def epoch_totals(self, loss_sum):
+        """(training loss summed, seconds) since begin_epoch."""
+        return loss_sum - self.loss0, time.perf_counter() - self.t0
+
+    def end_epoch(self, done):
+        self.trained_seconds += time.perf_counter() - self.t0
+        self.trained_batches += done - self.done0
+
+    def tick(self, done, loss_sum):
+        if done - self.last_done < self.interval:
+            return
+        c = self.config
+        seconds = self.trained_seconds + time.perf_counter() - self.t0
+        rate = (self.trained_batches + done - self.done0) * c.batch_size / max(seconds, 1e-9)
+        samples = min((done - self.epoch * self.per_epoch) * c.batch_size, self.num_samples)
+        loss = (loss_sum - self.last_loss) / max(1, done - self.last_done)
+        self.last_done, self.last_loss = done, loss_sum
+        remaining = (c.epochs * self.per_epoch - done) * c.batch_size
+        fields = dict(epoch=self.epoch + 1, epochs=c.epochs, samples=samples, loss=loss)
+        fields.update(total=self.num_samples, percent=100 * samples / self.num_samples)
+        eta = format_seconds(remaining / max(rate, 1e-9))
+        log(line("progress", samples_per_s=rate, eta=eta, **fields))
+
+
 class Run:
     """The parent's side of a run: owns the shared model, the workers and the checkpoint."""
 
-    def __init__(self, args, hp, stop, state, started, pool):
-        self.args, self.hp, self.stop, self.started = args, hp, stop, started
-        self.files = data.prepare(args.data_dir, hp["dataset"], log=log)
+    def __init__(self, args, config, stop, state, started, pool):
+        self.args, self.config, self.stop, self.started = args, config, stop, started
+        self.pool, self.progress = pool, pool.progress
+        self.device = choose_device(args)
+        self.files = data.prepare(args.data_dir, config.dataset, log=log)
         self.train_set = data.map_split(self.files["train"])
         self.test_set = data.map_split(self.files["test"])
-        self.per_epoch = train.batches_per_epoch(len(self.train_set), hp["batch_size"])
-        if state is not None and state["batches_per_epoch"] != self.per_epoch:
-            raise checkpoint.CheckpointError(
-                f"{args.checkpoint} was saved with {state['batches_per_epoch']} batches per "
-                f"epoch, but this data set gives {self.per_epoch}: different training data"
-            )
-
-        torch.manual_seed(hp["seed"])
-        self.model = Net()
-        self.optimizer = train.MomentumSGD(self.model.parameters(), hp["lr"], hp["momentum"])
-        self.metrics, self.partial = [], {"loss_sum": 0.0, "seconds": 0.0}
-        epoch, step = 0, 0
-        if state is not None:
-            epoch, step = state["epoch"], state["step"]
-            self.metrics = list(state["metrics"])
-            self.partial = dict(state.get("partial_epoch") or self.partial)
-            self.model.load_state_dict(state["model_state"])
-            try:
-                self.optimizer.load_momentum(state["optimizer_state"])
-            except ValueError as e:
-                raise checkpoint.CheckpointError(
-                    f"{args.checkpoint} has an unusable optimizer state ({e})"
-                ) from None
-        if not 0 <= step <= self.per_epoch:
-            raise checkpoint.CheckpointError(f"{args.checkpoint} has an impossible step {step}")
+        self.per_epoch = train.batches_per_epoch(len(self.train_set), config.batch_size)
+        torch.manual_seed(config.seed)
+        self.model = Net().to(self.device)
+        self.optimizer = train.MomentumSGD(self.model.parameters(), config.lr, config.momentum)
+        self.state = self.restore(state) if state is not None else self.fresh_progress()
+        self.first_epoch, step = self.state.epoch, self.state.step
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that
         # epoch must still be evaluated on resume.
-        self.start_epoch = epoch
-        self.start = epoch * self.per_epoch + step
+        self.start = self.first_epoch * self.per_epoch + step
         # Hogwild: the workers update these very tensors, without locks.
         self.model.share_memory()
         self.momentum = [buf.share_memory_() for buf in self.optimizer.momentum_buffers]
-
         usable = cpus.usable_cpus()
         self.threads = args.threads_per_process or max(1, usable // args.num_processes)
         self.eval_threads = max(self.threads, usable)
-        self.pool, self.progress = pool, pool.progress
+        self.log = ProgressLog(args.log_interval, config, self.per_epoch, len(self.train_set))
+        self.last_save = time.monotonic()
         self.progress.reset(self.start)
 
-    # ----- workers -------------------------------------------------------
-    def send_setup(self):
-        """Hand the workers (started at launch, importing torch meanwhile) the
-        shared model, the momentum buffers and their settings."""
-        hparams = {k: self.hp[k] for k in ("batch_size", "lr", "momentum", "seed", "dataset")}
-        self.pool.send_setup(
-            {
-                "model": self.model,
-                "momentum_buffers": self.momentum,
-                "files": self.files["train"],
-                "hparams": hparams,
-                "threads": self.threads,
-            }
-        )
+    def fresh_progress(self):
+        return checkpoint.Progress(0, 0, self.per_epoch, self.config.seed)
 
-    def check_workers(self):
-        self.pool.check()
-
-    def _locked(self):
-        """Acquire the shared lock, but notice a worker that died holding it."""
-        while not self.progress.cond.acquire(timeout=0.5):
-            self.check_workers()
-
-    def set_limit(self, limit):
-        self._locked()
+    def restore(self, state):
+        """Load the checkpoint's weights and momentum; return its Progress."""
+        path, progress = self.args.checkpoint, checkpoint.Progress.from_state(state)
+        if progress.batches_per_epoch != self.per_epoch:
+            raise checkpoint.CheckpointError(
+                f"{path} was saved with {progress.batches_per_epoch} batches per "
+                f"epoch, but this data set gives {self.per_epoch}: different training data"
+            )
+        if not 0 <= progress.step <= self.per_epoch:
+            raise checkpoint.CheckpointError(f"{path} has an impossible step {progress.step}")
+        self.model.load_state_dict(state["model_state"])
         try:
-            self.progress.limit.value = limit
-            self.progress.cond.notify_all()
-        finally:
-            self.progress.cond.release()
-
-    def pause(self):
-        """Stop handing out batches and wait for the ones in flight: afterwards
-        the finished batches are exactly 0..done-1 and the weights are still."""
-        self._locked()
-        try:
-            self.progress.limit.value = self.progress.claimed.value
-            target = self.progress.claimed.value
-        finally:
-            self.progress.cond.release()
-        self.wait_for(target, interruptible=False)
-
-    def wait_ready(self):
-        """Wait until every worker has imported torch and mapped the data, so
-        epoch timings measure training, not start-up. False on a stop signal."""
-        while True:
-            self._locked()
-            try:
-                if self.progress.ready.value < len(self.pool):
-                    self.progress.cond.wait(POLL_SECONDS)
-                ready = self.progress.ready.value
-            finally:
-                self.progress.cond.release()
-            if ready >= len(self.pool):
-                return True
-            self.check_workers()
-            if self.stop.signum is not None:
-                return False
-
-    def wait_for(self, target, interruptible=True, on_tick=None):
-        """Wait until `target` batches are done; False if a stop signal came first."""
-        while True:
-            self._locked()
-            try:
-                if self.progress.done.value < target:
-                    self.progress.cond.wait(POLL_SECONDS)
-                done = self.progress.done.value
-            finally:
-                self.progress.cond.release()
-            if done >= target:
-                return True
-            self.check_workers()
-            if interruptible and self.stop.signum is not None:
-                return False
-            if on_tick is not None:
-                on_tick(done)
-
-    # ----- checkpoints ---------------------------------------------------
-    def snapshot(self, epoch, step):
-        """The checkpoint dict; call only while the workers are paused."""
-        return {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "model": type(self.model).__name__,
-            "model_state": {k: v.clone() for k, v in self.model.state_dict().items()},
-            "optimizer_state": self.optimizer.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "batches_per_epoch": self.per_epoch,
-            "seed": self.hp["seed"],
-            "args": {**vars(self.args), **self.hp},
-            "metrics": list(self.metrics),
-            "partial_epoch": dict(self.partial),
-        }
-
-    def save(self, state):
-        started = time.perf_counter()
-        checkpoint.save(state, self.args.checkpoint)
-        return time.perf_counter() - started
+            self.optimizer.load_momentum(state["optimizer_state"])
+        except ValueError as e:
+            raise checkpoint.CheckpointError(
+                f"{path} has an unusable optimizer state ({e})"
+            ) from None
+        progress.metrics = list(progress.metrics)
+        progress.partial_epoch = dict(progress.partial_epoch or checkpoint._empty_partial())
+        return progress
 
     # ----- the run -------------------------------------------------------
     def run(self):
-        args, hp = self.args, self.hp
-        first_epoch, step = self.start_epoch, self.start - self.start_epoch * self.per_epoch
+        """The whole run; returns the process exit code."""
+        if not self.start_workers():
+            return self.stopped_during_start_up()
+        if self.args.dry_run:
+            return self.dry_run()
+        for epoch in range(self.first_epoch, self.config.epochs):
+            if not self.train_until(epoch, (epoch + 1) * self.per_epoch):
+                return self.stop_and_save(epoch)
+            result = self.evaluate()
+            if result is None:
+                return self.stop_and_save(epoch)
+            self.end_epoch(epoch, result)
+        return self.finish()
+
+    def dry_run(self):
+        """--dry-run: one batch per worker, evaluate, save. It never counts as a
+        trained epoch: the checkpoint records the batches it did, so --resume
+        continues that epoch."""
+        epoch = self.first_epoch
+        end = min((epoch + 1) * self.per_epoch, self.start + self.args.num_processes)
+        if not self.train_until(epoch, end):
+            return self.stop_and_save(epoch)
+        result = self.evaluate()
+        if result is None:
+            return self.stop_and_save(epoch)
+        row = self.metrics_row(epoch, result)
+        self.state.metrics.append(row)
+        self.save(self.snapshot(epoch, self.progress.done.value - epoch * self.per_epoch))
+        self.log_epoch(epoch, row)
+        return self.finish()
+
+    # ----- steps ---------------------------------------------------------
+    def start_workers(self):
+        """Hand the workers (started at launch, importing torch meanwhile) the
+        shared model and wait until they are ready. False on a stop signal."""
+        c = self.config
         if self.start:
-            log(
-                f"resuming {args.checkpoint} at epoch {first_epoch + 1}, batch {step}/{self.per_epoch}"
-            )
+            fields = dict(path=self.args.checkpoint, per_epoch=self.per_epoch)
+            log(line("resuming", epoch=self.first_epoch + 1, step=self.state.step, **fields))
         log(
-            f"training {hp['dataset']} for {hp['epochs']} epochs: {args.num_processes} processes x "
-            f"{self.threads} threads, batch {hp['batch_size']}, lr {hp['lr']}, momentum {hp['momentum']}"
+            line(
+                "training",
+                processes=self.args.num_processes,
+                threads=self.threads,
+                **c.as_dict(),
+            )
         )
         if self.stop.signum is not None:
-            return 128 + self.stop.signum
+            return False
         torch.set_num_threads(self.threads)
-        run_started = time.perf_counter()
-        self.send_setup()
-        if not self.wait_ready():
-            log(
-                f"stopped by {signal.Signals(self.stop.signum).name} during start-up; nothing to save"
-            )
-            self.pool.stop(graceful=False)  # still starting: nothing to finish
-            return 128 + self.stop.signum
+        self.run_started = time.perf_counter()
+        payload = dict(model=self.model, momentum_buffers=self.momentum, config=self.config)
+        payload.update(files=self.files["train"], threads=self.threads)
+        self.pool.send_setup(payload)
+        if not self.progress.wait("ready", len(self.pool), self.pool.check, self.stop_requested):
+            return False
         # From here on a signal means "save, then stop" (see main.StopRequest).
         self.stop.starting = False
-        log(
-            f"{len(self.pool)} workers ready: first batch {time.monotonic() - self.started:.1f}s "
-            f"after start"
-        )
-        trained_seconds, trained_batches = 0.0, 0
-        for epoch in range(first_epoch, hp["epochs"]):
-            epoch_start = epoch * self.per_epoch
-            epoch_end = epoch_start + self.per_epoch
-            if args.dry_run:
-                epoch_end = min(epoch_end, self.progress.done.value + args.num_processes)
-            done0, loss0, t0 = (
-                self.progress.done.value,
-                self.progress.loss_sum.value,
-                time.perf_counter(),
-            )
-            last_log = {"done": done0, "loss": loss0}
-            last_save = time.monotonic()
+        seconds = time.monotonic() - self.started
+        log(line("ready", workers=len(self.pool), seconds=seconds))
+        return True
 
-            def tick(done):
-                nonlocal last_save
-                if done - last_log["done"] >= args.log_interval:
-                    self.log_progress(
-                        epoch,
-                        done,
-                        last_log,
-                        trained_seconds + time.perf_counter() - t0,
-                        trained_batches + done - done0,
-                    )
-                if (
-                    args.checkpoint_interval
-                    and time.monotonic() - last_save >= args.checkpoint_interval
-                ):
-                    self.pause()
-                    paused_done = self.progress.done.value
-                    state = self.snapshot(epoch, paused_done - epoch_start)
-                    state["partial_epoch"] = self.partial_with(
-                        self.progress.loss_sum.value - loss0, time.perf_counter() - t0
-                    )
-                    self.set_limit(epoch_end)
-                    self.save(state)
-                    last_save = time.monotonic()
+    def train_until(self, epoch, end):
+        """Let the workers train epoch EPOCH up to global batch END, then leave
+        them paused. False if a stop signal came first (the finished batches
+        are still a prefix: the checkpoint is exact)."""
+        progress, check = self.progress, self.pool.check
+        self.epoch = epoch
+        self.log.begin_epoch(epoch, progress.done.value, progress.loss_sum.value)
+        while progress.done.value < end:
+            self.boundary = self.next_boundary(end)
+            progress.set_limit(self.boundary, check)
+            if not progress.wait("done", self.boundary, check, self.between_batches):
+                progress.pause(check)
+                break
+            if self.boundary < end:
+                self.synchronise()
+        self.log.end_epoch(progress.done.value)
+        self.state.partial_epoch = self.epoch_partial()
+        return progress.done.value >= end
 
-            self.set_limit(epoch_end)
-            finished = self.wait_for(epoch_end, on_tick=tick)
-            if not finished:
-                self.pause()
-            done = self.progress.done.value
-            seconds = time.perf_counter() - t0
-            trained_seconds += seconds
-            trained_batches += done - done0
-            partial = self.partial_with(self.progress.loss_sum.value - loss0, seconds)
-            if not finished:
-                return self.stop_and_save(epoch, done - epoch_start, partial, done - self.start)
+    def next_boundary(self, end):
+        """Where the workers pause next, at END or earlier.
 
-            # Evaluation: the workers are idle, so the parent may use every core.
-            torch.set_num_threads(self.eval_threads)
-            result = train.evaluate(
+        The sync seam: a run across machines pauses every K batches to average
+        its model with the other machines' (synchronise). Today: never."""
+        return end
+
+    def synchronise(self):
+        """The workers are paused at a boundary before the epoch's end. The
+        sync seam's other half; unreachable while next_boundary returns END."""
+        raise NotImplementedError("no synchronisation on a single machine")
+
+    def between_batches(self, done):
+        """Called by the wait loop about every 0.1 s: log, save now and then;
+        True to stop."""
+        self.log.tick(done, self.progress.loss_sum.value)
+        interval = self.args.checkpoint_interval
+        if interval and time.monotonic() - self.last_save >= interval:
+            self.save_periodic()
+        return self.stop_requested()
+
+    def save_periodic(self):
+        self.progress.pause(self.pool.check)
+        step = self.progress.done.value - self.epoch * self.per_epoch
+        state = self.snapshot(self.epoch, step, self.epoch_partial())
+        self.progress.set_limit(self.boundary, self.pool.check)  # the workers go on meanwhile
+        self.save(state)
+
+    def evaluate(self):
+        """(test loss, accuracy), or None on a stop signal. The workers are
+        idle, so the parent may use every core."""
+        torch.set_num_threads(self.eval_threads)
+        try:
+            return train.evaluate(
                 self.model,
                 self.test_set,
-                hp["dataset"],
-                args.test_batch_size,
-                lambda: self.stop.signum is not None,
+                self.config.dataset,
+                self.args.test_batch_size,
+                self.stop_requested,
             )
+        finally:
             torch.set_num_threads(self.threads)
-            if result is None:
-                return self.stop_and_save(epoch, done - epoch_start, partial, done - self.start)
-            test_loss, accuracy = result
-            batches = done - epoch_start
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": partial["loss_sum"] / max(1, batches),
-                "test_loss": test_loss,
-                "accuracy": accuracy,
-                "samples_per_s": min(batches * hp["batch_size"], len(self.train_set))
-                / max(partial["seconds"], 1e-9),
-                "seconds": partial["seconds"],
-            }
-            self.metrics.append(row)
-            self.partial = {"loss_sum": 0.0, "seconds": 0.0}
-            next_epoch = epoch + 1
-            if args.dry_run:
-                # A dry run never counts as a trained epoch: its checkpoint records
-                # the batches it did, so --resume continues that epoch.
-                next_epoch, batches = epoch, done - epoch_start
-                self.partial = partial
-            self.save(self.snapshot(next_epoch, 0 if next_epoch > epoch else batches))
-            write_metrics(metrics_path(args.checkpoint), self.metrics)
-            log(
-                f"epoch {epoch + 1}/{hp['epochs']}: test loss {test_loss:.4f}, accuracy "
-                f"{100 * accuracy:.2f}%, {row['samples_per_s']:.0f} samples/s, "
-                f"{row['seconds']:.1f}s training; saved {args.checkpoint}"
-            )
-            if args.dry_run:
-                break
+
+    def end_epoch(self, epoch, result):
+        row = self.metrics_row(epoch, result)
+        self.state.metrics.append(row)
+        self.state.partial_epoch = checkpoint._empty_partial()
+        self.save(self.snapshot(epoch + 1, 0))
+        self.log_epoch(epoch, row)
+
+    def finish(self):
         self.pool.stop(graceful=True)
-        total = time.perf_counter() - run_started
-        log(
-            f"done in {format_seconds(total)} ({self.progress.done.value - self.start} batches "
-            f"this run): {len(self.metrics)} epochs in {args.checkpoint}"
-        )
+        total = time.perf_counter() - self.run_started
+        batches = self.progress.done.value - self.start
+        fields = dict(epochs=len(self.state.metrics), path=self.args.checkpoint)
+        log(line("done", elapsed=format_seconds(total), batches=batches, **fields))
         return 0
 
-    def partial_with(self, loss_sum, seconds):
-        return {
-            "loss_sum": self.partial["loss_sum"] + loss_sum,
-            "seconds": self.partial["seconds"] + seconds,
-        }
+    def stopped_during_start_up(self):
+        name = signal.Signals(self.stop.signum).name
+        log(f"stopped by {name} during start-up; nothing to save")
+        self.pool.stop(graceful=False)  # still starting: nothing to finish
+        return 128 + self.stop.signum
 
-    def stop_and_save(self, epoch, step, partial, batches_this_run):
+    def stop_and_save(self, epoch):
         """Graceful stop: the workers are paused; save, then let them exit."""
-        state = self.snapshot(epoch, step)
-        state["partial_epoch"] = partial
-        seconds = self.save(state)
+        step = self.progress.done.value - epoch * self.per_epoch
+        seconds = self.save(self.snapshot(epoch, step))
+        fields = dict(path=self.args.checkpoint, epoch=epoch + 1, step=step)
+        fields.update(per_epoch=self.per_epoch, batches=self.progress.done.value - self.start)
         log(
-            f"stopped by {signal.Signals(self.stop.signum).name}: saved {self.args.checkpoint} "
-            f"at epoch {epoch + 1}, batch {step}/{self.per_epoch} in {seconds * 1000:.0f} ms "
-            f"({batches_this_run} batches this run); continue with --resume"
+            line(
+                "stopped", signal=signal.Signals(self.stop.signum).name, ms=seconds * 1000, **fields
+            )
         )
         self.pool.stop(graceful=True)
         return 128 + self.stop.signum
 
-    def log_progress(self, epoch, done, last, seconds, batches):
-        hp = self.hp
-        samples = min((done - epoch * self.per_epoch) * hp["batch_size"], len(self.train_set))
-        loss_sum = self.progress.loss_sum.value
-        loss = (loss_sum - last["loss"]) / max(1, done - last["done"])
-        last["done"], last["loss"] = done, loss_sum
-        rate = batches * hp["batch_size"] / max(seconds, 1e-9)
-        remaining = (hp["epochs"] * self.per_epoch - done) * hp["batch_size"]
-        log(
-            f"epoch {epoch + 1}/{hp['epochs']} [{samples}/{len(self.train_set)} "
-            f"({100 * samples / len(self.train_set):.0f}%)] loss {loss:.4f} "
-            f"{rate:.0f} samples/s ETA {format_seconds(remaining / max(rate, 1e-9))}"
+    # ----- helpers -------------------------------------------------------
+    def stop_requested(self, *_):
+        return self.stop.signum is not None
+
+    def epoch_partial(self):
+        """The unfinished epoch's loss sum and seconds, those of earlier runs included."""
+        loss, seconds = self.log.epoch_totals(self.progress.loss_sum.value)
+        base = self.state.partial_epoch
+        return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
+
+    def metrics_row(self, epoch, result):
+        test_loss, accuracy = result
+        batches = self.progress.done.value - epoch * self.per_epoch
+        partial = self.state.partial_epoch
+        samples = min(batches * self.config.batch_size, len(self.train_set))
+        return {
+            "epoch": epoch + 1,
+            "train_loss": partial["loss_sum"] / max(1, batches),
+            "test_loss": test_loss,
+            "accuracy": accuracy,
+            "samples_per_s": samples / max(partial["seconds"], 1e-9),
+            "seconds": partial["seconds"],
+        }
+
+    def log_epoch(self, epoch, row):
+        checkpoint.write_metrics(self.args.checkpoint, self.state.metrics)
+        fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
+        fields.update(epoch=epoch + 1, epochs=self.config.epochs, path=self.args.checkpoint)
+        log(line("epoch", accuracy=100 * row["accuracy"], **fields))
+
+    def snapshot(self, epoch, step, partial=None):
+        """The whole checkpoint dict for (EPOCH, STEP); call only while the
+        workers are paused. PARTIAL defaults to the run's current one."""
+        progress = checkpoint.Progress(
+            epoch=epoch,
+            step=step,
+            batches_per_epoch=self.per_epoch,
+            seed=self.config.seed,
+            metrics=list(self.state.metrics),
+            partial_epoch=dict(partial or self.state.partial_epoch),
         )
+        args = {**vars(self.args), **self.config.as_dict()}
+        return checkpoint.make_state(self.model, self.optimizer.state_dict(), progress, args)
+
+    def save(self, state):
+        started = time.perf_counter()
+        checkpoint.save(state, self.args.checkpoint)
+        self.last_save = time.monotonic()
+        return time.perf_counter() - started
 
 
-def run(args, defaults, stop, started, pool):
+def load_state(args):
+    """The checkpoint to resume from, or None for a fresh run."""
+    if not args.resume:
+        return None
+    if os.path.exists(args.checkpoint):
+        return checkpoint.load(args.checkpoint, Net().state_dict())
+    warn(f"--resume: no checkpoint at {args.checkpoint}; starting fresh")
+    return None
+
+
+def run(args, stop, started, pool):
     """Run training as the flags say; returns the process exit code.
 
     STARTED is time.monotonic() at the start of main(), for the start-up time;
@@ -393,20 +417,15 @@ def run(args, defaults, stop, started, pool):
         checkpoint.check_writable(args.checkpoint)
         for name in checkpoint.remove_stale_temps(args.checkpoint):
             warn(f"removed {name}, left by an interrupted save")
-        state = None
-        if args.resume:
-            if os.path.exists(args.checkpoint):
-                state = checkpoint.load(args.checkpoint, Net().state_dict())
-            else:
-                warn(f"--resume: no checkpoint at {args.checkpoint}; starting fresh")
-        hp = resolve_training_args(args, defaults, state["args"] if state else None)
-        if state is not None and state["epoch"] >= hp["epochs"]:
+        state = load_state(args)
+        config = TrainConfig.resolve(args, state["args"] if state else None, log=log)
+        if state is not None and state["epoch"] >= config.epochs:
             log(
                 f"training already complete: {args.checkpoint} holds {state['epoch']} of "
-                f"{hp['epochs']} epochs; pass a larger --epochs to train further"
+                f"{config.epochs} epochs; pass a larger --epochs to train further"
             )
             return 0
-        return Run(args, hp, stop, state, started, pool).run()
+        return Run(args, config, stop, state, started, pool).run()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

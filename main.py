@@ -11,19 +11,7 @@ import sys
 import time
 
 import shared
-
-# The defaults of the flags that define the training itself. They are left
-# unset (None) in argparse so that --resume can tell "not given" (take the
-# checkpoint's value) from "given" (check or override it).
-TRAINING_DEFAULTS = {
-    "batch_size": 64,
-    "epochs": 10,
-    "lr": 0.01,
-    "momentum": 0.5,
-    "seed": 1,
-    "dataset": "mnist",
-}
-DATASETS = ("mnist", "fashion-mnist")
+from config import DATASETS, TrainConfig
 
 
 def positive_int(text):
@@ -64,7 +52,7 @@ def momentum_value(text):
 
 
 def build_parser():
-    d = TRAINING_DEFAULTS
+    d = TrainConfig().as_dict()
     p = argparse.ArgumentParser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py",
         description="Train the MNIST Net with Hogwild: N processes share one model's "
@@ -212,7 +200,7 @@ def main(argv=None):
         # --help or a bad flag should not wait for torch.
         import hogwild
 
-        return hogwild.run(args, TRAINING_DEFAULTS, stop, started, pool)
+        return hogwild.run(args, stop, started, pool)
     finally:
         pool.stop(graceful=False)
 

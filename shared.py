@@ -11,16 +11,21 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 
 import cpus
 
+POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
+
 
 class SharedProgress:
-    """Counters shared by the parent and the workers, guarded by one condition.
+    """Counters shared by the parent and the workers, guarded by one condition,
+    and every operation on them, for both sides.
 
     claimed: next global batch to hand out; done: batches finished;
     limit: workers claim only below it (the parent lowers it to `claimed` to
-    pause, and raises it to the end of the epoch to run); stop: workers exit.
+    pause, and raises it to the next boundary to run); stop: workers exit;
+    ready: workers set up and waiting for batches.
     A global batch number g means epoch g // batches_per_epoch (0-based),
     batch g % batches_per_epoch within it.
     """
@@ -32,14 +37,10 @@ class SharedProgress:
         self.limit = ctx.RawValue("q", 0)
         self.stop = ctx.RawValue("b", 0)
         self.loss_sum = ctx.RawValue("d", 0.0)
-        self.ready = ctx.RawValue("q", 0)  # workers set up and waiting for batches
+        self.ready = ctx.RawValue("q", 0)
         self.log_interval = log_interval
 
-    def reset(self, start):
-        """Where training starts (called before any worker may claim)."""
-        with self.cond:
-            self.claimed.value = self.done.value = self.limit.value = start
-
+    # ----- worker side ---------------------------------------------------
     def claim(self, parent_pid):
         """The next batch number, or None when told to stop (or orphaned)."""
         with self.cond:
@@ -65,6 +66,63 @@ class SharedProgress:
             done = self.done.value
             if done == self.limit.value or done % self.log_interval == 0:
                 self.cond.notify_all()
+
+    # ----- parent side ---------------------------------------------------
+    # CHECK is the pool's check(): it raises WorkerDied. It runs whenever the
+    # lock is not free within half a second (a worker killed while holding it
+    # would otherwise block the parent forever) and at every wait's poll.
+    @contextmanager
+    def locked(self, check):
+        while not self.cond.acquire(timeout=0.5):
+            check()
+        try:
+            yield
+        finally:
+            self.cond.release()
+
+    def reset(self, start):
+        """Where training starts (called before any worker may claim)."""
+        with self.cond:
+            self.claimed.value = self.done.value = self.limit.value = start
+
+    def set_limit(self, limit, check):
+        """Let the workers claim batches up to (not including) LIMIT."""
+        with self.locked(check):
+            self.limit.value = limit
+            self.cond.notify_all()
+
+    def pause(self, check):
+        """Stop handing out batches and wait for the ones in flight: afterwards
+        the finished batches are exactly 0..done-1 and the weights are still."""
+        with self.locked(check):
+            self.limit.value = self.claimed.value
+            target = self.claimed.value
+        self.wait("done", target, check)
+        return target
+
+    def wait(self, counter, target, check, give_up=None):
+        """Wait until COUNTER ("done" or "ready") reaches TARGET: True.
+
+        Between polls, check() runs and then give_up(value), if given; a true
+        answer from give_up ends the wait early with False (a stop signal)."""
+        value_of = getattr(self, counter)
+        while True:
+            with self.locked(check):
+                if value_of.value < target:
+                    self.cond.wait(POLL_SECONDS)
+                value = value_of.value
+            if value >= target:
+                return True
+            check()
+            if give_up is not None and give_up(value):
+                return False
+
+    def tell_stop(self, timeout=1.0):
+        """Ask idle workers to exit (best effort: skipped if the lock stays busy)."""
+        if self.cond.acquire(timeout=timeout):
+            self.stop.value = 1
+            self.cond.notify_all()
+            self.cond.release()
 
 
 class WorkerDied(Exception):
@@ -195,10 +253,7 @@ class WorkerPool:
     def stop(self, graceful):
         """Graceful: tell idle workers to exit and wait up to 1.5 s; then kill what is left."""
         if graceful and self.processes:
-            if self.progress.cond.acquire(timeout=1.0):
-                self.progress.stop.value = 1
-                self.progress.cond.notify_all()
-                self.progress.cond.release()
+            self.progress.tell_stop()
             deadline = time.monotonic() + 1.5
             for p in self.processes:
                 p.join(max(0.0, deadline - time.monotonic()))

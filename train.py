@@ -150,14 +150,12 @@ def worker(rank, progress, setup, errors):
     os._exit(exit_code)
 
 
-def train_loop(progress, parent_pid, model, momentum_buffers, files, hparams, threads):
+def train_loop(progress, parent_pid, model, momentum_buffers, files, config, threads):
     torch.set_num_threads(threads)
     train_set = data.map_split(files)
-    scale, shift = data.normalizer(hparams["dataset"])
-    per_epoch = batches_per_epoch(len(train_set), hparams["batch_size"])
-    optimizer = MomentumSGD(
-        model.parameters(), hparams["lr"], hparams["momentum"], momentum_buffers
-    )
+    scale, shift = data.normalizer(config.dataset)
+    per_epoch = batches_per_epoch(len(train_set), config.batch_size)
+    optimizer = MomentumSGD(model.parameters(), config.lr, config.momentum, momentum_buffers)
     model.train()
     order_epoch, order = None, None
     progress.set_ready()
@@ -167,10 +165,10 @@ def train_loop(progress, parent_pid, model, momentum_buffers, files, hparams, th
             return
         epoch, k = divmod(g, per_epoch)
         if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(hparams["seed"], epoch, len(train_set))
-        indices = order[k * hparams["batch_size"] : (k + 1) * hparams["batch_size"]]
+            order_epoch, order = epoch, epoch_order(config.seed, epoch, len(train_set))
+        indices = order[k * config.batch_size : (k + 1) * config.batch_size]
         x, y = data.make_batch(train_set, indices, scale, shift)
-        loss = train_batch(model, optimizer, x, y, derived_seed(hparams["seed"], "dropout", g))
+        loss = train_batch(model, optimizer, x, y, derived_seed(config.seed, "dropout", g))
         progress.complete(loss)
 
 

@@ -9,11 +9,9 @@ import time
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import synthetic_data
 
-import synthetic_data  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MAIN = os.path.join(REPO, "main.py")
 TRAIN = os.path.join(REPO, "train.py")

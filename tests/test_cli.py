@@ -57,6 +57,7 @@ def test_help_lists_every_flag_with_its_default(tmp_path):
         assert flag in out
 
 
+@pytest.mark.slow
 def test_train_py_is_the_same_program_as_main_py(tmp_path, data_dir):
     def words(text):
         return " ".join(text.replace("train.py", "main.py").split())
@@ -76,6 +77,7 @@ def test_train_py_is_the_same_program_as_main_py(tmp_path, data_dir):
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
 
 
+@pytest.mark.slow
 def test_missing_data_without_network_is_one_clear_error(tmp_path):
     proc = run_trainer("--data-dir", tmp_path / "nothing", cwd=tmp_path, timeout=300)
     assert proc.returncode == 1
@@ -86,6 +88,7 @@ def test_missing_data_without_network_is_one_clear_error(tmp_path):
     assert not (tmp_path / "model_checkpoint.pth").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_data_is_one_clear_error(tmp_path, data_dir):
     import shutil
 

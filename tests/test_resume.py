@@ -1,25 +1,13 @@
 """Checkpoint and resume through the real trainer."""
 
-import os
-
 import pytest
 import torch
 
-import checkpoint
-
 from conftest import load_checkpoint, run_trainer
+from helpers import BAD_CHECKPOINTS, assert_same_weights
 
+pytestmark = pytest.mark.slow
 ONE = ["--num-processes", "1", "--threads-per-process", "1"]
-
-
-def assert_same_weights(a, b):
-    assert a["model_state"].keys() == b["model_state"].keys()
-    for key in a["model_state"]:
-        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
-    for i, state in a["optimizer_state"]["state"].items():
-        assert torch.equal(
-            state["momentum_buffer"], b["optimizer_state"]["state"][i]["momentum_buffer"]
-        )
 
 
 def test_resume_after_k_epochs_is_bitwise_identical(tmp_path, data_dir):
@@ -41,21 +29,31 @@ def test_resume_after_k_epochs_is_bitwise_identical(tmp_path, data_dir):
     assert len(lines) == 3
 
 
-def test_resume_keeps_training_settings_and_checks_conflicts(tmp_path, data_dir):
+@pytest.fixture
+def one_epoch_at_batch_128(tmp_path, data_dir):
+    """A run dir holding a finished 1-epoch checkpoint trained with --batch-size 128."""
     common = ["--data-dir", data_dir, *ONE]
-    assert (
-        run_trainer(*common, "--epochs", "1", "--batch-size", "128", cwd=tmp_path).returncode == 0
-    )
+    proc = run_trainer(*common, "--epochs", "1", "--batch-size", "128", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return common
+
+
+def test_resume_of_a_complete_run_says_so_and_touches_nothing(tmp_path, one_epoch_at_batch_128):
     before = (tmp_path / "model_checkpoint.pth").read_bytes()
-    # Complete: say so, exit 0, touch nothing.
-    proc = run_trainer(*common, "--resume", cwd=tmp_path)
+    proc = run_trainer(*one_epoch_at_batch_128, "--resume", cwd=tmp_path)
     assert proc.returncode == 0 and "already complete" in proc.stdout
     assert (tmp_path / "model_checkpoint.pth").read_bytes() == before
-    # A different batch size would change what an epoch is: refused.
-    proc = run_trainer(*common, "--resume", "--epochs", "2", "--batch-size", "64", cwd=tmp_path)
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path, one_epoch_at_batch_128):
+    # A different batch size would change what an epoch is.
+    flags = ["--resume", "--epochs", "2", "--batch-size", "64"]
+    proc = run_trainer(*one_epoch_at_batch_128, *flags, cwd=tmp_path)
     assert proc.returncode == 2 and "--batch-size 64 differs" in proc.stderr
-    # Raising --epochs trains further, with the checkpoint's batch size.
-    proc = run_trainer(*common, "--resume", "--epochs", "2", cwd=tmp_path)
+
+
+def test_resume_with_more_epochs_keeps_the_checkpoints_settings(tmp_path, one_epoch_at_batch_128):
+    proc = run_trainer(*one_epoch_at_batch_128, "--resume", "--epochs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     state = load_checkpoint(tmp_path / "model_checkpoint.pth")
     assert state["epoch"] == 2 and state["args"]["batch_size"] == 128
@@ -103,30 +101,10 @@ def test_dry_run_trains_one_batch_per_worker_then_checkpoints(tmp_path, data_dir
     assert len(state["metrics"]) == 1
 
 
-class RunsCode:
-    def __reduce__(self):
-        return (os.system, ("touch PWNED",))
-
-
 @pytest.mark.parametrize(
     "make, message",
-    [
-        (lambda p: p.write_bytes(b"\x00garbage" * 50), "is not a readable checkpoint"),
-        (lambda p: torch.save({"format_version": 1}, p), "incomplete"),
-        (lambda p: torch.save({"format_version": 7}, p), "newer than this program"),
-        (
-            lambda p: torch.save(
-                {
-                    **dict.fromkeys(checkpoint.REQUIRED_KEYS, 0),
-                    "format_version": 1,
-                    "model_state": torch.nn.Linear(3, 3).state_dict(),
-                },
-                p,
-            ),
-            "different model",
-        ),
-        (lambda p: torch.save({"format_version": 1, "x": RunsCode()}, p), "could run code"),
-    ],
+    [(m, msg) for _, m, msg in BAD_CHECKPOINTS],
+    ids=[i for i, *_ in BAD_CHECKPOINTS],
 )
 def test_bad_checkpoint_is_refused_and_left_untouched(tmp_path, data_dir, make, message):
     path = tmp_path / "model_checkpoint.pth"

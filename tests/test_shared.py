@@ -1,6 +1,11 @@
 """shared.py's pieces, in process."""
 
+import multiprocessing
+import os
 import sys
+import threading
+
+import pytest
 
 import shared
 
@@ -37,3 +42,61 @@ def test_describe_exit_names_the_signal():
     assert "SIGSEGV" in shared.describe_exit(-11)
     assert "code 3" in shared.describe_exit(3)
     assert "out-of-memory killer" in shared.describe_exit(-9)
+
+
+def progress_and_ctx():
+    ctx = multiprocessing.get_context("spawn")
+    return shared.SharedProgress(ctx, log_interval=10), ctx
+
+
+def no_workers_died():
+    pass
+
+
+def test_parent_side_protocol_set_limit_claim_complete_pause():
+    progress, _ = progress_and_ctx()
+    progress.reset(5)
+    progress.set_limit(7, no_workers_died)
+    ppid = os.getppid()
+    assert [progress.claim(ppid), progress.claim(ppid)] == [5, 6]
+    progress.complete(0.5)
+    # One batch in flight: pause waits for it, then nothing more may be claimed.
+    threading.Timer(0.2, progress.complete, (0.25,)).start()
+    assert progress.pause(no_workers_died) == 7
+    assert progress.done.value == 7 and progress.limit.value == 7
+    assert progress.loss_sum.value == 0.75
+
+
+def test_wait_gives_up_when_asked_and_returns_true_when_reached():
+    progress, _ = progress_and_ctx()
+    progress.reset(0)
+    seen = []
+    assert not progress.wait("done", 1, no_workers_died, give_up=lambda v: seen.append(v) or True)
+    assert seen == [0]
+    progress.set_limit(1, no_workers_died)
+    progress.claim(os.getppid())
+    progress.complete(1.0)
+    assert progress.wait("done", 1, no_workers_died)
+
+
+def test_lock_held_by_a_dead_worker_is_noticed():
+    progress, _ = progress_and_ctx()
+    held, release = threading.Event(), threading.Event()
+
+    def holder():  # as if a worker died holding the lock
+        with progress.cond:
+            held.set()
+            release.wait(10)
+
+    threading.Thread(target=holder).start()
+    held.wait(10)
+
+    def died():
+        raise shared.WorkerDied("worker 0 was killed by SIGKILL")
+
+    try:
+        with pytest.raises(shared.WorkerDied):
+            with progress.locked(died):
+                pass
+    finally:
+        release.set()

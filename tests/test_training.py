@@ -2,13 +2,12 @@
 
 import json
 import os
-import re
 import signal
 import time
 
 import pytest
-import torch
 
+import hogwild
 from conftest import (
     load_checkpoint,
     run_trainer,
@@ -16,13 +15,16 @@ from conftest import (
     stop_group,
     wait_for_line,
 )
+from helpers import assert_same_weights, worker_pids
 
+pytestmark = pytest.mark.slow
 ONE = ["--num-processes", "1", "--threads-per-process", "1"]
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def batches_this_run(output):
-    return sum(int(n) for n in re.findall(r"\((\d+) batches this run\)", output))
+    lines = hogwild.parse_lines("stopped", output) + hogwild.parse_lines("done", output)
+    return sum(parsed["batches"] for parsed in lines)
 
 
 def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_dir):
@@ -144,18 +146,7 @@ def test_mid_epoch_stop_and_resume_is_bitwise_identical(tmp_path, big_data_dir):
     assert run_trainer(*common, "--resume", cwd=tmp_path / "b").returncode == 0
     a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
     b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
-    for key in a["model_state"]:
-        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
-
-
-def worker_pids(pid):
-    children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    workers = []
-    for child in children:
-        cmdline = open(f"/proc/{child}/cmdline").read()
-        if "spawn_main" in cmdline and "resource_tracker" not in cmdline:
-            workers.append(int(child))
-    return workers
+    assert_same_weights(a, b)
 
 
 def test_killed_worker_fails_the_run_and_keeps_the_checkpoint(tmp_path, big_data_dir):

@@ -1,0 +1,65 @@
+"""Resolving the training config from flags and a checkpoint, in process."""
+
+import dataclasses
+
+import pytest
+
+import main
+from config import DATASETS, TrainConfig, UsageError
+
+
+def flags(*argv):
+    return main.build_parser().parse_args(list(argv))
+
+
+def test_fresh_run_takes_the_defaults():
+    assert TrainConfig.resolve(flags()) == TrainConfig()
+    assert TrainConfig().as_dict() == {
+        "batch_size": 64,
+        "epochs": 10,
+        "lr": 0.01,
+        "momentum": 0.5,
+        "seed": 1,
+        "dataset": "mnist",
+    }
+
+
+def test_given_flags_win_on_a_fresh_run():
+    config = TrainConfig.resolve(flags("--batch-size", "128", "--dataset", "fashion-mnist"))
+    assert (config.batch_size, config.dataset, config.epochs) == (128, "fashion-mnist", 10)
+
+
+def test_resume_takes_the_checkpoints_values_for_flags_not_given():
+    saved = {"batch_size": 32, "epochs": 3, "lr": 0.05, "momentum": 0.9, "seed": 4}
+    config = TrainConfig.resolve(flags("--resume"), {**saved, "dataset": "fashion-mnist"})
+    assert config == TrainConfig(**saved, dataset="fashion-mnist")
+
+
+@pytest.mark.parametrize("name", TrainConfig.MUST_MATCH)
+def test_resume_refuses_a_different_value_for_what_defines_an_epoch(name):
+    saved = TrainConfig().as_dict()
+    other = {"batch_size": "32", "seed": "9", "dataset": "fashion-mnist"}[name]
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(UsageError, match=f"{flag} {other} differs from the checkpoint's"):
+        TrainConfig.resolve(flags(flag, other), saved)
+
+
+def test_resume_may_change_lr_and_says_so():
+    notes = []
+    saved = TrainConfig().as_dict()
+    config = TrainConfig.resolve(flags("--lr", "0.02", "--epochs", "20"), saved, log=notes.append)
+    assert (config.lr, config.epochs) == (0.02, 20)
+    assert notes == ["note: --lr changed from 0.01 to 0.02 on resume"]  # --epochs: no note
+
+
+def test_a_checkpoint_without_some_fields_falls_back_to_the_defaults():
+    assert TrainConfig.resolve(flags(), {"batch_size": 128}).lr == TrainConfig.lr
+
+
+def test_config_is_frozen_and_every_dataset_has_data_settings():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().lr = 1.0
+    import data
+
+    assert set(DATASETS) == set(data.DATASETS)
+    assert main.build_parser().get_default("dataset") is None  # None means "not given"

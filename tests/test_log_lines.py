@@ -1,0 +1,72 @@
+"""The log lines that scripts and tests read: printed and parsed from one definition."""
+
+import pytest
+
+import hogwild
+
+SAMPLES = {
+    "resuming": dict(path="ck.pth", epoch=2, step=17, per_epoch=938),
+    "training": dict(
+        dataset="mnist",
+        epochs=10,
+        processes=2,
+        threads=1,
+        batch_size=64,
+        lr=0.01,
+        momentum=0.5,
+    ),
+    "ready": dict(workers=2, seconds=1.94),
+    "progress": dict(
+        epoch=1,
+        epochs=10,
+        samples=640,
+        total=60000,
+        percent=1.07,
+        loss=2.3,
+        samples_per_s=5731.2,
+        eta="1m40s",
+    ),
+    "epoch": dict(
+        epoch=3,
+        epochs=10,
+        test_loss=0.05,
+        accuracy=98.28,
+        samples_per_s=13900.4,
+        seconds=4.3,
+        path="/ckpt/model checkpoint.pth",
+    ),
+    "stopped": dict(
+        signal="SIGINT", path="ck.pth", epoch=1, step=5, per_epoch=40, ms=4.9, batches=5
+    ),
+    "done": dict(elapsed="0m44s", batches=9380, epochs=10, path="ck.pth"),
+}
+
+
+def test_every_line_has_a_sample():
+    assert set(SAMPLES) == set(hogwild.LINES)
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES))
+def test_a_printed_line_parses_back_to_its_fields(kind):
+    text = hogwild.line(kind, **SAMPLES[kind])
+    parsed = hogwild.parse_line(kind, text)
+    assert parsed is not None, text
+    assert set(parsed) == set(SAMPLES[kind])
+    for name, value in SAMPLES[kind].items():
+        if isinstance(value, float):
+            assert parsed[name] == pytest.approx(value, abs=0.51), name  # printed rounded
+        else:
+            assert parsed[name] == value, name
+
+
+def test_the_ready_line_keeps_the_wording_scripts_and_users_rely_on():
+    # Issue 11: "Keep the log line `N workers ready: first batch X s after start`".
+    assert (
+        hogwild.line("ready", workers=2, seconds=1.5)
+        == "2 workers ready: first batch 1.5s after start"
+    )
+
+
+def test_other_lines_do_not_parse():
+    assert hogwild.parse_line("ready", "epoch 1/2: something else") is None
+    assert hogwild.parse_lines("epoch", "noise\nmore noise\n") == []
