@@ -211,54 +211,59 @@ def writable_dir(path):
     return os.access(path, os.W_OK)
 
 
+FILES = [
+    f"{s}-{kind}" for s in SPLITS.values() for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+]
+
+
+def fetch_missing(raw, dataset, can_write, log):
+    """Download the files that are in RAW neither unpacked nor gzipped."""
+    present = {n for n in FILES for e in ("", ".gz") if os.path.exists(os.path.join(raw, n + e))}
+    missing = [name for name in FILES if name not in present]
+    if not missing:
+        return
+    if not can_write:
+        raise DataError(
+            f"missing {', '.join(missing)} in {raw}, which is not writable, so they "
+            f"cannot be downloaded; put the files (.gz or unpacked) there"
+        )
+    log(f"downloading {len(missing)} {dataset} file(s) into {raw}")
+    for name in missing:
+        try:
+            download(dataset, name, raw)
+        except DataError as e:
+            raise DataError(
+                f"{dataset} files missing from {raw}: {', '.join(missing)}; {e}. "
+                f"Put the files (.gz or unpacked) there, or point --data-dir at them"
+            ) from None
+
+
+def unpacked(raw, name, cache, can_write):
+    """The path of NAME unpacked: in RAW, or unpacked from NAME.gz (beside it, or
+    into CACHE when RAW is read-only)."""
+    plain = os.path.join(raw, name)
+    if os.path.exists(plain):
+        return plain
+    target = plain if can_write else os.path.join(cache, name)
+    if not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        unpack(plain + ".gz", target)
+    return target
+
+
 def prepare(data_dir, dataset, log=print):
     """Make sure both splits exist unpacked; return {"train": SplitFiles, "test": ...}.
 
     Looks in DATA_DIR/<Folder>/raw for the unpacked file, else NAME.gz (unpacked
     next to it, or into a per-user temp cache when the data dir is read-only),
-    else downloads NAME.gz. Each file is checked by structure before use.
+    else downloads NAME.gz. Each file is checked by structure when mapped.
     """
     raw = raw_dir(data_dir, dataset)
     can_write = writable_dir(raw)
+    fetch_missing(raw, dataset, can_write, log)
     cache = os.path.join(tempfile.gettempdir(), f"mnist-hogwild-{os.getuid()}", dataset)
-    names = [
-        f"{SPLITS[s]}-{kind}" for s in SPLITS for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
-    ]
-
-    missing = [
-        n
-        for n in names
-        if not any(os.path.exists(os.path.join(raw, n + ext)) for ext in ("", ".gz"))
-    ]
-    if missing:
-        if not can_write:
-            raise DataError(
-                f"missing {', '.join(missing)} in {raw}, which is not writable, so they "
-                f"cannot be downloaded; put the files (.gz or unpacked) there"
-            )
-        log(f"downloading {len(missing)} {dataset} file(s) into {raw}")
-        for name in missing:
-            try:
-                download(dataset, name, raw)
-            except DataError as e:
-                raise DataError(
-                    f"{dataset} files missing from {raw}: {', '.join(missing)}; {e}. "
-                    f"Put the files (.gz or unpacked) there, or point --data-dir at them"
-                ) from None
-
-    paths = {}
-    for name in names:
-        plain = os.path.join(raw, name)
-        if not os.path.exists(plain):
-            target = plain if can_write else os.path.join(cache, name)
-            if not os.path.exists(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                unpack(plain + ".gz", target)
-            plain = target
-        paths[name] = plain
+    paths = {name: unpacked(raw, name, cache, can_write) for name in FILES}
     return {
-        split: SplitFiles(
-            images=paths[f"{prefix}-images-idx3-ubyte"], labels=paths[f"{prefix}-labels-idx1-ubyte"]
-        )
-        for split, prefix in SPLITS.items()
+        split: SplitFiles(paths[f"{p}-images-idx3-ubyte"], paths[f"{p}-labels-idx1-ubyte"])
+        for split, p in SPLITS.items()
     }

@@ -55,12 +55,9 @@ PATTERNS = {kind: _pattern(fmt) for kind, fmt in LINES.items()}
 
 
 def _number(text):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    return float(text) if re.fullmatch(r"-?\d+\.\d*|nan|inf", text) else text
 
 
 def parse_line(kind, text):
@@ -145,7 +142,8 @@ class Run:
         torch.manual_seed(config.seed)
         self.model = Net().to(self.device)
         self.optimizer = train.MomentumSGD(self.model.parameters(), config.lr, config.momentum)
-        self.state = self.restore(state) if state is not None else self.fresh_progress()
+        fresh = checkpoint.Progress(0, 0, self.per_epoch, config.seed)
+        self.state = self.restore(state) if state is not None else fresh
         self.first_epoch, step = self.state.epoch, self.state.step
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that
@@ -160,9 +158,6 @@ class Run:
         self.log = ProgressLog(args.log_interval, config, self.per_epoch, len(self.train_set))
         self.last_save = time.monotonic()
         self.progress.reset(self.start)
-
-    def fresh_progress(self):
-        return checkpoint.Progress(0, 0, self.per_epoch, self.config.seed)
 
     def restore(self, state):
         """Load the checkpoint's weights and momentum; return its Progress."""
@@ -227,12 +222,7 @@ class Run:
             fields = dict(path=self.args.checkpoint, per_epoch=self.per_epoch)
             log(line("resuming", epoch=self.first_epoch + 1, step=self.state.step, **fields))
         log(
-            line(
-                "training",
-                processes=self.args.num_processes,
-                threads=self.threads,
-                **c.as_dict(),
-            )
+            line("training", processes=self.args.num_processes, threads=self.threads, **c.as_dict())
         )
         if self.stop.signum is not None:
             return False
@@ -300,13 +290,10 @@ class Run:
         """(test loss, accuracy), or None on a stop signal. The workers are
         idle, so the parent may use every core."""
         torch.set_num_threads(self.eval_threads)
+        split, batch_size = self.test_set, self.args.test_batch_size
         try:
             return train.evaluate(
-                self.model,
-                self.test_set,
-                self.config.dataset,
-                self.args.test_batch_size,
-                self.stop_requested,
+                self.model, split, self.config.dataset, batch_size, self.stop_requested
             )
         finally:
             torch.set_num_threads(self.threads)

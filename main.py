@@ -24,31 +24,24 @@ def positive_int(text):
     return value
 
 
-def _float_at_least(text, minimum, inclusive):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    in_range = value >= minimum if inclusive else value > minimum
-    if not in_range or value == float("inf"):  # (NaN is never in range)
-        what = f"{minimum} or more" if inclusive else f"more than {minimum}"
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-    return value
+def float_in(low, high, low_ok, what):
+    """An argparse type: a float in (LOW, HIGH), LOW itself allowed if LOW_OK."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low <= value if low_ok else low < value) or not value < high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float(text):
-    return _float_at_least(text, 0, inclusive=False)
-
-
-def non_negative_float(text):
-    return _float_at_least(text, 0, inclusive=True)
-
-
-def momentum_value(text):
-    value = non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_float = float_in(0, float("inf"), False, "more than 0")
+non_negative_float = float_in(0, float("inf"), True, "0 or more")
+momentum_value = float_in(0, 1, True, "in [0, 1)")
 
 
 def build_parser():

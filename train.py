@@ -67,7 +67,7 @@ class MomentumSGD:
 
     @torch.no_grad()
     def step(self):
-        for p, buf in zip(self.params, self.momentum_buffers):
+        for p, buf in zip(self.params, self.momentum_buffers, strict=True):
             if p.grad is not None:
                 buf.mul_(self.momentum).add_(p.grad)
                 p.add_(buf, alpha=-self.lr)
@@ -104,7 +104,7 @@ class MomentumSGD:
             ]
         except (KeyError, TypeError) as e:
             raise ValueError(f"no SGD state ({e!r})") from None
-        for i, (buf, value) in enumerate(zip(self.momentum_buffers, saved)):
+        for i, (buf, value) in enumerate(zip(self.momentum_buffers, saved, strict=True)):
             if value is None:
                 buf.zero_()  # a parameter that never had a gradient
             elif not isinstance(value, torch.Tensor) or value.shape != buf.shape:

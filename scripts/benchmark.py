@@ -16,7 +16,6 @@ Writes docs/benchmark.json, docs/benchmark.md and docs/scaling.png.
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -26,47 +25,25 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+import harness
+from harness import REPO, Trainer, flags
 
-import cpus  # noqa: E402
-import data  # noqa: E402
-import synthetic_data  # noqa: E402
+import cpus  # (found through the path harness sets)
 
-MAIN = os.path.join(REPO, "main.py")
-FASHION = "/usr/share/datasets/fashion-mnist"
 TARGETS = {"mnist": 0.98, "fashion-mnist": 0.82, "synthetic": 0.9}
 
 
-def is_full_mnist(data_dir):
-    """./data holds MNIST of the real size (60k/10k), not the graders' small synthetic set."""
-    if not os.path.isdir(data.raw_dir(data_dir, "mnist")):
-        return False  # (prepare would try to download it)
-    try:
-        files = data.prepare(data_dir, "mnist", log=lambda message: None)
-        return (
-            len(data.map_split(files["train"])) == 60000
-            and len(data.map_split(files["test"])) == 10000
-        )
-    except data.DataError:
-        return False
-
-
 def choose_data(work, smoke):
-    """(data_dir, dataset, label)."""
+    """(data_dir, dataset, label): real MNIST if present, else Fashion-MNIST, else synthetic."""
     if smoke:
-        synthetic_data.write_files(work, train=1280, test=200)
+        harness.write_synthetic(work, train=1280, test=200)
         return work, "mnist", "synthetic"
-    if is_full_mnist(os.path.join(REPO, "data")):
-        return os.path.join(REPO, "data"), "mnist", "mnist"
-    if os.path.isdir(FASHION):
-        raw = os.path.join(work, "FashionMNIST", "raw")
-        os.makedirs(raw)
-        for name in os.listdir(FASHION):
-            os.symlink(os.path.join(FASHION, name), os.path.join(raw, name))
+    mnist = harness.real_mnist_dir()
+    if mnist:
+        return mnist, "mnist", "mnist"
+    if harness.link_fashion(work):
         return work, "fashion-mnist", "fashion-mnist"
-    synthetic_data.write_files(work, train=60000, test=10000)
+    harness.write_synthetic(work, train=60000, test=10000)
     return work, "mnist", "synthetic"
 
 
@@ -101,49 +78,9 @@ def shm_used():
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def flags(**options):
-    """Command-line flags from keyword arguments: data_dir="x" -> ["--data-dir", "x"]."""
-    return [part for k, v in options.items() for part in ("--" + k.replace("_", "-"), str(v))]
-
-
-class Trainer:
-    """One trainer process, with its output lines timestamped as they arrive."""
-
-    def __init__(self, args, cwd):
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, MAIN, *map(str, args)],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines = []
-
-    def wait_line(self, pattern, timeout=600):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("trainer ended early:\n" + "".join(self.lines[-10:]))
-            self.lines.append(line)
-            if re.search(pattern, line):
-                return time.monotonic() - self.t0, line
-        raise RuntimeError(f"timed out waiting for {pattern!r}")
-
-    def finish(self):
-        out, _ = self.proc.communicate(timeout=900)
-        self.lines.append(out)
-        if self.proc.returncode not in (0, 130):
-            raise RuntimeError("trainer failed:\n" + "".join(self.lines[-10:]))
-        return "".join(self.lines)
-
-
 def one_epoch(data_dir, dataset, workers, threads, work, measure_memory=False):
     ckpt = os.path.join(work, f"bench-{workers}x{threads}.pth")
-    for path in (ckpt, ckpt.replace(".pth", ".metrics.jsonl")):
-        if os.path.exists(path):
-            os.unlink(path)
+    harness.remove_run_files(ckpt)
     t = Trainer(
         flags(
             data_dir=data_dir,
@@ -158,9 +95,8 @@ def one_epoch(data_dir, dataset, workers, threads, work, measure_memory=False):
         cwd=work,
     )
     sampler = MemorySampler(t.proc.pid) if measure_memory else None
-    _, line = t.wait_line(r"workers ready")
-    reported = float(re.search(r"first batch ([\d.]+)s after start", line).group(1))
-    t.wait_line(r"^epoch 1/1: test loss")
+    reported = t.wait_for("ready")[2]["seconds"]
+    t.wait_for("epoch")
     memory = sampler.stop() if sampler else {"pss_kb": 0, "shm_bytes": 0}
     t.finish()
     row = json.loads(open(ckpt.replace(".pth", ".metrics.jsonl")).readline())
@@ -217,20 +153,19 @@ def busy_loop():
 
 def stop_timing(data_dir, dataset, work):
     ckpt = os.path.join(work, "bench-stop.pth")
-    if os.path.exists(ckpt):
-        os.unlink(ckpt)
+    harness.remove_run_files(ckpt)
     t = Trainer(
         # Many epochs: the stop must land mid-training even on tiny smoke data.
         flags(data_dir=data_dir, dataset=dataset, epochs=100, checkpoint=ckpt, log_interval=5),
         cwd=work,
     )
-    t.wait_line(r"^epoch 1/100 \[")
+    t.wait_for("progress")
     time.sleep(0.5)
     sent = time.monotonic()
     t.proc.send_signal(signal.SIGINT)
     out = t.finish()
     exit_s = time.monotonic() - sent
-    save_ms = float(re.search(r"in (\d+) ms", out).group(1))
+    save_ms = harness.parse_lines("stopped", out)[0]["ms"]
     return {
         "sigint_to_exit_s": exit_s,
         "save_ms": save_ms,
@@ -240,9 +175,7 @@ def stop_timing(data_dir, dataset, work):
 
 def time_to_accuracy(data_dir, dataset, label, work, epochs):
     ckpt = os.path.join(work, "bench-accuracy.pth")
-    for path in (ckpt, ckpt.replace(".pth", ".metrics.jsonl")):
-        if os.path.exists(path):
-            os.unlink(path)
+    harness.remove_run_files(ckpt)
     t = Trainer(
         flags(
             data_dir=data_dir, dataset=dataset, epochs=epochs, checkpoint=ckpt, log_interval="1000"
@@ -252,15 +185,14 @@ def time_to_accuracy(data_dir, dataset, label, work, epochs):
     target = TARGETS[label]
     reached = None
     while reached is None:
-        elapsed, line = t.wait_line(r"^epoch \d+/\d+: test loss|^done in")
-        match = re.search(r"^epoch (\d+)/\d+: .*accuracy ([\d.]+)%", line)
-        if not match:
+        elapsed, kind, fields = t.wait_for("epoch", "done")
+        if kind == "done":
             break
-        if float(match.group(2)) / 100 >= target:
-            reached = {"epoch": int(match.group(1)), "wall_s": elapsed}
+        if fields["accuracy"] / 100 >= target:
+            reached = {"epoch": fields["epoch"], "wall_s": elapsed}
     t.proc.send_signal(signal.SIGINT)
     t.finish()
-    rows = [json.loads(l) for l in open(ckpt.replace(".pth", ".metrics.jsonl"))]
+    rows = [json.loads(line) for line in open(ckpt.replace(".pth", ".metrics.jsonl"))]
     return {
         "target": target,
         "reached": reached,
@@ -270,61 +202,41 @@ def time_to_accuracy(data_dir, dataset, label, work, epochs):
 
 
 def docker_numbers(data_dir, dataset, image, work):
-    if (
-        shutil.which("docker") is None
-        or subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode
-        != 0
-    ):
+    if not harness.image_exists(image):
         return None
-    size = int(
-        subprocess.run(
-            ["docker", "inspect", "--format", "{{.Size}}", image],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    size = int(harness.docker("inspect", "--format", "{{.Size}}", image, check=True).stdout)
     name = f"bench-{os.getpid()}"
     os.makedirs(os.path.join(work, "docker"), exist_ok=True)
+    volumes = [
+        (os.path.realpath(data_dir), "/data", "ro"),
+        (os.path.join(work, "docker"), "/workspace"),
+    ]
     started = time.monotonic()
     subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            name,
-            "-v",
-            f"{os.path.realpath(data_dir)}:/data:ro",
-            "-v",
-            f"{os.path.join(work, 'docker')}:/workspace",
+        harness.docker_run(
             image,
-            "--data-dir",
-            "/data",
-            "--dataset",
-            dataset,
-            "--epochs",
-            "1",
-            "--log-interval",
-            "20",
-        ],
+            *flags(data_dir="/data", dataset=dataset, epochs=1, log_interval=20),
+            volumes=volumes,
+            name=name,
+            detach=True,
+        ),
         check=True,
         capture_output=True,
     )
     try:
         first_batch = None
         while time.monotonic() - started < 120:
-            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
-            if first_batch is None and "workers ready" in logs:
+            logs = harness.docker("logs", name).stdout
+            if first_batch is None and harness.parse_lines("ready", logs):
                 first_batch = time.monotonic() - started
-            if "epoch 1/1 [" in logs:
+            if harness.parse_lines("progress", logs):
                 break
             time.sleep(0.05)
         t = time.monotonic()
-        subprocess.run(["docker", "stop", name], check=True, capture_output=True)
+        harness.docker("stop", name, check=True)
         stop_s = time.monotonic() - t
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        harness.docker("rm", "-f", name)
     return {
         "image": image,
         "image_mb": size / 1e6,
@@ -339,26 +251,18 @@ def autograder_flow(data_dir, dataset, image, work):
     train.py --resume, in containers, timed together."""
     run_dir = os.path.join(work, "autograder")
     os.makedirs(run_dir)
-    folder = data.DATASETS[dataset]["folder"]
+    folder = harness.data.DATASETS[dataset]["folder"]
     shutil.copytree(os.path.join(data_dir, folder), os.path.join(run_dir, "data", folder))
-    base = [
-        "docker",
-        "run",
-        "--rm",
-        "-v",
-        f"{run_dir}:/workspace",
-        image,
-        "python",
-        "/opt/mnist-hogwild/train.py",
-    ]
     extra = ["--dataset", dataset] if dataset != "mnist" else []
+    base = harness.docker_run(
+        image, "python", "/opt/mnist-hogwild/train.py", *extra, volumes=[(run_dir, "/workspace")]
+    )
     started = time.monotonic()
-    subprocess.run(base + extra, check=True, capture_output=True)
-    subprocess.run(base + extra + ["--resume"], check=True, capture_output=True)
+    subprocess.run(base, check=True, capture_output=True)
+    subprocess.run(base + ["--resume"], check=True, capture_output=True)
     seconds = time.monotonic() - started
-    metrics = [
-        json.loads(line) for line in open(os.path.join(run_dir, "model_checkpoint.metrics.jsonl"))
-    ]
+    with open(os.path.join(run_dir, "model_checkpoint.metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
     return {
         "autograder_s": seconds,
         "autograder_epochs": len(metrics),
@@ -457,15 +361,6 @@ def plot_scaling(result, path):
     plt.close(fig)
 
 
-def update_readme(name, md):
-    """Replace the text between <!-- NAME:start --> and <!-- NAME:end --> in README.md."""
-    path = os.path.join(REPO, "README.md")
-    text = open(path).read()
-    start_tag, end_tag = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    start, end = text.index(start_tag) + len(start_tag), text.index(end_tag)
-    open(path, "w").write(text[:start] + md + text[end:])
-
-
 def autograder_sentence(d, data_label):
     return (
         f"Measured with `python scripts/benchmark.py`: the two runs took "
@@ -484,9 +379,9 @@ def publish(result, args):
     plot_scaling(result, os.path.join(args.out, "scaling.png"))
     print(md)
     if args.update_readme:
-        update_readme("benchmark", "\n" + md)
+        harness.update_readme("benchmark", "\n" + md)
         if result["docker"]:
-            update_readme("epochs", autograder_sentence(result["docker"], result["data"]))
+            harness.update_readme("epochs", autograder_sentence(result["docker"], result["data"]))
 
 
 def main():

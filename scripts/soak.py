@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -25,16 +24,11 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+import harness
+from harness import MAIN, docker, docker_run
 
-import checkpoint  # noqa: E402
-import synthetic_data  # noqa: E402
-from model import Net  # noqa: E402
-
-FASHION = "/usr/share/datasets/fashion-mnist"
-PROGRESS = re.compile(r"^epoch (\d+)/\d+ \[(\d+)/(\d+) \(\d+%\)\] loss \S+ (\d+) samples/s", re.M)
+import checkpoint  # (found through the path harness sets)
+from model import Net
 
 
 class DockerRunner:
@@ -46,75 +40,48 @@ class DockerRunner:
     def path(self, host_path):
         return "/workspace/" + os.path.relpath(host_path, self.work)
 
+    def command(self, flags, docker_args, name=None):
+        volumes = [(self.work, "/workspace")]
+        return docker_run(
+            self.image,
+            *flags,
+            volumes=volumes,
+            name=name,
+            detach=name is not None,
+            docker_args=docker_args,
+        )
+
     def start(self, flags, docker_args=()):
         self.count += 1
         name = f"soak-{os.getpid()}-{self.count}"
-        subprocess.run(
-            [
-                "docker",
-                "run",
-                "-d",
-                "--name",
-                name,
-                "-v",
-                f"{self.work}:/workspace",
-                *docker_args,
-                self.image,
-                *map(str, flags),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        subprocess.run(self.command(flags, docker_args, name), check=True, capture_output=True)
         return name
 
     def logs(self, name):
-        proc = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+        proc = docker("logs", name)
         return proc.stdout + proc.stderr
 
     def stop(self, name):
         """docker stop; returns seconds until the container had exited."""
         t = time.monotonic()
-        subprocess.run(["docker", "stop", "-t", "10", name], check=True, capture_output=True)
+        docker("stop", "-t", "10", name, check=True)
         return time.monotonic() - t
 
     def kill(self, name):
-        subprocess.run(["docker", "kill", name], capture_output=True)
+        docker("kill", name)
 
     def wait(self, name, timeout=900):
-        proc = subprocess.run(
-            ["docker", "wait", name], capture_output=True, text=True, timeout=timeout
-        )
-        return int(proc.stdout.strip())
+        return int(docker("wait", name, timeout=timeout).stdout.strip())
 
     def remove(self, name):
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        docker("rm", "-f", name)
 
     def worker_pids(self, name):
-        out = subprocess.run(
-            ["docker", "top", name, "-eo", "pid,args"], capture_output=True, text=True
-        ).stdout
-        return [
-            int(line.split()[0])
-            for line in out.splitlines()[1:]
-            if "spawn_main" in line and "resource_tracker" not in line
-        ]
+        return harness.container_worker_pids(name)
 
     def run(self, flags, docker_args=()):
-        proc = subprocess.run(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "-v",
-                f"{self.work}:/workspace",
-                *docker_args,
-                self.image,
-                *map(str, flags),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        cmd = self.command(flags, docker_args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -130,7 +97,7 @@ class HostRunner:
     def start(self, flags, docker_args=()):
         log = tempfile.NamedTemporaryFile("w+", dir=self.work, suffix=".log", delete=False)
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "main.py"), *map(str, flags)],
+            [sys.executable, MAIN, *map(str, flags)],
             cwd=self.work,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -140,7 +107,8 @@ class HostRunner:
         return proc.pid
 
     def logs(self, pid):
-        return open(self.procs[pid][1]).read()
+        with open(self.procs[pid][1]) as f:
+            return f.read()
 
     def stop(self, pid):
         proc = self.procs[pid][0]
@@ -163,17 +131,11 @@ class HostRunner:
             proc.wait()
 
     def worker_pids(self, pid):
-        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
-        return [
-            int(k)
-            for k in kids
-            if "spawn_main" in open(f"/proc/{k}/cmdline").read()
-            and "resource_tracker" not in open(f"/proc/{k}/cmdline").read()
-        ]
+        return harness.host_worker_pids(pid)
 
     def run(self, flags, docker_args=()):
         proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, "main.py"), *map(str, flags)],
+            [sys.executable, MAIN, *map(str, flags)],
             cwd=self.work,
             capture_output=True,
             text=True,
@@ -232,11 +194,13 @@ class Soak:
         os.chmod(os.path.dirname(ckpt), 0o777)
         return ckpt
 
-    def wait_for(self, handle, needle, timeout=300):
+    def wait_for(self, handle, kind, timeout=300, **fields):
+        """Wait for a KIND log line (hogwild.LINES) whose fields include FIELDS."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if needle in self.runner.logs(handle):
-                return True
+            for parsed in harness.parse_lines(kind, self.runner.logs(handle)):
+                if fields.items() <= parsed.items():
+                    return True
             time.sleep(0.05)
         return False
 
@@ -270,7 +234,7 @@ class Soak:
         if code != 0:
             raise SystemExit(f"baseline run failed:\n{out}")
         acc = self.accuracy(ckpt)
-        startup = float(re.search(r"first batch ([\d.]+)s after start", out).group(1))
+        startup = harness.parse_lines("ready", out)[0]["seconds"]
         # Stops land anywhere from start-up to a bit past the share of training
         # each of the K segments has to do, so that they spread over the run.
         self.max_delay = startup + 2 * max(wall - startup, 1.0) / self.k
@@ -300,8 +264,8 @@ class Soak:
             )
             time.sleep(self.rng.uniform(0, self.max_delay))
             logs = self.runner.logs(handle)
-            phase = "start-up" if "workers ready" not in logs else "training"
-            if "training already complete" in logs or "done in" in logs:
+            phase = "training" if harness.parse_lines("ready", logs) else "start-up"
+            if "training already complete" in logs or harness.parse_lines("done", logs):
                 phase = "finished"
             self.tally["phases"][phase] = self.tally["phases"].get(phase, 0) + 1
             if kind == "stop":
@@ -333,10 +297,13 @@ class Soak:
 
     def record_lost(self, logs, progress):
         """Work lost to a SIGKILL: trained (per the last progress line) but not in the checkpoint."""
-        lines = PROGRESS.findall(logs)
+        lines = harness.parse_lines("progress", logs)
         if not lines:
             return
-        epoch, samples, total, rate = map(int, lines[-1])
+        last = lines[-1]
+        epoch, samples, total, rate = (
+            last[k] for k in ("epoch", "samples", "total", "samples_per_s")
+        )
         per_epoch = progress[2]
         batch_size = -(-total // per_epoch)
         logged = (epoch - 1) * per_epoch + -(-samples // batch_size)
@@ -357,7 +324,9 @@ class Soak:
             ]
         )
         try:
-            if not self.wait_for(handle, "saved") or not self.wait_for(handle, "epoch 2/"):
+            if not self.wait_for(handle, "epoch", epoch=1) or not self.wait_for(
+                handle, "progress", epoch=2
+            ):
                 self.problem("worker kill: the run never reached epoch 2")
                 return
             before = open(ckpt, "rb").read()
@@ -454,7 +423,11 @@ class Soak:
             self.tally["faults"] += 1
             last = out.strip().splitlines()[-1] if out.strip() else ""
             print(f"  {label}: exit {code} in {elapsed:.1f}s; {last}", flush=True)
-            if code != 1 or "cannot write checkpoints" not in last or "workers ready" in out:
+            if (
+                code != 1
+                or "cannot write checkpoints" not in last
+                or harness.parse_lines("ready", out)
+            ):
                 self.problem(f"{label} not reported before training: exit {code}, {last}")
 
     def memory_limit(self):
@@ -589,13 +562,10 @@ class Soak:
 
 def prepare_data(work, quick):
     data_dir = os.path.join(work, "data")
-    if not quick and os.path.isdir(FASHION):
-        raw = os.path.join(data_dir, "FashionMNIST", "raw")
-        os.makedirs(raw)
-        for name in os.listdir(FASHION):
-            shutil.copy(os.path.join(FASHION, name), raw)
+    # Copies, not links: the containers see only their volume.
+    if not quick and harness.link_fashion(data_dir, copy=True):
         return data_dir, "fashion-mnist", "Fashion-MNIST (60k/10k)"
-    synthetic_data.write_files(data_dir, train=12800, test=1000)
+    harness.write_synthetic(data_dir, train=12800, test=1000)
     return data_dir, "mnist", "synthetic (12.8k/1k)"
 
 
@@ -615,7 +585,9 @@ def main():
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the fault moments (default: 0)")
     p.add_argument(
-        "--out", default=os.path.join(REPO, "docs"), help="where soak.md/json go (default: docs/)"
+        "--out",
+        default=os.path.join(harness.REPO, "docs"),
+        help="where soak.md/json go (default: docs/)",
     )
     p.add_argument(
         "--update-readme",
@@ -692,11 +664,7 @@ def main():
         with open(os.path.join(args.out, f"soak{suffix}.md"), "w") as f:
             f.write(md)
         if args.update_readme:
-            path = os.path.join(REPO, "README.md")
-            text = open(path).read()
-            start = text.index("<!-- soak:start -->") + len("<!-- soak:start -->")
-            end = text.index("<!-- soak:end -->")
-            open(path, "w").write(text[:start] + "\n" + md + text[end:])
+            harness.update_readme("soak", "\n" + md)
         return 1 if t["problems"] else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

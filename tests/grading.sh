@@ -20,7 +20,7 @@ set -uo pipefail
 IMAGE=${IMAGE:-mnist-hogwild:grading}
 MAX_SIZE=${MAX_SIZE:-1100000000}
 MAX_STOP=${MAX_STOP:-2}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 OUT=grading-output  # checkpoints of the extra checks, under the mounted repo
 failures=0
@@ -33,7 +33,7 @@ run() { docker run --rm -v "$ROOT:/workspace" "$@"; }
 ckpt_field() { # file expr -> prints the value of a python expression over the checkpoint s
   run "$IMAGE" python -c "import torch; s = torch.load('$1', weights_only=True); print($2)"
 }
-cleanup() { docker rm -f $(docker ps -aq --filter "name=$name_prefix") >/dev/null 2>&1 || true; }
+cleanup() { docker ps -aq --filter "name=$name_prefix" | xargs -r docker rm -f >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 step "1. build $IMAGE"

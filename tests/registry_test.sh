@@ -4,7 +4,7 @@
 #
 #   IMAGE=mnist-hogwild:grading bash tests/registry_test.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 IMAGE=${IMAGE:-mnist-hogwild:grading}
 PORT=${REGISTRY_PORT:-5000}
 REGISTRY="127.0.0.1:$PORT"

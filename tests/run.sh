@@ -6,7 +6,7 @@
 #
 #   bash tests/run.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export IMAGE=${IMAGE:-mnist-hogwild:grading}
 status=0
 

@@ -55,7 +55,7 @@ def test_plot_draws_curves_from_a_metrics_file(tmp_path):
     )
     out = tmp_path / "curves.png"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "plot.py"), metrics, "-o", out],
+        [sys.executable, os.path.join(REPO, "scripts", "plot.py"), metrics, "-o", out],
         capture_output=True,
         text=True,
     )
@@ -64,7 +64,9 @@ def test_plot_draws_curves_from_a_metrics_file(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "plot.py"), empty], capture_output=True, text=True
+        [sys.executable, os.path.join(REPO, "scripts", "plot.py"), empty],
+        capture_output=True,
+        text=True,
     )
     assert (
         proc.returncode == 1 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import checkpoint
 from helpers import BAD_CHECKPOINTS, fail_writes_with, valid_state, wrapped_fdopen

@@ -20,9 +20,9 @@ def test_momentum_sgd_is_bitwise_torch_sgd():
             opt.zero_grad()
             F.nll_loss(model(x), y).backward()
             opt.step()
-    for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+    for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
         assert torch.equal(a, b)
-    for buf, p in zip(ours.momentum_buffers, ref_model.parameters()):
+    for buf, p in zip(ours.momentum_buffers, ref_model.parameters(), strict=True):
         assert torch.equal(buf, ref.state[p]["momentum_buffer"])
 
 
@@ -34,13 +34,15 @@ def test_state_dict_round_trips_and_loads_into_torch_sgd():
     state = opt.state_dict()
     ref = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ref.load_state_dict(state)
-    for buf, p in zip(opt.momentum_buffers, model.parameters()):
+    for buf, p in zip(opt.momentum_buffers, model.parameters(), strict=True):
         assert torch.equal(ref.state[p]["momentum_buffer"], buf)
     other = train.MomentumSGD(model.parameters(), lr=0.1, momentum=0.9)
     shared = other.momentum_buffers[0]
     other.load_momentum(state)
     assert other.momentum_buffers[0] is shared  # loaded in place
-    assert all(torch.equal(a, b) for a, b in zip(other.momentum_buffers, opt.momentum_buffers))
+    assert all(
+        torch.equal(a, b) for a, b in zip(other.momentum_buffers, opt.momentum_buffers, strict=True)
+    )
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():

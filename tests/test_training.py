@@ -50,7 +50,7 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
     assert rows[1]["test_loss"] < rows[0]["test_loss"] < 2.30
     assert rows[1]["accuracy"] > 0.5
     # Progress lines come from one place, not one copy per worker.
-    progress = [l for l in proc.stdout.splitlines() if l.startswith("epoch 1/2 [")]
+    progress = [s for s in proc.stdout.splitlines() if s.startswith("epoch 1/2 [")]
     assert len(progress) == len(set(progress)) >= 2
     assert batches_this_run(proc.stdout) == 2 * 40
 

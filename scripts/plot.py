@@ -1,6 +1,6 @@
 """Plot loss and accuracy per epoch from the trainer's metrics file.
 
-    python plot.py model_checkpoint.metrics.jsonl -o curves.png
+    python scripts/plot.py model_checkpoint.metrics.jsonl -o curves.png
 
 matplotlib is a development dependency (requirements-dev.txt); the image does
 not include it.

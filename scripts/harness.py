@@ -1,0 +1,159 @@
+"""What scripts/benchmark.py and scripts/soak.py share: starting the trainer
+(on the host or in a container), reading its log lines, finding its workers,
+the data sets, and rewriting README sections.
+
+Log lines are parsed with hogwild.parse_line, from the same formats the
+trainer prints them with (tests/test_log_lines.py), never with regexes here.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The scripts run as files (python scripts/NAME.py): the project's modules and
+# the test helpers are found from here, the one place that says so.
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+
+import checkpoint  # noqa: E402
+import data  # noqa: E402
+import hogwild  # noqa: E402
+import synthetic_data  # noqa: E402
+from helpers import worker_pids as host_worker_pids  # noqa: E402, F401 - re-exported
+
+MAIN = os.path.join(REPO, "main.py")
+FASHION = "/usr/share/datasets/fashion-mnist"
+# Real MNIST, where the workplace provides it: ../shared/data beside the checkout.
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+parse_line, parse_lines = hogwild.parse_line, hogwild.parse_lines
+
+
+def flags(**options):
+    """Command-line flags from keyword arguments: data_dir="x" -> ["--data-dir", "x"]."""
+    return [part for k, v in options.items() for part in ("--" + k.replace("_", "-"), str(v))]
+
+
+def real_mnist_dir():
+    """A --data-dir holding the genuine MNIST (60k/10k), or None."""
+    for root in (SHARED_DATA, os.path.join(REPO, "data")):
+        if is_full_mnist(root):
+            return root
+    return None
+
+
+def is_full_mnist(data_dir):
+    """DATA_DIR holds MNIST of the real size (60k/10k), not a small synthetic set."""
+    if not os.path.isdir(data.raw_dir(data_dir, "mnist")):
+        return False  # (prepare would try to download it)
+    try:
+        files = data.prepare(data_dir, "mnist", log=lambda message: None)
+        return (
+            len(data.map_split(files["train"])) == 60000
+            and len(data.map_split(files["test"])) == 10000
+        )
+    except data.DataError:
+        return False
+
+
+def link_fashion(data_dir, copy=False):
+    """Lay Debian's Fashion-MNIST out under DATA_DIR (symlinks, or copies for a
+    container that cannot follow links out of its volume). False if not installed."""
+    if not os.path.isdir(FASHION):
+        return False
+    raw = data.raw_dir(data_dir, "fashion-mnist")
+    os.makedirs(raw, exist_ok=True)
+    for name in os.listdir(FASHION):
+        source, target = os.path.join(FASHION, name), os.path.join(raw, name)
+        shutil.copy(source, target) if copy else os.symlink(source, target)
+    return True
+
+
+def write_synthetic(data_dir, train, test):
+    synthetic_data.write_files(data_dir, train=train, test=test)
+
+
+def remove_run_files(checkpoint_path):
+    """Delete a checkpoint and its metrics file, so a benchmark run starts fresh."""
+    for path in (checkpoint_path, checkpoint.metrics_path(checkpoint_path)):
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+class Trainer:
+    """One trainer process on the host, with its output lines timestamped as they arrive."""
+
+    def __init__(self, args, cwd, env=None):
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, MAIN, *map(str, args)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines = []
+
+    def wait_for(self, *kinds, timeout=600):
+        """(seconds since start, kind, fields) of the next line of one of KINDS."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("trainer ended early:\n" + "".join(self.lines[-10:]))
+            self.lines.append(line)
+            for kind in kinds:
+                fields = parse_line(kind, line)
+                if fields is not None:
+                    return time.monotonic() - self.t0, kind, fields
+        raise RuntimeError(f"timed out waiting for a {' or '.join(kinds)} line")
+
+    def finish(self):
+        out, _ = self.proc.communicate(timeout=900)
+        self.lines.append(out)
+        if self.proc.returncode not in (0, 130):
+            raise RuntimeError("trainer failed:\n" + "".join(self.lines[-10:]))
+        return "".join(self.lines)
+
+
+def docker_run(image, *args, volumes=(), name=None, detach=False, docker_args=()):
+    """The `docker run` command line: VOLUMES are (host, container[, mode]) tuples."""
+    cmd = ["docker", "run", "-d", "--name", name] if detach else ["docker", "run", "--rm"]
+    for volume in volumes:
+        cmd += ["-v", ":".join(volume)]
+    return [*cmd, *docker_args, image, *map(str, args)]
+
+
+def docker(*args, check=False, timeout=None):
+    """Run a docker subcommand; returns the CompletedProcess (text output)."""
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
+def container_worker_pids(name):
+    """The Hogwild workers' host pids inside container NAME."""
+    out = docker("top", name, "-eo", "pid,args").stdout
+    return [
+        int(line.split()[0])
+        for line in out.splitlines()[1:]
+        if "spawn_main" in line and "resource_tracker" not in line
+    ]
+
+
+def image_exists(image):
+    return shutil.which("docker") is not None and docker("image", "inspect", image).returncode == 0
+
+
+def update_readme(name, md):
+    """Replace the text between <!-- NAME:start --> and <!-- NAME:end --> in README.md."""
+    path = os.path.join(REPO, "README.md")
+    with open(path) as f:
+        text = f.read()
+    start_tag, end_tag = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    start, end = text.index(start_tag) + len(start_tag), text.index(end_tag)
+    with open(path, "w") as f:
+        f.write(text[:start] + md + text[end:])
