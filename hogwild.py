@@ -224,6 +224,7 @@ class Run:
         log(
             line("training", processes=self.args.num_processes, threads=self.threads, **c.as_dict())
         )
+        self.stop.unwind = False  # see main.StopRequest: from here a signal is only noted
         if self.stop.signum is not None:
             return False
         torch.set_num_threads(self.threads)

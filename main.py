@@ -146,15 +146,19 @@ class StopRequest:
 
     The handler only sets a field (and writes with os.write, which is safe at
     any moment): no KeyboardInterrupt can land in the middle of a save. The
-    one exception is start-up (importing torch takes seconds and cannot be
-    interrupted by a flag): until training starts there is nothing to save,
-    so the handler raises SystemExit and the process ends at once, well
-    within the 2 s this project promises for docker stop.
+    one exception is early start-up (importing torch takes seconds and cannot
+    be interrupted by a flag): until the workers are started there is nothing
+    to save, so the handler raises SystemExit and the process ends at once,
+    well within the 2 s this project promises for docker stop.
     """
 
     def __init__(self):
         self.signum = None
-        self.starting = True  # hogwild.Run sets False just before the first batch
+        self.starting = True  # nothing to save yet; hogwild.Run clears it at the first batch
+        # Raise SystemExit (unwind at once) rather than set the flag. hogwild.Run
+        # clears it before it starts the workers: unwinding the loop that starts
+        # them could leave a worker forked but not yet recorded, and so not stopped.
+        self.unwind = True
 
     def install(self):
         signal.signal(signal.SIGINT, self._handle)
@@ -165,9 +169,11 @@ class StopRequest:
         if self.starting:
             self.signum = self.signum or signum  # if SystemExit is swallowed, the run still stops
             os.write(2, f"received {name} during start-up: nothing to save yet, exiting\n".encode())
-            # Unwinds whatever is running (even `import torch`); main()'s
-            # `finally` stops the workers and multiprocessing cleans up after itself.
-            raise SystemExit(128 + signum)
+            if self.unwind:
+                # Unwinds whatever is running (even `import torch`); main()'s
+                # `finally` stops the workers and multiprocessing cleans up after itself.
+                raise SystemExit(128 + signum)
+            return
         if self.signum is None:
             self.signum = signum
             os.write(
@@ -185,8 +191,8 @@ def main(argv=None):
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
     args = build_parser().parse_args(argv)
-    # Start the workers now: each imports torch (about 2.5 s here) while this
-    # process imports it too, instead of after it. They wait for the model.
+    # Start the forkserver now: it imports torch (about 1.4 s here) while this
+    # process imports it too; the workers are forked from it once the model exists.
     pool = shared.WorkerPool(args.num_processes, args.log_interval)
     try:
         # Imported here, after the handlers are in place and the flags are valid:

@@ -59,20 +59,6 @@ def pss_kb(pid):
     return 0
 
 
-def descendants(pid):
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-        except OSError:
-            kids = []
-        out.extend(kids)
-        todo.extend(kids)
-    return out
-
-
 def shm_used():
     st = os.statvfs("/dev/shm")
     return (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -122,7 +108,7 @@ class MemorySampler:
 
     def _run(self):
         while not self.done.wait(1.0):
-            pids = [self.pid] + descendants(self.pid)
+            pids = [self.pid] + harness.descendants(self.pid)
             # The trainer and its workers; not multiprocessing's resource tracker.
             total = sum(pss_kb(p) for p in pids if "resource_tracker" not in _cmdline(p))
             self.peak["pss_kb"] = max(self.peak["pss_kb"], total)

@@ -21,7 +21,8 @@ import checkpoint  # noqa: E402
 import data  # noqa: E402
 import hogwild  # noqa: E402
 import synthetic_data  # noqa: E402
-from helpers import worker_pids as host_worker_pids  # noqa: E402, F401 - re-exported
+from helpers import descendants  # noqa: F401 - re-exported for the scripts
+from helpers import worker_pids as host_worker_pids  # noqa: F401
 
 MAIN = os.path.join(REPO, "main.py")
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -136,12 +137,12 @@ def docker(*args, check=False, timeout=None):
 
 def container_worker_pids(name):
     """The Hogwild workers' host pids inside container NAME."""
-    out = docker("top", name, "-eo", "pid,args").stdout
-    return [
-        int(line.split()[0])
-        for line in out.splitlines()[1:]
-        if "spawn_main" in line and "resource_tracker" not in line
-    ]
+    out = docker("top", name, "-eo", "pid,comm").stdout
+    return sorted(
+        int(pid)
+        for pid, comm in (line.split()[:2] for line in out.splitlines()[1:])
+        if comm == "hogwild-worker"
+    )
 
 
 def image_exists(image):

@@ -95,14 +95,28 @@ def wrapped_fdopen(on_write):
     return lambda fd, mode: WrappedFile(real_fdopen(fd, mode), on_write)
 
 
+def descendants(pid):
+    """Every process below PID (children, grandchildren, ...)."""
+    found, todo = [], [pid]
+    while todo:
+        try:
+            with open(f"/proc/{todo[0]}/task/{todo[0]}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        found += kids
+        todo = todo[1:] + kids
+    return found
+
+
 def worker_pids(pid):
-    """The Hogwild workers among PID's children (spawned by multiprocessing)."""
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        children = f.read().split()
+    """The Hogwild workers below PID: they name themselves (shared.name_process)."""
     workers = []
-    for child in children:
-        with open(f"/proc/{child}/cmdline") as f:
-            cmdline = f.read()
-        if "spawn_main" in cmdline and "resource_tracker" not in cmdline:
-            workers.append(int(child))
-    return workers
+    for child in descendants(pid):
+        try:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip() == "hogwild-worker":
+                    workers.append(child)
+        except OSError:
+            pass  # exited meanwhile
+    return sorted(workers)
