@@ -288,16 +288,18 @@ class Run:
         self.save(state)
 
     def evaluate(self):
-        """(test loss, accuracy), or None on a stop signal. The workers are
-        idle, so the parent may use every core."""
+        """(test loss, accuracy, seconds), or None on a stop signal. The workers
+        are idle, so the parent may use every core."""
         torch.set_num_threads(self.eval_threads)
         split, batch_size = self.test_set, self.args.test_batch_size
+        started = time.perf_counter()
         try:
-            return train.evaluate(
+            result = train.evaluate(
                 self.model, split, self.config.dataset, batch_size, self.stop_requested
             )
         finally:
             torch.set_num_threads(self.threads)
+        return None if result is None else (*result, time.perf_counter() - started)
 
     def end_epoch(self, epoch, result):
         row = self.metrics_row(epoch, result)
@@ -345,7 +347,7 @@ class Run:
         return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
 
     def metrics_row(self, epoch, result):
-        test_loss, accuracy = result
+        test_loss, accuracy, eval_seconds = result
         batches = self.progress.done.value - epoch * self.per_epoch
         partial = self.state.partial_epoch
         samples = min(batches * self.config.batch_size, len(self.train_set))
@@ -356,6 +358,7 @@ class Run:
             "accuracy": accuracy,
             "samples_per_s": samples / max(partial["seconds"], 1e-9),
             "seconds": partial["seconds"],
+            "eval_seconds": eval_seconds,
         }
 
     def log_epoch(self, epoch, row):

@@ -63,9 +63,9 @@ def build_parser():
     p.add_argument(
         "--test-batch-size",
         type=positive_int,
-        default=1000,
+        default=500,
         metavar="N",
-        help="input batch size for testing (default: 1000)",
+        help="input batch size for testing (default: 500)",
     )
     p.add_argument(
         "--epochs",

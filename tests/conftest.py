@@ -14,6 +14,9 @@ import synthetic_data
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MAIN = os.path.join(REPO, "main.py")
+# The genuine MNIST files, where the workplace provides them (never copied into the repo).
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+FASHION = "/usr/share/datasets/fashion-mnist"
 TRAIN = os.path.join(REPO, "train.py")
 
 
@@ -31,6 +34,16 @@ def big_data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bigdata")
     synthetic_data.write_files(str(root), train=20000, test=500)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """A --data-dir with the real MNIST. Outside CI the tests that need it skip
+    without it; CI provides ../shared/data, so there they fail instead."""
+    if not os.path.isfile(os.path.join(SHARED_DATA, "MNIST", "raw", "train-images-idx3-ubyte")):
+        if not os.environ.get("CI"):
+            pytest.skip(f"real MNIST not found in {SHARED_DATA} (CI provides it)")
+    return SHARED_DATA
 
 
 def trainer_cmd(*args, entry=MAIN):

@@ -39,7 +39,7 @@ def test_help_lists_every_flag_with_its_default(tmp_path):
     out = run_trainer("--help", cwd=tmp_path).stdout
     for flag, default in [
         ("--batch-size", "64"),
-        ("--test-batch-size", "1000"),
+        ("--test-batch-size", "500"),
         ("--epochs", "10"),
         ("--lr", "0.01"),
         ("--momentum", "0.5"),

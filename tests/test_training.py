@@ -9,6 +9,7 @@ import pytest
 
 import hogwild
 from conftest import (
+    FASHION,
     load_checkpoint,
     run_trainer,
     start_trainer,
@@ -19,7 +20,6 @@ from helpers import assert_same_weights, worker_pids
 
 pytestmark = pytest.mark.slow
 ONE = ["--num-processes", "1", "--threads-per-process", "1"]
-FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def batches_this_run(output):
@@ -44,6 +44,7 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
         "accuracy",
         "samples_per_s",
         "seconds",
+        "eval_seconds",
     }
     # Learnable synthetic data: the loss falls from chance (ln 10 = 2.30) and keeps falling.
     assert rows[1]["train_loss"] < rows[0]["train_loss"] < 2.30
