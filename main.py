@@ -5,6 +5,7 @@ per-worker loop in train.py, the network in model.py.
 """
 
 import argparse
+import atexit
 import os
 import signal
 import sys
@@ -204,5 +205,19 @@ def main(argv=None):
         pool.stop(graceful=False)
 
 
+def exit_now(code):
+    """End the process with CODE, skipping the interpreter's teardown.
+
+    With torch loaded that teardown took 0.4 s here, after everything was
+    saved: it was most of the time from `docker stop` to the container's
+    exit. Every checkpoint is already fsynced; the streams are flushed here,
+    and the atexit handlers still run (multiprocessing's: they release the
+    shared semaphores), so only the freeing of memory is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -192,4 +192,4 @@ def evaluate(model, split, dataset, batch_size, should_stop):
 if __name__ == "__main__":
     import main
 
-    sys.exit(main.main())
+    main.exit_now(main.main())

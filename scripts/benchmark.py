@@ -159,31 +159,42 @@ def stop_timing(data_dir, dataset, work):
     }
 
 
-def time_to_accuracy(data_dir, dataset, label, work, epochs):
-    ckpt = os.path.join(work, "bench-accuracy.pth")
+def full_run(data_dir, dataset, label, work, epochs, processes=2):
+    """A whole run (defaults but EPOCHS and PROCESSES), timed from outside:
+    where the wall time goes (start-up, training, evaluation, epoch
+    boundaries, exit) and when the target accuracy was first reached."""
+    ckpt = os.path.join(work, f"bench-run-{processes}.pth")
     harness.remove_run_files(ckpt)
-    t = Trainer(
-        flags(
-            data_dir=data_dir, dataset=dataset, epochs=epochs, checkpoint=ckpt, log_interval="1000"
-        ),
-        cwd=work,
-    )
-    target = TARGETS[label]
-    reached = None
-    while reached is None:
-        elapsed, kind, fields = t.wait_for("epoch", "done")
-        if kind == "done":
-            break
-        if fields["accuracy"] / 100 >= target:
+    options = dict(data_dir=data_dir, dataset=dataset, epochs=epochs, num_processes=processes)
+    t = Trainer(flags(**options, checkpoint=ckpt, log_interval=10**9), cwd=work)
+    target, reached, seen = TARGETS[label], None, {}
+    while "done" not in seen:
+        elapsed, kind, fields = t.wait_for("ready", "epoch", "done", timeout=1800)
+        seen[kind] = (elapsed, fields)
+        if kind == "epoch" and reached is None and fields["accuracy"] / 100 >= target:
             reached = {"epoch": fields["epoch"], "wall_s": elapsed}
-    t.proc.send_signal(signal.SIGINT)
     t.finish()
-    rows = [json.loads(line) for line in open(ckpt.replace(".pth", ".metrics.jsonl"))]
+    wall = time.monotonic() - t.t0
+    with open(harness.checkpoint.metrics_path(ckpt)) as f:
+        rows = [json.loads(line) for line in f]
+    training = sum(r["seconds"] for r in rows)
+    evaluation = sum(r["eval_seconds"] for r in rows)
+    startup, done = seen["ready"][0], seen["done"][0]
     return {
+        "processes": processes,
+        "epochs": epochs,
+        "wall_s": wall,
+        "startup_s": startup,  # process start to the ready line, as seen from outside
+        "first_batch_s": seen["ready"][1]["seconds"],  # as the trainer reports it
+        "training_s": training,
+        "evaluation_s": evaluation,
+        "boundaries_s": done - startup - training - evaluation,
+        "exit_s": wall - done,
+        "samples_per_s": statistics.median(r["samples_per_s"] for r in rows),
         "target": target,
         "reached": reached,
         "accuracy_per_epoch": [r["accuracy"] for r in rows],
-        "metrics_file": ckpt.replace(".pth", ".metrics.jsonl"),
+        "metrics_file": harness.checkpoint.metrics_path(ckpt),
     }
 
 
@@ -301,7 +312,7 @@ def markdown(result):
         f"| start of run to first training batch | {result['first_batch_s']:.1f} s |",
         f"| SIGINT to exit (checkpoint saved) | {s['sigint_to_exit_s']:.2f} s |",
         f"| checkpoint save | {s['save_ms']:.0f} ms, {s['checkpoint_bytes'] / 1024:.0f} KiB |",
-        f"| time to {100 * acc['target']:.0f}% test accuracy (defaults) | "
+        f"| time to {100 * acc['target']:.0f}% test accuracy (defaults, process start to that epoch's line) | "
         + (
             f"epoch {reached['epoch']}, {reached['wall_s']:.0f} s wall |"
             if reached
@@ -321,10 +332,10 @@ def markdown(result):
 
 
 def plot_scaling(result, path):
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - a development dependency, only for the plot
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     rows = [r for r in result["throughput"] if r["threads"] == 1]
     xs = [r["processes"] for r in rows]
@@ -347,30 +358,80 @@ def plot_scaling(result, path):
     plt.close(fig)
 
 
+def breakdown_markdown(rows, result):
+    """Where a whole run's wall time goes, one row per process count."""
+    lines = [
+        f"Whole runs on {result['machine']}, {result['data']}, {rows[0]['epochs']} epochs "
+        f"(`python scripts/benchmark.py{' --breakdown ' + ','.join(str(r['processes']) for r in rows) if len(rows) > 1 else ''}`):",
+        "",
+        "| processes | wall (s) | start-up to first batch | training | evaluation | epoch boundaries | exit | samples/s | final accuracy |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        parts = ("startup_s", "training_s", "evaluation_s", "boundaries_s", "exit_s")
+        shares = [f"{r[k]:.1f} s ({100 * r[k] / r['wall_s']:.0f}%)" for k in parts]
+        lines.append(
+            f"| {r['processes']} | {r['wall_s']:.1f} | {' | '.join(shares)} | "
+            f"{r['samples_per_s']:.0f} | {100 * r['accuracy_per_epoch'][-1]:.2f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_breakdown(rows, path):
+    """A stacked bar per process count: start-up, training, evaluation, the rest."""
+    import matplotlib  # noqa: PLC0415 - a development dependency, only for the plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    parts = [("startup_s", "start-up"), ("training_s", "training"), ("evaluation_s", "evaluation")]
+    parts += [("boundaries_s", "epoch boundaries"), ("exit_s", "exit")]
+    labels = [str(r["processes"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 0.6 * len(rows) + 1.6))
+    left = [0.0] * len(rows)
+    for key, name in parts:
+        values = [max(r[key], 0.0) for r in rows]
+        ax.barh(labels, values, left=left, label=name)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("--num-processes")
+    ax.set_title(f"Where a {rows[0]['epochs']}-epoch run's time goes")
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def autograder_sentence(d, data_label):
     return (
         f"Measured with `python scripts/benchmark.py`: the two runs took "
         f"{d['autograder_s']:.0f} s together in the image on this 2-core machine, on "
-        f"{data_label} (the same size as MNIST: 60k/10k), reaching "
-        f"{100 * d['autograder_accuracy']:.2f}% test accuracy there."
+        f"{data_label}, reaching {100 * d['autograder_accuracy']:.2f}% test accuracy there."
     )
 
 
 def publish(result, args):
-    """Write benchmark.md and scaling.png (and README's sections) from RESULT."""
+    """Write benchmark.md and the plots (and README's sections) from RESULT."""
     os.makedirs(args.out, exist_ok=True)
-    md = markdown(result)
-    with open(os.path.join(args.out, "benchmark.md"), "w") as f:
+    md = markdown(result) if "throughput" in result else ""
+    md += "\n" + breakdown_markdown(result["breakdown"], result)
+    name = "benchmark" if "throughput" in result else "breakdown"
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(md)
-    plot_scaling(result, os.path.join(args.out, "scaling.png"))
+    if "throughput" in result:
+        plot_scaling(result, os.path.join(args.out, "scaling.png"))
+    try:
+        plot_breakdown(result["breakdown"], os.path.join(args.out, f"{name}.png"))
+    except ImportError:
+        print("note: no matplotlib here: the table and JSON are written, the plot is not")
     print(md)
-    if args.update_readme:
+    if args.update_readme and "throughput" in result:
         harness.update_readme("benchmark", "\n" + md)
         if result["docker"]:
             harness.update_readme("epochs", autograder_sentence(result["docker"], result["data"]))
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
     p.add_argument("--smoke", action="store_true", help="tiny synthetic data, 1 repeat, no Docker")
@@ -382,7 +443,19 @@ def main():
         "--accuracy-epochs",
         type=int,
         default=10,
-        help="most epochs to wait for the target accuracy (default: 10)",
+        help="epochs of the whole run that finds the time to the target accuracy (default: 10)",
+    )
+    p.add_argument(
+        "--breakdown",
+        metavar="N,N,...",
+        help="measure only whole runs at these process counts (e.g. 1,2,4,8,16 on a 16-core "
+        "machine) and write breakdown.md/json/png; no Docker, no matplotlib needed but for the plot",
+    )
+    p.add_argument(
+        "--breakdown-epochs", type=int, default=16, help="epochs per --breakdown run (default: 16)"
+    )
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="MNIST data root to use (default: found as documented)"
     )
     p.add_argument(
         "--update-readme", action="store_true", help="rewrite README's benchmark section"
@@ -392,73 +465,99 @@ def main():
         metavar="FILE",
         help="measure nothing: redraw the table, plot and README sections from a saved benchmark.json",
     )
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def measure_throughput(args, data_dir, dataset, work, repeats, usable):
+    configs = (
+        [(1, 1), (2, 1)] if args.smoke else sorted({(1, 1), (2, 1), (4, 1), (usable, 1), (1, 2)})
+    )
+    throughput = []
+    for workers, threads in configs:
+        runs = [
+            one_epoch(data_dir, dataset, workers, threads, work, measure_memory=True)
+            for _ in range(repeats)
+        ]
+        row = {"processes": workers, "threads": threads}
+        row.update({k: median_of(runs, k) for k in runs[0]})
+        print(f"{workers} x {threads}: {row}", flush=True)
+        throughput.append(row)
+    contention = {}
+    if not args.smoke:
+        burner = busy_loop()
+        try:
+            for workers, threads in ((1, 2), (2, 1)):
+                runs = [
+                    one_epoch(data_dir, dataset, workers, threads, work) for _ in range(repeats)
+                ]
+                contention[f"{workers} x {threads}"] = median_of(runs, "samples_per_s")
+        finally:
+            burner.kill()
+        print(f"contention: {contention}", flush=True)
+    return throughput, contention
+
+
+def measure_all(args, data_dir, dataset, label, work, usable):
+    repeats = 1 if args.smoke else args.repeats
+    throughput, contention = measure_throughput(args, data_dir, dataset, work, repeats, usable)
+    stops = [stop_timing(data_dir, dataset, work) for _ in range(repeats)]
+    stop = {k: median_of(stops, k) for k in stops[0]}
+    print(f"stop: {stop}", flush=True)
+    epochs = 2 if args.smoke else args.accuracy_epochs
+    accuracy = full_run(data_dir, dataset, label, work, epochs)
+    print(f"accuracy: {accuracy['accuracy_per_epoch']} reached {accuracy['reached']}", flush=True)
+    shutil.copy(accuracy.pop("metrics_file"), os.path.join(args.out, "metrics.jsonl"))
+    docker = None if args.smoke else docker_numbers(data_dir, dataset, args.image, work)
+    return {
+        "repeats": repeats,
+        "throughput": throughput,
+        "first_batch_s": next(r["first_batch_s"] for r in throughput if r["processes"] == 2),
+        "contention": contention,
+        "stop": stop,
+        "accuracy": accuracy,
+        "breakdown": [accuracy],
+        "docker": docker,
+    }
+
+
+def measure_breakdown(args, data_dir, dataset, label, work):
+    rows = []
+    for processes in (int(n) for n in args.breakdown.split(",")):
+        row = full_run(data_dir, dataset, label, work, args.breakdown_epochs, processes)
+        row.pop("metrics_file")
+        print(f"{processes} processes: {row}", flush=True)
+        rows.append(row)
+    return {"breakdown": rows}
+
+
+def main():
+    args = parse_args()
     if args.from_json:
         with open(args.from_json) as f:
             publish(json.load(f), args)
         return
-    repeats = 1 if args.smoke else args.repeats
     usable = cpus.usable_cpus()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="mnist-hogwild-bench-")
     try:
-        data_dir, dataset, label = choose_data(work, args.smoke)
+        if args.data_dir:
+            data_dir, dataset, label = args.data_dir, "mnist", "mnist"
+        else:
+            data_dir, dataset, label = choose_data(work, args.smoke)
         print(f"data: {label} in {data_dir}; usable CPUs: {usable}", flush=True)
-        configs = (
-            [(1, 1), (2, 1)]
-            if args.smoke
-            else sorted({(1, 1), (2, 1), (4, 1), (usable, 1), (1, 2)})
-        )
-        throughput = []
-        for workers, threads in configs:
-            runs = [
-                one_epoch(data_dir, dataset, workers, threads, work, measure_memory=True)
-                for _ in range(repeats)
-            ]
-            row = {
-                "processes": workers,
-                "threads": threads,
-                **{k: median_of(runs, k) for k in runs[0]},
-            }
-            print(f"{workers} x {threads}: {row}", flush=True)
-            throughput.append(row)
-        contention = {}
-        if not args.smoke:
-            burner = busy_loop()
-            try:
-                for workers, threads in ((1, 2), (2, 1)):
-                    runs = [
-                        one_epoch(data_dir, dataset, workers, threads, work) for _ in range(repeats)
-                    ]
-                    contention[f"{workers} x {threads}"] = median_of(runs, "samples_per_s")
-            finally:
-                burner.kill()
-            print(f"contention: {contention}", flush=True)
-        stops = [stop_timing(data_dir, dataset, work) for _ in range(repeats)]
-        stop = {k: median_of(stops, k) for k in stops[0]}
-        print(f"stop: {stop}", flush=True)
-        accuracy = time_to_accuracy(
-            data_dir, dataset, label, work, 2 if args.smoke else args.accuracy_epochs
-        )
-        print(
-            f"accuracy: {accuracy['accuracy_per_epoch']} reached {accuracy['reached']}", flush=True
-        )
-        shutil.copy(accuracy.pop("metrics_file"), os.path.join(args.out, "metrics.jsonl"))
-        docker = None if args.smoke else docker_numbers(data_dir, dataset, args.image, work)
         result = {
             "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{os.cpu_count()} cores ({usable} usable), {os.uname().machine}",
+            "machine": f"{os.cpu_count()} cores ({usable} usable), {os.uname().machine}, "
+            f"torch {harness.torch_version()}",
             "data": label,
-            "repeats": repeats,
             "usable_cpus": usable,
-            "throughput": throughput,
-            "first_batch_s": next(r["first_batch_s"] for r in throughput if r["processes"] == 2),
-            "contention": contention,
-            "stop": stop,
-            "accuracy": accuracy,
-            "docker": docker,
         }
-        with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+        if args.breakdown:
+            result.update(measure_breakdown(args, data_dir, dataset, label, work))
+        else:
+            result.update(measure_all(args, data_dir, dataset, label, work, usable))
+        name = "breakdown" if args.breakdown else "benchmark"
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
             json.dump(result, f, indent=2)
         publish(result, args)
     finally:

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the test helpers are found from here, the one place that says so.
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
-import checkpoint  # noqa: E402
+import checkpoint  # noqa: E402,F401 - re-exported for the scripts
 import data  # noqa: E402
 import hogwild  # noqa: E402
 import synthetic_data  # noqa: E402
@@ -158,3 +158,7 @@ def update_readme(name, md):
     start, end = text.index(start_tag) + len(start_tag), text.index(end_tag)
     with open(path, "w") as f:
         f.write(text[:start] + md + text[end:])
+
+
+def torch_version():
+    return hogwild.torch.__version__
