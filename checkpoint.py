@@ -68,7 +68,7 @@ def make_state(model, optimizer_state, progress, args):
     return {
         "format_version": FORMAT_VERSION,
         "model": type(model).__name__,
-        "model_state": {k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
+        "model_state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "optimizer_state": optimizer_state,
         "args": dict(args),
         **asdict(progress),

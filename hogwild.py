@@ -84,12 +84,24 @@ def format_seconds(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def choose_device(args):
-    """Where the model, its momentum and the batches live.
+def choose_device(requested):
+    """(torch.device, why) for --device REQUESTED ("auto", "cpu" or "cuda").
 
-    The device seam: today always the CPU. A GPU run chooses here, and the
-    model, the momentum buffers and the data follow this choice."""
-    return torch.device("cpu")
+    The device seam: the model, its momentum buffers and both data splits
+    live on this device; the checkpoint always holds CPU tensors.
+    UsageError (exit 2, nothing written) if "cuda" is asked for without a GPU."""
+    if requested == "cpu":
+        return torch.device("cpu"), "--device cpu"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return torch.device("cuda", 0), f"{name}; --device {requested}"
+    if torch.version.cuda is None:
+        why = "this torch is a CPU-only build; the CUDA image has a CUDA build"
+    else:
+        why = "torch sees no GPU (no NVIDIA driver, or docker run without --gpus all)"
+    if requested == "cuda":
+        raise UsageError(f"--device cuda: no usable GPU: {why}")
+    return torch.device("cpu"), f"auto: {why}"
 
 
 class ProgressLog:
@@ -131,13 +143,12 @@ class ProgressLog:
 class Run:
     """The parent's side of a run: owns the shared model, the workers and the checkpoint."""
 
-    def __init__(self, args, config, stop, state, started, pool):
+    def __init__(self, args, config, device, stop, state, started, pool):
         self.args, self.config, self.stop, self.started = args, config, stop, started
-        self.pool, self.progress = pool, pool.progress
-        self.device = choose_device(args)
+        self.pool, self.progress, self.device = pool, pool.progress, device
         self.files = data.prepare(args.data_dir, config.dataset, log=log)
-        self.train_set = data.map_split(self.files["train"])
-        self.test_set = data.map_split(self.files["test"])
+        self.train_set = data.to_device(data.map_split(self.files["train"]), device)
+        self.test_set = data.to_device(data.map_split(self.files["test"]), device)
         self.per_epoch = train.batches_per_epoch(len(self.train_set), config.batch_size)
         torch.manual_seed(config.seed)
         self.model = Net().to(self.device)
@@ -149,7 +160,8 @@ class Run:
         # epoch's evaluation was interrupted holds step == per_epoch, and that
         # epoch must still be evaluated on resume.
         self.start = self.first_epoch * self.per_epoch + step
-        # Hogwild: the workers update these very tensors, without locks.
+        # Hogwild: the workers update these very tensors, without locks (in
+        # shared memory on the CPU; on a GPU they reach the workers by CUDA IPC).
         self.model.share_memory()
         self.momentum = [buf.share_memory_() for buf in self.optimizer.momentum_buffers]
         usable = cpus.usable_cpus()
@@ -229,9 +241,17 @@ class Run:
             return False
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
+        # On the CPU the workers map the file themselves (page cache, no copy);
+        # on a GPU they get the split already there (CUDA IPC, no copy either).
+        train_data = self.files["train"] if self.device.type == "cpu" else self.train_set
+        setup = train.WorkerSetup(
+            threads=self.threads,
+            device=str(self.device),
+            deterministic=self.args.deterministic,
+            report_every=1 if self.device.type == "cpu" else self.args.log_interval,
+        )
         payload = dict(model=self.model, momentum_buffers=self.momentum, config=self.config)
-        payload.update(files=self.files["train"], threads=self.threads)
-        self.pool.send_setup(payload)
+        self.pool.send_setup({**payload, "train": train_data, "setup": setup})
         if not self.progress.wait("ready", len(self.pool), self.pool.check, self.stop_requested):
             return False
         # From here on a signal means "save, then stop" (see main.StopRequest).
@@ -405,6 +425,7 @@ def run(args, stop, started, pool):
     POOL holds the workers, already starting; the caller stops it on every exit.
     """
     try:
+        device, why = choose_device(args.device)  # first: a usage error writes nothing
         checkpoint.check_writable(args.checkpoint)
         for name in checkpoint.remove_stale_temps(args.checkpoint):
             warn(f"removed {name}, left by an interrupted save")
@@ -416,10 +437,16 @@ def run(args, stop, started, pool):
                 f"{config.epochs} epochs; pass a larger --epochs to train further"
             )
             return 0
-        return Run(args, config, stop, state, started, pool).run()
+        log(f"device: {device} ({why})")
+        if args.deterministic:
+            torch.use_deterministic_algorithms(True)
+        return Run(args, config, device, stop, state, started, pool).run()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"error: CUDA out of memory ({train.first_sentence(e)})", file=sys.stderr)
+        return 1
     except (checkpoint.CheckpointError, data.DataError, shared.WorkerDied) as e:
         print(f"error: {e}", file=sys.stderr)
         if isinstance(e, shared.WorkerDied):

@@ -139,6 +139,26 @@ def build_parser():
     p.add_argument(
         "--dataset", choices=DATASETS, help=f"* which data set (default: {d['dataset']})"
     )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train: auto picks cuda when torch sees a GPU, else cpu; cuda "
+        "without a usable GPU is an error (default: auto)",
+    )
+    p.add_argument(
+        "--cuda",
+        dest="device",
+        action="store_const",
+        const="cuda",
+        help="the same as --device cuda (the pytorch/examples spelling)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="use only deterministic algorithms (torch.use_deterministic_algorithms; on a "
+        "GPU also CUBLAS_WORKSPACE_CONFIG=:4096:8), for bitwise-exact resume on a GPU",
+    )
     return p
 
 
@@ -192,6 +212,9 @@ def main(argv=None):
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
     args = build_parser().parse_args(argv)
+    if args.deterministic:
+        # cuBLAS reads it when it starts, in every process: set before any starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Start the forkserver now: it imports torch (about 1.4 s here) while this
     # process imports it too; the workers are forked from it once the model exists.
     pool = shared.WorkerPool(args.num_processes, args.log_interval)

@@ -42,14 +42,15 @@ class SharedProgress:
         self.log_interval = log_interval
 
     # ----- worker side ---------------------------------------------------
-    def claim(self, parent_pid):
-        """The next batch number, or None when told to stop (or orphaned)."""
+    def claim(self, parent_pid, block=True):
+        """The next batch number, or None when told to stop (or orphaned), or,
+        with block=False, when no batch may be claimed right now."""
         with self.cond:
-            while not self.stop.value and self.claimed.value >= self.limit.value:
+            while block and not self.stop.value and self.claimed.value >= self.limit.value:
                 self.cond.wait(1.0)
                 if os.getppid() != parent_pid:
                     return None
-            if self.stop.value:
+            if self.stop.value or self.claimed.value >= self.limit.value:
                 return None
             g = self.claimed.value
             self.claimed.value = g + 1
@@ -60,12 +61,13 @@ class SharedProgress:
             self.ready.value += 1
             self.cond.notify_all()
 
-    def complete(self, loss):
+    def complete(self, count, loss_sum):
+        """COUNT more batches are done (their updates in the weights), with these losses."""
         with self.cond:
-            self.done.value += 1
-            self.loss_sum.value += loss
-            done = self.done.value
-            if done == self.limit.value or done % self.log_interval == 0:
+            before = self.done.value
+            self.done.value = done = before + count
+            self.loss_sum.value += loss_sum
+            if done == self.limit.value or done // self.log_interval > before // self.log_interval:
                 self.cond.notify_all()
 
     # ----- parent side ---------------------------------------------------
@@ -212,22 +214,29 @@ def condense_fd_server_errors():
 
 @contextmanager
 def module_path_for_new_interpreters():
-    """Put this project's folder on PYTHONPATH while an interpreter is started.
+    """Make an interpreter started meanwhile import this project's modules from
+    this folder, and only from it.
 
     Python 3.11's forkserver is handed our sys.path but does not apply it
-    (3.12 does), so its preload of train.py failed silently, and every worker
-    then imported torch itself. The variable is read only at interpreter
-    start: it is restored at once and changes nothing for this process."""
-    before = os.environ.get("PYTHONPATH")
+    (3.12 does), so its preload of train.py failed silently and every worker
+    imported torch itself. And `python -c` puts the current directory first
+    on sys.path: in the image that is /workspace, often a mounted checkout of
+    another version. PYTHONSAFEPATH=1 drops that entry, PYTHONPATH adds ours.
+    Both are read only at interpreter start: they are restored at once."""
     here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = os.pathsep.join([here] + ([before] if before else []))
+    before = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([here] + [before["PYTHONPATH"] or ""]).rstrip(
+        os.pathsep
+    )
+    os.environ["PYTHONSAFEPATH"] = "1"
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager

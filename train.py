@@ -15,11 +15,22 @@ import hashlib
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import data
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """How a worker runs (not what it trains: that is config.TrainConfig)."""
+
+    threads: int  # torch threads in the worker
+    device: str  # "cpu" or "cuda:N"
+    deterministic: bool  # torch.use_deterministic_algorithms(True)
+    report_every: int  # batches between reports of finished batches (see train_loop)
 
 
 def derived_seed(seed, *parts):
@@ -73,10 +84,12 @@ class MomentumSGD:
                 p.add_(buf, alpha=-self.lr)
 
     def state_dict(self):
-        """The same structure as torch.optim.SGD.state_dict() (tensors cloned)."""
+        """The same structure as torch.optim.SGD.state_dict() (tensors cloned to the CPU,
+        so that a checkpoint loads on either device)."""
         return {
             "state": {
-                i: {"momentum_buffer": buf.clone()} for i, buf in enumerate(self.momentum_buffers)
+                i: {"momentum_buffer": buf.detach().to("cpu", copy=True)}
+                for i, buf in enumerate(self.momentum_buffers)
             },
             "param_groups": [
                 {
@@ -113,16 +126,18 @@ class MomentumSGD:
                 buf.copy_(value)
 
 
-def train_batch(model, optimizer, x, y, dropout_seed):
-    # Dropout draws from the global generator; seeding it per batch makes a
-    # batch's masks depend only on (seed, epoch, batch), so an interrupted and
-    # resumed run is bitwise the same as an uninterrupted one.
-    torch.default_generator.manual_seed(dropout_seed)
+def train_batch(model, optimizer, x, y, generator, dropout_seed):
+    """One Hogwild step on the shared weights; returns the loss (a tensor: reading
+    it would wait for the GPU)."""
+    # Dropout draws from the device's default generator; seeding it per batch
+    # makes a batch's masks depend only on (seed, epoch, batch), so an
+    # interrupted and resumed run is bitwise the same as an uninterrupted one.
+    generator.manual_seed(dropout_seed)
     optimizer.zero_grad()
     loss = F.nll_loss(model(x), y)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def worker(rank, progress, setup, errors):
@@ -136,6 +151,9 @@ def worker(rank, progress, setup, errors):
             payload = None  # the parent gave up before training (an error, or nothing to do)
         if payload is not None:
             train_loop(progress, parent_pid, **payload)
+    except torch.cuda.OutOfMemoryError as e:
+        errors.put((rank, f"CUDA out of memory ({first_sentence(e)})"))
+        exit_code = 1
     except Exception as e:  # noqa: BLE001 - a process boundary: report any failure to the parent
         errors.put((rank, f"{type(e).__name__}: {e}"))
         traceback.print_exc()
@@ -150,43 +168,78 @@ def worker(rank, progress, setup, errors):
     os._exit(exit_code)
 
 
-def train_loop(progress, parent_pid, model, momentum_buffers, files, config, threads):
-    torch.set_num_threads(threads)
-    train_set = data.map_split(files)
+def first_sentence(error):
+    return str(error).strip().split(". ")[0].splitlines()[0][:200]
+
+
+def dropout_generator(device):
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index or 0]
+    return torch.default_generator
+
+
+def train_loop(progress, parent_pid, model, momentum_buffers, train, config, setup):
+    """Claim batches and train until told to stop.
+
+    Finished batches are reported every setup.report_every batches, and always
+    before the worker would wait for more. Reading the loss for the report
+    waits for this process's queued GPU work, the update of the shared weights
+    included: so once the parent sees a batch done, its update is in the
+    weights, and a paused run's checkpoint is exact. On the CPU it reports
+    every batch (there is nothing to wait for); on a GPU every log interval,
+    so that the loop makes no host synchronisation per batch."""
+    torch.set_num_threads(setup.threads)
+    device = torch.device(setup.device)
+    if setup.deterministic:
+        torch.use_deterministic_algorithms(True)
+    train_set = data.map_split(train) if isinstance(train, data.SplitFiles) else train
     scale, shift = data.normalizer(config.dataset)
     per_epoch = batches_per_epoch(len(train_set), config.batch_size)
     optimizer = MomentumSGD(model.parameters(), config.lr, config.momentum, momentum_buffers)
+    generator = dropout_generator(device)
     model.train()
     order_epoch, order = None, None
+    pending, loss_sum = 0, torch.zeros((), device=device)
     progress.set_ready()
-    while True:
-        g = progress.claim(parent_pid)
-        if g is None:
-            return
+    g = progress.claim(parent_pid)
+    while g is not None:
         epoch, k = divmod(g, per_epoch)
         if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(config.seed, epoch, len(train_set))
+            order = epoch_order(config.seed, epoch, len(train_set)).to(device)
+            order_epoch = epoch
         indices = order[k * config.batch_size : (k + 1) * config.batch_size]
         x, y = data.make_batch(train_set, indices, scale, shift)
-        loss = train_batch(model, optimizer, x, y, derived_seed(config.seed, "dropout", g))
-        progress.complete(loss)
+        loss_sum += train_batch(
+            model, optimizer, x, y, generator, derived_seed(config.seed, "dropout", g)
+        )
+        pending += 1
+        g = progress.claim(parent_pid, block=False)
+        if g is None or pending >= setup.report_every:
+            progress.complete(pending, loss_sum.item())
+            pending = 0
+            loss_sum.zero_()
+        if g is None:
+            g = progress.claim(parent_pid)
 
 
 def evaluate(model, split, dataset, batch_size, should_stop):
-    """(mean test loss, accuracy) on SPLIT, or None if should_stop() turned true."""
+    """(mean test loss, accuracy) on SPLIT, or None if should_stop() turned true.
+    SPLIT lives where the model does; the sums stay there until the end."""
     scale, shift = data.normalizer(dataset)
+    device = split.images.device
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             if should_stop():
                 return None
-            indices = torch.arange(start, min(start + batch_size, len(split)))
+            indices = torch.arange(start, min(start + batch_size, len(split)), device=device)
             x, y = data.make_batch(split, indices, scale, shift)
             output = model(x)
-            loss_sum += F.nll_loss(output, y, reduction="sum").item()
-            correct += (output.argmax(dim=1) == y).sum().item()
-    return loss_sum / len(split), correct / len(split)
+            loss_sum += F.nll_loss(output, y, reduction="sum")
+            correct += (output.argmax(dim=1) == y).sum()
+    return loss_sum.item() / len(split), correct.item() / len(split)
 
 
 if __name__ == "__main__":

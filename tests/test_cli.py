@@ -98,3 +98,27 @@ def test_corrupt_data_is_one_clear_error(tmp_path, data_dir):
     proc = run_trainer("--data-dir", tmp_path / "d", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "t10k-images-idx3-ubyte is corrupt" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_modules_in_the_working_directory_do_not_shadow_the_trainers(tmp_path, data_dir):
+    # In the image the working directory is /workspace, often a mounted checkout
+    # of another version: the workers must still run this version's modules.
+    (tmp_path / "train.py").write_text("raise SystemExit('the shadowing train.py was imported')\n")
+    (tmp_path / "data.py").write_text("raise SystemExit('the shadowing data.py was imported')\n")
+    proc = run_trainer("--data-dir", data_dir, "--epochs", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "shadowing" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_device_cuda_without_a_gpu_is_one_error_and_writes_nothing(tmp_path, data_dir):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    for flag in (["--device", "cuda"], ["--cuda"]):
+        ckpt = tmp_path / "out" / "ck.pth"
+        proc = run_trainer("--data-dir", data_dir, *flag, "--checkpoint", ckpt, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --device cuda: no usable GPU: ")
+        assert not (tmp_path / "out").exists()

@@ -59,9 +59,9 @@ def test_parent_side_protocol_set_limit_claim_complete_pause():
     progress.set_limit(7, no_workers_died)
     ppid = os.getppid()
     assert [progress.claim(ppid), progress.claim(ppid)] == [5, 6]
-    progress.complete(0.5)
+    progress.complete(1, 0.5)
     # One batch in flight: pause waits for it, then nothing more may be claimed.
-    threading.Timer(0.2, progress.complete, (0.25,)).start()
+    threading.Timer(0.2, progress.complete, (1, 0.25)).start()
     assert progress.pause(no_workers_died) == 7
     assert progress.done.value == 7 and progress.limit.value == 7
     assert progress.loss_sum.value == 0.75
@@ -75,7 +75,7 @@ def test_wait_gives_up_when_asked_and_returns_true_when_reached():
     assert seen == [0]
     progress.set_limit(1, no_workers_died)
     progress.claim(os.getppid())
-    progress.complete(1.0)
+    progress.complete(1, 1.0)
     assert progress.wait("done", 1, no_workers_died)
 
 
