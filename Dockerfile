@@ -1,7 +1,9 @@
-# mnist-hogwild: a small CPU-only training image.
+# mnist-hogwild: a small CPU-only training image, or (TORCH_VARIANT=cuda) a GPU one.
 #
 #   docker build -t mnist-hogwild .
 #   docker run --rm -v "$PWD:/workspace" mnist-hogwild --num-processes 2
+#   docker build --build-arg TORCH_VARIANT=cuda -t mnist-hogwild:cuda .
+#   docker run --rm --gpus all -v "$PWD:/workspace" mnist-hogwild:cuda --num-processes 8
 #
 # Air-gapped hosts: scripts/offline-base.sh builds Debian-based Python 3.11
 # base images and fills wheels/, then
@@ -14,6 +16,10 @@ ARG BUILDER_IMAGE=${BASE_IMAGE}
 
 # ---------------------------------------------------------------- builder
 FROM ${BUILDER_IMAGE} AS builder
+# cpu: torch's CPU build from its own index. cuda: PyPI's default Linux wheel,
+# which is the CUDA build and brings the CUDA runtime as nvidia-* packages, so
+# no NVIDIA base image is needed (the host's driver comes in with --gpus).
+ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # strip(1) shrinks torch's libraries; the offline builder image already has it.
@@ -26,14 +32,21 @@ RUN command -v strip >/dev/null \
 RUN python3 -m venv /opt/venv
 COPY requirements.txt /tmp/build/requirements.txt
 COPY wheels/ /tmp/build/wheels/
-# wheels/ holding wheels means "no network": install only from it.
-RUN if ls /tmp/build/wheels/*.whl >/dev/null 2>&1; then \
-        /opt/venv/bin/pip install --no-index --find-links /tmp/build/wheels \
-            -r /tmp/build/requirements.txt; \
+# Wheels in wheels/ (cpu) or wheels/cuda/ (cuda) mean "no network": install
+# only from them (scripts/offline-base.sh fills them). $index is a list of options.
+# hadolint ignore=SC2086
+RUN set -eu; \
+    case "$TORCH_VARIANT" in \
+        cpu) wheels=/tmp/build/wheels; index="--index-url $TORCH_INDEX_URL --extra-index-url https://pypi.org/simple" ;; \
+        cuda) wheels=/tmp/build/wheels/cuda; index="" ;; \
+        *) echo "TORCH_VARIANT must be cpu or cuda, not $TORCH_VARIANT" >&2; exit 1 ;; \
+    esac; \
+    if ls "$wheels"/*.whl >/dev/null 2>&1; then \
+        /opt/venv/bin/pip install --no-index --find-links "$wheels" -r /tmp/build/requirements.txt; \
     else \
-        /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" \
-            --extra-index-url https://pypi.org/simple -r /tmp/build/requirements.txt; \
-    fi
+        /opt/venv/bin/pip install $index -r /tmp/build/requirements.txt; \
+    fi; \
+    rm -rf /tmp/build/wheels
 # Trim what import and training never load (measured: 588 MB -> see README):
 # - torch's C++ headers, CMake files, test libraries and build tools
 #   (torch_shm_manager stays: torch looks for it at import);
@@ -41,7 +54,8 @@ RUN if ls /tmp/build/wheels/*.whl >/dev/null 2>&1; then \
 #   networkx), type stubs (*.pyi) and C headers (*.h);
 # - pip and setuptools (installers, not run time); networkx (only torch.compile's
 #   graph partitioners use it; this image trains eagerly);
-# - the symbol tables of the shared libraries (about 90 MB of libtorch_cpu.so).
+# - the symbol tables of the shared libraries (about 90 MB of libtorch_cpu.so);
+#   cpu only: the CUDA variant's libraries are left as NVIDIA and PyPI ship them.
 # The .pyc files stay: without them every start compiles torch again, and
 # importing torch took 3.4 s instead of 2.1 s here.
 RUN set -eu; \
@@ -55,7 +69,9 @@ RUN set -eu; \
     find "$site" -depth -type d \( -name tests -o -name benchmarks \) -exec rm -rf {} +; \
     find "$site" -type f \( -name '*.pyi' -o -name '*.h' \) -delete; \
     find "$site/torch/bin" -type f ! -name torch_shm_manager -delete; \
-    find /opt/venv -name '*.so*' -type f -exec strip --strip-unneeded {} +; \
+    if [ "$TORCH_VARIANT" = cpu ]; then \
+        find /opt/venv -name '*.so*' -type f -exec strip --strip-unneeded {} +; \
+    fi; \
     /opt/venv/bin/python -c 'import torch; m = torch.nn.Conv2d(1, 2, 3); \
         o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.5); \
         m(torch.zeros(1, 1, 5, 5)).sum().backward(); o.step()'
@@ -63,14 +79,18 @@ RUN set -eu; \
 # ---------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
+ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="mnist-hogwild" \
-      org.opencontainers.image.description="Hogwild multiprocess MNIST training on CPU with checkpoints that survive docker stop and exact --resume" \
+      org.opencontainers.image.description="Hogwild multiprocess MNIST training (torch: ${TORCH_VARIANT}) with checkpoints that survive docker stop and exact --resume" \
       org.opencontainers.image.source="https://github.com/mnist-hogwild/mnist-hogwild" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="BSD-3-Clause"
 # numpy is not installed (nothing here needs it); torch warns about that at
 # every import, so that one warning is silenced.
+# NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA Container Toolkit mounts from the
+# host's driver under --gpus (compute: CUDA; utility: nvidia-smi). Inert without it.
 ENV PATH=/opt/venv/bin:$PATH \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONWARNINGS="ignore:Failed to initialize NumPy"

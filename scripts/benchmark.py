@@ -159,14 +159,15 @@ def stop_timing(data_dir, dataset, work):
     }
 
 
-def full_run(data_dir, dataset, label, work, epochs, processes=2):
+def full_run(data_dir, dataset, label, work, epochs, processes=2, device="cpu"):
     """A whole run (defaults but EPOCHS and PROCESSES), timed from outside:
     where the wall time goes (start-up, training, evaluation, epoch
     boundaries, exit) and when the target accuracy was first reached."""
     ckpt = os.path.join(work, f"bench-run-{processes}.pth")
     harness.remove_run_files(ckpt)
     options = dict(data_dir=data_dir, dataset=dataset, epochs=epochs, num_processes=processes)
-    t = Trainer(flags(**options, checkpoint=ckpt, log_interval=10**9), cwd=work)
+    options.update(device=device, checkpoint=ckpt, log_interval=10**9)
+    t = Trainer(flags(**options), cwd=work)
     target, reached, seen = TARGETS[label], None, {}
     while "done" not in seen:
         elapsed, kind, fields = t.wait_for("ready", "epoch", "done", timeout=1800)
@@ -455,6 +456,12 @@ def parse_args():
         "--breakdown-epochs", type=int, default=16, help="epochs per --breakdown run (default: 16)"
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="--device of the --breakdown runs (default: cpu, also on a machine with a GPU)",
+    )
+    p.add_argument(
         "--data-dir", metavar="DIR", help="MNIST data root to use (default: found as documented)"
     )
     p.add_argument(
@@ -523,7 +530,9 @@ def measure_all(args, data_dir, dataset, label, work, usable):
 def measure_breakdown(args, data_dir, dataset, label, work):
     rows = []
     for processes in (int(n) for n in args.breakdown.split(",")):
-        row = full_run(data_dir, dataset, label, work, args.breakdown_epochs, processes)
+        row = full_run(
+            data_dir, dataset, label, work, args.breakdown_epochs, processes, args.device
+        )
         row.pop("metrics_file")
         print(f"{processes} processes: {row}", flush=True)
         rows.append(row)

@@ -33,8 +33,16 @@ parse_line, parse_lines = hogwild.parse_line, hogwild.parse_lines
 
 
 def flags(**options):
-    """Command-line flags from keyword arguments: data_dir="x" -> ["--data-dir", "x"]."""
-    return [part for k, v in options.items() for part in ("--" + k.replace("_", "-"), str(v))]
+    """Command-line flags from keyword arguments: data_dir="x" -> ["--data-dir", "x"],
+    resume=True -> ["--resume"] (False or None: left out)."""
+    args = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return args
 
 
 def real_mnist_dir():

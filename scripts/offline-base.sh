@@ -4,6 +4,7 @@
 # build itself needs no network at all.
 #
 #   scripts/offline-base.sh            # builds both images and wheels/
+#   CUDA=1 scripts/offline-base.sh     # also wheels/cuda/ for TORCH_VARIANT=cuda (2.6 GB)
 #
 # Produces:
 #   $BASE_IMAGE     (default mnist-hogwild-base:bookworm)    python3 + venv
@@ -51,3 +52,14 @@ echo "offline-base: pip download -r requirements.txt -d wheels/"
 pip download --quiet --only-binary=:all: --python-version 3.11 \
   -r "$here/requirements.txt" -d "$here/wheels"
 ls "$here/wheels"
+
+if [ "${CUDA:-0}" = 1 ]; then
+  echo "offline-base: pip download torch (CUDA build) and its nvidia-* packages -d wheels/cuda/"
+  # --isolated: ignore pip's configuration, which may point at a local CPU
+  # build of torch; PyPI's own torch==X is the CUDA build. --cert: the system's
+  # certificate store (isolated mode does not read pip's own setting for it).
+  pip download --isolated --cert /etc/ssl/certs/ca-certificates.crt --quiet \
+    --only-binary=:all: --python-version 3.11 \
+    -r "$here/requirements.txt" -d "$here/wheels/cuda"
+  du -sh "$here/wheels/cuda"
+fi
