@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import secrets
+import socket
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -83,6 +84,12 @@ def _temp_prefix(path):
     return "." + os.path.basename(path) + "."
 
 
+def _host():
+    # In temp names: nodes of a job that share a volume must not take each
+    # other's temp files for stale ones (a container's hostname is its id).
+    return socket.gethostname().replace("/", "_") or "host"
+
+
 def atomic_write(path, write):
     """Call write(file) on a temp file beside PATH, fsync it, then rename it over PATH.
 
@@ -91,7 +98,8 @@ def atomic_write(path, write):
     the old file is untouched, and OSError propagates.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    name = f"{_temp_prefix(path)}{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = os.path.join(directory, name)
     try:
         # O_EXCL with mode 0o666: the umask applies, as for any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -159,10 +167,14 @@ def check_writable(path):
         raise CheckpointError(f"--checkpoint {path} is a directory")
 
 
-def remove_stale_temps(path):
-    """Remove temp files left by a save that was killed (SIGKILL mid-write)."""
+def remove_stale_temps(path, this_host_only=False):
+    """Remove temp files left by a save that was killed (SIGKILL mid-write).
+
+    THIS_HOST_ONLY: on several machines sharing the checkpoint's volume, only
+    this host's (another node may be writing its own right now)."""
     directory = os.path.dirname(os.path.abspath(path))
-    stale = glob.glob(os.path.join(directory, glob.escape(_temp_prefix(path)) + "*.tmp"))
+    prefix = _temp_prefix(path) + (f"{_host()}." if this_host_only else "")
+    stale = glob.glob(os.path.join(directory, glob.escape(prefix) + "*.tmp"))
     for name in stale:
         os.unlink(name)
     return stale
@@ -191,16 +203,25 @@ def load(path, model_state):
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     with f:
-        try:
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-            reason = _reason(e)
-            if "GLOBAL" in reason:
-                raise CheckpointError(
-                    f"{path} refused: it is not plain tensors and data ({reason}), "
-                    f"a pickle that could run code"
-                ) from None
-            raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
+        return _load(f, path, model_state)
+
+
+def load_bytes(payload, path, model_state):
+    """load() of a checkpoint file's bytes (another node's, say); PATH names it in errors."""
+    return _load(io.BytesIO(payload), path, model_state)
+
+
+def _load(f, path, model_state):
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        reason = _reason(e)
+        if "GLOBAL" in reason:
+            raise CheckpointError(
+                f"{path} refused: it is not plain tensors and data ({reason}), "
+                f"a pickle that could run code"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
 
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path} is not a mnist-hogwild checkpoint (no format_version)")

@@ -13,10 +13,12 @@ import torch
 import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
 
 import checkpoint
+import cluster
 import cpus
 import data
 import shared
 import train
+from cluster import ClusterError
 from config import TrainConfig, UsageError
 from model import Net
 
@@ -105,11 +107,12 @@ def choose_device(requested):
 
 
 class ProgressLog:
-    """The progress lines of one run: owns the counters they are computed from."""
+    """The progress lines of one run: owns the counters they are computed from.
+    DONE counts this node's batches (all of them on a single machine)."""
 
-    def __init__(self, interval, config, per_epoch, num_samples):
+    def __init__(self, interval, config, schedule, num_samples):
         self.interval, self.config = interval, config
-        self.per_epoch, self.num_samples = per_epoch, num_samples
+        self.schedule, self.num_samples = schedule, num_samples
         self.trained_seconds, self.trained_batches = 0.0, 0
 
     def begin_epoch(self, epoch, done, loss_sum):
@@ -127,13 +130,13 @@ class ProgressLog:
     def tick(self, done, loss_sum):
         if done - self.last_done < self.interval:
             return
-        c = self.config
+        c, s = self.config, self.schedule
         seconds = self.trained_seconds + time.perf_counter() - self.t0
         rate = (self.trained_batches + done - self.done0) * c.batch_size / max(seconds, 1e-9)
-        samples = min((done - self.epoch * self.per_epoch) * c.batch_size, self.num_samples)
+        samples = min(s.step(self.epoch, done) * c.batch_size, self.num_samples)
         loss = (loss_sum - self.last_loss) / max(1, done - self.last_done)
         self.last_done, self.last_loss = done, loss_sum
-        remaining = (c.epochs * self.per_epoch - done) * c.batch_size
+        remaining = (s.local_start(c.epochs) - done) * c.batch_size
         fields = dict(epoch=self.epoch + 1, epochs=c.epochs, samples=samples, loss=loss)
         fields.update(total=self.num_samples, percent=100 * samples / self.num_samples)
         eta = format_seconds(remaining / max(rate, 1e-9))
@@ -143,9 +146,10 @@ class ProgressLog:
 class Run:
     """The parent's side of a run: owns the shared model, the workers and the checkpoint."""
 
-    def __init__(self, args, config, device, stop, state, started, pool):
+    def __init__(self, args, config, device, cluster, stop, state, started, pool):
         self.args, self.config, self.stop, self.started = args, config, stop, started
         self.pool, self.progress, self.device = pool, pool.progress, device
+        self.cluster = cluster  # None on a single machine
         self.files = data.prepare(args.data_dir, config.dataset, log=log)
         self.train_set = data.to_device(data.map_split(self.files["train"]), device)
         self.test_set = data.to_device(data.map_split(self.files["test"]), device)
@@ -167,9 +171,12 @@ class Run:
         usable = cpus.usable_cpus()
         self.threads = args.threads_per_process or max(1, usable // args.num_processes)
         self.eval_threads = max(self.threads, usable)
-        self.log = ProgressLog(args.log_interval, config, self.per_epoch, len(self.train_set))
+        rank, world = (cluster.rank, cluster.world) if cluster else (0, 1)
+        self.schedule = train.Schedule(self.per_epoch, self.start, rank, world)
+        self.log = ProgressLog(args.log_interval, config, self.schedule, len(self.train_set))
         self.last_save = time.monotonic()
-        self.progress.reset(self.start)
+        self.stopping = None  # the signal number that stops the run (here or on another node)
+        self.progress.reset(0)  # the shared counters count this node's batches of this run
 
     def restore(self, state):
         """Load the checkpoint's weights and momentum; return its Progress."""
@@ -200,7 +207,7 @@ class Run:
         if self.args.dry_run:
             return self.dry_run()
         for epoch in range(self.first_epoch, self.config.epochs):
-            if not self.train_until(epoch, (epoch + 1) * self.per_epoch):
+            if not self.train_until(epoch, self.epoch_end(epoch)):
                 return self.stop_and_save(epoch)
             result = self.evaluate()
             if result is None:
@@ -213,15 +220,14 @@ class Run:
         trained epoch: the checkpoint records the batches it did, so --resume
         continues that epoch."""
         epoch = self.first_epoch
-        end = min((epoch + 1) * self.per_epoch, self.start + self.args.num_processes)
-        if not self.train_until(epoch, end):
+        if not self.train_until(epoch, min(self.epoch_end(epoch), self.args.num_processes)):
             return self.stop_and_save(epoch)
         result = self.evaluate()
         if result is None:
             return self.stop_and_save(epoch)
         row = self.metrics_row(epoch, result)
         self.state.metrics.append(row)
-        self.save(self.snapshot(epoch, self.progress.done.value - epoch * self.per_epoch))
+        self.save(self.snapshot(epoch, self.schedule.step(epoch, self.progress.done.value)))
         self.log_epoch(epoch, row)
         return self.finish()
 
@@ -251,7 +257,8 @@ class Run:
             report_every=1 if self.device.type == "cpu" else self.args.log_interval,
         )
         payload = dict(model=self.model, momentum_buffers=self.momentum, config=self.config)
-        self.pool.send_setup({**payload, "train": train_data, "setup": setup})
+        payload.update(train=train_data, setup=setup, schedule=self.schedule)
+        self.pool.send_setup(payload)
         if not self.progress.wait("ready", len(self.pool), self.pool.check, self.stop_requested):
             return False
         # From here on a signal means "save, then stop" (see main.StopRequest).
@@ -260,41 +267,66 @@ class Run:
         log(line("ready", workers=len(self.pool), seconds=seconds))
         return True
 
+    def epoch_end(self, epoch):
+        """This node's batch count (of this run) at the end of EPOCH."""
+        return self.schedule.local_start(epoch) + self.schedule.count(epoch)
+
     def train_until(self, epoch, end):
-        """Let the workers train epoch EPOCH up to global batch END, then leave
-        them paused. False if a stop signal came first (the finished batches
-        are still a prefix: the checkpoint is exact)."""
+        """Let the workers train EPOCH up to this node's batch END, then leave
+        them paused. False if the run stops first (the finished batches are
+        still a prefix, also across nodes: the checkpoint is exact)."""
         progress, check = self.progress, self.pool.check
         self.epoch = epoch
         self.log.begin_epoch(epoch, progress.done.value, progress.loss_sum.value)
-        while progress.done.value < end:
-            self.boundary = self.next_boundary(end)
-            progress.set_limit(self.boundary, check)
-            if not progress.wait("done", self.boundary, check, self.between_batches):
-                progress.pause(check)
+        for boundary in self.boundaries(epoch, end):
+            self.boundary = boundary
+            if progress.done.value < self.boundary:
+                progress.set_limit(self.boundary, check)
+                if not progress.wait("done", self.boundary, check, self.between_batches):
+                    progress.pause(check)
+                    self.stopping = self.stop.signum
+                    break
+            if self.cluster is not None and not self.synchronise(epoch):
                 break
-            if self.boundary < end:
-                self.synchronise()
         self.log.end_epoch(progress.done.value)
         self.state.partial_epoch = self.epoch_partial()
-        return progress.done.value >= end
+        return self.stopping is None
 
-    def next_boundary(self, end):
-        """Where the workers pause next, at END or earlier.
+    def boundaries(self, epoch, end):
+        """Where the workers pause in EPOCH: at END, and on several machines also
+        every --sync-every batches, to average the model (the sync seam). Every
+        node gets the same number of boundaries, so their syncs pair up."""
+        if self.cluster is None:
+            return [end]
+        k, first = self.cluster.sync_every, self.schedule.local_start(epoch)
+        inner = range(k, self.schedule.common_count(epoch), k)
+        return [first + j for j in inner if first + j < end] + [end]
 
-        The sync seam: a run across machines pauses every K batches to average
-        its model with the other machines' (synchronise). Today: never."""
-        return end
-
-    def synchronise(self):
-        """The workers are paused at a boundary before the epoch's end. The
-        sync seam's other half; unreachable while next_boundary returns END."""
-        raise NotImplementedError("no synchronisation on a single machine")
+    def synchronise(self, epoch):
+        """The workers are paused at a boundary: average the model with the other
+        nodes' and learn whether any node was told to stop or it is time to save.
+        False if the job stops here."""
+        interval = self.args.checkpoint_interval
+        due = bool(interval) and time.monotonic() - self.last_save >= interval
+        started = time.perf_counter()
+        tensors = [*self.model.parameters(), *self.momentum]
+        signum, save_now = self.cluster.synchronise(tensors, self.stop.signum, due)
+        self.cluster.sync_seconds += time.perf_counter() - started
+        self.cluster.syncs += 1
+        if signum:
+            self.stopping = signum
+            return False
+        if save_now and self.boundary < self.epoch_end(epoch):  # (an epoch's end saves anyway)
+            step = self.schedule.step(epoch, self.progress.done.value)
+            self.save(self.snapshot(epoch, step, self.epoch_partial()))
+        return True
 
     def between_batches(self, done):
         """Called by the wait loop about every 0.1 s: log, save now and then;
-        True to stop."""
+        True to stop. On several machines saves and stops happen at syncs."""
         self.log.tick(done, self.progress.loss_sum.value)
+        if self.cluster is not None:
+            return False
         interval = self.args.checkpoint_interval
         if interval and time.monotonic() - self.last_save >= interval:
             self.save_periodic()
@@ -302,24 +334,33 @@ class Run:
 
     def save_periodic(self):
         self.progress.pause(self.pool.check)
-        step = self.progress.done.value - self.epoch * self.per_epoch
+        step = self.schedule.step(self.epoch, self.progress.done.value)
         state = self.snapshot(self.epoch, step, self.epoch_partial())
         self.progress.set_limit(self.boundary, self.pool.check)  # the workers go on meanwhile
         self.save(state)
 
     def evaluate(self):
         """(test loss, accuracy, seconds), or None on a stop signal. The workers
-        are idle, so the parent may use every core."""
-        torch.set_num_threads(self.eval_threads)
-        split, batch_size = self.test_set, self.args.test_batch_size
-        started = time.perf_counter()
-        try:
-            result = train.evaluate(
-                self.model, split, self.config.dataset, batch_size, self.stop_requested
-            )
-        finally:
-            torch.set_num_threads(self.threads)
-        return None if result is None else (*result, time.perf_counter() - started)
+        are idle, so the parent may use every core. On several machines the
+        first node evaluates and tells the others."""
+        result = None
+        if self.cluster is None or self.cluster.leader:
+            torch.set_num_threads(self.eval_threads)
+            split, batch_size = self.test_set, self.args.test_batch_size
+            started = time.perf_counter()
+            try:
+                result = train.evaluate(
+                    self.model, split, self.config.dataset, batch_size, self.stop_requested
+                )
+            finally:
+                torch.set_num_threads(self.threads)
+            result = None if result is None else (*result, time.perf_counter() - started)
+        if self.cluster is not None:
+            result, signum = self.cluster.share_evaluation(result, self.stop.signum)
+            self.stopping = None if result is not None else signum
+        else:
+            self.stopping = None if result is not None else self.stop.signum
+        return result
 
     def end_epoch(self, epoch, result):
         row = self.metrics_row(epoch, result)
@@ -331,10 +372,19 @@ class Run:
     def finish(self):
         self.pool.stop(graceful=True)
         total = time.perf_counter() - self.run_started
-        batches = self.progress.done.value - self.start
+        batches = self.progress.done.value
         fields = dict(epochs=len(self.state.metrics), path=self.args.checkpoint)
         log(line("done", elapsed=format_seconds(total), batches=batches, **fields))
+        self.log_syncs()
         return 0
+
+    def log_syncs(self):
+        if self.cluster is not None and self.cluster.syncs:
+            c, trained = self.cluster, max(self.log.trained_seconds, 1e-9)
+            log(
+                f"node {c.rank}/{c.world}: {c.syncs} syncs took {c.sync_seconds:.2f}s, "
+                f"{100 * c.sync_seconds / trained:.1f}% of the training time"
+            )
 
     def stopped_during_start_up(self):
         name = signal.Signals(self.stop.signum).name
@@ -343,32 +393,48 @@ class Run:
         return 128 + self.stop.signum
 
     def stop_and_save(self, epoch):
-        """Graceful stop: the workers are paused; save, then let them exit."""
-        step = self.progress.done.value - epoch * self.per_epoch
+        """Graceful stop: the workers are paused (on every node, at the same
+        boundary); save, then let them exit."""
+        step = self.schedule.step(epoch, self.progress.done.value)
         seconds = self.save(self.snapshot(epoch, step))
-        fields = dict(path=self.args.checkpoint, epoch=epoch + 1, step=step)
-        fields.update(per_epoch=self.per_epoch, batches=self.progress.done.value - self.start)
-        log(
-            line(
-                "stopped", signal=signal.Signals(self.stop.signum).name, ms=seconds * 1000, **fields
-            )
-        )
+        name = signal.Signals(self.stopping).name
+        here = self.stop.signum is not None
+        fields = dict(path=self.args.checkpoint, epoch=epoch + 1, step=step, ms=seconds * 1000)
+        fields.update(per_epoch=self.per_epoch, batches=self.progress.done.value)
+        log(line("stopped", signal=name if here else f"{name} on another node", **fields))
+        self.log_syncs()
         self.pool.stop(graceful=True)
-        return 128 + self.stop.signum
+        return self.stop_exit_code(here)
+
+    def stop_exit_code(self, here):
+        """128 + the signal on one machine. Under main.py --nnodes, 0 on every node
+        (the launcher itself exits 128 + the signal where it came). Under plain
+        torchrun, 128 + the signal on every node: a non-zero exit makes each
+        torchrun skip its exit barrier, where it would wait 5 minutes for the
+        torchrun that got the signal and has already gone."""
+        if self.cluster is None:
+            return 128 + self.stop.signum
+        if self.cluster.wrapped:
+            return 0
+        return 128 + (self.stop.signum if here else self.stopping)
 
     # ----- helpers -------------------------------------------------------
     def stop_requested(self, *_):
         return self.stop.signum is not None
 
     def epoch_partial(self):
-        """The unfinished epoch's loss sum and seconds, those of earlier runs included."""
+        """The unfinished epoch's loss sum and seconds, those of earlier runs
+        included; on several machines summed over the nodes (a collective: every
+        node calls this at the same points)."""
         loss, seconds = self.log.epoch_totals(self.progress.loss_sum.value)
+        if self.cluster is not None:
+            loss, seconds = self.cluster.sum_and_max(loss, seconds)
         base = self.state.partial_epoch
         return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
 
     def metrics_row(self, epoch, result):
         test_loss, accuracy, eval_seconds = result
-        batches = self.progress.done.value - epoch * self.per_epoch
+        batches = self.schedule.step(epoch, self.progress.done.value)
         partial = self.state.partial_epoch
         samples = min(batches * self.config.batch_size, len(self.train_set))
         return {
@@ -408,14 +474,22 @@ class Run:
         return time.perf_counter() - started
 
 
-def load_state(args):
-    """The checkpoint to resume from, or None for a fresh run."""
+def load_state(args, cluster):
+    """The checkpoint to resume from, or None for a fresh run. On several
+    machines: the newest that any node holds, the same on every node."""
     if not args.resume:
         return None
-    if os.path.exists(args.checkpoint):
-        return checkpoint.load(args.checkpoint, Net().state_dict())
-    warn(f"--resume: no checkpoint at {args.checkpoint}; starting fresh")
-    return None
+    if cluster is not None:
+        state = cluster.newest_checkpoint(args.checkpoint, Net().state_dict())
+    else:
+        state = (
+            checkpoint.load(args.checkpoint, Net().state_dict())
+            if os.path.exists(args.checkpoint)
+            else None
+        )
+    if state is None:
+        warn(f"--resume: no checkpoint at {args.checkpoint}; starting fresh")
+    return state
 
 
 def run(args, stop, started, pool):
@@ -424,12 +498,19 @@ def run(args, stop, started, pool):
     STARTED is time.monotonic() at the start of main(), for the start-up time;
     POOL holds the workers, already starting; the caller stops it on every exit.
     """
+    node = None
     try:
         device, why = choose_device(args.device)  # first: a usage error writes nothing
+        node = cluster.from_env(args.sync_every, args.sync_timeout)
+        if node is not None:
+            if args.dry_run:
+                raise UsageError("--dry-run is for one machine, not a torchrun job")
+            node.start()
+            log(f"node {node.rank} of {node.world}: syncing every {node.sync_every} batches")
         checkpoint.check_writable(args.checkpoint)
-        for name in checkpoint.remove_stale_temps(args.checkpoint):
+        for name in checkpoint.remove_stale_temps(args.checkpoint, this_host_only=node is not None):
             warn(f"removed {name}, left by an interrupted save")
-        state = load_state(args)
+        state = load_state(args, node)
         config = TrainConfig.resolve(args, state["args"] if state else None, log=log)
         if state is not None and state["epoch"] >= config.epochs:
             log(
@@ -440,16 +521,16 @@ def run(args, stop, started, pool):
         log(f"device: {device} ({why})")
         if args.deterministic:
             torch.use_deterministic_algorithms(True)
-        return Run(args, config, device, stop, state, started, pool).run()
+        return Run(args, config, device, node, stop, state, started, pool).run()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError as e:
         print(f"error: CUDA out of memory ({train.first_sentence(e)})", file=sys.stderr)
         return 1
-    except (checkpoint.CheckpointError, data.DataError, shared.WorkerDied) as e:
+    except (checkpoint.CheckpointError, data.DataError, shared.WorkerDied, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, shared.WorkerDied):
+        if isinstance(e, (shared.WorkerDied, ClusterError)):
             kept = (
                 f"the last good checkpoint {args.checkpoint} is kept"
                 if os.path.exists(args.checkpoint)
@@ -457,3 +538,6 @@ def run(args, stop, started, pool):
             )
             print(f"error: training stopped; {kept}", file=sys.stderr)
         return 1
+    finally:
+        if node is not None:
+            node.close()

@@ -154,6 +154,49 @@ def build_parser():
         help="the same as --device cuda (the pytorch/examples spelling)",
     )
     p.add_argument(
+        "--sync-every",
+        type=positive_int,
+        default=50,
+        metavar="K",
+        help="several machines (under torchrun): average the model across nodes every K "
+        "batches per node, and at every epoch end (default: 50)",
+    )
+    p.add_argument(
+        "--sync-timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="several machines: how long a sync waits for the other nodes before this "
+        "node gives up with an error (default: 30)",
+    )
+    launch = p.add_argument_group(
+        "several machines",
+        "run this on every node, the same flags everywhere: it starts torchrun's own "
+        "elastic launcher with one leader per node (the plain torchrun command works too)",
+    )
+    launch.add_argument(
+        "--nnodes",
+        metavar="N|MIN:MAX",
+        help="how many nodes; MIN:MAX lets the job go on with fewer after a node is lost "
+        "(default: one machine, no torchrun)",
+    )
+    launch.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="where the nodes meet (c10d rendezvous; hosted by the node whose address it is)",
+    )
+    launch.add_argument(
+        "--rdzv-id", default="mnist-hogwild", metavar="ID", help="job id (default: mnist-hogwild)"
+    )
+    launch.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="M",
+        help="restarts of the whole job after a failure, e.g. a lost node (default: 0); "
+        "pass --resume too, so that a restart continues from the checkpoint",
+    )
+    p.add_argument(
         "--deterministic",
         action="store_true",
         help="use only deterministic algorithms (torch.use_deterministic_algorithms; on a "
@@ -207,11 +250,103 @@ class StopRequest:
             )
 
 
+LAUNCH_FLAGS = ("--nnodes", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
+
+
+def leader_argv(argv):
+    """ARGV without the launch flags (and their values): what each node's leader gets."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f + "=" for f in LAUNCH_FLAGS)):
+            out.append(arg)
+    return out
+
+
+def leader_pids():
+    """This process's children that run main.py: the node's leader (torchrun
+    starts it in a session of its own, so a Ctrl-C to our group misses it)."""
+    me, found = os.path.abspath(__file__), []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            for pid in f.read().split():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as cmd:
+                        if me.encode() in cmd.read():
+                            found.append(int(pid))
+                except OSError:
+                    pass  # exited meanwhile
+    return found
+
+
+def launch(args, argv):
+    """--nnodes: this process becomes this node's torchrun agent (torch's own
+    elastic launcher, c10d rendezvous), running main.py as the one leader.
+
+    Why wrap it: torchrun answers SIGINT/SIGTERM with a traceback, and the
+    other nodes' agents would then wait 5 minutes in torchrun's exit barrier
+    for this one. Here the signal goes to the leader instead; the stop travels
+    with the next sync, every leader saves and exits 0, every agent finishes
+    normally, and this process exits 128 + the signal."""
+    if not args.rdzv_endpoint:
+        print("error: --nnodes needs --rdzv-endpoint HOST:PORT", file=sys.stderr)
+        return 2
+    from torch.distributed import run as torchrun  # noqa: PLC0415 - only when launching
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
+    from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
+
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        name = signal.Signals(signum).name
+        os.write(
+            2, f"received {name}: the job stops at its next sync, with a checkpoint\n".encode()
+        )
+        for pid in leader_pids():
+            os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    os.environ["MNIST_HOGWILD_LAUNCHER"] = "1"  # tells the leaders to exit 0 on a stop
+    config = torchrun.parse_args(
+        ["--nnodes", args.nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+        + ["--rdzv-endpoint", args.rdzv_endpoint, "--rdzv-id", args.rdzv_id]
+        + ["--max-restarts", str(args.max_restarts), "--signals-to-handle", "SIGHUP,SIGQUIT"]
+        + [os.path.abspath(__file__)]
+        + leader_argv(sys.argv[1:] if argv is None else argv)
+    )
+    try:
+        torchrun.run(config)
+    except ChildFailedError as e:
+        code = max((f.exitcode for f in e.failures.values()), default=1)
+        print(
+            f"error: this node's leader failed (exit {code}); see its error above", file=sys.stderr
+        )
+        return 1
+    except RendezvousError as e:
+        print(
+            f"error: the rendezvous at {args.rdzv_endpoint} is gone ({type(e).__name__}): the "
+            f"node that hosts it stopped, and c10d rendezvous cannot survive that",
+            file=sys.stderr,
+        )
+        return 1
+    return 128 + received[0] if received else 0
+
+
 def main(argv=None):
     started = time.monotonic()
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
     args = build_parser().parse_args(argv)
+    if args.nnodes:
+        # torch's C++ warnings (with stack frames) when another node's agent goes
+        # away are noise next to the leader's one-line error: errors only.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+        return launch(args, argv)
     if args.deterministic:
         # cuBLAS reads it when it starts, in every process: set before any starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -33,6 +33,55 @@ class WorkerSetup:
     report_every: int  # batches between reports of finished batches (see train_loop)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Which global batches this node trains, in which order: its local batch L
+    (0, 1, ... from the start of this run) -> global batch g.
+
+    A run starts at global batch START (a checkpoint's epoch * PER_EPOCH + step).
+    Each epoch's remaining batches are dealt round-robin to the WORLD nodes, so
+    together they make exactly one pass per epoch, and when every node has
+    trained the same number j of its batches of an epoch, the finished batches
+    are the epoch's prefix of j * WORLD: a checkpoint there is exact. With one
+    node, g = START + L, as on a single machine."""
+
+    per_epoch: int
+    start: int
+    rank: int = 0
+    world: int = 1
+
+    def epoch_start(self, epoch):
+        """Global batch where this run's part of EPOCH starts."""
+        return max(epoch * self.per_epoch, self.start)
+
+    def count(self, epoch):
+        """How many batches of EPOCH this node trains in this run."""
+        remaining = (epoch + 1) * self.per_epoch - self.epoch_start(epoch) - self.rank
+        return max(0, -(-remaining // self.world))
+
+    def local_start(self, epoch):
+        """Local index of this node's first batch of EPOCH."""
+        first = self.start // self.per_epoch
+        return sum(self.count(e) for e in range(first, epoch))
+
+    def global_batch(self, local):
+        epoch = self.start // self.per_epoch
+        while local >= self.count(epoch):
+            local -= self.count(epoch)
+            epoch += 1
+        return self.epoch_start(epoch) + self.rank + local * self.world
+
+    def step(self, epoch, local_done):
+        """Batches of EPOCH finished by all nodes together, when every node has
+        finished LOCAL_DONE - local_start(EPOCH) of its own (the same number)."""
+        done = self.epoch_start(epoch) + (local_done - self.local_start(epoch)) * self.world
+        return min(done, (epoch + 1) * self.per_epoch) - epoch * self.per_epoch
+
+    def common_count(self, epoch):
+        """The number of EPOCH's batches every node has (sync points lie below it)."""
+        return ((epoch + 1) * self.per_epoch - self.epoch_start(epoch)) // self.world
+
+
 def derived_seed(seed, *parts):
     """A 63-bit seed from (seed, parts): the same numbers in any process or run."""
     digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
@@ -178,7 +227,7 @@ def dropout_generator(device):
     return torch.default_generator
 
 
-def train_loop(progress, parent_pid, model, momentum_buffers, train, config, setup):
+def train_loop(progress, parent_pid, model, momentum_buffers, train, config, setup, schedule):
     """Claim batches and train until told to stop.
 
     Finished batches are reported every setup.report_every batches, and always
@@ -194,16 +243,16 @@ def train_loop(progress, parent_pid, model, momentum_buffers, train, config, set
         torch.use_deterministic_algorithms(True)
     train_set = data.map_split(train) if isinstance(train, data.SplitFiles) else train
     scale, shift = data.normalizer(config.dataset)
-    per_epoch = batches_per_epoch(len(train_set), config.batch_size)
     optimizer = MomentumSGD(model.parameters(), config.lr, config.momentum, momentum_buffers)
     generator = dropout_generator(device)
     model.train()
     order_epoch, order = None, None
     pending, loss_sum = 0, torch.zeros((), device=device)
     progress.set_ready()
-    g = progress.claim(parent_pid)
-    while g is not None:
-        epoch, k = divmod(g, per_epoch)
+    local = progress.claim(parent_pid)
+    while local is not None:
+        g = schedule.global_batch(local)
+        epoch, k = divmod(g, schedule.per_epoch)
         if epoch != order_epoch:
             order = epoch_order(config.seed, epoch, len(train_set)).to(device)
             order_epoch = epoch
@@ -213,13 +262,13 @@ def train_loop(progress, parent_pid, model, momentum_buffers, train, config, set
             model, optimizer, x, y, generator, derived_seed(config.seed, "dropout", g)
         )
         pending += 1
-        g = progress.claim(parent_pid, block=False)
-        if g is None or pending >= setup.report_every:
+        local = progress.claim(parent_pid, block=False)
+        if local is None or pending >= setup.report_every:
             progress.complete(pending, loss_sum.item())
             pending = 0
             loss_sum.zero_()
-        if g is None:
-            g = progress.claim(parent_pid)
+        if local is None:
+            local = progress.claim(parent_pid)
 
 
 def evaluate(model, split, dataset, batch_size, should_stop):
