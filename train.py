@@ -200,7 +200,7 @@ def train_loop(progress, parent_pid, model, momentum_buffers, train, config, set
     model.train()
     order_epoch, order = None, None
     pending, loss_sum = 0, torch.zeros((), device=device)
-    progress.set_ready()
+    progress.set_ready(parent_pid)
     g = progress.claim(parent_pid)
     while g is not None:
         epoch, k = divmod(g, per_epoch)
@@ -215,7 +215,7 @@ def train_loop(progress, parent_pid, model, momentum_buffers, train, config, set
         pending += 1
         g = progress.claim(parent_pid, block=False)
         if g is None or pending >= setup.report_every:
-            progress.complete(pending, loss_sum.item())
+            progress.complete(parent_pid, pending, loss_sum.item())
             pending = 0
             loss_sum.zero_()
         if g is None:
