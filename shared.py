@@ -20,79 +20,110 @@ POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
 
 
 class SharedProgress:
-    """Counters shared by the parent and the workers, guarded by one condition,
-    and every operation on them, for both sides.
+    """Counters shared by the parent and the workers, guarded by one lock, and
+    every operation on them, for both sides.
 
-    claimed: next global batch to hand out; done: batches finished;
-    limit: workers claim only below it (the parent lowers it to `claimed` to
-    pause, and raises it to the next boundary to run); stop: workers exit;
-    ready: workers set up and waiting for batches.
-    A global batch number g means epoch g // batches_per_epoch (0-based),
-    batch g % batches_per_epoch within it.
+    claimed: next batch to hand out; done: batches finished; limit: workers
+    claim only below it (the parent lowers it to `claimed` to pause, and
+    raises it to the next boundary to run); stop: workers exit; ready:
+    workers set up and waiting for batches. The numbers count this node's
+    batches of this run; train.Schedule maps them to global batches.
+
+    No multiprocessing.Condition: a process killed inside Condition.wait
+    makes every later notify() block for ever, and one killed while holding
+    its lock blocks the waiter's re-acquire for ever (an out-of-memory kill
+    can land anywhere). Here every acquire has a timeout, and wake-ups are
+    semaphores, whose release never blocks: a dead process cannot hang a
+    live one. Each side wakes the other at once; a missed wake-up costs at
+    most one poll.
     """
 
-    def __init__(self, ctx, log_interval):
-        self.cond = ctx.Condition()
+    def __init__(self, ctx, log_interval, workers):
+        self.lock = ctx.Lock()
+        self.to_parent = ctx.Semaphore(0)  # "look at the counters": done reached, ready, ...
+        self.to_workers = ctx.Semaphore(0)  # "the limit moved, or stop"
         self.claimed = ctx.RawValue("q", 0)
         self.done = ctx.RawValue("q", 0)
         self.limit = ctx.RawValue("q", 0)
         self.stop = ctx.RawValue("b", 0)
         self.loss_sum = ctx.RawValue("d", 0.0)
         self.ready = ctx.RawValue("q", 0)
-        self.log_interval = log_interval
+        self.log_interval, self.workers = log_interval, workers
 
     # ----- worker side ---------------------------------------------------
+    @contextmanager
+    def _held(self, parent_pid):
+        """The lock, from a worker: None instead if the parent is gone meanwhile."""
+        while not self.lock.acquire(timeout=1.0):
+            if os.getppid() != parent_pid:
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self.lock.release()
+
     def claim(self, parent_pid, block=True):
         """The next batch number, or None when told to stop (or orphaned), or,
         with block=False, when no batch may be claimed right now."""
-        with self.cond:
-            while block and not self.stop.value and self.claimed.value >= self.limit.value:
-                self.cond.wait(1.0)
-                if os.getppid() != parent_pid:
+        while True:
+            with self._held(parent_pid) as held:
+                if not held or self.stop.value:
                     return None
-            if self.stop.value or self.claimed.value >= self.limit.value:
+                if self.claimed.value < self.limit.value:
+                    self.claimed.value += 1
+                    return self.claimed.value - 1
+            if not block:
                 return None
-            g = self.claimed.value
-            self.claimed.value = g + 1
-            return g
+            self.to_workers.acquire(timeout=1.0)
+            if os.getppid() != parent_pid:
+                return None
 
-    def set_ready(self):
-        with self.cond:
-            self.ready.value += 1
-            self.cond.notify_all()
+    def set_ready(self, parent_pid):
+        with self._held(parent_pid) as held:
+            if held:
+                self.ready.value += 1
+        self.to_parent.release()
 
-    def complete(self, count, loss_sum):
+    def complete(self, parent_pid, count, loss_sum):
         """COUNT more batches are done (their updates in the weights), with these losses."""
-        with self.cond:
+        with self._held(parent_pid):
             before = self.done.value
             self.done.value = done = before + count
             self.loss_sum.value += loss_sum
-            if done == self.limit.value or done // self.log_interval > before // self.log_interval:
-                self.cond.notify_all()
+            wake = (
+                done == self.limit.value or done // self.log_interval > before // self.log_interval
+            )
+        if wake:
+            self.to_parent.release()
 
     # ----- parent side ---------------------------------------------------
     # CHECK is the pool's check(): it raises WorkerDied. It runs whenever the
     # lock is not free within half a second (a worker killed while holding it
-    # would otherwise block the parent forever) and at every wait's poll.
+    # would otherwise block the parent for ever) and at every wait's poll.
     @contextmanager
     def locked(self, check):
-        while not self.cond.acquire(timeout=0.5):
+        while not self.lock.acquire(timeout=0.5):
             check()
         try:
             yield
         finally:
-            self.cond.release()
+            self.lock.release()
+
+    def _wake_workers(self):
+        for _ in range(self.workers):
+            self.to_workers.release()
 
     def reset(self, start):
         """Where training starts (called before any worker may claim)."""
-        with self.cond:
+        with self.lock:
             self.claimed.value = self.done.value = self.limit.value = start
 
     def set_limit(self, limit, check):
         """Let the workers claim batches up to (not including) LIMIT."""
         with self.locked(check):
             self.limit.value = limit
-            self.cond.notify_all()
+        self._wake_workers()
 
     def pause(self, check):
         """Stop handing out batches and wait for the ones in flight: afterwards
@@ -111,21 +142,20 @@ class SharedProgress:
         value_of = getattr(self, counter)
         while True:
             with self.locked(check):
-                if value_of.value < target:
-                    self.cond.wait(POLL_SECONDS)
                 value = value_of.value
             if value >= target:
                 return True
             check()
             if give_up is not None and give_up(value):
                 return False
+            self.to_parent.acquire(timeout=POLL_SECONDS)
 
     def tell_stop(self, timeout=1.0):
         """Ask idle workers to exit (best effort: skipped if the lock stays busy)."""
-        if self.cond.acquire(timeout=timeout):
+        if self.lock.acquire(timeout=timeout):
             self.stop.value = 1
-            self.cond.notify_all()
-            self.cond.release()
+            self.lock.release()
+        self._wake_workers()
 
 
 class WorkerDied(Exception):
@@ -266,7 +296,7 @@ class WorkerPool:
     def __init__(self, num_processes, log_interval, start_method="forkserver"):
         self.size, self.start_method = num_processes, start_method
         self.ctx = multiprocessing.get_context(start_method)
-        self.progress = SharedProgress(self.ctx, log_interval)
+        self.progress = SharedProgress(self.ctx, log_interval, num_processes)
         self.errors = self.ctx.SimpleQueue()
         self.processes, self.pipes = [], []
         if start_method == "forkserver":

@@ -248,7 +248,7 @@ def train_loop(progress, parent_pid, model, momentum_buffers, train, config, set
     model.train()
     order_epoch, order = None, None
     pending, loss_sum = 0, torch.zeros((), device=device)
-    progress.set_ready()
+    progress.set_ready(parent_pid)
     local = progress.claim(parent_pid)
     while local is not None:
         g = schedule.global_batch(local)
@@ -264,7 +264,7 @@ def train_loop(progress, parent_pid, model, momentum_buffers, train, config, set
         pending += 1
         local = progress.claim(parent_pid, block=False)
         if local is None or pending >= setup.report_every:
-            progress.complete(pending, loss_sum.item())
+            progress.complete(parent_pid, pending, loss_sum.item())
             pending = 0
             loss_sum.zero_()
         if local is None:

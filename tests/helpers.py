@@ -120,3 +120,11 @@ def worker_pids(pid):
         except OSError:
             pass  # exited meanwhile
     return sorted(workers)
+
+
+def claim_and_hold(progress, hold_lock):
+    """In a child process: wait for a batch (or hold the shared lock) until killed."""
+    if hold_lock:
+        progress.lock.acquire()
+        signal.pause()
+    progress.claim(os.getppid())
