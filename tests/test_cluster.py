@@ -1,0 +1,186 @@
+"""Several machines: the batch schedule in process, and real two-node jobs on
+127.0.0.1 (main.py --nnodes, which runs torchrun's launcher; gloo between
+the nodes). The container form is tests/cluster_test.sh."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import cluster
+import main
+import train
+from conftest import MAIN, load_checkpoint, run_trainer, stop_group
+from helpers import assert_same_weights
+
+
+@pytest.mark.parametrize("per_epoch", [7, 40, 41])
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("start", [0, 5, 40, 83])
+def test_the_nodes_together_train_every_batch_once_per_epoch(per_epoch, world, start):
+    schedules = [train.Schedule(per_epoch, start, rank, world) for rank in range(world)]
+    epochs = 3
+    seen = []
+    for s in schedules:
+        total = s.local_start(epochs)
+        seen += [s.global_batch(local) for local in range(total)]
+    assert sorted(seen) == list(range(start, epochs * per_epoch))
+
+
+def test_one_node_is_the_single_machine_numbering():
+    s = train.Schedule(per_epoch=10, start=13)
+    assert [s.global_batch(i) for i in range(10)] == list(range(13, 23))
+    assert s.step(1, 4) == 7 and s.step(2, 7) == 0 and s.local_start(2) == 7
+
+
+def test_at_a_common_count_the_finished_batches_are_a_prefix():
+    per_epoch, world = 41, 2
+    schedules = [train.Schedule(per_epoch, 0, rank, world) for rank in range(world)]
+    for j in range(1, schedules[0].common_count(0) + 1):
+        done = {s.global_batch(i) for s in schedules for i in range(j)}
+        assert done == set(range(j * world))
+        assert schedules[0].step(0, j) == schedules[1].step(0, j) == j * world
+
+
+def test_launch_flags_are_not_passed_to_the_leaders():
+    argv = ["--nnodes", "2", "--epochs", "3", "--rdzv-endpoint=h:1", "--max-restarts", "1", "-x"]
+    assert main.leader_argv(argv) == ["--epochs", "3", "-x"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(tmp_path, name, port, *flags, nnodes="2"):
+    (tmp_path / name).mkdir(exist_ok=True)
+    args = ["--nnodes", nnodes, "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"]
+    args += ["--num-processes", "1", "--threads-per-process", "1", "--sync-timeout", "15"]
+    return subprocess.Popen(
+        [sys.executable, MAIN, *args, *map(str, flags)],
+        cwd=tmp_path / name,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(nodes, timeout=180):
+    outs = []
+    for proc in nodes:
+        try:
+            outs.append(proc.communicate(timeout=timeout)[0])
+        finally:
+            stop_group(proc)
+    return outs
+
+
+@pytest.fixture
+def job(tmp_path, data_dir):
+    """Start two nodes (the same flags) on a free port; returns a starter."""
+
+    def start(*flags, nnodes="2", data=data_dir):
+        port = free_port()
+        common = ["--data-dir", data, "--sync-every", "10", "--log-interval", "10", *flags]
+        return [start_node(tmp_path, n, port, *common, nnodes=nnodes) for n in ("a", "b")]
+
+    return start
+
+
+@pytest.mark.slow
+def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job):
+    outs = finish(job("--epochs", "2"))
+    assert all("Traceback" not in out for out in outs), outs
+    a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 0)
+    # Right after the last sync every node holds bitwise the same model and momentum.
+    assert_same_weights(a, b)
+    assert a["metrics"] == b["metrics"]
+    assert a["metrics"][-1]["accuracy"] > 0.5
+    # The two nodes' batches add up to one pass per epoch (40 batches).
+    batches = [int(out.split(" batches this run")[0].rsplit("(", 1)[1]) for out in outs]
+    assert sum(batches) == 2 * 40
+
+
+@pytest.mark.slow
+def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
+    tmp_path, big_data_dir, job
+):
+    nodes = job("--epochs", "2", data=big_data_dir)
+    proc = nodes[1]
+    for line in proc.stdout:  # until it trains
+        if line.startswith("epoch 1/2 ["):
+            break
+    os.kill(proc.pid, signal.SIGINT)  # what docker stop does to the container's main.py
+    sent = time.monotonic()
+    outs = finish(nodes, timeout=30)
+    assert time.monotonic() - sent < 10
+    assert [p.returncode for p in nodes] == [0, 130], outs
+    assert all("Traceback" not in out for out in outs), outs
+    a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) and 0 < a["step"] < 313
+    assert_same_weights(a, b)
+    # A node with an empty volume joins: it gets the other's checkpoint.
+    os.remove(tmp_path / "b" / "model_checkpoint.pth")
+    outs = finish(job("--epochs", "2", "--resume", data=big_data_dir))
+    assert all(f"at epoch 1, batch {a['step']}/313" in out for out in outs), outs
+    b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    assert (b["epoch"], b["step"], len(b["metrics"])) == (2, 0, 2)
+    # A two-node checkpoint resumes on one machine too.
+    proc = run_trainer("--data-dir", big_data_dir, "--epochs", "3", "--resume", cwd=tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_lost_node_leaves_an_elastic_job_to_finish_on_the_survivor(tmp_path, job):
+    nodes = job("--epochs", "3", "--resume", "--max-restarts", "2", nnodes="1:2")
+    survivor_out = []
+    for line in nodes[0].stdout:  # until the first epoch is saved
+        survivor_out.append(line)
+        if line.startswith("epoch 1/3: test loss"):
+            break
+    # Kill the node that does not host the rendezvous (c10d cannot lose that one).
+    victim = nodes[1] if not hosts_rendezvous(nodes[1]) else nodes[0]
+    survivor = nodes[0] if victim is nodes[1] else nodes[1]
+    # As docker kill or a dead machine would: the launcher, its leader (in a
+    # session of its own), the leader's forkserver and workers, all at once.
+    for pid in [victim.pid, *leaders_of(victim.pid)]:
+        os.killpg(pid, signal.SIGKILL)
+    out = finish([survivor], timeout=120)[0]
+    stop_group(victim)
+    assert survivor.returncode == 0, out
+    assert "lost contact with the other nodes" in out
+    name = "a" if survivor is nodes[0] else "b"
+    final = load_checkpoint(tmp_path / name / "model_checkpoint.pth")
+    assert (final["epoch"], final["step"], len(final["metrics"])) == (3, 0, 3)
+
+
+def hosts_rendezvous(proc):
+    """Whether this launcher process listens on the rendezvous port (it hosts the store)."""
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    return f"pid={proc.pid}," in out
+
+
+def leaders_of(pid):
+    """The leader started by a launcher runs in its own session: its pid, to kill it too."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_without_torchrun_there_is_no_cluster(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert cluster.from_env(50, 30.0) is None
+    assert cluster.from_env(50, 30.0, environ={"WORLD_SIZE": "1", "RANK": "0"}) is None
+    node = cluster.from_env(50, 30.0, environ={"WORLD_SIZE": "3", "RANK": "2"})
+    assert (node.rank, node.world, node.leader, node.wrapped) == (2, 3, False, False)
+    assert torch.distributed.is_available()
