@@ -38,7 +38,7 @@ def from_env(sync_every, sync_timeout, environ=os.environ):
 def _reason(error):
     """The informative part of a c10d/gloo error: its first line, without the source path."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^\[[^\]]*\]\s*", "", text)[:160].rstrip(" .")
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0][:160].rstrip(" .")
 
 
 def _collective(what):

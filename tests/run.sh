@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and trainer tests (pytest), the image and
-# container checks (tests/grading.sh), the registry push test, and the quick
+# container checks (tests/grading.sh), several nodes as containers
+# (tests/cluster_test.sh), the registry push test, and the quick
 # fault-injection soak (scripts/soak.py --quick).
 # Needs a running Docker engine; see README "Tests".
 #
@@ -14,6 +15,8 @@ echo "=== pytest"
 python3 -m pytest -v -p no:cacheprovider tests || status=1
 echo "=== tests/grading.sh"
 bash tests/grading.sh || status=1
+echo "=== tests/cluster_test.sh (several machines, as containers)"
+bash tests/cluster_test.sh || status=1
 echo "=== tests/registry_test.sh"
 SKIP_BUILD=1 bash tests/registry_test.sh || status=1
 echo "=== scripts/soak.py --quick (fault injection, the CI subset)"

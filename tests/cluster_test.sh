@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Several machines, as containers: two nodes of the image on a network made
+# with `docker network create`, --cpus 1 each (main.py --nnodes, which runs
+# torchrun's launcher; gloo between the leaders). Checks a whole job (equal
+# checkpoints on both nodes, accuracy), docker stop of the node that does not
+# host the rendezvous (both exit within 10 s, same checkpoint, --resume on
+# both finishes), docker kill of a node (the survivor's one error line, its
+# checkpoint intact), the plain torchrun form, and compose.yaml with
+# docker-compose. Prints ✅/❌; exits non-zero on any ❌.
+#
+#   bash tests/cluster_test.sh     # IMAGE (default mnist-hogwild:grading) must be built
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+IMAGE=${IMAGE:-mnist-hogwild:grading}
+work=$(mktemp -d /tmp/cluster-test.XXXXXX)
+chmod 777 "$work"
+net="cluster-test-$$"
+failures=0
+pass() { echo "✅ $*"; }
+fail() { echo "❌ $*"; failures=$((failures + 1)); }
+cleanup() {
+  docker ps -aq --filter "name=$net" | xargs -r docker rm -f >/dev/null 2>&1
+  docker network rm "$net" >/dev/null 2>&1
+  (cd "$work" && IMAGE=$IMAGE docker-compose -p "$net" down -v >/dev/null 2>&1)
+  rm -rf "$work"
+}
+trap cleanup EXIT
+docker network create "$net" >/dev/null
+docker run --rm -v "$work:/w" -v "$PWD/tests:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data --train 12800 --test 1000 >/dev/null \
+  || { echo "could not write synthetic data"; exit 1; }
+
+node() { # name, then flags: one node container, detached
+  local name=$1
+  shift
+  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus 1 \
+    -v "$work:/workspace" "$IMAGE" --nnodes 2 --rdzv-endpoint node0:29400 --rdzv-id test \
+    --data-dir /workspace/data --num-processes 1 --sync-every 20 --log-interval 20 \
+    --checkpoint "/workspace/$name/model_checkpoint.pth" "$@" >/dev/null
+}
+exit_code() { docker wait "$net-$1" 2>/dev/null; }
+field() { # checkpoint path, python expression over s
+  docker run --rm -v "$work:/workspace" "$IMAGE" python -c \
+    "import torch; s = torch.load('$1', weights_only=True); print($2)"
+}
+same_model() {
+  docker run --rm -v "$work:/workspace" "$IMAGE" python -c "import torch
+a, b = (torch.load(f'/workspace/{n}/model_checkpoint.pth', weights_only=True) for n in ('node0', 'node1'))
+same = all(torch.equal(a['model_state'][k], b['model_state'][k]) for k in a['model_state'])
+print('identical' if same and (a['epoch'], a['step']) == (b['epoch'], b['step']) else 'different')"
+}
+wait_log() { # name, text, seconds
+  for _ in $(seq $(($3 * 10))); do
+    docker logs "$net-$1" 2>&1 | grep -q -- "$2" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+remove() { docker rm -f "$net-node0" "$net-node1" >/dev/null 2>&1; }
+
+echo "== 1. a whole job: 2 nodes x --cpus 1, 2 epochs"
+node node0 --epochs 2
+node node1 --epochs 2
+c0=$(exit_code node0) c1=$(exit_code node1)
+docker logs "$net-node0" 2>&1 | grep -E "epoch 2/2:|syncs took" || true
+[ "$c0:$c1" = 0:0 ] && pass "both nodes finished" || fail "exit codes $c0 and $c1"
+[ "$(same_model)" = identical ] && pass "both nodes' checkpoints hold bitwise the same model" \
+  || fail "the nodes' checkpoints differ"
+acc=$(field /workspace/node0/model_checkpoint.pth "s['metrics'][-1]['accuracy']")
+python3 -c "import sys; sys.exit(not $acc >= 0.9)" && pass "accuracy $acc" || fail "accuracy $acc < 0.9"
+docker logs "$net-node0" 2>&1 | grep -q Traceback && fail "a traceback in node0's log" || true
+remove
+rm -rf "$work/node0" "$work/node1"
+
+echo "== 2. docker stop of node1 (node0 hosts the rendezvous), then --resume on both"
+node node0 --epochs 3 --resume
+node node1 --epochs 3 --resume
+wait_log node1 "epoch 1/3 \[" 120 || fail "node1 never trained"
+start=$(date +%s%N)
+docker stop "$net-node1" >/dev/null &
+c1=$(exit_code node1) c0=$(exit_code node0)
+wait
+ms=$((($(date +%s%N) - start) / 1000000))
+echo "both nodes exited ${ms} ms after docker stop (exit codes: node0 $c0, node1 $c1)"
+[ "$ms" -le 10000 ] && pass "every node exited within 10 s" || fail "took ${ms} ms"
+[ "$c1" = 130 ] && [ "$c0" = 0 ] && pass "exit 130 where stopped, 0 on the other node" \
+  || fail "exit codes $c0 and $c1"
+docker logs "$net-node0" 2>&1 | grep "stopped by" || true
+[ "$(same_model)" = identical ] && pass "both saved the same checkpoint" || fail "checkpoints differ"
+if docker logs "$net-node0" 2>&1 | grep -q Traceback || docker logs "$net-node1" 2>&1 | grep -q Traceback; then
+  fail "a traceback in a node's log"
+fi
+remove
+node node0 --epochs 3 --resume
+node node1 --epochs 3 --resume
+c0=$(exit_code node0) c1=$(exit_code node1)
+docker logs "$net-node1" 2>&1 | grep -E "^resuming" || true
+[ "$c0:$c1" = 0:0 ] && [ "$(field /workspace/node1/model_checkpoint.pth "s['epoch']")" = 3 ] \
+  && pass "--resume on both nodes finished the job" || fail "resume: exit codes $c0 and $c1"
+remove
+
+echo "== 3. docker kill of node1: the survivor says so and keeps its checkpoint"
+rm -rf "$work/node0" "$work/node1"
+node node0 --epochs 3 --sync-timeout 10
+node node1 --epochs 3 --sync-timeout 10
+wait_log node0 "epoch 1/3: test loss" 120 || fail "node0 never finished an epoch"
+wait_log node0 "epoch 2/3 \[" 60
+docker kill "$net-node1" >/dev/null
+start=$(date +%s)
+c0=$(exit_code node0)
+echo "node0 exited $c0, $(($(date +%s) - start)) s after the kill"
+docker logs "$net-node0" 2>&1 | grep "^error:" || true
+[ "$c0" = 1 ] && docker logs "$net-node0" 2>&1 | grep -q "lost contact with the other nodes" \
+  && pass "the survivor exits 1 with one clear line" || fail "survivor: exit $c0"
+[ "$(field /workspace/node0/model_checkpoint.pth "s['epoch']")" = 1 ] \
+  && pass "its checkpoint is intact (epoch 1)" || fail "no intact checkpoint"
+remove
+
+echo "== 4. the plain torchrun form, inside the image"
+rm -rf "$work/node0" "$work/node1"
+for name in node0 node1; do
+  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus 1 \
+    -v "$work:/workspace" "$IMAGE" torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d \
+    --rdzv-endpoint node0:29400 --rdzv-id plain /opt/mnist-hogwild/main.py \
+    --data-dir /workspace/data --num-processes 1 --epochs 1 \
+    --checkpoint "/workspace/$name/model_checkpoint.pth" >/dev/null
+done
+c0=$(exit_code node0) c1=$(exit_code node1)
+[ "$c0:$c1" = 0:0 ] && [ "$(same_model)" = identical ] && pass "torchrun ... main.py: a whole job" \
+  || fail "plain torchrun: exit codes $c0 and $c1"
+remove
+
+echo "== 5. compose.yaml with docker-compose"
+if command -v docker-compose >/dev/null; then
+  cp compose.yaml "$work/"
+  (cd "$work" && IMAGE=$IMAGE EPOCHS=1 SYNC_EVERY=20 timeout 300 docker-compose -p "$net" up \
+    --abort-on-container-exit >"$work/compose.log" 2>&1)
+  rc=$?
+  ok=$(cd "$work" && docker-compose -p "$net" ps -q | xargs -r docker inspect --format '{{.State.ExitCode}}' | sort -u)
+  grep -E "epoch 1/1:" "$work/compose.log" | head -2
+  [ "$rc" = 0 ] && [ "$ok" = 0 ] && pass "docker-compose up: both nodes finished" \
+    || fail "docker-compose up: exit $rc, container exit codes $ok"
+else
+  fail "docker-compose is not installed"
+fi
+
+echo
+[ "$failures" -eq 0 ] && echo "✅ all cluster checks passed" || { echo "❌ $failures cluster check(s) failed"; exit 1; }
