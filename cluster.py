@@ -25,12 +25,13 @@ class ClusterError(Exception):
     """Another node is gone or unreachable (one-line message)."""
 
 
-def from_env(sync_every, sync_timeout, environ=os.environ):
+def from_env(sync_every, sync_timeout, node_updates="average", environ=os.environ):
     """A Cluster when torchrun started us as one of several nodes, else None."""
     world = int(environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
     node = Cluster(int(environ["RANK"]), world, sync_every, sync_timeout)
+    node.node_updates = node_updates
     node.wrapped = environ.get("MNIST_HOGWILD_LAUNCHER") == "1"  # main.py --nnodes started us
     return node
 
@@ -59,6 +60,18 @@ def _collective(what):
     return wrap
 
 
+def _flat(tensors):
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def _copy_into(tensors, flat):
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
 class Cluster:
     """This node's view of the job: its rank, the node count, and the collectives."""
 
@@ -66,7 +79,7 @@ class Cluster:
         self.rank, self.world = rank, world
         self.sync_every, self.timeout = sync_every, sync_timeout
         self.sync_seconds, self.syncs = 0.0, 0
-        self.wrapped = False
+        self.wrapped, self.node_updates, self.reference = False, "average", None
 
     @property
     def leader(self):
@@ -83,9 +96,20 @@ class Cluster:
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    def remember(self, params):
+        """The parameters every node starts from (the same seed, or the same
+        checkpoint): the reference that "sum" measures each node's change from."""
+        self.reference = _flat(params).clone()
+
     @_collective("a sync")
-    def synchronise(self, tensors, stop_signum, save_now):
-        """Average TENSORS in place across the nodes; agree on stopping and saving.
+    def synchronise(self, params, buffers, stop_signum, save_now):
+        """Combine the nodes' models in place; agree on stopping and saving.
+
+        Parameters, by --node-updates: "sum" adds up what every node changed
+        since the last sync (each node's updates count in full, as every
+        worker's do in Hogwild), "average" takes the mean of the models (local
+        SGD's rule; it halves the step per sample on 2 nodes). Momentum
+        buffers are averaged: they are state, not updates.
 
         In place means copied into the very tensors the workers hold (shared
         memory): .data is never rebound. This is why
@@ -93,16 +117,20 @@ class Cluster:
         skip parameters that have no .grad (the parent's copy never has one:
         the workers train) and rebind p.data, which the workers would not see.
         Returns (signal number that stops the job or 0, whether to save now)."""
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        flat_params, flat_buffers = _flat(params), _flat(buffers)
+        if self.node_updates == "sum":
+            flat_params.sub_(self.reference)  # this node's change since the last sync
         flags = torch.tensor([stop_signum or 0, int(save_now)], dtype=torch.int64)
-        dist.all_reduce(flat)
+        dist.all_reduce(flat_params)
+        dist.all_reduce(flat_buffers)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        flat.div_(self.world)
-        offset = 0
-        with torch.no_grad():
-            for t in tensors:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
+        if self.node_updates == "sum":
+            flat_params.add_(self.reference)
+            self.reference = flat_params.clone()
+        else:
+            flat_params.div_(self.world)
+        _copy_into(params, flat_params)
+        _copy_into(buffers, flat_buffers.div_(self.world))
         return int(flags[0]), bool(flags[1])
 
     @_collective("the end of an epoch")

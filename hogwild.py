@@ -37,6 +37,8 @@ LINES = {
     "stopped": "stopped by {signal}: saved {path} at epoch {epoch}, batch {step}/{per_epoch} "
     "in {ms:.0f} ms ({batches} batches this run); continue with --resume",
     "done": "done in {elapsed} ({batches} batches this run): {epochs} epochs in {path}",
+    "syncs": "node {rank}/{world}: {syncs} syncs took {seconds:.2f}s, {percent:.1f}% of the "
+    "training time",
 }
 
 
@@ -172,6 +174,8 @@ class Run:
         self.threads = args.threads_per_process or max(1, usable // args.num_processes)
         self.eval_threads = max(self.threads, usable)
         rank, world = (cluster.rank, cluster.world) if cluster else (0, 1)
+        if cluster is not None:
+            cluster.remember(self.model.parameters())
         self.schedule = train.Schedule(self.per_epoch, self.start, rank, world)
         self.log = ProgressLog(args.log_interval, config, self.schedule, len(self.train_set))
         self.last_save = time.monotonic()
@@ -309,8 +313,8 @@ class Run:
         interval = self.args.checkpoint_interval
         due = bool(interval) and time.monotonic() - self.last_save >= interval
         started = time.perf_counter()
-        tensors = [*self.model.parameters(), *self.momentum]
-        signum, save_now = self.cluster.synchronise(tensors, self.stop.signum, due)
+        params = list(self.model.parameters())
+        signum, save_now = self.cluster.synchronise(params, self.momentum, self.stop.signum, due)
         self.cluster.sync_seconds += time.perf_counter() - started
         self.cluster.syncs += 1
         if signum:
@@ -381,10 +385,9 @@ class Run:
     def log_syncs(self):
         if self.cluster is not None and self.cluster.syncs:
             c, trained = self.cluster, max(self.log.trained_seconds, 1e-9)
-            log(
-                f"node {c.rank}/{c.world}: {c.syncs} syncs took {c.sync_seconds:.2f}s, "
-                f"{100 * c.sync_seconds / trained:.1f}% of the training time"
-            )
+            percent = 100 * c.sync_seconds / trained
+            fields = dict(rank=c.rank, world=c.world, syncs=c.syncs, seconds=c.sync_seconds)
+            log(line("syncs", percent=percent, **fields))
 
     def stopped_during_start_up(self):
         name = signal.Signals(self.stop.signum).name
@@ -501,7 +504,7 @@ def run(args, stop, started, pool):
     node = None
     try:
         device, why = choose_device(args.device)  # first: a usage error writes nothing
-        node = cluster.from_env(args.sync_every, args.sync_timeout)
+        node = cluster.from_env(args.sync_every, args.sync_timeout, args.node_updates)
         if node is not None:
             if args.dry_run:
                 raise UsageError("--dry-run is for one machine, not a torchrun job")

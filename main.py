@@ -162,6 +162,15 @@ def build_parser():
         "batches per node, and at every epoch end (default: 50)",
     )
     p.add_argument(
+        "--node-updates",
+        choices=("sum", "average"),
+        default="average",
+        help="several machines: at a sync, take the mean of the models (average: local SGD; "
+        "it halves the step per sample on 2 nodes) or add up what each node changed since "
+        "the last sync (sum: every update counts, as in Hogwild; only for small K, see "
+        "README) (default: average)",
+    )
+    p.add_argument(
         "--sync-timeout",
         type=positive_float,
         default=30.0,
