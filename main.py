@@ -291,6 +291,25 @@ def leader_pids():
     return found
 
 
+def forward_stops_to_leader():
+    """SIGINT/SIGTERM to this launcher go to the node's leader (which stops the
+    job at its next sync); returns the list the signals are recorded in."""
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        name = signal.Signals(signum).name
+        os.write(
+            2, f"received {name}: the job stops at its next sync, with a checkpoint\n".encode()
+        )
+        for pid in leader_pids():
+            os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return received
+
+
 def launch(args, argv):
     """--nnodes: this process becomes this node's torchrun agent (torch's own
     elastic launcher, c10d rendezvous), running main.py as the one leader.
@@ -307,19 +326,7 @@ def launch(args, argv):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
 
-    received = []
-
-    def forward(signum, frame):
-        received.append(signum)
-        name = signal.Signals(signum).name
-        os.write(
-            2, f"received {name}: the job stops at its next sync, with a checkpoint\n".encode()
-        )
-        for pid in leader_pids():
-            os.kill(pid, signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    received = forward_stops_to_leader()
     os.environ["MNIST_HOGWILD_LAUNCHER"] = "1"  # tells the leaders to exit 0 on a stop
     config = torchrun.parse_args(
         ["--nnodes", args.nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]

@@ -168,7 +168,7 @@ def describe_exit(exitcode):
         where = f"the memory limit of {memory_limit / 2**20:.0f} MiB" if memory_limit else "memory"
         return (
             f"was killed by SIGKILL (the kernel's out-of-memory killer does this when {where} "
-            f"runs out; each process needs about 150 MB)"
+            f"runs out; 2 processes need about 400 MB, each further one about 20 MB)"
         )
     if exitcode < 0:
         return f"was killed by {signal.Signals(-exitcode).name}"

@@ -300,8 +300,9 @@ def markdown(result):
         lines += [
             "",
             f"Each extra process adds about {extra:.0f} MB PSS ({a['processes']} -> "
-            f"{b['processes']} processes): its own Python and torch runtime; the data set is "
-            f"memory-mapped and counted once.",
+            f"{b['processes']} processes): workers forked from the forkserver share torch's "
+            f"memory with it until they write to it, and the data set is memory-mapped and "
+            f"counted once.",
         ]
     s = result["stop"]
     acc = result["accuracy"]
@@ -388,7 +389,7 @@ def plot_breakdown(rows, path):
     parts = [("startup_s", "start-up"), ("training_s", "training"), ("evaluation_s", "evaluation")]
     parts += [("boundaries_s", "epoch boundaries"), ("exit_s", "exit")]
     labels = [str(r["processes"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 0.6 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 2.2))
     left = [0.0] * len(rows)
     for key, name in parts:
         values = [max(r[key], 0.0) for r in rows]
@@ -397,7 +398,7 @@ def plot_breakdown(rows, path):
     ax.set_xlabel("seconds")
     ax.set_ylabel("--num-processes")
     ax.set_title(f"Where a {rows[0]['epochs']}-epoch run's time goes")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -14,6 +14,7 @@ Needs the image (--image) and an idle machine.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -24,7 +25,7 @@ from harness import docker, docker_run
 EPOCHS = 2
 
 
-def node_command(image, work, net, name, nodes, k, extra=(), mode="sum"):
+def node_command(image, work, net, name, nodes, k, extra=(), mode="average"):
     flags = ["--data-dir", "/workspace/data", "--dataset", "fashion-mnist", "--epochs", EPOCHS]
     flags += ["--num-processes", "1", "--log-interval", "1000", "--checkpoint-interval", "0"]
     flags += ["--checkpoint", f"/workspace/{name}/model_checkpoint.pth", *extra]
@@ -43,7 +44,18 @@ def node_command(image, work, net, name, nodes, k, extra=(), mode="sum"):
     )
 
 
-def one_job(image, work, net, nodes, k=0, extra=(), mode="sum"):
+def median_job(repeats, *args, **kwargs):
+    """one_job REPEATS times: the median samples/s and sync share (the
+    accuracy, with one process per node, is the same every time)."""
+    runs = [one_job(*args, **kwargs) for _ in range(repeats)]
+    row = dict(runs[0])
+    for key in ("samples_per_s", "sync_percent"):
+        row[key] = statistics.median(r[key] for r in runs)
+    row["samples_per_s_runs"] = [round(r["samples_per_s"]) for r in runs]
+    return row
+
+
+def one_job(image, work, net, nodes, k=0, extra=(), mode="average"):
     """Start NODES containers, wait for all; returns what node0 measured."""
     names = [f"node{i}" for i in range(nodes)]
     for name in names:
@@ -75,9 +87,10 @@ def markdown(result):
     reference = result["reference"]["accuracy"]
     lines = [
         f"Measured {result['date']}: containers with `--cpus 1` each on one 2-core machine, "
-        f"{result['data']}, {EPOCHS} epochs, batch 64, one process per node "
-        f"(`python scripts/cluster_bench.py`). Reference accuracy: one node with 2 processes "
-        f"on 2 cores, {100 * reference:.2f}%.",
+        f"{result['data']}, {EPOCHS} epochs, batch 64, one process per node; samples/s and "
+        f"time in syncs are medians of {result['repeats']} runs, whose spread was wide on this "
+        f"machine (`python scripts/cluster_bench.py`). Reference accuracy: one node with 2 "
+        f"processes on 2 cores, {100 * reference:.2f}%.",
         "",
         "| nodes x cores | --node-updates | --sync-every | samples/s | vs 1 x 1 | time in syncs | accuracy | vs reference |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -97,10 +110,12 @@ def main():
     p.add_argument("--image", default="mnist-hogwild:grading", help="image to run")
     p.add_argument(
         "--runs",
-        default="sum:10,sum:50,sum:200,average:50",
-        help="--node-updates:--sync-every pairs (default: sum:10,sum:50,sum:200,average:50)",
+        default="average:10,average:50,average:200,sum:10,sum:50",
+        help="--node-updates:--sync-every pairs (default: average:10,average:50,average:200,"
+        "sum:10,sum:50)",
     )
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per row; medians (default: 3)")
     p.add_argument("--update-readme", action="store_true", help="rewrite README's cluster section")
     args = p.parse_args()
     net = f"cluster-bench-{os.getpid()}"
@@ -113,17 +128,18 @@ def main():
             label = "synthetic (60k/10k)"
         docker("network", "create", net, check=True)
         try:
-            one = one_job(args.image, work, net, 1)
+            one = median_job(args.repeats, args.image, work, net, 1)
             print(f"1 node x 1 core: {one}", flush=True)
             reference = one_job(args.image, work, net, 1, extra=["--num-processes", "2"])
             print(f"1 node, 2 processes: {reference}", flush=True)
             runs = []
             for mode, k in (pair.split(":") for pair in args.runs.split(",")):
-                runs.append(one_job(args.image, work, net, 2, int(k), mode=mode))
+                runs.append(median_job(args.repeats, args.image, work, net, 2, int(k), mode=mode))
                 print(f"2 nodes, {mode}, K={k}: {runs[-1]}", flush=True)
         finally:
             docker("network", "rm", net)
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "one_node": one}
+    result["repeats"] = args.repeats
     result.update(reference=reference, runs=runs)
     md = markdown(result)
     print(md)
