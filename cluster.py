@@ -25,7 +25,7 @@ class ClusterError(Exception):
     """Another node is gone or unreachable (one-line message)."""
 
 
-def from_env(sync_every, sync_timeout, node_updates="average", environ=os.environ):
+def from_env(sync_every, sync_timeout, node_updates="sum", environ=os.environ):
     """A Cluster when torchrun started us as one of several nodes, else None."""
     world = int(environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -79,7 +79,7 @@ class Cluster:
         self.rank, self.world = rank, world
         self.sync_every, self.timeout = sync_every, sync_timeout
         self.sync_seconds, self.syncs = 0.0, 0
-        self.wrapped, self.node_updates, self.reference = False, "average", None
+        self.wrapped, self.node_updates, self.reference = False, "sum", None
 
     @property
     def leader(self):
@@ -107,9 +107,10 @@ class Cluster:
 
         Parameters, by --node-updates: "sum" adds up what every node changed
         since the last sync (each node's updates count in full, as every
-        worker's do in Hogwild), "average" takes the mean of the models (local
-        SGD's rule; it halves the step per sample on 2 nodes). Momentum
-        buffers are averaged: they are state, not updates.
+        worker's do in Hogwild; measured best at K = 10, see README), "average"
+        takes the mean of the models (local SGD's rule; it divides the step
+        per sample by the node count). Momentum buffers are averaged: they are
+        state, not updates.
 
         In place means copied into the very tensors the workers hold (shared
         memory): .data is never rebound. This is why

@@ -156,19 +156,19 @@ def build_parser():
     p.add_argument(
         "--sync-every",
         type=positive_int,
-        default=50,
+        default=10,
         metavar="K",
-        help="several machines (under torchrun): average the model across nodes every K "
-        "batches per node, and at every epoch end (default: 50)",
+        help="several machines (under torchrun): combine the nodes' models every K "
+        "batches per node, and at every epoch end (default: 10)",
     )
     p.add_argument(
         "--node-updates",
         choices=("sum", "average"),
-        default="average",
-        help="several machines: at a sync, take the mean of the models (average: local SGD; "
-        "it halves the step per sample on 2 nodes) or add up what each node changed since "
-        "the last sync (sum: every update counts, as in Hogwild; only for small K, see "
-        "README) (default: average)",
+        default="sum",
+        help="several machines: at a sync, add up what each node changed since the last "
+        "sync (sum: every update counts, as in Hogwild; for small K) or take the mean of the "
+        "models (average: local SGD, stable for any K, but it divides the step per sample by "
+        "the node count) (default: sum)",
     )
     p.add_argument(
         "--sync-timeout",
