@@ -37,7 +37,7 @@ import torch
 FORMAT_VERSION = 1
 
 
-def _empty_partial():
+def empty_partial():
     return {"loss_sum": 0.0, "seconds": 0.0}
 
 
@@ -51,7 +51,7 @@ class Progress:
     seed: int
     metrics: list = field(default_factory=list)
     # Optional on load: checkpoints from before it existed resume with zeros.
-    partial_epoch: dict = field(default_factory=_empty_partial)
+    partial_epoch: dict = field(default_factory=empty_partial)
 
     @classmethod
     def from_state(cls, state):

@@ -200,7 +200,7 @@ class Run:
                 f"{path} has an unusable optimizer state ({e})"
             ) from None
         progress.metrics = list(progress.metrics)
-        progress.partial_epoch = dict(progress.partial_epoch or checkpoint._empty_partial())
+        progress.partial_epoch = dict(progress.partial_epoch or checkpoint.empty_partial())
         return progress
 
     # ----- the run -------------------------------------------------------
@@ -369,7 +369,7 @@ class Run:
     def end_epoch(self, epoch, result):
         row = self.metrics_row(epoch, result)
         self.state.metrics.append(row)
-        self.state.partial_epoch = checkpoint._empty_partial()
+        self.state.partial_epoch = checkpoint.empty_partial()
         self.save(self.snapshot(epoch + 1, 0))
         self.log_epoch(epoch, row)
 
