@@ -30,10 +30,8 @@ def from_env(sync_every, sync_timeout, node_updates="sum", environ=os.environ):
     world = int(environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    node = Cluster(int(environ["RANK"]), world, sync_every, sync_timeout)
-    node.node_updates = node_updates
-    node.wrapped = environ.get("MNIST_HOGWILD_LAUNCHER") == "1"  # main.py --nnodes started us
-    return node
+    wrapped = environ.get("MNIST_HOGWILD_LAUNCHER") == "1"  # main.py --nnodes started us
+    return Cluster(int(environ["RANK"]), world, sync_every, sync_timeout, node_updates, wrapped)
 
 
 def _reason(error):
@@ -75,11 +73,12 @@ def _copy_into(tensors, flat):
 class Cluster:
     """This node's view of the job: its rank, the node count, and the collectives."""
 
-    def __init__(self, rank, world, sync_every, sync_timeout):
+    def __init__(self, rank, world, sync_every, sync_timeout, node_updates, wrapped):
         self.rank, self.world = rank, world
         self.sync_every, self.timeout = sync_every, sync_timeout
+        self.node_updates, self.wrapped = node_updates, wrapped
         self.sync_seconds, self.syncs = 0.0, 0
-        self.wrapped, self.node_updates, self.reference = False, "sum", None
+        self.reference = None  # the parameters at the last sync ("sum"; see remember)
 
     @property
     def leader(self):
