@@ -1,12 +1,16 @@
-"""Checkpoint file: a flat dict, written atomically, loaded without running code.
+"""Checkpoint file: a flat dict, written atomically, loaded without running
+code, and checked field by field before anything trusts it.
 
-Keys (FORMAT_VERSION 1):
-    format_version    int, bumped on any incompatible change
+Keys (FORMAT_VERSION 2):
+    format_version    int, bumped on any incompatible change (1 still loads)
     model             str, the model class name ("Net")
-    model_state       model.state_dict()
-    optimizer_state   optimizer.state_dict() (SGD, holds the momentum buffers)
-    args              dict, the command-line arguments and the resolved TrainConfig
-                      of the run that saved it
+    model_state       model.state_dict() (CPU tensors)
+    optimizer_state   torch.optim's state_dict() format: SGD's momentum buffers,
+                      or Adam's exp_avg, exp_avg_sq and step per parameter
+    config            dict, the TrainConfig that defines the training
+    options           dict, the RunOptions of the run that saved it (a record)
+    run_id            str, made at a fresh start and kept by every resume: the
+                      run's identity (several nodes break ties with it)
 and the fields of Progress, flat beside them:
     epoch             int, epochs fully trained *and* evaluated
     step              int, batches of epoch `epoch + 1` already trained
@@ -19,22 +23,28 @@ and the fields of Progress, flat beside them:
                       the seconds spent so far in the unfinished epoch, so that a
                       resumed epoch reports the same metrics as an uninterrupted one
 
-The metrics also go to a JSON-lines file beside the checkpoint (metrics_path),
-rewritten from the same list after every save.
+Version 1 kept the config in "args" (with the command-line flags) and had no
+options or run_id; load() turns it into version 2 in memory.
 """
 
-import glob
 import io
 import json
+import math
 import os
 import pickle
 import secrets
 import socket
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-FORMAT_VERSION = 1
+from config import DATASETS, LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from errors import CheckpointError, one_line
+from model import Net
+
+FORMAT_VERSION = 2
+MAX_SEED = 2**63
 
 
 def empty_partial():
@@ -50,7 +60,6 @@ class Progress:
     batches_per_epoch: int
     seed: int
     metrics: list = field(default_factory=list)
-    # Optional on load: checkpoints from before it existed resume with zeros.
     partial_epoch: dict = field(default_factory=empty_partial)
 
     @classmethod
@@ -58,36 +67,53 @@ class Progress:
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
-OPTIONAL_KEYS = ("partial_epoch",)
-REQUIRED_KEYS = ("format_version", "model", "model_state", "optimizer_state", "args") + tuple(
+OPTIONAL_KEYS = ("partial_epoch", "options", "run_id")
+REQUIRED_KEYS = ("format_version", "model", "model_state", "optimizer_state", "config") + tuple(
     f.name for f in fields(Progress) if f.name not in OPTIONAL_KEYS
 )
 
 
-def make_state(model, optimizer_state, progress, args):
+def new_run_id():
+    return secrets.token_hex(8)
+
+
+def make_state(model, optimizer_state, progress, config, options, run_id):
     """The flat checkpoint dict (see the module docstring for its keys)."""
     return {
         "format_version": FORMAT_VERSION,
         "model": type(model).__name__,
         "model_state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "optimizer_state": optimizer_state,
-        "args": dict(args),
+        "config": dict(config),
+        "options": dict(options),
+        "run_id": run_id,
         **asdict(progress),
     }
 
 
-class CheckpointError(Exception):
-    """The checkpoint cannot be read, written or used (one-line message)."""
-
-
-def _temp_prefix(path):
-    return "." + os.path.basename(path) + "."
-
-
-def _host():
+# ----- writing --------------------------------------------------------------
+def host():
     # In temp names: nodes of a job that share a volume must not take each
     # other's temp files for stale ones (a container's hostname is its id).
     return socket.gethostname().replace("/", "_") or "host"
+
+
+def temp_name(path, pid=None, token=None):
+    """The temp file a save of PATH writes first: .NAME.HOST.PID.RANDOM.tmp, beside it."""
+    pid = os.getpid() if pid is None else pid
+    token = secrets.token_hex(4) if token is None else token
+    return f".{os.path.basename(path)}.{host()}.{pid}.{token}.tmp"
+
+
+def parse_temp_name(path, name):
+    """(host, pid) of a temp file NAME of PATH's saves, or None if it is not one."""
+    prefix = f".{os.path.basename(path)}."
+    if not (name.startswith(prefix) and name.endswith(".tmp")):
+        return None
+    parts = name[len(prefix) : -len(".tmp")].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 def atomic_write(path, write):
@@ -98,8 +124,7 @@ def atomic_write(path, write):
     the old file is untouched, and OSError propagates.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    name = f"{_temp_prefix(path)}{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp = os.path.join(directory, name)
+    tmp = os.path.join(directory, temp_name(path))
     try:
         # O_EXCL with mode 0o666: the umask applies, as for any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -109,25 +134,33 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        # fsync the directory too, so the rename itself survives a power cut.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(directory)  # so that the rename itself survives a power cut
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def save(state, path):
-    """Write the checkpoint dict STATE to PATH atomically (see atomic_write)."""
-    # Serialise in memory first (about 180 KB): torch's zip writer reports a
-    # full disk as a RuntimeError from C++, a plain write() as OSError ENOSPC.
+def fsync_directory(directory):
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def to_bytes(state):
+    # Serialised in memory first (a few hundred KB): torch's zip writer reports
+    # a full disk as a RuntimeError from C++, a plain write() as OSError ENOSPC.
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    return buffer.getbuffer()
+
+
+def save(state, path):
+    """Write the checkpoint dict STATE to PATH atomically (see atomic_write)."""
+    payload = to_bytes(state)
     try:
-        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+        atomic_write(path, lambda f: f.write(payload))
     except OSError as e:
         raise CheckpointError(
             f"could not write checkpoint {path}: {e.strerror or e}; "
@@ -150,36 +183,7 @@ def write_metrics(checkpoint_path, metrics):
         raise CheckpointError(f"could not write {path}: {e.strerror or e}") from None
 
 
-def check_writable(path):
-    """Fail fast, before any training, if the checkpoint cannot be written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}.probe.tmp")
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
-        os.unlink(probe)
-    except OSError as e:
-        raise CheckpointError(
-            f"cannot write checkpoints to {directory}: {e.strerror or e} "
-            f"(uid {os.getuid()}); mount a writable volume or pass --checkpoint"
-        ) from None
-    if os.path.isdir(path):
-        raise CheckpointError(f"--checkpoint {path} is a directory")
-
-
-def remove_stale_temps(path, this_host_only=False):
-    """Remove temp files left by a save that was killed (SIGKILL mid-write).
-
-    THIS_HOST_ONLY: on several machines sharing the checkpoint's volume, only
-    this host's (another node may be writing its own right now)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = _temp_prefix(path) + (f"{_host()}." if this_host_only else "")
-    stale = glob.glob(os.path.join(directory, glob.escape(prefix) + "*.tmp"))
-    for name in stale:
-        os.unlink(name)
-    return stale
-
-
+# ----- reading --------------------------------------------------------------
 def _reason(error):
     """The informative line of a torch.load error (its messages span many lines)."""
     text = str(error)
@@ -187,62 +191,169 @@ def _reason(error):
         text = text.split("WeightsUnpickler error:", 1)[1]
     elif "Weights only load failed" in text:
         text = text.split("trusted source.", 1)[-1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0] if lines else type(error).__name__
     # torch's messages go on with advice after the first sentence; keep the fact.
-    return first.split(". ")[0].rstrip(".")[:200]
+    return one_line(text or type(error).__name__, 200).split(". ")[0]
 
 
-def load(path, model_state):
-    """Load and validate the checkpoint at PATH against the expected MODEL_STATE.
+def load(source, model_state, name=None):
+    """Load and validate a checkpoint from SOURCE (a path or a binary file)
+    against the expected MODEL_STATE; NAME names it in errors.
 
     weights_only=True: a checkpoint is data, and must not be able to run code.
-    """
+    The zip's CRCs are checked first: torch.load itself does not, and a
+    flipped bit in a stored weight would load without complaint."""
+    name = name or str(source)
+    if isinstance(source, (str, os.PathLike)):
+        if os.path.exists(source) and not os.path.isfile(source):
+            raise CheckpointError(f"{name} is not a regular file")
+        try:
+            with open(source, "rb") as f:
+                payload = f.read()
+        except OSError as e:
+            raise CheckpointError(f"cannot read checkpoint {name}: {e.strerror or e}") from None
+        source = io.BytesIO(payload)
+    check_crc(source, name)
     try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    with f:
-        return _load(f, path, model_state)
-
-
-def load_bytes(payload, path, model_state):
-    """load() of a checkpoint file's bytes (another node's, say); PATH names it in errors."""
-    return _load(io.BytesIO(payload), path, model_state)
-
-
-def _load(f, path, model_state):
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         reason = _reason(e)
         if "GLOBAL" in reason:
             raise CheckpointError(
-                f"{path} refused: it is not plain tensors and data ({reason}), "
+                f"{name} refused: it is not plain tensors and data ({reason}), "
                 f"a pickle that could run code"
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
+        raise CheckpointError(f"{name} is not a readable checkpoint ({reason})") from None
+    return validate(upgrade(state, name), model_state, name)
 
+
+def check_crc(f, name):
+    try:
+        with zipfile.ZipFile(f) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        bad = None  # not a zip at all: torch.load says what it is
+    f.seek(0)
+    if bad is not None:
+        raise CheckpointError(f"{name} is damaged: {bad} fails its CRC check")
+
+
+def upgrade(state, name):
+    """STATE in the current format (version 1 is converted in memory)."""
     if not isinstance(state, dict) or "format_version" not in state:
-        raise CheckpointError(f"{path} is not a mnist-hogwild checkpoint (no format_version)")
+        raise CheckpointError(f"{name} is not a mnist-hogwild checkpoint (no format_version)")
     version = state["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{name} has an invalid format version {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {version}, newer than this program reads "
+            f"{name} has format version {version}, newer than this program reads "
             f"({FORMAT_VERSION}); use a newer mnist-hogwild"
         )
+    if version == 1 and "config" not in state and "args" in state:
+        args = state["args"]
+        if not isinstance(args, dict):
+            raise CheckpointError(f"{name} is damaged: args is a {type(args).__name__}, not a dict")
+        names = set(TrainConfig.names())
+        state = {**state, "config": {k: v for k, v in args.items() if k in names}}
+    if version == 1 and isinstance(state.get("metrics"), list):
+        state["metrics"] = [_percent_row(row) for row in state["metrics"]]
+    return state
+
+
+def _percent_row(row):
+    """Version 1's metrics rows held the accuracy as a fraction ("accuracy")."""
+    if isinstance(row, dict) and "accuracy_percent" not in row and _number(row.get("accuracy")):
+        row = {**row, "accuracy_percent": 100 * row["accuracy"]}
+        del row["accuracy"]
+    return row
+
+
+def _number(value, integer=False):
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+CONFIG_CHECKS = {
+    "batch_size": (lambda v: _number(v, True) and v > 0, "a whole number above 0"),
+    "epochs": (lambda v: _number(v, True) and v > 0, "a whole number above 0"),
+    "lr": (lambda v: _number(v) and v > 0, "a finite number above 0"),
+    "momentum": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "seed": (lambda v: _number(v, True) and 0 <= v < MAX_SEED, "in [0, 2^63)"),
+    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "lr_schedule": (lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    "warmup": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _check(condition, name, message):
+    if not condition:
+        raise CheckpointError(f"{name} is damaged: {message}")
+
+
+def validate(state, model_state, name):
+    """Every field's type and range, so that nothing downstream can crash on it
+    or train nonsense; CheckpointError names the first field that is wrong."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+        raise CheckpointError(f"{name} is incomplete: missing {', '.join(missing)}")
     saved = state["model_state"]
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} has no model state dict")
+    _check(isinstance(saved, dict), name, "model_state is not a dict")
     if set(saved) != set(model_state) or any(
         not isinstance(saved[k], torch.Tensor) or saved[k].shape != model_state[k].shape
         for k in model_state
     ):
         raise CheckpointError(
-            f"{path} is from a different model ({state.get('model')!r}): its weights do "
+            f"{name} is from a different model ({state.get('model')!r}): its weights do "
             f"not match this Net's layers"
         )
-    return state
+    bad = [k for k, t in saved.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    _check(not bad, name, f"weights {', '.join(bad)} are not finite (a diverged run?)")
+    config = state["config"]
+    _check(isinstance(config, dict), name, f"config is a {type(config).__name__}, not a dict")
+    for key, (ok, expected) in CONFIG_CHECKS.items():
+        if key in config:
+            _check(ok(config[key]), name, f"config {key} is {config[key]!r}, expected {expected}")
+    per_epoch, epoch, step = state["batches_per_epoch"], state["epoch"], state["step"]
+    _check(_number(per_epoch, True) and per_epoch > 0, name, f"batches_per_epoch {per_epoch!r}")
+    _check(_number(epoch, True) and epoch >= 0, name, f"epoch {epoch!r} is not a count")
+    if _number(config.get("epochs"), True):
+        _check(epoch <= config["epochs"], name, f"epoch {epoch} is past its {config['epochs']}")
+    _check(_number(step, True) and 0 <= step <= per_epoch, name, f"step {step!r} is impossible")
+    _check(
+        _number(state["seed"], True) and 0 <= state["seed"] < MAX_SEED, name, "seed out of range"
+    )
+    metrics = state["metrics"]
+    _check(
+        isinstance(metrics, list) and all(isinstance(m, dict) for m in metrics),
+        name,
+        "metrics is not a list of rows",
+    )
+    for row in metrics:
+        _check(_number(row.get("accuracy_percent")), name, "a metrics row has no accuracy_percent")
+    partial = state.get("partial_epoch", empty_partial())
+    _check(
+        isinstance(partial, dict) and all(_number(partial.get(k)) for k in ("loss_sum", "seconds")),
+        name,
+        "partial_epoch lacks its loss_sum and seconds",
+    )
+    optimizer = state["optimizer_state"]
+    _check(
+        isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict),
+        name,
+        "optimizer_state is not an optimizer state dict",
+    )
+    _check(isinstance(state.get("run_id", ""), str), name, "run_id is not a string")
+    return {**state, "partial_epoch": partial, "options": state.get("options") or {}}
+
+
+def load_model(source, name=None):
+    """(Net with the checkpoint's weights, on the CPU, in eval mode; the state
+    dict): what evaluate, infer and export need from a checkpoint."""
+    net = Net()
+    state = load(source, net.state_dict(), name)
+    net.load_state_dict(state["model_state"])
+    return net.eval(), state

@@ -77,3 +77,18 @@ def cgroup_memory_limit(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cg
         if value and value.isdigit() and int(value) < 2**60:
             limits.append(int(value))
     return min(limits) if limits else None
+
+
+def cgroup_oom_kills(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """How many processes the kernel's OOM killer has killed in our cgroup
+    (v2 memory.events, v1 memory.oom_control: "oom_kill N"), or None."""
+    counts = []
+    for version, d in _cgroup_dirs("memory", ("memory",), cgroup_root, proc_cgroup):
+        name = "memory.events" if version == 2 else "memory.oom_control"
+        for line in (_read(os.path.join(d, name)) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                counts.append(int(value))
+        if counts:
+            break  # our own cgroup's count, not an ancestor's
+    return counts[0] if counts else None

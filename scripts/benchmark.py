@@ -3,8 +3,8 @@
 
     python scripts/benchmark.py                 # full run, ~15 min on 2 cores
     python scripts/benchmark.py --smoke         # seconds, tiny synthetic data (tests use it)
-    python scripts/benchmark.py --update-readme # also rewrite README's performance section
-    python scripts/benchmark.py --from-json docs/benchmark.json --update-readme  # redraw only
+    python scripts/benchmark.py --update-docs # also rewrite the tables in docs/performance.md
+    python scripts/benchmark.py --from-json docs/benchmark.json --update-docs  # redraw only
 
 Data: MNIST under ./data if present, else Debian's Fashion-MNIST
 (/usr/share/datasets/fashion-mnist), else synthetic. Every number is the
@@ -427,10 +427,10 @@ def publish(result, args):
     except ImportError:
         print("note: no matplotlib here: the table and JSON are written, the plot is not")
     print(md)
-    if args.update_readme and "throughput" in result:
-        harness.update_readme("benchmark", "\n" + md)
+    if args.update_docs and "throughput" in result:
+        harness.update_doc("docs/performance.md", "benchmark", "\n" + md)
         if result["docker"]:
-            harness.update_readme("epochs", autograder_sentence(result["docker"], result["data"]))
+            harness.update_doc("docs/performance.md", "epochs", autograder_sentence(result["docker"], result["data"]))
 
 
 def parse_args():
@@ -466,7 +466,7 @@ def parse_args():
         "--data-dir", metavar="DIR", help="MNIST data root to use (default: found as documented)"
     )
     p.add_argument(
-        "--update-readme", action="store_true", help="rewrite README's benchmark section"
+        "--update-docs", action="store_true", help="rewrite the tables in docs/performance.md"
     )
     p.add_argument(
         "--from-json",

@@ -2,12 +2,12 @@
 """Measure several nodes against one, as containers with --cpus 1 each, and
 choose --sync-every from the numbers (issue 10).
 
-    python scripts/cluster_bench.py [--update-readme]    # about 4 minutes on 2 cores
+    python scripts/cluster_bench.py [--update-docs]    # about 4 minutes on 2 cores
 
 Real Fashion-MNIST from Debian (else synthetic), 2 epochs, batch 64, one
 process per node. Runs: 1 node x 1 core; 2 nodes x 1 core at several K;
 and, for the accuracy reference, 1 node with 2 processes on 2 cores. Writes
-docs/cluster.{md,json} and, with --update-readme, README's cluster section.
+docs/cluster.{md,json} and, with --update-docs, the cluster table in docs/performance.md.
 Needs the image (--image) and an idle machine.
 """
 
@@ -116,7 +116,7 @@ def main():
     )
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; medians (default: 3)")
-    p.add_argument("--update-readme", action="store_true", help="rewrite README's cluster section")
+    p.add_argument("--update-docs", action="store_true", help="rewrite the cluster table in docs/performance.md")
     args = p.parse_args()
     net = f"cluster-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
@@ -148,8 +148,8 @@ def main():
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, "cluster.md"), "w") as f:
         f.write(md)
-    if args.update_readme:
-        harness.update_readme("cluster", "\n" + md)
+    if args.update_docs:
+        harness.update_doc("docs/performance.md", "cluster", "\n" + md)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""What scripts/benchmark.py and scripts/soak.py share: starting the trainer
-(on the host or in a container), reading its log lines, finding its workers,
-the data sets, and rewriting README sections.
+"""What the scripts share: starting the trainer (on the host or in a
+container), reading its log lines with deadlines, finding its workers, the
+data sets, and rewriting sections of the docs.
 
-Log lines are parsed with hogwild.parse_line, from the same formats the
-trainer prints them with (tests/test_log_lines.py), never with regexes here.
+Log lines are parsed with loglines.parse_line, from the same formats the
+trainer prints them with (tests/test_loglines.py), never with regexes here.
 """
 
 import os
@@ -13,23 +13,23 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The scripts run as files (python scripts/NAME.py): the project's modules and
-# the test helpers are found from here, the one place that says so.
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+# The scripts run as files (python scripts/NAME.py): the project's modules are
+# found from here, the one place that says so.
+sys.path.insert(0, REPO)
 
 import checkpoint  # noqa: E402,F401 - re-exported for the scripts
 import data  # noqa: E402
-import hogwild  # noqa: E402
+import loglines  # noqa: E402
 import synthetic_data  # noqa: E402
-from helpers import descendants  # noqa: F401 - re-exported for the scripts
-from helpers import worker_pids as host_worker_pids  # noqa: F401
+from procs import LineReader, descendants  # noqa: E402,F401 - re-exported for the scripts
+from procs import worker_pids as host_worker_pids  # noqa: E402,F401
 
 MAIN = os.path.join(REPO, "main.py")
 FASHION = "/usr/share/datasets/fashion-mnist"
 # Real MNIST, where the workplace provides it: ../shared/data beside the checkout.
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
-parse_line, parse_lines = hogwild.parse_line, hogwild.parse_lines
+parse_line, parse_lines = loglines.parse_line, loglines.parse_lines
 
 
 def flags(**options):
@@ -92,7 +92,8 @@ def remove_run_files(checkpoint_path):
 
 
 class Trainer:
-    """One trainer process on the host, with its output lines timestamped as they arrive."""
+    """One trainer process on the host; its output is read as it arrives, and
+    every wait has a deadline that holds even when the trainer prints nothing."""
 
     def __init__(self, args, cwd, env=None):
         self.t0 = time.monotonic()
@@ -104,28 +105,45 @@ class Trainer:
             text=True,
             env=env,
         )
-        self.lines = []
+        self.reader = LineReader(self.proc.stdout)
 
     def wait_for(self, *kinds, timeout=600):
         """(seconds since start, kind, fields) of the next line of one of KINDS."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("trainer ended early:\n" + "".join(self.lines[-10:]))
-            self.lines.append(line)
+        found = {}
+
+        def match(line):
             for kind in kinds:
                 fields = parse_line(kind, line)
                 if fields is not None:
-                    return time.monotonic() - self.t0, kind, fields
-        raise RuntimeError(f"timed out waiting for a {' or '.join(kinds)} line")
+                    found.update(kind=kind, fields=fields, at=time.monotonic() - self.t0)
+                    return True
+            return False
 
-    def finish(self):
-        out, _ = self.proc.communicate(timeout=900)
-        self.lines.append(out)
-        if self.proc.returncode not in (0, 130):
-            raise RuntimeError("trainer failed:\n" + "".join(self.lines[-10:]))
-        return "".join(self.lines)
+        try:
+            self.reader.wait_for(match, timeout)
+        except EOFError:
+            raise RuntimeError("trainer ended early:\n" + self.tail()) from None
+        except AssertionError:
+            self.proc.kill()
+            raise RuntimeError(
+                f"no {' or '.join(kinds)} line within {timeout} s:\n" + self.tail()
+            ) from None
+        return found["at"], found["kind"], found["fields"]
+
+    def tail(self, lines=10):
+        return "".join(self.reader.lines[-lines:])
+
+    def finish(self, timeout=900, ok=(0, 130)):
+        """Wait for the end (killing it past TIMEOUT); all its output."""
+        try:
+            out = self.reader.rest(timeout)
+            self.proc.wait(timeout=max(1, timeout))
+        except (AssertionError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            raise RuntimeError(f"trainer did not end within {timeout} s:\n" + self.tail()) from None
+        if self.proc.returncode not in ok:
+            raise RuntimeError("trainer failed:\n" + self.tail())
+        return out
 
 
 def docker_run(image, *args, volumes=(), name=None, detach=False, docker_args=()):
@@ -157,9 +175,10 @@ def image_exists(image):
     return shutil.which("docker") is not None and docker("image", "inspect", image).returncode == 0
 
 
-def update_readme(name, md):
-    """Replace the text between <!-- NAME:start --> and <!-- NAME:end --> in README.md."""
-    path = os.path.join(REPO, "README.md")
+def update_doc(doc, name, md):
+    """Replace the text between <!-- NAME:start --> and <!-- NAME:end --> in DOC
+    (a path relative to the repository, e.g. docs/performance.md)."""
+    path = os.path.join(REPO, doc)
     with open(path) as f:
         text = f.read()
     start_tag, end_tag = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -169,4 +188,6 @@ def update_readme(name, md):
 
 
 def torch_version():
-    return hogwild.torch.__version__
+    import torch  # noqa: PLC0415 - only for the record
+
+    return torch.__version__

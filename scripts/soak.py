@@ -592,9 +592,9 @@ def main():
         help="where soak.md/json go (default: docs/)",
     )
     p.add_argument(
-        "--update-readme",
+        "--update-docs",
         action="store_true",
-        help="put the table into README's Reliability section",
+        help="rewrite the table in docs/reliability.md",
     )
     args = p.parse_args()
     k = args.k or (3 if args.quick else 20)
@@ -665,8 +665,8 @@ def main():
             json.dump(result, f, indent=2)
         with open(os.path.join(args.out, f"soak{suffix}.md"), "w") as f:
             f.write(md)
-        if args.update_readme:
-            harness.update_readme("soak", "\n" + md)
+        if args.update_docs:
+            harness.update_doc("docs/reliability.md", "soak", "\n" + md)
         return 1 if t["problems"] else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

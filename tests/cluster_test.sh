@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 docker network create "$net" >/dev/null
-docker run --rm -v "$work:/w" -v "$PWD/tests:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data --train 12800 --test 1000 >/dev/null \
+docker run --rm -v "$work:/w" -v "$PWD/scripts:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data --train 12800 --test 1000 >/dev/null \
   || { echo "could not write synthetic data"; exit 1; }
 
 node() { # name, then flags: one node container, detached

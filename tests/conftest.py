@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import synthetic_data
+from procs import LineReader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,30 +62,38 @@ def run_trainer(*args, cwd, entry=MAIN, timeout=180):
     )
 
 
-def start_trainer(*args, cwd, entry=MAIN):
-    """Start the trainer in its own process group (so tests can signal the group)."""
-    return subprocess.Popen(
+def start_trainer(*args, cwd, entry=MAIN, env=None):
+    """Start the trainer in its own process group (so tests can signal the
+    group). Its output is read as it arrives, by proc.out and proc.err."""
+    proc = subprocess.Popen(
         trainer_cmd(*args, entry=entry),
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env=env,
     )
+    proc.out, proc.err = LineReader(proc.stdout), LineReader(proc.stderr)
+    return proc
 
 
 def wait_for_line(proc, needle, timeout=60):
-    """Read stdout until a line contains NEEDLE; returns the lines read."""
-    lines = []
+    """Read stdout until a line contains NEEDLE (a real deadline: it holds when
+    the trainer prints nothing); returns the lines read so far."""
+    proc.out.wait_for(lambda line: needle in line, timeout)
+    return list(proc.out.lines)
+
+
+def finish(proc, timeout=30):
+    """Wait for the trainer's exit and the end of its output (which also ends
+    only when no process of the run, workers included, holds its pipes);
+    returns (stdout, stderr)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"never saw {needle!r}; output so far:\n{''.join(lines)}")
+    proc.wait(timeout=timeout)
+    out = proc.out.rest(max(0.1, deadline - time.monotonic()))
+    err = proc.err.rest(max(0.1, deadline - time.monotonic()))
+    return out, err
 
 
 def load_checkpoint(path):

@@ -1,5 +1,6 @@
-"""Helpers shared by the test files (and scripts/): weight comparison, the
-table of bad checkpoints, and file wrappers that fail or die mid-write."""
+"""Helpers shared by the test files: weight comparison, the table of bad
+checkpoints, file wrappers that fail or die mid-write, a child process for
+the shared-counter tests. (What tests and scripts share is in scripts/.)"""
 
 import os
 import signal
@@ -7,25 +8,32 @@ import signal
 import torch
 
 import checkpoint
+import optim
+from config import TrainConfig
 from model import Net
 
 
 def assert_same_weights(a, b):
-    """Two checkpoint dicts hold bitwise the same weights and momentum."""
+    """Two checkpoint dicts hold bitwise the same weights and optimizer state."""
     assert a["model_state"].keys() == b["model_state"].keys()
     for key in a["model_state"]:
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    assert a["optimizer_state"]["state"].keys() == b["optimizer_state"]["state"].keys()
     for i, state in a["optimizer_state"]["state"].items():
-        other = b["optimizer_state"]["state"][i]["momentum_buffer"]
-        assert torch.equal(state["momentum_buffer"], other), f"momentum {i}"
+        other = b["optimizer_state"]["state"][i]
+        assert state.keys() == other.keys(), i
+        for name, tensor in state.items():
+            assert torch.equal(tensor, other[name]), f"{name} {i}"
 
 
-def valid_state():
-    """A complete, loadable checkpoint dict for a fresh Net."""
+def valid_state(**changes):
+    """A complete, loadable checkpoint dict for a fresh Net (with CHANGES)."""
     net = Net()
     progress = checkpoint.Progress(epoch=1, step=0, batches_per_epoch=10, seed=1)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1).state_dict()
-    return checkpoint.make_state(net, optimizer, progress, {"batch_size": 64})
+    optimizer = optim.MomentumSGD(net.parameters(), 0.1, 0.5, optim.new_state("sgd", list(net.parameters())))
+    config = TrainConfig().as_dict()
+    state = checkpoint.make_state(net, optimizer.state_dict(), progress, config, {}, "run")
+    return {**state, **changes}
 
 
 class RunsCode:
@@ -95,36 +103,12 @@ def wrapped_fdopen(on_write):
     return lambda fd, mode: WrappedFile(real_fdopen(fd, mode), on_write)
 
 
-def descendants(pid):
-    """Every process below PID (children, grandchildren, ...)."""
-    found, todo = [], [pid]
-    while todo:
-        try:
-            with open(f"/proc/{todo[0]}/task/{todo[0]}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-        except OSError:
-            kids = []
-        found += kids
-        todo = todo[1:] + kids
-    return found
-
-
-def worker_pids(pid):
-    """The Hogwild workers below PID: they name themselves (shared.name_process)."""
-    workers = []
-    for child in descendants(pid):
-        try:
-            with open(f"/proc/{child}/comm") as f:
-                if f.read().strip() == "hogwild-worker":
-                    workers.append(child)
-        except OSError:
-            pass  # exited meanwhile
-    return sorted(workers)
-
-
-def claim_and_hold(progress, hold_lock):
-    """In a child process: wait for a batch (or hold the shared lock) until killed."""
+def claim_and_hold(progress, hold_lock, conn):
+    """In a child process: hold the shared lock, or wait in claim() for a batch,
+    until killed; CONN gets a message just before (the parent waits for it)."""
     if hold_lock:
         progress.lock.acquire()
+        conn.send_bytes(b"holding the lock")
         signal.pause()
-    progress.claim(os.getppid())
+    conn.send_bytes(b"claiming")
+    progress.claim(lambda: True)

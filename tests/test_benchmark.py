@@ -44,7 +44,7 @@ def test_plot_draws_curves_from_a_metrics_file(tmp_path):
                     "epoch": e,
                     "train_loss": 1 / e,
                     "test_loss": 1.2 / e,
-                    "accuracy": 0.5 + e / 10,
+                    "accuracy_percent": 50 + 10 * e,
                     "samples_per_s": 1000,
                     "seconds": 1,
                 }

@@ -2,10 +2,13 @@ import errno
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
+import torch
 
 import checkpoint
+import processes
 from helpers import BAD_CHECKPOINTS, fail_writes_with, valid_state, wrapped_fdopen
 from model import Net
 
@@ -73,18 +76,73 @@ def test_process_killed_mid_save_leaves_the_old_file(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env)
     assert proc.returncode == -9, proc.stderr
     assert open(path, "rb").read() == before
-    stale = checkpoint.remove_stale_temps(path)
-    assert len(stale) == 1 and os.listdir(tmp_path) == ["ck.pth"]
+    temps = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(temps) == 1
+    owner = checkpoint.parse_temp_name(path, temps[0])
+    assert owner == (checkpoint.host(), owner[1]) and not processes.pid_alive(owner[1])
 
 
-def test_unwritable_directory_fails_fast(tmp_path):
-    # A file where the directory should be: unwritable for root too (tests run as root in CI;
-    # the container tests cover a read-only volume and a foreign uid).
-    (tmp_path / "blocker").write_text("")
-    with pytest.raises(checkpoint.CheckpointError, match="cannot write checkpoints"):
-        checkpoint.check_writable(str(tmp_path / "blocker" / "ck.pth"))
+def flip_a_byte_in_a_weight(path):
+    """Change one byte inside the stored fc2 weights (not the zip's structure)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 1000)
+        offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + 100
+    payload = bytearray(open(path, "rb").read())
+    payload[offset] ^= 0x40
+    open(path, "wb").write(bytes(payload))
 
 
-def test_checkpoint_path_that_is_a_directory_is_refused(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="is a directory"):
-        checkpoint.check_writable(str(tmp_path))
+def nan_lr(state):
+    state["config"]["lr"] = float("nan")
+    return state
+
+
+DAMAGED = [
+    ("epoch-as-text", lambda s: {**s, "epoch": "3"}, "epoch '3' is not a count"),
+    ("negative-epoch", lambda s: {**s, "epoch": -3}, "epoch -3 is not a count"),
+    ("epoch-past-the-end", lambda s: {**s, "epoch": 11}, "past its 10"),
+    ("step-too-big", lambda s: {**s, "step": 11}, "step 11 is impossible"),
+    ("config-as-list", lambda s: {**s, "config": [1, 2]}, "config is a list"),
+    ("batch-size-0", lambda s: {**s, "config": {**s["config"], "batch_size": 0}}, "batch_size is 0"),
+    ("lr-nan", nan_lr, "config lr is nan"),
+    ("metrics-as-int", lambda s: {**s, "metrics": 3}, "metrics is not a list"),
+    ("partial-without-keys", lambda s: {**s, "partial_epoch": {}}, "partial_epoch lacks"),
+    ("seed-huge", lambda s: {**s, "seed": 2**70}, "seed out of range"),
+    ("nan-weights", lambda s: {**s, "model_state": {k: v * float("nan") for k, v in s["model_state"].items()}}, "not finite"),
+]
+
+
+@pytest.mark.parametrize("damage, message", [d[1:] for d in DAMAGED], ids=[d[0] for d in DAMAGED])
+def test_damaged_fields_are_refused_with_one_line_naming_them(tmp_path, damage, message):
+    path = str(tmp_path / "ck.pth")
+    torch.save(damage(valid_state()), path)
+    with pytest.raises(checkpoint.CheckpointError, match=message) as err:
+        checkpoint.load(path, expected())
+    assert "\n" not in str(err.value)
+
+
+def test_a_flipped_bit_in_a_stored_weight_fails_the_crc_check(tmp_path):
+    path = str(tmp_path / "ck.pth")
+    checkpoint.save(valid_state(), path)
+    flip_a_byte_in_a_weight(path)
+    with pytest.raises(checkpoint.CheckpointError, match="fails its CRC check"):
+        checkpoint.load(path, expected())
+
+
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    path = tmp_path / "ck.pth"
+    os.mkfifo(path)
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+        checkpoint.load(str(path), expected())
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    state = valid_state()
+    old = {k: v for k, v in state.items() if k not in ("config", "options", "run_id")}
+    old.update(format_version=1, args={**state["config"], "num_processes": 2, "optimizer": "sgd"})
+    old["metrics"] = [{"epoch": 1, "accuracy": 0.9712}]
+    path = str(tmp_path / "v1.pth")
+    torch.save(old, path)
+    loaded = checkpoint.load(path, expected())
+    assert loaded["config"]["batch_size"] == 64 and "num_processes" not in loaded["config"]
+    assert loaded["metrics"][0]["accuracy_percent"] == pytest.approx(97.12)

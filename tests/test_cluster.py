@@ -1,4 +1,4 @@
-"""Several machines: the batch schedule in process, and real two-node jobs on
+"""Several machines: real two-node jobs on
 127.0.0.1 (main.py --nnodes, which runs torchrun's launcher; gloo between
 the nodes). The container form is tests/cluster_test.sh."""
 
@@ -12,44 +12,17 @@ import time
 import pytest
 import torch
 
-import cluster
-import main
-import train
+import launcher
+import node as nodes
+from config import RunOptions
 from conftest import MAIN, load_checkpoint, run_trainer, stop_group
 from helpers import assert_same_weights
-
-
-@pytest.mark.parametrize("per_epoch", [7, 40, 41])
-@pytest.mark.parametrize("world", [1, 2, 3])
-@pytest.mark.parametrize("start", [0, 5, 40, 83])
-def test_the_nodes_together_train_every_batch_once_per_epoch(per_epoch, world, start):
-    schedules = [train.Schedule(per_epoch, start, rank, world) for rank in range(world)]
-    epochs = 3
-    seen = []
-    for s in schedules:
-        total = s.local_start(epochs)
-        seen += [s.global_batch(local) for local in range(total)]
-    assert sorted(seen) == list(range(start, epochs * per_epoch))
-
-
-def test_one_node_is_the_single_machine_numbering():
-    s = train.Schedule(per_epoch=10, start=13)
-    assert [s.global_batch(i) for i in range(10)] == list(range(13, 23))
-    assert s.step(1, 4) == 7 and s.step(2, 7) == 0 and s.local_start(2) == 7
-
-
-def test_at_a_common_count_the_finished_batches_are_a_prefix():
-    per_epoch, world = 41, 2
-    schedules = [train.Schedule(per_epoch, 0, rank, world) for rank in range(world)]
-    for j in range(1, schedules[0].common_count(0) + 1):
-        done = {s.global_batch(i) for s in schedules for i in range(j)}
-        assert done == set(range(j * world))
-        assert schedules[0].step(0, j) == schedules[1].step(0, j) == j * world
+from procs import LineReader
 
 
 def test_launch_flags_are_not_passed_to_the_leaders():
     argv = ["--nnodes", "2", "--epochs", "3", "--rdzv-endpoint=h:1", "--max-restarts", "1", "-x"]
-    assert main.leader_argv(argv) == ["--epochs", "3", "-x"]
+    assert launcher.leader_argv(argv) == ["--epochs", "3", "-x"]
 
 
 def free_port():
@@ -62,7 +35,7 @@ def start_node(tmp_path, name, port, *flags, nnodes="2"):
     (tmp_path / name).mkdir(exist_ok=True)
     args = ["--nnodes", nnodes, "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"]
     args += ["--num-processes", "1", "--threads-per-process", "1", "--sync-timeout", "15"]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, MAIN, *args, *map(str, flags)],
         cwd=tmp_path / name,
         stdout=subprocess.PIPE,
@@ -70,13 +43,16 @@ def start_node(tmp_path, name, port, *flags, nnodes="2"):
         text=True,
         start_new_session=True,
     )
+    proc.out = LineReader(proc.stdout)
+    return proc
 
 
 def finish(nodes, timeout=180):
     outs = []
     for proc in nodes:
         try:
-            outs.append(proc.communicate(timeout=timeout)[0])
+            proc.wait(timeout=timeout)
+            outs.append(proc.out.rest(timeout))
         finally:
             stop_group(proc)
     return outs
@@ -104,7 +80,7 @@ def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job):
     # Right after the last sync every node holds bitwise the same model and momentum.
     assert_same_weights(a, b)
     assert a["metrics"] == b["metrics"]
-    assert a["metrics"][-1]["accuracy"] > 0.5
+    assert a["metrics"][-1]["accuracy_percent"] >= 95  # measured: 100% on this synthetic data
     # The two nodes' batches add up to one pass per epoch (40 batches).
     batches = [int(out.split(" batches this run")[0].rsplit("(", 1)[1]) for out in outs]
     assert sum(batches) == 2 * 40
@@ -116,9 +92,7 @@ def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
 ):
     nodes = job("--epochs", "2", data=big_data_dir)
     proc = nodes[1]
-    for line in proc.stdout:  # until it trains
-        if line.startswith("epoch 1/2 ["):
-            break
+    proc.out.wait_for(lambda line: line.startswith("epoch 1/2 ["), 120)
     os.kill(proc.pid, signal.SIGINT)  # what docker stop does to the container's main.py
     sent = time.monotonic()
     outs = finish(nodes, timeout=30)
@@ -144,11 +118,7 @@ def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
 @pytest.mark.slow
 def test_a_lost_node_leaves_an_elastic_job_to_finish_on_the_survivor(tmp_path, job):
     nodes = job("--epochs", "3", "--resume", "--max-restarts", "2", nnodes="1:2")
-    survivor_out = []
-    for line in nodes[0].stdout:  # until the first epoch is saved
-        survivor_out.append(line)
-        if line.startswith("epoch 1/3: test loss"):
-            break
+    nodes[0].out.wait_for(lambda line: line.startswith("epoch 1/3: test loss"), 180)
     # Kill the node that does not host the rendezvous (c10d cannot lose that one).
     victim = nodes[1] if not hosts_rendezvous(nodes[1]) else nodes[0]
     survivor = nodes[0] if victim is nodes[1] else nodes[1]
@@ -177,10 +147,20 @@ def leaders_of(pid):
         return [int(p) for p in f.read().split()]
 
 
-def test_without_torchrun_there_is_no_cluster(monkeypatch):
+def test_without_torchrun_the_node_is_a_one_node_job(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert cluster.from_env(50, 30.0) is None
-    assert cluster.from_env(50, 30.0, environ={"WORLD_SIZE": "1", "RANK": "0"}) is None
-    node = cluster.from_env(50, 30.0, environ={"WORLD_SIZE": "3", "RANK": "2"})
+    options = RunOptions()
+    assert isinstance(nodes.from_env(options), nodes.LocalNode)
+    assert isinstance(nodes.from_env(options, {"WORLD_SIZE": "1", "RANK": "0"}), nodes.LocalNode)
+    node = nodes.from_env(options, environ={"WORLD_SIZE": "3", "RANK": "2"})
     assert (node.rank, node.world, node.leader, node.wrapped) == (2, 3, False, False)
     assert torch.distributed.is_available()
+
+
+def test_the_one_node_job_returns_what_it_is_given():
+    local = nodes.LocalNode()
+    assert local.synchronise([], [], [], 15, True) == (15, True)
+    assert local.sum_and_max(1.5, 2.0) == (1.5, 2.0)
+    assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
+    assert local.boundaries(None, 0, 40) == [40]
+    assert local.stop_exit_code(2, here=True) == 130

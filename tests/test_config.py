@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 import main
-from config import DATASETS, TrainConfig, UsageError
+from config import DATASETS, RunOptions, TrainConfig
+from errors import UsageError
 
 
 def flags(*argv):
@@ -21,6 +22,9 @@ def test_fresh_run_takes_the_defaults():
         "momentum": 0.5,
         "seed": 1,
         "dataset": "mnist",
+        "optimizer": "sgd",
+        "lr_schedule": "constant",
+        "warmup": 0.0,
     }
 
 
@@ -38,7 +42,7 @@ def test_resume_takes_the_checkpoints_values_for_flags_not_given():
 @pytest.mark.parametrize("name", TrainConfig.MUST_MATCH)
 def test_resume_refuses_a_different_value_for_what_defines_an_epoch(name):
     saved = TrainConfig().as_dict()
-    other = {"batch_size": "32", "seed": "9", "dataset": "fashion-mnist"}[name]
+    other = {"batch_size": "32", "seed": "9", "dataset": "fashion-mnist", "optimizer": "adam"}[name]
     flag = "--" + name.replace("_", "-")
     with pytest.raises(UsageError, match=f"{flag} {other} differs from the checkpoint's"):
         TrainConfig.resolve(flags(flag, other), saved)
@@ -63,3 +67,22 @@ def test_config_is_frozen_and_every_dataset_has_data_settings():
 
     assert set(DATASETS) == set(data.DATASETS)
     assert main.build_parser().get_default("dataset") is None  # None means "not given"
+
+
+def test_a_recipe_sets_defaults_and_explicit_flags_still_win():
+    fast = TrainConfig.resolve(flags("--recipe", "fast"))
+    assert (fast.optimizer, fast.lr_schedule, fast.warmup) == ("adam", "onecycle", 0.3)
+    mine = TrainConfig.resolve(flags("--recipe", "fast", "--epochs", "5", "--warmup", "0.1"))
+    assert (mine.optimizer, mine.epochs, mine.warmup) == ("adam", 5, 0.1)
+    assert TrainConfig.resolve(flags("--lr-schedule", "onecycle")).warmup == 0.3
+
+
+def test_on_resume_the_checkpoint_wins_over_the_recipe():
+    saved = TrainConfig(epochs=4).as_dict()
+    assert TrainConfig.resolve(flags("--recipe", "fast"), saved) == TrainConfig(epochs=4)
+
+
+def test_run_options_take_the_flags_and_their_defaults():
+    options = RunOptions.from_args(flags("--num-processes", "3", "--target-accuracy", "98"))
+    assert (options.num_processes, options.target_accuracy) == (3, 98.0)
+    assert options.checkpoint == "model_checkpoint.pth" and options.threads_per_process == 0

@@ -1,14 +1,19 @@
 """Choosing the device, and checkpoints that load on either device, in process.
 The tests marked cuda need a GPU and are skipped without one."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import checkpoint
-import hogwild
 import main
-import train
-from config import UsageError
+import optim
+import trainer
+from config import TrainConfig
+from errors import UsageError
 from helpers import valid_state
 from model import Net
 
@@ -29,72 +34,88 @@ def test_device_flags_default_to_auto_and_cuda_is_the_samples_spelling():
 
 def test_auto_picks_the_gpu_when_torch_sees_one(monkeypatch):
     fake_gpu(monkeypatch, available=True)
-    device, why = hogwild.choose_device("auto")
+    device, why = trainer.choose_device("auto")
     assert device == torch.device("cuda", 0) and "Fake GPU" in why
 
 
 def test_auto_falls_back_to_the_cpu_and_says_why(monkeypatch):
     fake_gpu(monkeypatch, available=False, cuda_version=None)
-    device, why = hogwild.choose_device("auto")
+    device, why = trainer.choose_device("auto")
     assert device.type == "cpu" and "CPU-only build" in why
     fake_gpu(monkeypatch, available=False, cuda_version="13.0")
-    assert "--gpus all" in hogwild.choose_device("auto")[1]
+    assert "--gpus all" in trainer.choose_device("auto")[1]
 
 
 @pytest.mark.parametrize("cuda_version", [None, "13.0"])
 def test_cuda_without_a_gpu_is_a_usage_error(monkeypatch, cuda_version):
     fake_gpu(monkeypatch, available=False, cuda_version=cuda_version)
     with pytest.raises(UsageError, match="--device cuda: no usable GPU"):
-        hogwild.choose_device("cuda")
+        trainer.choose_device("cuda")
 
 
 def test_cpu_is_always_the_cpu(monkeypatch):
     fake_gpu(monkeypatch, available=True)
-    assert hogwild.choose_device("cpu")[0].type == "cpu"
+    assert trainer.choose_device("cpu")[0].type == "cpu"
 
 
-def test_checkpoint_tensors_are_cpu_tensors_whatever_the_model_device():
-    # A GPU run's model and momentum are CUDA tensors; make_state and
-    # MomentumSGD.state_dict move them to the CPU (here they start there).
-    model = Net()
-    optimizer = train.MomentumSGD(model.parameters(), 0.01, 0.5)
+def snapshot_of(model):
+    params = list(model.parameters())
+    opt = optim.MomentumSGD(params, 0.01, 0.5, optim.new_state("sgd", params))
     progress = checkpoint.Progress(epoch=0, step=3, batches_per_epoch=10, seed=1)
-    state = checkpoint.make_state(model, optimizer.state_dict(), progress, {})
+    state = checkpoint.make_state(model, opt.state_dict(), progress, TrainConfig().as_dict(), {}, "r")
+    return opt, state
+
+
+def test_checkpoint_tensors_are_copies_not_the_live_shared_weights():
+    # The workers go on training while a periodic save writes the snapshot.
+    model = Net()
+    opt, state = snapshot_of(model)
+    live = {p.data_ptr() for p in model.parameters()} | {t.data_ptr() for t in opt.tensors()}
     tensors = list(state["model_state"].values())
     tensors += [s["momentum_buffer"] for s in state["optimizer_state"]["state"].values()]
-    assert all(t.device.type == "cpu" for t in tensors)
-    # The copies are not the live weights: the workers may go on training.
-    live = {p.data_ptr() for p in model.parameters()} | {
-        b.data_ptr() for b in optimizer.momentum_buffers
-    }
     assert not live & {t.data_ptr() for t in tensors}
 
 
-def test_load_maps_every_tensor_to_the_cpu(tmp_path, monkeypatch):
-    seen = {}
-    real_load = torch.load
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
-    path = str(tmp_path / "ck.pth")
-    checkpoint.save(valid_state(), path)
-    checkpoint.load(path, Net().state_dict())
-    assert seen["map_location"] == "cpu" and seen["weights_only"] is True
+def test_a_checkpoint_saved_from_a_gpu_loads_on_a_cpu_only_machine(tmp_path):
+    """Its tensors are tagged cuda:0 (made in a child process that tags them so
+    with torch's own serialization hook); torch.load alone refuses it here."""
+    path = tmp_path / "gpu.pth"
+    script = (
+        "import sys, torch\n"
+        "from torch import serialization\n"
+        "serialization.register_package(-100, lambda obj: 'cuda:0', lambda obj, loc: None)\n"
+        "sys.path.insert(0, sys.argv[2]); sys.path.insert(0, sys.argv[3])\n"
+        "import helpers\n"
+        "torch.manual_seed(0)\n"
+        "torch.save(helpers.valid_state(), sys.argv[1])\n"
+    )
+    tests = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run(
+        [sys.executable, "-c", script, path, os.path.dirname(tests), tests], check=True
+    )
+    assert b"cuda:0" in path.read_bytes()
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    state = checkpoint.load(str(path), Net().state_dict())
+    assert all(t.device.type == "cpu" for t in state["model_state"].values())
+    torch.manual_seed(0)
+    expected = valid_state()["model_state"]
+    assert all(torch.equal(state["model_state"][k], expected[k]) for k in expected)
 
 
 @pytest.mark.cuda
 @needs_gpu
-def test_gpu_checkpoint_loads_on_the_cpu(tmp_path):
+def test_gpu_checkpoint_holds_cpu_copies_and_loads_on_the_cpu(tmp_path):
     model = Net().cuda()
-    optimizer = train.MomentumSGD(model.parameters(), 0.01, 0.5)
-    progress = checkpoint.Progress(epoch=1, step=0, batches_per_epoch=10, seed=1)
+    opt, state = snapshot_of(model)
+    tensors = list(state["model_state"].values())
+    tensors += [s["momentum_buffer"] for s in state["optimizer_state"]["state"].values()]
+    assert all(t.device.type == "cpu" for t in tensors)
     path = str(tmp_path / "ck.pth")
-    checkpoint.save(checkpoint.make_state(model, optimizer.state_dict(), progress, {}), path)
-    state = checkpoint.load(path, Net().state_dict())
+    checkpoint.save(state, path)
+    loaded = checkpoint.load(path, Net().state_dict())
     cpu_model = Net()
-    cpu_model.load_state_dict(state["model_state"])
+    cpu_model.load_state_dict(loaded["model_state"])
     for a, b in zip(cpu_model.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b.cpu())

@@ -24,7 +24,7 @@ def test_resume_after_k_epochs_is_bitwise_identical(tmp_path, data_dir):
     b = load_checkpoint(tmp_path / "split" / "model_checkpoint.pth")
     assert (b["epoch"], b["step"]) == (3, 0)
     assert_same_weights(a, b)
-    assert [m["accuracy"] for m in a["metrics"]] == [m["accuracy"] for m in b["metrics"]]
+    assert [m["accuracy_percent"] for m in a["metrics"]] == [m["accuracy_percent"] for m in b["metrics"]]
     lines = (tmp_path / "split" / "model_checkpoint.metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
 
@@ -56,7 +56,7 @@ def test_resume_with_more_epochs_keeps_the_checkpoints_settings(tmp_path, one_ep
     proc = run_trainer(*one_epoch_at_batch_128, "--resume", "--epochs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     state = load_checkpoint(tmp_path / "model_checkpoint.pth")
-    assert state["epoch"] == 2 and state["args"]["batch_size"] == 128
+    assert state["epoch"] == 2 and state["config"]["batch_size"] == 128
 
 
 def test_resume_after_an_interrupted_evaluation_evaluates_that_epoch(tmp_path, data_dir):

@@ -2,28 +2,31 @@
 
 import json
 import os
+import shutil
 import signal
 import time
 
 import pytest
 
-import hogwild
+import loglines
 from conftest import (
     FASHION,
+    finish,
     load_checkpoint,
     run_trainer,
     start_trainer,
     stop_group,
     wait_for_line,
 )
-from helpers import assert_same_weights, worker_pids
+from helpers import assert_same_weights
+from procs import handles_signal, wait_until, worker_pids
 
 pytestmark = pytest.mark.slow
 ONE = ["--num-processes", "1", "--threads-per-process", "1"]
 
 
 def batches_this_run(output):
-    lines = hogwild.parse_lines("stopped", output) + hogwild.parse_lines("done", output)
+    lines = loglines.parse_lines("stopped", output) + loglines.parse_lines("done", output)
     return sum(parsed["batches"] for parsed in lines)
 
 
@@ -41,15 +44,17 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
         "epoch",
         "train_loss",
         "test_loss",
-        "accuracy",
+        "accuracy_percent",
+        "lr",
         "samples_per_s",
         "seconds",
         "eval_seconds",
     }
-    # Learnable synthetic data: the loss falls from chance (ln 10 = 2.30) and keeps falling.
+    # Learnable synthetic data: the loss falls from chance (ln 10 = 2.30) and keeps
+    # falling, and two epochs reach (nearly) every test sample (measured: 100%).
     assert rows[1]["train_loss"] < rows[0]["train_loss"] < 2.30
     assert rows[1]["test_loss"] < rows[0]["test_loss"] < 2.30
-    assert rows[1]["accuracy"] > 0.5
+    assert rows[1]["accuracy_percent"] >= 95
     # Progress lines come from one place, not one copy per worker.
     progress = [s for s in proc.stdout.splitlines() if s.startswith("epoch 1/2 [")]
     assert len(progress) == len(set(progress)) >= 2
@@ -61,17 +66,17 @@ def signal_mid_epoch(tmp_path, data_dir, signum, extra=(), group=False):
         "--data-dir", data_dir, "--epochs", "2", "--log-interval", "20", *extra, cwd=tmp_path
     )
     try:
-        lines = wait_for_line(proc, "epoch 1/2 [")
+        wait_for_line(proc, "epoch 1/2 [")
         os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
         sent = time.monotonic()
-        out, err = proc.communicate(timeout=30)
+        out, err = finish(proc)
         elapsed = time.monotonic() - sent
     finally:
         stop_group(proc)
-    return proc.returncode, "".join(lines) + out, err, elapsed
+    return proc.returncode, out, err, elapsed
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_mid_epoch_saves_progress_and_resume_finishes(tmp_path, big_data_dir, signum):
     rc, out, err, elapsed = signal_mid_epoch(tmp_path, big_data_dir, signum)
     assert rc == 128 + signum, err
@@ -89,21 +94,40 @@ def test_signal_mid_epoch_saves_progress_and_resume_finishes(tmp_path, big_data_
     assert first + batches_this_run(proc.stdout) == 2 * state["batches_per_epoch"]
 
 
-@pytest.mark.parametrize("delay", [0.2, 1.0])
-def test_signal_during_start_up_exits_fast_without_a_checkpoint(tmp_path, big_data_dir, delay):
-    proc = start_trainer("--data-dir", big_data_dir, "--epochs", "1", cwd=tmp_path)
+def blocked_data_dir(tmp_path, data_dir):
+    """A copy of DATA_DIR whose training images are a FIFO: the trainer's start-up
+    blocks when it opens them, until someone opens the FIFO for writing. So it
+    cannot reach its first batch, however fast the machine is."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    fifo = copy / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    return copy, fifo
+
+
+@pytest.mark.parametrize("moment", ["handler installed", "loading data"])
+def test_signal_during_start_up_exits_fast_without_a_checkpoint(tmp_path, data_dir, moment):
+    data, fifo = blocked_data_dir(tmp_path, data_dir)
+    proc = start_trainer("--data-dir", data, "--epochs", "1", cwd=tmp_path)
+    writer = None
     try:
-        time.sleep(delay)  # still importing torch
+        # The states are made to happen, not waited for with a sleep: the
+        # handler is installed first thing in main(); opening the FIFO for
+        # writing returns only once the trainer has opened it to read the data.
+        assert wait_until(lambda: handles_signal(proc.pid, signal.SIGINT), 30), proc.poll()
+        if moment == "loading data":
+            writer = open(fifo, "wb")  # noqa: SIM115 - held open until the trainer exits
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        out, err = proc.communicate(timeout=30)
+        out, err = finish(proc)
         elapsed = time.monotonic() - sent
     finally:
         stop_group(proc)
+        if writer is not None:
+            writer.close()
+    assert not loglines.parse_lines("ready", out), "premise: the run must not have started training"
     assert proc.returncode == 130, err
-    # Usually well under a second; but a SystemExit raised from the handler can
-    # be swallowed inside torch's import, and then the run stops at its first
-    # check after the import. Timing is the soak's and benchmark's job.
     assert elapsed < 15, f"took {elapsed:.2f}s"
     assert "Traceback" not in err
     assert not (tmp_path / "model_checkpoint.pth").exists()
@@ -119,15 +143,20 @@ def test_ctrl_c_to_the_process_group_is_handled_once(tmp_path, big_data_dir):
 
 
 def test_second_signal_while_stopping_does_not_corrupt(tmp_path, big_data_dir):
+    # Large batches: the stop waits for the batches in flight, so the run is
+    # still stopping when the next signals come (checked, not assumed).
     proc = start_trainer(
-        "--data-dir", big_data_dir, "--epochs", "2", "--log-interval", "20", cwd=tmp_path
-    )
+        "--data-dir", big_data_dir, "--epochs", "2", "--batch-size", "2000",
+        "--log-interval", "1", cwd=tmp_path,
+    )  # fmt: skip
     try:
         wait_for_line(proc, "epoch 1/2 [")
-        for _ in range(5):
+        proc.send_signal(signal.SIGINT)
+        proc.err.wait_for(lambda line: "received SIGINT: stopping" in line, 30)
+        assert proc.poll() is None, "premise: the run must still be stopping"
+        for _ in range(4):
             proc.send_signal(signal.SIGINT)
-            time.sleep(0.005)
-        out, err = proc.communicate(timeout=30)
+        out, err = finish(proc)
     finally:
         stop_group(proc)
     assert proc.returncode == 130
@@ -172,7 +201,7 @@ def test_killed_worker_fails_the_run_and_keeps_the_checkpoint(tmp_path, big_data
         assert open(f"/proc/{proc.pid}/oom_score_adj").read().strip() == "0"
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
-        out, err = proc.communicate(timeout=30)
+        out, err = finish(proc)
         elapsed = time.monotonic() - killed
     finally:
         stop_group(proc)
@@ -192,7 +221,7 @@ def test_sigkill_of_the_parent_at_any_moment_leaves_a_loadable_checkpoint(tmp_pa
             "--data-dir",
             big_data_dir,
             "--epochs",
-            "1",
+            "3",
             "--checkpoint-interval",
             "0.05",
             "--resume",
@@ -201,23 +230,22 @@ def test_sigkill_of_the_parent_at_any_moment_leaves_a_loadable_checkpoint(tmp_pa
             cwd=tmp_path,
         )
         try:
-            wait_for_line(proc, "epoch 1/1 [")
-            time.sleep(delay)
+            wait_for_line(proc, " [")  # training (any epoch)
+            time.sleep(delay)  # a moment, not a state: the kills are meant to land anywhere
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         finally:
             stop_group(proc)
         path = tmp_path / "model_checkpoint.pth"
         # A kill before the first periodic save leaves no file yet; any file there must load.
-        outcomes.append(load_checkpoint(path)["step"] if path.exists() else 0)
+        state = load_checkpoint(path) if path.exists() else None
+        outcomes.append(state["epoch"] * state["batches_per_epoch"] + state["step"] if state else 0)
     assert outcomes[-1] > 0
     # Each resume continued from the previous kill's checkpoint, never went back.
     assert outcomes == sorted(outcomes)
-    proc = run_trainer("--data-dir", big_data_dir, "--epochs", "1", "--resume", cwd=tmp_path)
+    proc = run_trainer("--data-dir", big_data_dir, "--epochs", "3", "--resume", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "left by an interrupted save" in proc.stderr or not any(
-        name.endswith(".tmp") for name in os.listdir(tmp_path)
-    )
+    assert "did not end: it was killed" in proc.stderr
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
 
 
@@ -247,4 +275,4 @@ def test_real_fashion_mnist_one_epoch_two_workers(tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = json.loads(open(tmp_path / "model_checkpoint.metrics.jsonl").readline())
     print(f"fashion-mnist 1 epoch, 2 workers: {row}")
-    assert row["accuracy"] >= 0.70
+    assert row["accuracy_percent"] >= 70

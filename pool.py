@@ -1,8 +1,8 @@
-"""The workers' processes and the counters they share with the parent.
+"""The Hogwild worker processes and the counters they share with the parent.
 
-No torch here, on purpose: main.py starts the workers before it imports
-torch, so that the workers' imports (about 2.5 s each here) overlap the
-parent's. The parent sends the shared model once it has built it.
+No torch here, on purpose: main.py starts the forkserver before it imports
+torch, so that the forkserver's import of torch overlaps the parent's; the
+workers are forked from it once the parent has built the shared model.
 """
 
 import multiprocessing
@@ -15,8 +15,11 @@ import traceback
 from contextlib import contextmanager
 
 import cpus
+import processes
+from errors import WorkerDied
 
 POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class SharedProgress:
@@ -27,7 +30,7 @@ class SharedProgress:
     claim only below it (the parent lowers it to `claimed` to pause, and
     raises it to the next boundary to run); stop: workers exit; ready:
     workers set up and waiting for batches. The numbers count this node's
-    batches of this run; train.Schedule maps them to global batches.
+    batches of this run; schedule.Schedule maps them to global batches.
 
     No multiprocessing.Condition: a process killed inside Condition.wait
     makes every later notify() block for ever, and one killed while holding
@@ -51,11 +54,13 @@ class SharedProgress:
         self.log_interval, self.workers = log_interval, workers
 
     # ----- worker side ---------------------------------------------------
+    # PARENT_ALIVE is the worker's check that the processes above it still
+    # exist; every wait gives up within a second once they do not.
     @contextmanager
-    def _held(self, parent_pid):
-        """The lock, from a worker: None instead if the parent is gone meanwhile."""
+    def _held(self, parent_alive):
+        """The lock, from a worker: False instead if the parent is gone meanwhile."""
         while not self.lock.acquire(timeout=1.0):
-            if os.getppid() != parent_pid:
+            if not parent_alive():
                 yield False
                 return
         try:
@@ -63,11 +68,11 @@ class SharedProgress:
         finally:
             self.lock.release()
 
-    def claim(self, parent_pid, block=True):
+    def claim(self, parent_alive, block=True):
         """The next batch number, or None when told to stop (or orphaned), or,
         with block=False, when no batch may be claimed right now."""
         while True:
-            with self._held(parent_pid) as held:
+            with self._held(parent_alive) as held:
                 if not held or self.stop.value:
                     return None
                 if self.claimed.value < self.limit.value:
@@ -76,18 +81,18 @@ class SharedProgress:
             if not block:
                 return None
             self.to_workers.acquire(timeout=1.0)
-            if os.getppid() != parent_pid:
+            if not parent_alive():
                 return None
 
-    def set_ready(self, parent_pid):
-        with self._held(parent_pid) as held:
+    def set_ready(self, parent_alive):
+        with self._held(parent_alive) as held:
             if held:
                 self.ready.value += 1
         self.to_parent.release()
 
-    def complete(self, parent_pid, count, loss_sum):
+    def complete(self, parent_alive, count, loss_sum):
         """COUNT more batches are done (their updates in the weights), with these losses."""
-        with self._held(parent_pid):
+        with self._held(parent_alive):
             before = self.done.value
             self.done.value = done = before + count
             self.loss_sum.value += loss_sum
@@ -138,7 +143,7 @@ class SharedProgress:
         """Wait until COUNTER ("done" or "ready") reaches TARGET: True.
 
         Between polls, check() runs and then give_up(value), if given; a true
-        answer from give_up ends the wait early with False (a stop signal)."""
+        answer from give_up ends the wait early with False."""
         value_of = getattr(self, counter)
         while True:
             with self.locked(check):
@@ -158,61 +163,45 @@ class SharedProgress:
         self._wake_workers()
 
 
-class WorkerDied(Exception):
-    pass
-
-
-def describe_exit(exitcode):
+def describe_exit(exitcode, oom_killed=False):
     if exitcode == -signal.SIGKILL:
-        memory_limit = cpus.cgroup_memory_limit()
-        where = f"the memory limit of {memory_limit / 2**20:.0f} MiB" if memory_limit else "memory"
+        if oom_killed:
+            limit = cpus.cgroup_memory_limit()
+            where = f"the memory limit of {limit / 2**20:.0f} MiB" if limit else "memory"
+            return (
+                f"was killed by the kernel's out-of-memory killer ({where} ran out; 2 "
+                f"processes need about 400 MB, each further one about 20 MB)"
+            )
         return (
-            f"was killed by SIGKILL (the kernel's out-of-memory killer does this when {where} "
-            f"runs out; 2 processes need about 400 MB, each further one about 20 MB)"
+            "was killed by SIGKILL (from outside, or by the kernel's out-of-memory killer "
+            "when memory runs out)"
+        )
+    if exitcode == -signal.SIGBUS:
+        return (
+            "was killed by SIGBUS: a memory-mapped file changed under it (a data file "
+            "replaced or truncated while training?)"
         )
     if exitcode < 0:
         return f"was killed by {signal.Signals(-exitcode).name}"
     return f"exited with code {exitcode} before training finished"
 
 
-def prefer_oom_kill():
-    """Make the kernel's out-of-memory killer pick a worker before the parent.
+def worker_entry(rank, progress, setup, errors, owner):
+    """Runs first in each worker, forked from the forkserver; OWNER is the
+    trainer's pid. The worker dies with the forkserver, which dies with the
+    trainer (processes.bind_forkserver_to_parent): no orphans, whatever kills
+    the trainer."""
+    processes.ignore_stop_signals()
+    server = os.getppid()
+    processes.die_with_parent(server)
+    processes.prefer_oom_kill()
+    processes.name_process("hogwild-worker")
+    import worker  # already imported by the forkserver: costs nothing here
 
-    Under a memory limit (docker --memory) the kernel kills the process with
-    the highest OOM score. Raising our own score needs no privilege; then the
-    parent survives to report the failure and keep the checkpoint intact.
-    """
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("500")
-    except OSError:
-        pass  # no procfs (not Linux): only the error message gets less specific
+    def parent_alive():
+        return os.getppid() == server and processes.pid_alive(owner)
 
-
-def name_process(name):
-    """Set this process's name as ps, top and docker top show it (Linux: the
-    comm field, 15 characters): the workers are then easy to tell apart."""
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(name[:15])
-    except OSError:
-        pass  # not Linux: the name is only cosmetic
-
-
-def worker_entry(rank, progress, setup, errors):
-    """Runs first in each worker; torch is imported only after the signals are set."""
-    # The parent owns shutdown: a Ctrl-C to the process group or a signal must
-    # not kill a worker mid-update. We were started with these signals blocked
-    # (the mask is inherited from the parent, or from the forkserver it started
-    # with them blocked, through fork and exec): ignoring them first leaves no gap.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    prefer_oom_kill()  # (spawn) before the import: importing torch is when memory grows most
-    name_process("hogwild-worker")
-    import train  # spawn: the slow import, overlapping the parent's; forkserver: already done
-
-    train.worker(rank, progress, setup, errors)
+    worker.run(rank, progress, setup, errors, parent_alive)
 
 
 def condense_fd_server_errors():
@@ -231,10 +220,13 @@ def condense_fd_server_errors():
     def hook(exc_type, exc, tb):
         frames = traceback.extract_tb(tb)
         if any(os.path.basename(f.filename) == "resource_sharer.py" for f in frames):
-            os.write(
-                2,
-                f"note: a worker disconnected while receiving the model ({exc_type.__name__})\n".encode(),
+            message = (
+                f"note: a worker disconnected while receiving the model ({exc_type.__name__})\n"
             )
+            try:
+                os.write(2, message.encode())
+            except OSError:
+                pass  # nobody reads stderr any more
         else:
             default(exc_type, exc, tb)
 
@@ -242,86 +234,46 @@ def condense_fd_server_errors():
     sys.excepthook = hook
 
 
-@contextmanager
-def module_path_for_new_interpreters():
-    """Make an interpreter started meanwhile import this project's modules from
-    this folder, and only from it.
-
-    Python 3.11's forkserver is handed our sys.path but does not apply it
-    (3.12 does), so its preload of train.py failed silently and every worker
-    imported torch itself. And `python -c` puts the current directory first
-    on sys.path: in the image that is /workspace, often a mounted checkout of
-    another version. PYTHONSAFEPATH=1 drops that entry, PYTHONPATH adds ours.
-    Both are read only at interpreter start: they are restored at once."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    before = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
-    os.environ["PYTHONPATH"] = os.pathsep.join([here] + [before["PYTHONPATH"] or ""]).rstrip(
-        os.pathsep
-    )
-    os.environ["PYTHONSAFEPATH"] = "1"
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
-def signals_blocked():
-    """Block SIGINT/SIGTERM in this thread; a signal that arrives meanwhile stays
-    pending and is handled right after. Processes started meanwhile inherit the
-    blocked mask (through fork and exec), so a Ctrl-C while they start cannot
-    kill them before they ignore it."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
-
-
 class WorkerPool:
-    """The Hogwild worker processes.
+    """The Hogwild worker processes, forked from a forkserver.
 
-    forkserver (the default): a server process is started at once and imports
-    torch (through train.py) while the parent imports it too; the workers are
-    then forked from it, each in milliseconds, instead of each importing torch
-    itself. spawn: every worker is a fresh interpreter, started at once so that
-    its import overlaps the parent's. See README "Fast start" for the timings.
-    """
+    The server process is started at once and imports torch (through
+    worker.py) while the parent imports it too; the workers are then forked
+    from it, each in milliseconds, instead of each importing torch itself.
+    docs/design.md has the timings."""
 
-    def __init__(self, num_processes, log_interval, start_method="forkserver"):
-        self.size, self.start_method = num_processes, start_method
-        self.ctx = multiprocessing.get_context(start_method)
+    def __init__(self, num_processes, log_interval):
+        self.size = num_processes
+        self.ctx = multiprocessing.get_context("forkserver")
         self.progress = SharedProgress(self.ctx, log_interval, num_processes)
         self.errors = self.ctx.SimpleQueue()
         self.processes, self.pipes = [], []
-        if start_method == "forkserver":
-            self.ctx.set_forkserver_preload(["train"])
-            with signals_blocked(), module_path_for_new_interpreters():
-                forkserver.ensure_running()  # returns at once; the server imports meanwhile
-        else:
-            self.start()
+        self.oom_kills = cpus.cgroup_oom_kills()
+        self.ctx.set_forkserver_preload(["worker"])
+        with processes.signals_blocked(), processes.forkserver_environment(PROJECT_DIR):
+            forkserver.ensure_running()  # returns at once; the server imports meanwhile
 
     def start(self):
-        """Start the worker processes (once). With forkserver this waits until
-        the server has imported torch, so call it after the parent's own import."""
+        """Start the worker processes (once). This waits until the forkserver
+        has imported torch, so call it after the parent's own import."""
         if self.processes:
             return
-        with signals_blocked():
+        with processes.signals_blocked():
             for rank in range(self.size):
                 receiver, sender = self.ctx.Pipe(duplex=False)
                 p = self.ctx.Process(
                     target=worker_entry,
-                    args=(rank, self.progress, receiver, self.errors),
+                    args=(rank, self.progress, receiver, self.errors, os.getpid()),
                     name=f"hogwild-worker-{rank}",
                     daemon=True,
                 )
-                p.start()
-                receiver.close()
+                try:
+                    p.start()
+                except (OSError, EOFError):
+                    self.check()  # names the forkserver's death, if that is what happened
+                    raise WorkerDied(f"worker {rank} could not be started") from None
+                finally:
+                    receiver.close()
                 self.processes.append(p)
                 self.pipes.append(sender)
 
@@ -339,16 +291,33 @@ class WorkerPool:
                 self.check()
                 raise WorkerDied(f"worker {rank} exited during start-up") from None
 
+    def oom_killed(self):
+        now = cpus.cgroup_oom_kills()
+        return now is not None and self.oom_kills is not None and now > self.oom_kills
+
     def check(self):
-        """Raise WorkerDied if any worker has exited."""
+        """Raise WorkerDied if any worker (or the forkserver they come from) has exited."""
         for rank, p in enumerate(self.processes):
             if p.exitcode is not None:
-                cause = describe_exit(p.exitcode)
+                cause = describe_exit(p.exitcode, self.oom_killed())
                 while not self.errors.empty():
                     failed_rank, message = self.errors.get()
                     if failed_rank == rank:
                         cause = f"failed: {message}"
                 raise WorkerDied(f"worker {rank} (pid {p.pid}) {cause}")
+        server = processes.forkserver_pid()
+        if server is not None:
+            try:
+                pid, status = os.waitpid(server, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = server, 0
+            if pid:
+                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                processes.forget_forkserver()
+                raise WorkerDied(
+                    f"the forkserver (pid {server}) that starts the workers "
+                    f"{describe_exit(code, self.oom_killed())}"
+                )
 
     def stop(self, graceful):
         """Graceful: tell idle workers to exit and wait up to 1.5 s; then kill what is left."""
@@ -365,24 +334,4 @@ class WorkerPool:
         for pipe in self.pipes:
             pipe.close()
         self.processes, self.pipes = [], []
-        if self.start_method == "forkserver":
-            stop_forkserver()
-
-
-def stop_forkserver():
-    """End the forkserver once no worker is left.
-
-    It would end by itself when this process exits, but only after its own
-    interpreter teardown (0.4 s here with torch loaded), and it holds our
-    stdout and stderr open until then: whoever reads our output (a pipe, a
-    test) would wait for it. It holds nothing that needs saving. The pid is
-    multiprocessing's own record; without it this is skipped."""
-    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass  # already gone
-    forkserver._forkserver._forkserver_pid = None
+        processes.stop_forkserver()

@@ -1,0 +1,247 @@
+"""The checkpoint manager: which files a run owns, and when it writes them.
+
+Files beside --checkpoint PATH (STEM is PATH without its extension):
+    PATH                    the checkpoint (checkpoint.py has its format)
+    STEM.metrics.jsonl      one JSON line per evaluated epoch
+    STEM.best.pth           the checkpoint of this run's best evaluated epoch
+    STEM.prev.pth           what PATH held before a fresh run (no --resume)
+                            replaced it; STEM.prev.best.pth likewise
+    .NAME.lock              held (flock) by the run that uses PATH
+
+The trainer asks due() whether a periodic save is due, and hands over
+snapshots to save(); everything else (the lock, keeping the previous model,
+the best model, dry runs that must not replace anything) is decided here.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import time
+
+import checkpoint
+import processes
+from checkpoint import Progress
+from errors import CheckpointError, UsageError
+
+MAX_NAME = 255  # NAME_MAX on Linux file systems, where pathconf cannot tell
+
+
+def sibling(path, suffix):
+    return os.path.splitext(path)[0] + suffix
+
+
+class CheckpointManager:
+    def __init__(self, options, log, warn):
+        self.path, self.interval = options.checkpoint, options.checkpoint_interval
+        self.dry_run, self.resume = options.dry_run, options.resume
+        self.log, self.warn = log, warn
+        self.directory = os.path.dirname(os.path.abspath(self.path))
+        self.best_path = sibling(self.path, ".best.pth")
+        self.prev_path = sibling(self.path, ".prev.pth")
+        self.lock_path = os.path.join(self.directory, f".{os.path.basename(self.path)}.lock")
+        self.metrics_path = checkpoint.metrics_path(self.path)
+        self.lock_fd = None
+        self.writes = True  # False: a dry run over an existing checkpoint
+        self.keep_previous = False  # move the existing files aside at the first save
+        self.last_save = time.monotonic()
+        self.best = None  # best accuracy so far, from the checkpoint's metrics
+
+    # ----- start ---------------------------------------------------------
+    def open(self):
+        """Check, before any training, that the run can write what it will
+        write; take the path's lock; clear what killed saves left behind."""
+        self.check_paths()
+        self.take_lock()
+        for name in self.remove_stale_temps():
+            self.warn(f"removed {name}, left by an interrupted save")
+        if os.path.exists(self.path) and not self.resume:
+            if self.dry_run:
+                self.writes = False
+                self.log(f"dry run: {self.path} exists and is kept as it is; nothing is saved")
+            else:
+                self.keep_previous = True
+
+    def check_paths(self):
+        if os.path.isdir(self.path):
+            raise CheckpointError(f"--checkpoint {self.path} is a directory")
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            raise CheckpointError(f"--checkpoint {self.path} is not a regular file")
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            limit = os.pathconf(self.directory, "PC_NAME_MAX")
+        except OSError as e:
+            raise CheckpointError(self.unwritable(e)) from None
+        # The longest names a save will write: temp files carry host, pid and
+        # a random part; check them, not a shorter stand-in.
+        longest = max(
+            (checkpoint.temp_name(p, pid=4194304, token="f" * 8) for p in self.owned_paths()),
+            key=len,
+        )
+        if len(longest) > min(limit, MAX_NAME):
+            raise CheckpointError(
+                f"--checkpoint {os.path.basename(self.path)!r} is too long: its saves write "
+                f"temp files of {len(longest)} characters, over this file system's {limit}"
+            )
+        probe = os.path.join(self.directory, longest)
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.unlink(probe)
+        except OSError as e:
+            raise CheckpointError(self.unwritable(e)) from None
+
+    def unwritable(self, error):
+        return (
+            f"cannot write checkpoints to {self.directory}: {error.strerror or error} "
+            f"(uid {os.getuid()}); mount a writable volume or pass --checkpoint"
+        )
+
+    def owned_paths(self):
+        return [self.path, self.metrics_path, self.best_path, self.prev_path]
+
+    def take_lock(self):
+        """One run per checkpoint path: an advisory lock that the kernel drops
+        when the process dies, so a crash never leaves a stale lock. Where the
+        file system has no locks (some network ones) the run goes on, warned."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.read_lock(fd)
+            os.close(fd)
+            who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+            raise UsageError(
+                f"{self.path} is in use by another run ({who}); wait for it to end, or "
+                f"pass another --checkpoint"
+            ) from None
+        except OSError as e:
+            self.warn(
+                f"cannot lock {self.lock_path} ({e.strerror}): this file system has no "
+                f"locks, so nothing stops two runs from sharing {self.path}"
+            )
+        previous = self.read_lock(fd)
+        if previous.get("state") == "running":
+            self.warn(
+                f"the previous run on {self.path} (pid {previous.get('pid')} on host "
+                f"{previous.get('host')}) did not end: it was killed (out of memory, SIGKILL, "
+                f"or its machine went down); its last checkpoint is intact"
+            )
+        self.lock_fd = fd
+        self.write_lock("running")
+
+    @staticmethod
+    def read_lock(fd):
+        try:
+            return json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (OSError, ValueError):
+            return {}
+
+    def write_lock(self, state):
+        record = {"pid": os.getpid(), "host": checkpoint.host(), "state": state}
+        try:
+            os.ftruncate(self.lock_fd, 0)
+            os.pwrite(self.lock_fd, json.dumps(record).encode(), 0)
+        except OSError:
+            pass  # only the next run's diagnosis gets less specific
+
+    def remove_stale_temps(self):
+        """Temp files of this path's saves whose writer is provably gone (its
+        pid is not alive on this host); another host's are left alone."""
+        removed = []
+        here = checkpoint.host()
+        for path in self.owned_paths():
+            for name in os.listdir(self.directory):
+                owner = checkpoint.parse_temp_name(path, name)
+                if owner is None or owner[0] != here or processes.pid_alive(owner[1]):
+                    continue
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                    removed.append(name)
+                except FileNotFoundError:
+                    pass  # its owner finished or another run removed it meanwhile
+        return removed
+
+    # ----- resume --------------------------------------------------------
+    def restore(self, state, model, optimizer, per_epoch):
+        """Load the checkpoint's weights and optimizer state in place; its Progress."""
+        progress = Progress.from_state(state)
+        if progress.batches_per_epoch != per_epoch:
+            raise CheckpointError(
+                f"{self.path} was saved with {progress.batches_per_epoch} batches per "
+                f"epoch, but this data set gives {per_epoch}: different training data"
+            )
+        model.load_state_dict(state["model_state"])
+        try:
+            optimizer.load_state(state["optimizer_state"])
+        except ValueError as e:
+            raise CheckpointError(f"{self.path} has an unusable optimizer state ({e})") from None
+        progress.metrics = list(progress.metrics)
+        progress.partial_epoch = dict(progress.partial_epoch)
+        self.best = max((row["accuracy_percent"] for row in progress.metrics), default=None)
+        return progress
+
+    # ----- saving --------------------------------------------------------
+    def due(self):
+        """Whether a periodic save is due (--checkpoint-interval)."""
+        return bool(self.interval) and time.monotonic() - self.last_save >= self.interval
+
+    def save(self, state):
+        """Write STATE to the checkpoint; returns the seconds it took."""
+        started = time.perf_counter()
+        if self.writes:
+            if self.keep_previous:
+                self.move_previous_aside()
+            checkpoint.save(state, self.path)
+        self.last_save = time.monotonic()
+        return time.perf_counter() - started
+
+    def save_epoch(self, state):
+        """An evaluated epoch: the checkpoint, the metrics file, and the best model."""
+        seconds = self.save(state)
+        if not self.writes:
+            return seconds
+        checkpoint.write_metrics(self.path, state["metrics"])
+        accuracy = state["metrics"][-1]["accuracy_percent"]
+        if self.best is None or accuracy >= self.best:
+            self.best = accuracy
+            checkpoint.save(state, self.best_path)
+        return seconds
+
+    def move_previous_aside(self):
+        """Before a fresh run's first save: PATH (and its best model) become
+        STEM.prev.pth (and STEM.prev.best.pth), so a trained model is never lost."""
+        self.keep_previous = False
+        pairs = [
+            (self.path, self.prev_path),
+            (self.best_path, sibling(self.path, ".prev.best.pth")),
+        ]
+        for path, kept in pairs:
+            if os.path.exists(path):
+                try:
+                    keep_copy(path, kept)
+                except OSError as e:
+                    raise CheckpointError(
+                        f"could not keep the previous {path} as {kept}: {e.strerror or e}; "
+                        f"nothing was overwritten"
+                    ) from None
+                self.log(f"kept the previous {path} as {kept}")
+
+    # ----- end -----------------------------------------------------------
+    def close(self):
+        """The run ended (finished, stopped or failed, but not killed)."""
+        if self.lock_fd is not None:
+            self.write_lock("ended")
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def keep_copy(path, kept):
+    """KEPT becomes a copy of PATH, atomically; PATH itself stays in place
+    (a hard link where the file system has them), so a crash at any moment
+    leaves a model at PATH."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(kept)), checkpoint.temp_name(kept))
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, kept)

@@ -1,0 +1,140 @@
+"""The log lines that users, scripts and tests read: printed from these
+formats and parsed back with parse_line(), so a reworded message fails a
+test (tests/test_log_lines.py) instead of silently breaking a script.
+Torch-free, so that the scripts can parse a trainer's output without torch.
+"""
+
+import os
+import re
+import string
+import sys
+import time
+
+LINES = {
+    "resuming": "resuming {path} at epoch {epoch}, batch {step}/{per_epoch}",
+    "training": "training {dataset} for {epochs} epochs: {processes} processes x {threads} "
+    "threads, batch {batch_size}, {optimizer} lr {lr}, momentum {momentum}, "
+    "schedule {lr_schedule}",
+    "ready": "{workers} workers ready: first batch {seconds:.1f}s after start",
+    "progress": "epoch {epoch}/{epochs} [{samples}/{total} ({percent:.0f}%)] loss {loss:.4f} "
+    "{samples_per_s:.0f} samples/s ETA {eta}",
+    "epoch": "epoch {epoch}/{epochs}: test loss {test_loss:.4f}, accuracy {accuracy:.2f}%, "
+    "{samples_per_s:.0f} samples/s, {seconds:.1f}s training; saved {path}",
+    "stopped": "stopped by {signal}: saved {path} at epoch {epoch}, batch {step}/{per_epoch} "
+    "in {ms:.0f} ms ({batches} batches this run); continue with --resume",
+    "done": "done in {elapsed} ({batches} batches this run): {epochs} epochs in {path}",
+    "summary": "final accuracy {final:.2f}%, best {best:.2f}% (epoch {best_epoch}); "
+    "model {path}, best model {best_path}, metrics {metrics}",
+    "target": "reached --target-accuracy {target:.2f}% at epoch {epoch} "
+    "({accuracy:.2f}%): stopping early",
+    "syncs": "node {rank}/{world}: {syncs} syncs took {seconds:.2f}s, {percent:.1f}% of the "
+    "training time",
+}
+
+
+def line(kind, **fields):
+    return LINES[kind].format(**fields)
+
+
+def _pattern(fmt):
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(fmt):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(f"(?P<{name}>.+?)")
+    return re.compile("^" + "".join(parts) + "$")
+
+
+PATTERNS = {kind: _pattern(fmt) for kind, fmt in LINES.items()}
+
+
+def _number(text):
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    return float(text) if re.fullmatch(r"-?\d+\.\d*(e-?\d+)?|nan|inf", text) else text
+
+
+def parse_line(kind, text):
+    """The fields of a KIND line (numbers as int or float), or None if TEXT is not one."""
+    match = PATTERNS[kind].match(text.strip())
+    return {k: _number(v) for k, v in match.groupdict().items()} if match else None
+
+
+def parse_lines(kind, output):
+    """Every KIND line in OUTPUT, parsed."""
+    return [p for p in (parse_line(kind, text) for text in output.splitlines()) if p]
+
+
+def format_seconds(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+_broken = set()  # id() of the streams whose reader has gone
+
+
+def say(text, stream=None):
+    """Print one line and flush it. A reader that went away (`| tee` or `| head`
+    ended, a closed terminal) must never cost training or a save: a broken
+    stream is pointed at /dev/null (so that nothing fails on it again, at exit
+    included), and its lines go to the other stream while that one works."""
+    first = stream or sys.stdout
+    other = sys.stderr if first is sys.stdout else sys.stdout
+    for target in (first, other):
+        if id(target) in _broken:
+            continue
+        try:
+            print(text, file=target, flush=True)
+            return
+        except (OSError, ValueError):
+            _broken.add(id(target))
+            _silence(target)
+
+
+def _silence(stream):
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+class ProgressLog:
+    """The progress lines of one run: owns the counters they are computed from.
+    DONE counts this node's batches (all of them on a single machine)."""
+
+    def __init__(self, interval, config, schedule, num_samples):
+        self.interval, self.config = interval, config
+        self.schedule, self.num_samples = schedule, num_samples
+        self.trained_seconds, self.trained_batches = 0.0, 0
+        self.epoch = self.done0 = self.last_done = 0
+        self.loss0 = self.last_loss = 0.0
+        self.t0 = time.perf_counter()
+
+    def begin_epoch(self, epoch, done, loss_sum):
+        self.epoch, self.done0, self.loss0, self.t0 = epoch, done, loss_sum, time.perf_counter()
+        self.last_done, self.last_loss = done, loss_sum
+
+    def epoch_totals(self, loss_sum):
+        """(training loss summed, seconds) since begin_epoch."""
+        return loss_sum - self.loss0, time.perf_counter() - self.t0
+
+    def end_epoch(self, done):
+        self.trained_seconds += time.perf_counter() - self.t0
+        self.trained_batches += done - self.done0
+
+    def tick(self, done, loss_sum):
+        if done - self.last_done < self.interval:
+            return
+        c, s = self.config, self.schedule
+        seconds = self.trained_seconds + time.perf_counter() - self.t0
+        rate = (self.trained_batches + done - self.done0) * c.batch_size / max(seconds, 1e-9)
+        samples = min(s.step(self.epoch, done) * c.batch_size, self.num_samples)
+        loss = (loss_sum - self.last_loss) / max(1, done - self.last_done)
+        self.last_done, self.last_loss = done, loss_sum
+        remaining = (s.local_start(c.epochs) - done) * c.batch_size
+        fields = dict(epoch=self.epoch + 1, epochs=c.epochs, samples=samples, loss=loss)
+        fields.update(total=self.num_samples, percent=100 * samples / self.num_samples)
+        eta = format_seconds(remaining / max(rate, 1e-9))
+        say(line("progress", samples_per_s=rate, eta=eta, **fields))

@@ -1,0 +1,304 @@
+"""This machine's place in the job: one node of a one-node job (LocalNode, the
+default), or one of several under torchrun (ClusterNode, gloo between one
+leader per node). The trainer calls the same methods on either; the local
+version does nothing where there is nothing to do.
+
+Between nodes this is local SGD: every --sync-every batches per node, and at
+every epoch end, the leaders pause their workers at the same global batch
+boundary and combine their models and optimizer state with all_reduce (Lin
+et al., "Don't Use Large Mini-Batches, Use Local SGD", ICLR 2020).
+"""
+
+import hashlib
+import io
+import json
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from errors import CheckpointError, ClusterError, one_line
+
+EXIT_PEER_LOST = 75  # EX_TEMPFAIL: another node is gone; retrying the job may work
+
+
+def from_env(options, environ=os.environ):
+    """A ClusterNode when torchrun started us as one of several nodes, else a LocalNode."""
+    world = int(environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return LocalNode()
+    wrapped = environ.get("MNIST_HOGWILD_LAUNCHER") == "1"  # main.py --nnodes started us
+    return ClusterNode(int(environ["RANK"]), world, options, wrapped)
+
+
+class LocalNode:
+    """A single machine: a one-node job. Its workers may pause at any batch (a
+    save or a stop needs nobody else's agreement), so its only boundary in an
+    epoch is the epoch's end, and its collectives return their input."""
+
+    rank, world, leader = 0, 1, True
+    pauses_anywhere = True
+    syncs, sync_seconds = 0, 0.0
+
+    def describe(self):
+        return None
+
+    def start(self):
+        pass
+
+    def agree_on_job(self, settings):
+        pass
+
+    def begin(self, params, state_tensors, counters):
+        pass
+
+    def boundaries(self, schedule, epoch, end):
+        return [end]
+
+    def synchronise(self, params, state_tensors, counters, stop_signum, save_due):
+        return stop_signum or 0, save_due
+
+    def sum_and_max(self, total, longest):
+        return total, longest
+
+    def share_evaluation(self, row, stop_signum):
+        return row, stop_signum or 0
+
+    def newest_checkpoint(self, path, load, warn):
+        return load(path) if os.path.exists(path) else None
+
+    def stop_exit_code(self, signum, here):
+        return 128 + signum
+
+    def close(self):
+        pass
+
+
+def _collective(what):
+    """Turn a failed collective into one ClusterError line (node killed, cut off, timed out)."""
+
+    def wrap(function):
+        def run(self, *args, **kwargs):
+            try:
+                return function(self, *args, **kwargs)
+            except (RuntimeError, dist.DistError) as e:
+                raise ClusterError(
+                    f"node {self.rank}: lost contact with the other nodes during {what} "
+                    f"({one_line(e, 160)}; --sync-timeout is {self.options.sync_timeout:g} s)"
+                ) from None
+
+        return run
+
+    return wrap
+
+
+def _flat(tensors):
+    return torch.cat([t.detach().reshape(-1).to("cpu", torch.float64) for t in tensors])
+
+
+def _copy_into(tensors, flat):
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+class ClusterNode:
+    """This node's view of a torchrun job: its rank, the node count, and the collectives."""
+
+    pauses_anywhere = False  # a sync needs every node at the same boundary
+
+    def __init__(self, rank, world, options, wrapped):
+        self.rank, self.world, self.options, self.wrapped = rank, world, options, wrapped
+        self.leader = rank == 0
+        self.syncs, self.sync_seconds = 0, 0.0
+        self.reference = {}  # "sum": the tensors at the last sync (see begin)
+        self.sync_group = None
+
+    def describe(self):
+        return f"node {self.rank} of {self.world}: syncing every {self.options.sync_every} batches"
+
+    @_collective("start-up")
+    def start(self):
+        """Join the job (torchrun's MASTER_ADDR/PORT). Start-up (data download,
+        CUDA start) may take long: its collectives wait --start-timeout. The
+        syncs have a group of their own with --sync-timeout, so that a node
+        killed or cut off mid-training is noticed within it."""
+        dist.init_process_group("gloo", timeout=timedelta(seconds=self.options.start_timeout))
+        self.sync_group = dist.new_group(
+            backend="gloo", timeout=timedelta(seconds=self.options.sync_timeout)
+        )
+
+    def close(self):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    @_collective("the check that every node runs the same job")
+    def agree_on_job(self, settings):
+        """Stop with one line, on every node, if the nodes' SETTINGS (a dict of
+        what must match) differ: naming the setting and the nodes."""
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, settings)
+        for name in settings:
+            values = [s.get(name) for s in everyone]
+            if len({json.dumps(v) for v in values}) > 1:
+                per_node = ", ".join(f"node {r}: {v}" for r, v in enumerate(values))
+                raise ClusterError(
+                    f"the nodes run different jobs: {name} differs ({per_node}); start every "
+                    f"node with the same flags"
+                )
+
+    def begin(self, params, state_tensors, counters):
+        """Every node starts from rank 0's model and optimizer state (as DDP does:
+        the same seed should give the same model, but nothing checks that the
+        other nodes' seeds or checkpoints agree), and remembers it as the
+        reference that "sum" measures each node's change from."""
+        self._broadcast(list(params) + list(state_tensors) + list(counters))
+        self.reference = {"params": _flat(params), "counters": _flat(counters)}
+
+    @_collective("start-up")
+    def _broadcast(self, tensors):
+        flat = _flat(tensors)
+        dist.broadcast(flat, src=0)
+        _copy_into(tensors, flat)
+
+    def boundaries(self, schedule, epoch, end):
+        """Where the workers pause in EPOCH: every --sync-every batches, and at
+        END. Every node gets the same number of boundaries, so their syncs pair up."""
+        k, first = self.options.sync_every, schedule.local_start(epoch)
+        inner = range(k, schedule.common_count(epoch), k)
+        return [first + j for j in inner if first + j < end] + [end]
+
+    @_collective("a sync")
+    def synchronise(self, params, state_tensors, counters, stop_signum, save_due):
+        """Combine the nodes' models in place; agree on stopping and saving.
+
+        Parameters, by --node-updates: "sum" adds up what every node changed
+        since the last sync (each node's updates count in full, as every
+        worker's do in Hogwild), "average" takes the mean of the models (local
+        SGD's rule; it divides the step per sample by the node count).
+        Optimizer state (momentum, Adam's moments) is averaged: it is state,
+        not updates. Counters (Adam's step counts) add up every node's steps.
+
+        In place means copied into the very tensors the workers hold (shared
+        memory): .data is never rebound. This is why
+        torch.distributed.algorithms.model_averaging is not used: its averagers
+        skip parameters that have no .grad (the parent's copy never has one:
+        the workers train) and rebind p.data, which the workers would not see.
+        Returns (signal number that stops the job or 0, whether to save now)."""
+        started = time.perf_counter()
+        flat_params, flat_state, flat_counts = _flat(params), _flat(state_tensors), _flat(counters)
+        if self.options.node_updates == "sum":
+            flat_params.sub_(self.reference["params"])
+        flat_counts.sub_(self.reference["counters"])
+        flags = torch.tensor([stop_signum or 0, int(save_due)], dtype=torch.int64)
+        group = self.sync_group
+        for tensor in (flat_params, flat_state, flat_counts):
+            dist.all_reduce(tensor, group=group)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        if self.options.node_updates == "sum":
+            flat_params.add_(self.reference["params"])
+        else:
+            flat_params.div_(self.world)
+        flat_counts.add_(self.reference["counters"])
+        self.reference = {"params": flat_params.clone(), "counters": flat_counts.clone()}
+        _copy_into(params, flat_params)
+        _copy_into(state_tensors, flat_state.div_(self.world))
+        _copy_into(counters, flat_counts)
+        if any(t.is_cuda for t in params):
+            # The copies are queued on this process's CUDA stream; the workers
+            # run in other processes and streams, with nothing ordering them
+            # after the copy. Wait for it before they are let go.
+            torch.cuda.synchronize()
+        self.syncs += 1
+        self.sync_seconds += time.perf_counter() - started
+        return int(flags[0]), bool(flags[1])
+
+    @_collective("the end of an epoch")
+    def sum_and_max(self, total, longest):
+        """(sum of TOTAL over the nodes, max of LONGEST): an epoch's loss and seconds."""
+        values = torch.tensor([total, longest], dtype=torch.float64)
+        summed, maxed = values.clone(), values.clone()
+        dist.all_reduce(summed, group=self.sync_group)
+        dist.all_reduce(maxed, op=dist.ReduceOp.MAX, group=self.sync_group)
+        return float(summed[0]), float(maxed[1])
+
+    @_collective("the evaluation")
+    def share_evaluation(self, row, stop_signum):
+        """The leader evaluates; every node gets (row, signum): the leader's
+        metrics row, or None and the signal that stopped it."""
+        message = [(row, stop_signum or 0)]
+        dist.broadcast_object_list(message, src=0, group=self.sync_group)
+        return message[0]
+
+    @_collective("the agreement on a checkpoint")
+    def newest_checkpoint(self, path, load, warn):
+        """Every node's view of the newest checkpoint any node holds, loaded by
+        LOAD, or None if no node has one. A node whose file is unreadable
+        counts as holding none (it is moved aside, with a warning); the newest
+        readable one wins, ties broken by the run identity stored in it; a node
+        with an empty volume gets the file from the others. So losing any one
+        node's disk loses nothing."""
+        mine = self._readable(path, load, warn)
+        key = None if mine is None else _progress_key(mine)
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, key)
+        candidates = [(k, r) for r, k in enumerate(everyone) if k is not None]
+        if not candidates:
+            return None
+        newest, owner = max(candidates, key=lambda c: (c[0], -c[1]))
+        needed = [k != newest for k in everyone]
+        payload = [_file_bytes(path) if self.rank == owner and any(needed) else None]
+        if any(needed):
+            dist.broadcast_object_list(payload, src=owner)
+        error = None
+        if key != newest:
+            try:
+                mine = load(io.BytesIO(payload[0]), f"node {owner}'s {path}")
+            except CheckpointError as e:
+                error = str(e)
+        errors = [None] * self.world
+        dist.all_gather_object(errors, error)
+        failed = [(r, e) for r, e in enumerate(errors) if e]
+        if failed:
+            rank, message = failed[0]
+            raise ClusterError(f"node {rank} could not use the newest checkpoint: {message}")
+        return mine
+
+    @staticmethod
+    def _readable(path, load, warn):
+        if not os.path.exists(path):
+            return None
+        try:
+            return load(path)
+        except CheckpointError as e:
+            aside = f"{path}.unreadable"
+            try:
+                os.replace(path, aside)
+            except OSError:
+                aside = None
+            warn(f"{e}; counted as no checkpoint" + (f" and moved to {aside}" if aside else ""))
+            return None
+
+    def stop_exit_code(self, signum, here):
+        """128 + the signal, on every node (the signal travels with the sync),
+        except under main.py --nnodes, whose launcher itself exits with it."""
+        return 0 if self.wrapped else 128 + signum
+
+
+def _progress_key(state):
+    """Order of checkpoints across nodes: global progress, then the run identity."""
+    progress = state["epoch"] * state["batches_per_epoch"] + state["step"]
+    return (progress, str(state.get("run_id", "")))
+
+
+def _file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def settings_digest(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,167 @@
+"""SGD with momentum and Adam whose state lives in shared tensors, with exactly
+torch.optim's arithmetic and state_dict format.
+
+Hogwild and optimizer state: the parent creates the state (momentum buffers;
+Adam's two moments and its step counts) in shared memory, and every worker's
+optimizer points at those very tensors, so all workers update one state
+racily, without locks, exactly as they update the weights. The state stays
+a single thing the parent can checkpoint and restore; races cost only noise.
+
+Why not torch.optim itself: its first use imports torch._dynamo, which adds
+seconds to every process's start (scripts/optim_import_cost.py measures it;
+docs/design.md has the numbers), and it replaces state tensors on
+load_state_dict where these must be filled in place. tests/test_optim.py
+checks both classes bitwise against torch.optim's single-tensor code paths,
+and that torch.optim loads their state_dict().
+"""
+
+import torch
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def new_state(name, params):
+    """Fresh optimizer state for PARAMS, one dict of tensors per parameter
+    (what the parent puts in shared memory)."""
+    if name == "adam":
+        return [
+            {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
+            for p in params
+        ]
+    return [{"momentum_buffer": torch.zeros_like(p)} for p in params]
+
+
+def make(name, params, lr, momentum, state):
+    cls = Adam if name == "adam" else MomentumSGD
+    return cls(params, lr, momentum, state)
+
+
+class SharedStateOptimizer:
+    """What both optimizers share: the parameters, the per-parameter state
+    tensors (shared, filled in place), and torch's state_dict format."""
+
+    name = ""
+
+    def __init__(self, params, lr, momentum, state):
+        self.params = list(params)
+        self.lr, self.momentum = lr, momentum
+        self.state = state
+        if len(self.state) != len(self.params):
+            raise ValueError("one state dict per parameter")
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def tensors(self):
+        """Every state tensor (to share them, or to send them to the workers)."""
+        return [t for s in self.state for t in s.values()]
+
+    def hyperparameters(self):
+        raise NotImplementedError
+
+    def state_dict(self):
+        """torch.optim's format, tensors copied to the CPU (the workers go on
+        training meanwhile; a checkpoint loads on either device)."""
+        return {
+            "state": {
+                i: {k: t.detach().to("cpu", copy=True) for k, t in s.items()}
+                for i, s in enumerate(self.state)
+            },
+            "param_groups": [{**self.hyperparameters(), "params": list(range(len(self.params)))}],
+        }
+
+    def load_state(self, state_dict):
+        """Copy a state_dict's tensors into ours, in place (they may already be
+        shared with workers). ValueError if they do not fit this optimizer."""
+        try:
+            saved = state_dict["state"]
+            entries = [saved.get(i) for i in range(len(self.params))]
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"no {self.name} state ({e!r})") from None
+        for i, (mine, theirs) in enumerate(zip(self.state, entries, strict=True)):
+            if theirs is None:  # a parameter that never had a gradient
+                for t in mine.values():
+                    t.zero_()
+                continue
+            if not isinstance(theirs, dict) or set(theirs) != set(mine):
+                raise ValueError(f"parameter {i} has no {self.name} state {sorted(mine)}")
+            for key, t in mine.items():
+                value = theirs[key]
+                if not isinstance(value, torch.Tensor) or value.shape != t.shape:
+                    raise ValueError(f"{key} of parameter {i} does not match parameter {i}")
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"{key} of parameter {i} is not finite")
+                t.copy_(value)
+
+
+class MomentumSGD(SharedStateOptimizer):
+    """buf = momentum * buf + grad; param -= lr * buf (torch.optim.SGD with
+    dampening 0, no Nesterov, no weight decay: the sample's settings). A zero
+    buffer at the first step gives torch's clone(grad) bitwise."""
+
+    name = "sgd"
+
+    @torch.no_grad()
+    def step(self):
+        for p, s in zip(self.params, self.state, strict=True):
+            if p.grad is not None:
+                buf = s["momentum_buffer"]
+                buf.mul_(self.momentum).add_(p.grad)
+                p.add_(buf, alpha=-self.lr)
+
+    def hyperparameters(self):
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "dampening": 0,
+            "weight_decay": 0,
+            "nesterov": False,
+            "maximize": False,
+            "foreach": None,
+            "differentiable": False,
+            "fused": None,
+        }
+
+
+class Adam(SharedStateOptimizer):
+    """torch.optim.Adam's single-tensor arithmetic (betas 0.9/0.999, eps 1e-8,
+    no weight decay, no AMSGrad). --momentum does not apply to it."""
+
+    name = "adam"
+
+    @torch.no_grad()
+    def step(self):
+        beta1, beta2 = ADAM_BETAS
+        for p, s in zip(self.params, self.state, strict=True):
+            if p.grad is None:
+                continue
+            grad, exp_avg, exp_avg_sq, step_t = p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"]
+            step_t += 1
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(ADAM_EPS)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def hyperparameters(self):
+        return {
+            "lr": self.lr,
+            "betas": ADAM_BETAS,
+            "eps": ADAM_EPS,
+            "weight_decay": 0,
+            "amsgrad": False,
+            "maximize": False,
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "decoupled_weight_decay": False,
+        }

@@ -1,0 +1,117 @@
+"""Which batches make up an epoch, in what order, who trains them, and at what
+learning rate. Everything here is a pure function of the seed and a batch's
+global index, so every worker and every node computes the same answer, and a
+resumed run continues exactly where the interrupted one stopped.
+
+How an epoch is split: the epoch's shuffled sample order is a permutation
+derived from (seed, epoch), cut into global batches 0..B-1. Workers claim the
+next unclaimed batch from a shared counter, so the workers together make one
+pass over the training set per epoch, whatever --num-processes is, and the
+batches finished always form a prefix 0..step-1 once the workers are paused.
+That prefix is the whole progress a checkpoint has to record.
+"""
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which global batches this node trains, in which order: its local batch L
+    (0, 1, ... from the start of this run) -> global batch g.
+
+    A run starts at global batch START (a checkpoint's epoch * PER_EPOCH + step).
+    Each epoch's remaining batches are dealt round-robin to the WORLD nodes, so
+    together they make exactly one pass per epoch, and when every node has
+    trained the same number j of its batches of an epoch, the finished batches
+    are the epoch's prefix of j * WORLD: a checkpoint there is exact. With one
+    node, g = START + L, as on a single machine."""
+
+    per_epoch: int
+    start: int
+    rank: int = 0
+    world: int = 1
+
+    def epoch_start(self, epoch):
+        """Global batch where this run's part of EPOCH starts."""
+        return max(epoch * self.per_epoch, self.start)
+
+    def count(self, epoch):
+        """How many batches of EPOCH this node trains in this run."""
+        remaining = (epoch + 1) * self.per_epoch - self.epoch_start(epoch) - self.rank
+        return max(0, -(-remaining // self.world))
+
+    def local_start(self, epoch):
+        """Local index of this node's first batch of EPOCH."""
+        first = self.start // self.per_epoch
+        return sum(self.count(e) for e in range(first, epoch))
+
+    def local_end(self, epoch):
+        """Local index one past this node's last batch of EPOCH."""
+        return self.local_start(epoch) + self.count(epoch)
+
+    def global_batch(self, local):
+        epoch = self.start // self.per_epoch
+        while local >= self.count(epoch):
+            local -= self.count(epoch)
+            epoch += 1
+        return self.epoch_start(epoch) + self.rank + local * self.world
+
+    def step(self, epoch, local_done):
+        """Batches of EPOCH finished by all nodes together, when every node has
+        finished LOCAL_DONE - local_start(EPOCH) of its own (the same number)."""
+        done = self.epoch_start(epoch) + (local_done - self.local_start(epoch)) * self.world
+        return min(done, (epoch + 1) * self.per_epoch) - epoch * self.per_epoch
+
+    def common_count(self, epoch):
+        """The number of EPOCH's batches every node has (sync points lie below it)."""
+        return ((epoch + 1) * self.per_epoch - self.epoch_start(epoch)) // self.world
+
+
+def derived_seed(seed, *parts):
+    """A 63-bit seed from (seed, parts): the same numbers in any process or run."""
+    digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def epoch_order(seed, epoch, num_samples):
+    generator = torch.Generator()
+    generator.manual_seed(derived_seed(seed, "order", epoch))
+    return torch.randperm(num_samples, generator=generator)
+
+
+def batches_per_epoch(num_samples, batch_size):
+    return -(-num_samples // batch_size)
+
+
+def learning_rate(config, batch, per_epoch):
+    """The learning rate of global batch BATCH: a pure function of its index
+    and the planned total (config.epochs * PER_EPOCH), so that every worker
+    uses the same rate for the same batch whatever --num-processes or the
+    node count, and a resume continues the curve exactly.
+
+    constant: config.lr after a linear warm-up over the first config.warmup
+    share of the batches. onecycle: linear from lr/25 up to lr over the warm-up
+    share, then cosine down to lr/10^4 (torch's OneCycleLR's shape and
+    defaults). cosine: warm-up, then cosine from lr down to 0."""
+    total = max(1, config.epochs * per_epoch)
+    position = min(batch, total - 1) / total  # in [0, 1)
+    peak, warmup = config.lr, config.warmup
+    if config.lr_schedule == "onecycle":
+        start, end = peak / 25, peak / 25 / 1e4
+        if position < warmup:
+            return start + (peak - start) * position / warmup
+        return end + (peak - end) * _cosine((position - warmup) / (1 - warmup))
+    if position < warmup:
+        return peak * (batch + 1) / (warmup * total)
+    if config.lr_schedule == "cosine":
+        return peak * _cosine((position - warmup) / (1 - warmup))
+    return peak
+
+
+def _cosine(fraction):
+    """1 at 0, falling along half a cosine to 0 at 1."""
+    return (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0))) / 2

@@ -1,0 +1,150 @@
+"""The checkpoint manager: path checks, the lock, stale temp files, the kept
+previous and best models, dry runs, in process (and with real processes
+where the kernel's part matters)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import checkpoint
+from checkpoint_manager import CheckpointManager
+from config import RunOptions
+from errors import CheckpointError, UsageError
+from helpers import valid_state
+
+
+def manager(path, **options):
+    notes = []
+    m = CheckpointManager(
+        RunOptions(checkpoint=str(path), **options), notes.append, lambda w: notes.append(f"W {w}")
+    )
+    return m, notes
+
+
+def test_unwritable_directory_fails_fast(tmp_path):
+    # A file where the directory should be: unwritable for root too (tests run as root in CI;
+    # the container tests cover a read-only volume and a foreign uid).
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(CheckpointError, match="cannot write checkpoints"):
+        manager(tmp_path / "blocker" / "ck.pth")[0].open()
+
+
+def test_checkpoint_path_that_is_a_directory_or_a_fifo_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory"):
+        manager(tmp_path)[0].open()
+    os.mkfifo(tmp_path / "fifo.pth")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        manager(tmp_path / "fifo.pth")[0].open()
+
+
+def test_a_name_whose_temp_files_would_be_too_long_is_refused_up_front(tmp_path):
+    # 234 characters fit a file name, but not the temp names a save writes beside it.
+    path = tmp_path / ("m" * 230 + ".pth")
+    with pytest.raises(CheckpointError, match="too long"):
+        manager(path)[0].open()
+    fits = tmp_path / ("m" * 150 + ".pth")
+    m, _ = manager(fits)
+    m.open()
+    m.save_epoch({**valid_state(), "metrics": [{"epoch": 1, "accuracy_percent": 50.0}]})
+    m.close()
+
+
+def test_a_second_run_on_the_same_path_is_refused_naming_the_holder(tmp_path):
+    first, _ = manager(tmp_path / "ck.pth")
+    first.open()
+    second, _ = manager(tmp_path / "ck.pth")
+    with pytest.raises(UsageError, match=f"in use by another run \\(pid {os.getpid()} on host"):
+        second.open()
+    first.close()
+    second.open()  # free again
+    second.close()
+
+
+def test_the_lock_goes_with_a_killed_process_and_the_next_run_says_it_was_killed(tmp_path):
+    path = tmp_path / "ck.pth"
+    script = (
+        "import os, signal, sys\n"
+        "from checkpoint_manager import CheckpointManager\n"
+        "from config import RunOptions\n"
+        "m = CheckpointManager(RunOptions(checkpoint=sys.argv[1]), print, print)\n"
+        "m.open()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, path], env={**os.environ, "PYTHONPATH": repo}
+    )
+    assert proc.returncode == -9
+    m, notes = manager(path)
+    m.open()  # the kernel released the dead run's lock
+    assert any("did not end: it was killed" in n for n in notes), notes
+    m.close()
+    m, notes = manager(path)
+    m.open()
+    assert not any("did not end" in n for n in notes)  # that run ended cleanly
+    m.close()
+
+
+def test_only_temp_files_of_dead_writers_on_this_host_are_removed(tmp_path):
+    path = str(tmp_path / "ck.pth")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(dead.stdout)
+    stale = checkpoint.temp_name(path, pid=dead_pid)
+    live = checkpoint.temp_name(path, pid=os.getpid())
+    other_host = f".ck.pth.some-other-host.{dead_pid}.abcd0123.tmp"
+    for name in (stale, live, other_host):
+        (tmp_path / name).write_bytes(b"partial")
+    m, notes = manager(path)
+    m.open()
+    assert sorted(os.listdir(tmp_path)) == sorted([live, other_host, ".ck.pth.lock"])
+    assert notes == [f"W removed {stale}, left by an interrupted save"]
+    m.close()
+
+
+def test_a_fresh_run_keeps_the_previous_model_and_a_resume_does_not(tmp_path):
+    path = tmp_path / "ck.pth"
+    checkpoint.save(valid_state(epoch=3), str(path))
+    old = path.read_bytes()
+    m, notes = manager(path)
+    m.open()
+    assert path.read_bytes() == old  # nothing happens before the first save
+    m.save(valid_state(epoch=0))
+    assert (tmp_path / "ck.prev.pth").read_bytes() == old
+    assert notes == [f"kept the previous {path} as {tmp_path / 'ck.prev.pth'}"]
+    m.save(valid_state(epoch=1))  # only once
+    assert (tmp_path / "ck.prev.pth").read_bytes() == old
+    m.close()
+    m, notes = manager(path, resume=True)
+    m.open()
+    m.save(valid_state(epoch=2))
+    assert (tmp_path / "ck.prev.pth").read_bytes() == old and notes == []
+    m.close()
+
+
+def test_a_dry_run_never_replaces_an_existing_checkpoint(tmp_path):
+    path = tmp_path / "ck.pth"
+    checkpoint.save(valid_state(epoch=3), str(path))
+    old = path.read_bytes()
+    m, notes = manager(path, dry_run=True)
+    m.open()
+    m.save_epoch({**valid_state(epoch=0), "metrics": [{"epoch": 1, "accuracy_percent": 11.0}]})
+    m.close()
+    assert path.read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == [".ck.pth.lock", "ck.pth"]
+    assert "nothing is saved" in notes[0]
+
+
+def test_the_best_model_is_kept_beside_the_checkpoint(tmp_path):
+    path = tmp_path / "ck.pth"
+    m, _ = manager(path)
+    m.open()
+    rows = []
+    for epoch, accuracy in enumerate([90.0, 97.0, 95.0], start=1):
+        rows.append({"epoch": epoch, "accuracy_percent": accuracy})
+        m.save_epoch(valid_state(epoch=epoch, metrics=list(rows)))
+    m.close()
+    best = checkpoint.load(str(tmp_path / "ck.best.pth"), valid_state()["model_state"])
+    assert best["epoch"] == 2 and best["metrics"][-1]["accuracy_percent"] == 97.0
+    assert checkpoint.load(str(path), valid_state()["model_state"])["epoch"] == 3

@@ -1,0 +1,456 @@
+"""The parent's side of a training run: build the shared model, hand it to the
+workers, let them train epoch by epoch up to each boundary, evaluate, and
+checkpoint; stop cleanly on a signal, a failed worker or a lost node.
+
+Trainer.run() reads as the run's steps. The node (node.py) decides where the
+workers pause and combines models across machines; the checkpoint manager
+(checkpoint_manager.py) decides when and where to save.
+"""
+
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
+
+import checkpoint
+import cpus
+import data
+import node as nodes
+import optim
+from checkpoint_manager import CheckpointManager
+from config import RunOptions, TrainConfig
+from errors import (
+    CheckpointError,
+    ClusterError,
+    DataError,
+    Diverged,
+    UsageError,
+    WorkerDied,
+    cuda_memory_error,
+)
+from evaluate import evaluate
+from loglines import ProgressLog, format_seconds, line, say
+from model import Net
+from schedule import Schedule, batches_per_epoch, learning_rate
+from signals import Stopped
+from worker import WorkerSetup
+
+
+def log(message):
+    say(message)
+
+
+def warn(message):
+    say(f"warning: {message}", sys.stderr)
+
+
+def choose_device(requested):
+    """(torch.device, why) for --device REQUESTED ("auto", "cpu" or "cuda").
+
+    The model, its optimizer state and both data splits live on this device;
+    the checkpoint always holds CPU tensors. UsageError (exit 2, nothing
+    written) if "cuda" is asked for without a GPU."""
+    if requested == "cpu":
+        return torch.device("cpu"), "--device cpu"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return torch.device("cuda", 0), f"{name}; --device {requested}"
+    if torch.version.cuda is None:
+        why = "this torch is a CPU-only build; the CUDA image has a CUDA build"
+    else:
+        why = "torch sees no GPU (no NVIDIA driver, or docker run without --gpus all)"
+    if requested == "cuda":
+        raise UsageError(f"--device cuda: no usable GPU: {why}")
+    return torch.device("cpu"), f"auto: {why}"
+
+
+class Trainer:
+    """The parent's side of a run: owns the shared model, the workers' progress,
+    and the loop; asks the node where to pause and the checkpoints when to save."""
+
+    def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool):
+        self.config, self.options, self.device, self.node = config, options, device, node
+        self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
+        self.progress = pool.progress
+        self.files = data.prepare(options.data_dir, config.dataset, log=log)
+        self.train_set = data.to_device(data.map_split(self.files["train"]), device)
+        self.test_set = data.to_device(data.map_split(self.files["test"]), device)
+        self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
+        torch.manual_seed(config.seed)
+        self.model = Net().to(device)
+        params = list(self.model.parameters())
+        self.optimizer = optim.make(
+            config.optimizer,
+            params,
+            config.lr,
+            config.momentum,
+            optim.new_state(config.optimizer, params),
+        )
+        self.run_id = (
+            state.get("run_id") or checkpoint.new_run_id() if state else checkpoint.new_run_id()
+        )
+        fresh = checkpoint.Progress(0, 0, self.per_epoch, config.seed)
+        self.state = (
+            fresh
+            if state is None
+            else checkpoints.restore(state, self.model, self.optimizer, self.per_epoch)
+        )
+        self.first_epoch = self.state.epoch
+        # Not divmod(start, per_epoch) later: a checkpoint saved while the last
+        # epoch's evaluation was interrupted holds step == per_epoch, and that
+        # epoch must still be evaluated on resume.
+        self.start = self.first_epoch * self.per_epoch + self.state.step
+        # Hogwild: the workers update these very tensors, without locks (in
+        # shared memory on the CPU; on a GPU they reach the workers by CUDA IPC).
+        self.model.share_memory()
+        for tensor in self.optimizer.tensors():
+            tensor.share_memory_()
+        self.counters = [s["step"] for s in self.optimizer.state if "step" in s]
+        self.moments = [t for s in self.optimizer.state for k, t in s.items() if k != "step"]
+        node.begin(params, self.moments, self.counters)
+        usable = cpus.usable_cpus()
+        self.threads = options.threads_per_process or max(1, usable // options.num_processes)
+        self.eval_threads = max(self.threads, usable)
+        self.schedule = Schedule(self.per_epoch, self.start, node.rank, node.world)
+        self.log = ProgressLog(options.log_interval, config, self.schedule, len(self.train_set))
+        # --dry-run: the same loop, one batch per worker of the first epoch.
+        self.batch_limit = options.num_processes if options.dry_run else None
+        self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
+        self.epoch, self.epoch_trained, self.run_started = (
+            self.first_epoch,
+            False,
+            time.perf_counter(),
+        )
+        self.progress.reset(0)  # the shared counters count this node's batches of this run
+
+    # ----- the run -------------------------------------------------------
+    def run(self):
+        """The whole run; returns the process exit code."""
+        try:
+            self.start_workers()
+            for epoch in range(self.first_epoch, self.last_epoch):
+                self.train_epoch(epoch)
+                row = self.evaluate(epoch)
+                self.end_epoch(epoch, row)
+                if self.reached_target(row):
+                    break
+        except Stopped as stopped:
+            return self.stopped(stopped)
+        return self.finish()
+
+    def start_workers(self):
+        """Hand the workers (forked from the forkserver, which imported torch
+        meanwhile) the shared model and wait until they are ready."""
+        if self.start:
+            fields = dict(path=self.options.checkpoint, per_epoch=self.per_epoch)
+            log(line("resuming", epoch=self.first_epoch + 1, step=self.state.step, **fields))
+        processes = dict(processes=self.options.num_processes, threads=self.threads)
+        log(line("training", **processes, **self.config.as_dict()))
+        self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
+        if self.stop.signum is not None:
+            raise Stopped(self.stop.signum, during_start_up=True)
+        torch.set_num_threads(self.threads)
+        self.run_started = time.perf_counter()
+        on_cpu = self.device.type == "cpu"
+        setup = WorkerSetup(
+            threads=self.threads,
+            device=str(self.device),
+            deterministic=self.options.deterministic,
+            report_every=1 if on_cpu else self.options.log_interval,
+        )
+        # On the CPU the workers map the file themselves (page cache, no copy);
+        # on a GPU they get the split already there (CUDA IPC, no copy either).
+        payload = dict(model=self.model, state=self.optimizer.state, config=self.config)
+        payload.update(train=self.files["train"] if on_cpu else self.train_set, setup=setup)
+        self.pool.send_setup({**payload, "schedule": self.schedule})
+        if not self.progress.wait("ready", len(self.pool), self.pool.check, self.stop_requested):
+            raise Stopped(self.stop.signum, during_start_up=True)
+        self.stop.starting = False  # from here a signal means "save, then stop"
+        log(line("ready", workers=len(self.pool), seconds=time.monotonic() - self.started))
+
+    def train_epoch(self, epoch):
+        """Train this node's batches of EPOCH, pausing at each of the node's
+        boundaries (and, on one machine, wherever a save or stop is due)."""
+        self.epoch, self.epoch_trained = epoch, False
+        end = self.schedule.local_end(epoch)
+        if self.batch_limit is not None:
+            end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
+        self.log.begin_epoch(epoch, self.progress.done.value, self.progress.loss_sum.value)
+        for boundary in self.node.boundaries(self.schedule, epoch, end):
+            while not self.run_to(boundary):
+                self.paused(at_end=False)
+            self.paused(at_end=boundary == end)
+        self.log.end_epoch(self.progress.done.value)
+        self.state.partial_epoch = self.epoch_partial()
+        self.epoch_trained = True
+
+    def run_to(self, boundary):
+        """Let the workers train up to this node's batch BOUNDARY: True there;
+        False if they were paused before it (a save or a stop is due)."""
+        progress, check = self.progress, self.pool.check
+        if progress.done.value < boundary:
+            progress.set_limit(boundary, check)
+            if not progress.wait("done", boundary, check, self.between_batches):
+                progress.pause(check)
+                return False
+        return True
+
+    def between_batches(self, done):
+        """Called by the wait loop about every 0.1 s: log; True to pause now."""
+        loss_sum = self.progress.loss_sum.value
+        if not math.isfinite(loss_sum):
+            self.progress.pause(self.pool.check)
+            raise Diverged(f"the training loss became {loss_sum} in epoch {self.epoch + 1}")
+        self.log.tick(done, loss_sum)
+        return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
+
+    def paused(self, at_end):
+        """The workers are paused at a boundary: combine the model with the other
+        nodes' (if any) and agree on stopping and saving."""
+        signum, save = self.node.synchronise(
+            list(self.model.parameters()),
+            self.moments,
+            self.counters,
+            self.stop.signum,
+            self.checkpoints.due(),
+        )
+        if signum:
+            raise Stopped(signum, here=self.stop.signum is not None)
+        if save and not at_end:  # (an epoch's end saves anyway)
+            step = self.schedule.step(self.epoch, self.progress.done.value)
+            self.checkpoints.save(self.snapshot(self.epoch, step, self.epoch_partial()))
+
+    def evaluate(self, epoch):
+        """EPOCH's metrics row. The workers are idle, so the parent may use
+        every core. On several machines the first node evaluates and tells the others."""
+        row = None
+        if self.node.leader:
+            torch.set_num_threads(self.eval_threads)
+            started = time.perf_counter()
+            try:
+                result = evaluate(
+                    self.model,
+                    self.test_set,
+                    self.config.dataset,
+                    self.options.test_batch_size,
+                    self.stop_requested,
+                )
+            finally:
+                torch.set_num_threads(self.threads)
+            if result is not None:
+                row = self.metrics_row(epoch, result, time.perf_counter() - started)
+        row, signum = self.node.share_evaluation(row, self.stop.signum)
+        if row is None:
+            raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
+        return row
+
+    def end_epoch(self, epoch, row):
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+            raise Diverged(
+                f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
+            )
+        self.state.metrics.append(row)
+        step = self.schedule.step(epoch, self.progress.done.value)
+        finished = step == self.per_epoch  # a dry run is not a finished epoch
+        self.state.partial_epoch = (
+            checkpoint.empty_partial() if finished else self.state.partial_epoch
+        )
+        self.checkpoints.save_epoch(
+            self.snapshot(epoch + 1, 0) if finished else self.snapshot(epoch, step)
+        )
+        fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
+        fields.update(epoch=epoch + 1, epochs=self.config.epochs, path=self.options.checkpoint)
+        log(line("epoch", accuracy=row["accuracy_percent"], **fields))
+
+    def reached_target(self, row):
+        target = self.options.target_accuracy
+        if not target or row["accuracy_percent"] < target:
+            return False
+        log(line("target", target=target, epoch=row["epoch"], accuracy=row["accuracy_percent"]))
+        return True
+
+    def finish(self):
+        self.pool.stop(graceful=True)
+        total = time.perf_counter() - self.run_started
+        fields = dict(epochs=len(self.state.metrics), path=self.options.checkpoint)
+        log(line("done", elapsed=format_seconds(total), batches=self.progress.done.value, **fields))
+        self.log_summary()
+        self.log_syncs()
+        return 0
+
+    def stopped(self, stopped):
+        """Graceful stop: the workers are paused (on every node, at the same
+        boundary); save, then let them exit."""
+        name = stopped.name()
+        if stopped.during_start_up:
+            log(f"stopped by {name} during start-up; nothing to save")
+            self.pool.stop(graceful=False)
+            return 128 + stopped.signum
+        step = self.schedule.step(self.epoch, self.progress.done.value)
+        partial = self.state.partial_epoch if self.epoch_trained else self.epoch_partial()
+        seconds = self.checkpoints.save(self.snapshot(self.epoch, step, partial))
+        fields = dict(
+            path=self.options.checkpoint, epoch=self.epoch + 1, step=step, ms=seconds * 1000
+        )
+        fields.update(per_epoch=self.per_epoch, batches=self.progress.done.value)
+        log(line("stopped", signal=name if stopped.here else f"{name} on another node", **fields))
+        self.log_syncs()
+        self.pool.stop(graceful=True)
+        return self.node.stop_exit_code(stopped.signum, stopped.here)
+
+    # ----- helpers -------------------------------------------------------
+    def stop_requested(self, *_):
+        return self.stop.signum is not None
+
+    def epoch_partial(self):
+        """The unfinished epoch's loss sum and seconds, those of earlier runs
+        included; on several machines summed over the nodes (a collective: every
+        node calls this at the same points)."""
+        loss, seconds = self.log.epoch_totals(self.progress.loss_sum.value)
+        loss, seconds = self.node.sum_and_max(loss, seconds)
+        base = self.state.partial_epoch
+        return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
+
+    def metrics_row(self, epoch, result, eval_seconds):
+        batches = self.schedule.step(epoch, self.progress.done.value)
+        partial = self.state.partial_epoch
+        samples = min(batches * self.config.batch_size, len(self.train_set))
+        return {
+            "epoch": epoch + 1,
+            "train_loss": partial["loss_sum"] / max(1, batches),
+            "test_loss": result.test_loss,
+            "accuracy_percent": 100 * result.accuracy,
+            "lr": learning_rate(self.config, epoch * self.per_epoch + batches - 1, self.per_epoch),
+            "samples_per_s": samples / max(partial["seconds"], 1e-9),
+            "seconds": partial["seconds"],
+            "eval_seconds": eval_seconds,
+        }
+
+    def snapshot(self, epoch, step, partial=None):
+        """The whole checkpoint dict for (EPOCH, STEP); call only while the
+        workers are paused. PARTIAL defaults to the run's current one."""
+        progress = checkpoint.Progress(
+            epoch=epoch,
+            step=step,
+            batches_per_epoch=self.per_epoch,
+            seed=self.config.seed,
+            metrics=list(self.state.metrics),
+            partial_epoch=dict(partial or self.state.partial_epoch),
+        )
+        return checkpoint.make_state(
+            self.model,
+            self.optimizer.state_dict(),
+            progress,
+            self.config.as_dict(),
+            self.options.as_dict(),
+            self.run_id,
+        )
+
+    def log_summary(self):
+        rows = self.state.metrics
+        if rows:
+            best = max(rows, key=lambda r: r["accuracy_percent"])
+            log(
+                line(
+                    "summary",
+                    final=rows[-1]["accuracy_percent"],
+                    best=best["accuracy_percent"],
+                    best_epoch=best["epoch"],
+                    path=self.options.checkpoint,
+                    best_path=self.checkpoints.best_path,
+                    metrics=self.checkpoints.metrics_path,
+                )
+            )
+
+    def log_syncs(self):
+        if self.node.syncs:
+            trained = max(self.log.trained_seconds, 1e-9)
+            percent = 100 * self.node.sync_seconds / trained
+            fields = dict(rank=self.node.rank, world=self.node.world, syncs=self.node.syncs)
+            log(line("syncs", seconds=self.node.sync_seconds, percent=percent, **fields))
+
+
+def job_settings(args, options):
+    """What every node of a job must agree on before the first collective:
+    the flags as given (a checkpoint resolves the rest the same everywhere)."""
+    given = {f"--{n.replace('_', '-')}": getattr(args, n, None) for n in TrainConfig.names()}
+    given["--recipe"] = getattr(args, "recipe", None)
+    for name in ("resume", "sync_every", "node_updates"):
+        given[f"--{name.replace('_', '-')}"] = getattr(options, name)
+    return given
+
+
+def run(args, stop, started, pool):
+    """Run training as the flags say; returns the process exit code.
+
+    STARTED is time.monotonic() at the start of main(), for the start-up time;
+    POOL holds the workers, already starting; the caller stops it on every exit.
+    """
+    options = RunOptions.from_args(args)
+    node = nodes.LocalNode()
+    checkpoints = CheckpointManager(options, log, warn)
+    try:
+        device, why = choose_device(options.device)  # first: a usage error writes nothing
+        node = nodes.from_env(options)
+        if options.dry_run and node.world > 1:
+            raise UsageError("--dry-run is for one machine, not a torchrun job")
+        node.start()
+        node.agree_on_job(job_settings(args, options))
+        if node.describe():
+            log(node.describe())
+        checkpoints.open()
+        state = load_state(options, node)
+        config = TrainConfig.resolve(args, state["config"] if state else None, log=log)
+        if state is not None and state["epoch"] >= config.epochs:
+            log(
+                f"training already complete: {options.checkpoint} holds {state['epoch']} of "
+                f"{config.epochs} epochs; pass a larger --epochs to train further"
+            )
+            return 0
+        log(f"device: {device} ({why})")
+        if options.deterministic:
+            torch.use_deterministic_algorithms(True)
+        trainer = Trainer(config, options, device, node, stop, checkpoints, state, started, pool)
+        return trainer.run()
+    except UsageError as e:
+        return fail(e, 2)
+    except (CheckpointError, DataError) as e:
+        return fail(e, 1)
+    except (WorkerDied, ClusterError, Diverged) as e:
+        kept = (
+            f"the last good checkpoint {options.checkpoint} is kept"
+            if os.path.exists(options.checkpoint)
+            else "no checkpoint had been written yet"
+        )
+        code = nodes.EXIT_PEER_LOST if isinstance(e, ClusterError) else 1
+        return fail(f"{e}; training stopped, {kept}", code)
+    except Exception as e:  # noqa: BLE001 - one line for a GPU out of memory, else re-raised
+        memory = cuda_memory_error(e)
+        if memory is None:
+            raise
+        return fail(memory, 1)
+    finally:
+        checkpoints.close()
+        node.close()
+
+
+def load_state(options, node):
+    """The checkpoint to resume from, or None for a fresh run. On several
+    machines: the newest that any node holds, the same on every node."""
+    if not options.resume:
+        return None
+    expected = Net().state_dict()
+    state = node.newest_checkpoint(
+        options.checkpoint, lambda source, name=None: checkpoint.load(source, expected, name), warn
+    )
+    if state is None:
+        warn(f"--resume: no checkpoint at {options.checkpoint}; starting fresh")
+    return state
+
+
+def fail(error, code):
+    say(f"error: {error}", sys.stderr)
+    return code

@@ -1,0 +1,126 @@
+"""One Hogwild worker: receive the shared model, then claim batches and train
+it, without locks, until told to stop.
+
+The forkserver imports this module before any worker exists (its preload),
+so that each worker, forked from it, starts with torch already imported.
+"""
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import data
+import optim
+import processes
+from errors import cuda_memory_error
+from schedule import derived_seed, epoch_order, learning_rate
+
+processes.bind_forkserver_to_parent()  # in the forkserver only (see processes)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """How a worker runs (not what it trains: that is config.TrainConfig)."""
+
+    threads: int  # torch threads in the worker
+    device: str  # "cpu" or "cuda:N"
+    deterministic: bool  # torch.use_deterministic_algorithms(True)
+    report_every: int  # batches between reports of finished batches (see train_loop)
+
+
+def run(rank, progress, setup, errors, parent_alive):
+    """The worker process's body: wait for the shared model, train until told
+    to stop, report any failure to the parent, and exit."""
+    try:
+        try:
+            payload = setup.recv()
+        except EOFError:
+            payload = None  # the parent gave up before training (an error, or nothing to do)
+        if payload is not None:
+            train_loop(progress, parent_alive, **payload)
+    except Exception as e:  # noqa: BLE001 - a process boundary: report any failure to the parent
+        memory = cuda_memory_error(e)
+        errors.put((rank, memory or f"{type(e).__name__}: {e}"))
+        if memory is None:
+            traceback.print_exc()  # a bug: its traceback is what a bug report needs
+        exit_code = 1
+    else:
+        exit_code = 0
+    # Skip the interpreter's teardown: with torch loaded it takes most of a
+    # second, and a worker holds nothing that needs cleaning up (the parent
+    # owns the shared memory and the locks). This keeps docker stop fast.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(exit_code)
+
+
+def train_batch(model, optimizer, x, y, generator, dropout_seed):
+    """One Hogwild step on the shared weights; returns the loss (a tensor: reading
+    it would wait for the GPU)."""
+    # Dropout draws from the device's default generator; seeding it per batch
+    # makes a batch's masks depend only on (seed, epoch, batch), so an
+    # interrupted and resumed run is bitwise the same as an uninterrupted one.
+    generator.manual_seed(dropout_seed)
+    optimizer.zero_grad()
+    loss = F.nll_loss(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def dropout_generator(device):
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index or 0]
+    return torch.default_generator
+
+
+def train_loop(progress, parent_alive, model, state, train, config, setup, schedule):
+    """Claim batches and train until told to stop.
+
+    Finished batches are reported every setup.report_every batches, and always
+    before the worker would wait for more. Reading the loss for the report
+    waits for this process's queued GPU work, the update of the shared weights
+    included: so once the parent sees a batch done, its update is in the
+    weights, and a paused run's checkpoint is exact. On the CPU it reports
+    every batch (there is nothing to wait for); on a GPU every log interval,
+    so that the loop makes no host synchronisation per batch."""
+    torch.set_num_threads(setup.threads)
+    device = torch.device(setup.device)
+    if setup.deterministic:
+        torch.use_deterministic_algorithms(True)
+    train_set = data.map_split(train) if isinstance(train, data.SplitFiles) else train
+    scale, shift = data.normalizer(config.dataset)
+    optimizer = optim.make(config.optimizer, model.parameters(), config.lr, config.momentum, state)
+    generator = dropout_generator(device)
+    model.train()
+    order_epoch, order = None, None
+    pending, loss_sum = 0, torch.zeros((), device=device)
+    progress.set_ready(parent_alive)
+    local = progress.claim(parent_alive)
+    while local is not None:
+        g = schedule.global_batch(local)
+        epoch, k = divmod(g, schedule.per_epoch)
+        if epoch != order_epoch:
+            order = epoch_order(config.seed, epoch, len(train_set)).to(device)
+            order_epoch = epoch
+        indices = order[k * config.batch_size : (k + 1) * config.batch_size]
+        x, y = data.make_batch(train_set, indices, scale, shift)
+        optimizer.lr = learning_rate(config, g, schedule.per_epoch)
+        loss_sum += train_batch(
+            model, optimizer, x, y, generator, derived_seed(config.seed, "dropout", g)
+        )
+        pending += 1
+        local = progress.claim(parent_alive, block=False)
+        if local is None or pending >= setup.report_every:
+            progress.complete(parent_alive, pending, loss_sum.item())
+            pending = 0
+            loss_sum.zero_()
+        if local is None:
+            local = progress.claim(parent_alive)
