@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from config import FASHION_MNIST, MNIST
+from errors import DataError
 
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -59,10 +60,6 @@ DATASETS = {
     },
 }
 SPLITS = {"train": "train", "test": "t10k"}
-
-
-class DataError(Exception):
-    """A data file is missing, corrupt or cannot be fetched (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +129,27 @@ def map_split(files):
     if n_labels and int(labels.max()) >= NUM_CLASSES:
         raise DataError(f"{files.labels} holds label {int(labels.max())}; expected 0..9")
     return Split(images, labels)
+
+
+def load_split(files):
+    """One split read into memory (a copy, not a mapping): the parent's test
+    split, so that a data file truncated under a running trainer can kill a
+    worker (reported, naming the file) but never the parent mid-evaluation."""
+    split = map_split(files)
+    return Split(split.images.clone(), split.labels.clone())
+
+
+def changed_files(files):
+    """The files of FILES (a {split: SplitFiles} dict) that no longer match
+    their headers: what a worker killed by SIGBUS was reading."""
+    changed = []
+    for split in files.values():
+        for path, magic in ((split.images, IMAGE_MAGIC), (split.labels, LABEL_MAGIC)):
+            try:
+                read_header(path, magic)
+            except DataError as e:
+                changed.append(str(e))
+    return changed
 
 
 def to_device(split, device):

@@ -95,7 +95,9 @@ def _collective(what):
 
 
 def _flat(tensors):
-    return torch.cat([t.detach().reshape(-1).to("cpu", torch.float64) for t in tensors])
+    """TENSORS as one float64 CPU vector (gloo's transport; exact for float32)."""
+    parts = [t.detach().reshape(-1).to("cpu", torch.float64) for t in tensors]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 def _copy_into(tensors, flat):

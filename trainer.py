@@ -77,7 +77,7 @@ class Trainer:
         self.progress = pool.progress
         self.files = data.prepare(options.data_dir, config.dataset, log=log)
         self.train_set = data.to_device(data.map_split(self.files["train"]), device)
-        self.test_set = data.to_device(data.map_split(self.files["test"]), device)
+        self.test_set = data.to_device(data.load_split(self.files["test"]), device)
         self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
         torch.manual_seed(config.seed)
         self.model = Net().to(device)
@@ -139,6 +139,9 @@ class Trainer:
                     break
         except Stopped as stopped:
             return self.stopped(stopped)
+        except WorkerDied as e:
+            changed = data.changed_files(self.files)
+            raise (WorkerDied(f"{e}; {changed[0]}") if changed else e) from None
         return self.finish()
 
     def start_workers(self):
@@ -253,8 +256,9 @@ class Trainer:
                 f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
             )
         self.state.metrics.append(row)
-        step = self.schedule.step(epoch, self.progress.done.value)
-        finished = step == self.per_epoch  # a dry run is not a finished epoch
+        done = self.progress.done.value
+        finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
+        step = self.schedule.step(epoch, done)
         self.state.partial_epoch = (
             checkpoint.empty_partial() if finished else self.state.partial_epoch
         )

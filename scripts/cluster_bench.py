@@ -116,7 +116,11 @@ def main():
     )
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row; medians (default: 3)")
-    p.add_argument("--update-docs", action="store_true", help="rewrite the cluster table in docs/performance.md")
+    p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="rewrite the cluster table in docs/performance.md",
+    )
     args = p.parse_args()
     net = f"cluster-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:

@@ -1,24 +1,89 @@
 #!/usr/bin/env bash
 # The checks that need the accelerator machine (one H200, 16 CPU cores, torch
-# preinstalled, no Docker, no network), as one command. Installs nothing.
+# preinstalled, no Docker, no network), as one command that installs nothing.
 #
 #   bash scripts/device_check.sh DATA_DIR OUT_DIR
 #
-# DATA_DIR: a data root holding MNIST/raw. Writes into OUT_DIR:
-#   gpu_check.md/json   issue 9: GPU throughput at 1-8 processes, stop/resume,
-#                       CPU evaluation of the GPU checkpoint, bitwise resume
-#   breakdown.md/json   issue 11: whole CPU runs at 1, 2, 4, 8, 16 processes,
-#                       16 epochs each: start-up, training, evaluation, boundaries
-# About 2-3 minutes for the first, 4 for the second.
+# DATA_DIR: a data root holding MNIST/raw. Total time bound: the sum of the
+# step timeouts below, 475 s (under 8 minutes), whatever happens.
+# Every step has its own timeout and its own log (OUT_DIR/STEP.log); every
+# result is appended to OUT_DIR/results.jsonl (and results.md) the moment it is
+# known, and a step that fails or times out adds a line with its exit code and
+# the last lines of its log. So a hang or a crash still leaves every other
+# step's results.
+#
+# Environment:
+#   DEVICE=cpu        rehearse every step on the CPU (no GPU here); GPU-only
+#                     checks say they were skipped
+#   SCALE=F           multiply every timeout by F (slower machines, rehearsals)
+#   HANG_STEP=NAME    make that step hang (to check that the others still report)
+#   STEPS="a b ..."   run only these steps
 set -uo pipefail
-data=${1:?usage: device_check.sh DATA_DIR OUT_DIR}
+data=$(cd "${1:?usage: device_check.sh DATA_DIR OUT_DIR}" && pwd)
 out=${2:?usage: device_check.sh DATA_DIR OUT_DIR}
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+device=${DEVICE:-cuda}
+scale=${SCALE:-1}
+started=$(date +%s)
 status=0
-timeout 300 python3 scripts/gpu_check.py --data-dir "$data" --out "$out" || status=1
-timeout 330 python3 scripts/benchmark.py --breakdown 1,2,4,8,16 --breakdown-epochs 16 \
-  --data-dir "$data" --out "$out" || status=1
+
+record() { # step, what, value, ok (true/false/null)
+  python3 - "$out/results.jsonl" "$@" <<'EOF'
+import json, sys, time
+path, step, what, value, ok = sys.argv[1:6]
+with open(path, "a") as f:
+    f.write(json.dumps({"step": step, "what": what, "value": value,
+                        "ok": {"true": True, "false": False}.get(ok), "at": time.time()}) + "\n")
+EOF
+}
+
+step() { # name, timeout in seconds, command...
+  local name=$1 limit
+  limit=$(python3 -c "print(max(1, round($2 * $scale)))")
+  shift 2
+  case " ${STEPS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
+  echo "== $name (at most ${limit} s)"
+  local t0 rc
+  t0=$(date +%s)
+  if [ "${HANG_STEP:-}" = "$name" ]; then
+    timeout "$limit" sleep 100000 >"$out/$name.log" 2>&1
+  else
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  fi
+  rc=$?
+  tail -3 "$out/$name.log"
+  if [ "$rc" -ne 0 ]; then
+    status=1
+    local why="exit $rc"
+    [ "$rc" -eq 124 ] && why="timed out after ${limit} s"
+    record "$name" "step failed: $why; last lines: $(tail -5 "$out/$name.log" | tr '\n' '|' | cut -c1-600)" "$rc" false
+  fi
+  echo "   $name: rc $rc in $(($(date +%s) - t0)) s"
+}
+
+gpu() { python3 scripts/gpu_check.py "$1" --data-dir "$data" --out "$out" --device "$device"; }
+
+: >"$out/results.jsonl"
+step env 15 python3 -c 'import os, torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", os.cpu_count(), "CPUs")'
+record env "torch, GPU, CPUs" "$(head -1 "$out/env.log")" null
+step pytest-cuda 45 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_device.py
+record pytest-cuda "pytest -m cuda" "$(tail -1 "$out/pytest-cuda.log")" null
+step throughput 50 gpu throughput
+step accuracy 90 gpu accuracy
+step resume 35 gpu resume
+step bitwise 45 gpu bitwise
+step cpu-eval 20 gpu cpu-eval
+step oom 30 gpu oom
+step expandable 25 gpu expandable
+step breakdown 70 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-epochs 2 \
+  --data-dir "$data" --out "$out"
+step time-to-accuracy 50 python3 scripts/benchmark.py --time-to-accuracy --processes 16 \
+  --device "$device" --repeats 1 --data-dir "$data" --out "$out"
+python3 -c "import sys; sys.path.insert(0, 'scripts'); import gpu_check; gpu_check.write_markdown('$out')" || true
+echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
+cat "$out/results.md"
 exit "$status"

@@ -1,17 +1,28 @@
 #!/usr/bin/env python3
-"""GPU check, one command, for a machine with a GPU and no Docker (issue 9).
+"""The GPU checks, one step per call, for scripts/device_check.sh.
 
-    python scripts/gpu_check.py --data-dir DIR [--out DIR]
+    python scripts/gpu_check.py STEP --data-dir DIR --out DIR [--device cuda|cpu]
 
-DIR holds MNIST/raw (the four IDX files). It installs nothing and uses the
-torch that is there. In about 2-3 minutes on an H200 it measures, with
---device cuda: samples/s and the time to the first batch at 1, 2, 4 and 8
-processes (2 epochs each); a stop -> --resume cycle that must finish; the
-GPU checkpoint loaded and evaluated on the CPU; the accuracy after 2 epochs
-against a CPU run with the same settings; and a bitwise check that, with one
-process and --deterministic, a stopped and resumed epoch equals an
-uninterrupted one. Prints one table (and writes gpu_check.md/json to --out).
-Exits 1 if a check fails.
+DIR holds MNIST/raw. Each step appends its results to OUT/results.jsonl the
+moment each is known and rewrites OUT/results.md from everything there, so
+a step that is killed (timeout, crash) leaves every earlier result. It
+installs nothing and uses the torch that is there. --device cpu rehearses
+every step on the CPU (where no GPU is lent), with what needs a GPU skipped.
+
+Steps:
+  throughput   samples/s and first batch at 1, 2, 4 and 8 processes (2 epochs)
+  accuracy     2 epochs at 2 processes, 3 runs on the device and 3 on the CPU:
+               the device's mean must lie within the CPU runs' own spread
+               (3 standard deviations of the larger sample, at least 0.2 points)
+  resume       SIGINT mid-epoch, then --resume: the batches of both runs add
+               up to every batch of every epoch, exactly once
+  bitwise      1 process, --deterministic, Adam with one-cycle: a stopped and
+               resumed run equals an uninterrupted one, weights and optimizer
+               state, bitwise
+  cpu-eval     the device checkpoint, evaluated on the CPU, gives its accuracy
+  oom          another process holds nearly all GPU memory: the trainer exits 1
+               with one error line naming CUDA out of memory
+  expandable   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: training works
 """
 
 import argparse
@@ -19,6 +30,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,137 +38,207 @@ import time
 import harness
 from harness import Trainer, flags
 
-import checkpoint  # (found through the path harness sets)
+import checkpoint
 import data
-import train
-from model import Net
+from evaluate import evaluate
+
+STEPS = ("throughput", "accuracy", "resume", "bitwise", "cpu-eval", "oom", "expandable")
 
 
-def run_epochs(data_dir, work, name, epochs, **options):
-    """A whole run; returns (its metrics rows, the fields of its ready line)."""
-    ckpt = os.path.join(work, f"{name}.pth")
-    harness.remove_run_files(ckpt)
-    t = Trainer(flags(data_dir=data_dir, epochs=epochs, checkpoint=ckpt, **options), cwd=work)
-    ready = t.wait_for("ready", timeout=300)[2]
-    t.wait_for("done", timeout=600)
-    t.finish()
+class Results:
+    """OUT/results.jsonl, appended one record at a time; results.md rewritten each time."""
+
+    def __init__(self, out, step):
+        self.out, self.step = out, step
+        os.makedirs(out, exist_ok=True)
+
+    def add(self, what, value, ok=None):
+        record = {"step": self.step, "what": what, "value": value, "ok": ok, "at": time.time()}
+        with open(os.path.join(self.out, "results.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        mark = "" if ok is None else ("✅" if ok else "❌")
+        print(f"{self.step}: {what}: {value} {mark}", flush=True)
+        write_markdown(self.out)
+        return ok
+
+
+def write_markdown(out):
+    with open(os.path.join(out, "results.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    lines = ["| step | measure | value | check |", "| --- | --- | ---: | --- |"]
+    for r in records:
+        mark = "" if r["ok"] is None else ("✅" if r["ok"] else "❌")
+        lines.append(f"| {r['step']} | {r['what']} | {r['value']} | {mark} |")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def metrics_of(ckpt):
     with open(checkpoint.metrics_path(ckpt)) as f:
-        return [json.loads(line) for line in f], ready, ckpt
+        return [json.loads(line) for line in f]
 
 
-def stop_then_resume(data_dir, work, name, epochs, **options):
-    """SIGINT in the first epoch, then --resume to the end: (ok, what happened, checkpoint)."""
+def run(args, work, name, epochs, env=None, **options):
+    """A whole run; returns (metrics rows, ready line fields, checkpoint path)."""
     ckpt = os.path.join(work, f"{name}.pth")
     harness.remove_run_files(ckpt)
-    args = flags(data_dir=data_dir, epochs=epochs, checkpoint=ckpt, **options)
-    t = Trainer(args, cwd=work)
-    t.wait_for("progress", timeout=300)
-    t.proc.send_signal(signal.SIGINT)
-    out = t.finish()
-    stopped = harness.parse_lines("stopped", out)
-    if t.proc.returncode != 130 or not stopped:
-        return False, f"stop: exit {t.proc.returncode}, no stopped line", ckpt
-    t = Trainer([*args, "--resume"], cwd=work)
+    options.setdefault("device", args.device)
+    t = Trainer(flags(data_dir=args.data_dir, epochs=epochs, checkpoint=ckpt, **options), work, env)
+    ready = t.wait_for("ready", timeout=240)[2]
     t.wait_for("done", timeout=600)
-    t.finish()
-    state = checkpoint.load(ckpt, Net().state_dict())
-    ok = t.proc.returncode == 0 and (state["epoch"], state["step"]) == (epochs, 0)
-    return ok, f"stopped at batch {stopped[0]['step']}, resumed to epoch {state['epoch']}", ckpt
+    t.finish(ok=(0,))
+    return metrics_of(ckpt), ready, ckpt
 
 
-def evaluate_on_cpu(ckpt, data_dir):
-    """The GPU run's checkpoint, loaded and evaluated on the CPU: its accuracy."""
-    state = checkpoint.load(ckpt, Net().state_dict())
-    model = Net()
-    model.load_state_dict(state["model_state"])
-    test = data.map_split(data.prepare(data_dir, "mnist")["test"])
-    return train.evaluate(model, test, "mnist", 500, lambda: False)[1]
-
-
-def same_weights(path_a, path_b):
-    a = checkpoint.load(path_a, Net().state_dict())
-    b = checkpoint.load(path_b, Net().state_dict())
-    return all(torch_equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
-
-
-def torch_equal(x, y):
-    return bool((x == y).all()) and x.shape == y.shape
-
-
-def measure(data_dir, work):
-    rows, checks = [], []
+def step_throughput(args, work, results):
     for n in (1, 2, 4, 8):
-        metrics, ready, ckpt = run_epochs(
-            data_dir, work, f"gpu{n}", 2, device="cuda", num_processes=n, log_interval=100
-        )
-        rate = statistics.median(r["samples_per_s"] for r in metrics)
-        rows.append((f"--device cuda, {n} processes", f"{rate:,.0f} samples/s", ""))
-        rows.append((f"  first batch after start ({n})", f"{ready['seconds']:.1f} s", ""))
-        if n == 2:
-            gpu_accuracy, gpu_ckpt = metrics[-1]["accuracy"], ckpt
-    cpu_metrics, _, _ = run_epochs(data_dir, work, "cpu", 2, device="cpu", num_processes=2)
-    diff = 100 * abs(gpu_accuracy - cpu_metrics[-1]["accuracy"])
-    checks.append(
-        (
-            "accuracy after 2 epochs, 2 processes: GPU vs CPU",
-            f"{100 * gpu_accuracy:.2f}% vs {100 * cpu_metrics[-1]['accuracy']:.2f}%",
-            diff <= 1.0,
-        )
-    )
-    cpu_acc = evaluate_on_cpu(gpu_ckpt, data_dir)
-    checks.append(
-        (
-            "GPU checkpoint evaluated on the CPU",
-            f"{100 * cpu_acc:.2f}%",
-            abs(cpu_acc - gpu_accuracy) < 0.002,
-        )
-    )
-    ok, what, _ = stop_then_resume(data_dir, work, "stop", 2, device="cuda", log_interval=20)
-    checks.append(("SIGINT -> checkpoint -> --resume on the GPU", what, ok))
-    one = dict(device="cuda", num_processes=1, deterministic=True, log_interval=20)
-    _, _, straight = run_epochs(data_dir, work, "straight", 1, **one)
-    ok, what, resumed = stop_then_resume(data_dir, work, "resumed", 1, **one)
-    bitwise = ok and same_weights(straight, resumed)
-    checks.append(("1 process, --deterministic: stop+resume == straight", what, bitwise))
-    return rows, checks
+        rows, ready, _ = run(args, work, f"tp{n}", 2, num_processes=n, log_interval=100)
+        rate = statistics.median(r["samples_per_s"] for r in rows)
+        results.add(f"{args.device}, {n} processes: samples/s", round(rate))
+        results.add(f"{args.device}, {n} processes: first batch after start (s)", ready["seconds"])
 
 
-def table(rows, checks, started):
-    import torch  # noqa: PLC0415 - for the versions only
+def step_accuracy(args, work, results):
+    scores = {}
+    for device in (args.device, "cpu") if args.device != "cpu" else ("cpu",):
+        scores[device] = []
+        for i in range(3):
+            rows, _, _ = run(args, work, f"acc-{device}-{i}", 2, device=device, num_processes=2)
+            scores[device].append(rows[-1]["accuracy_percent"])
+            results.add(f"{device} run {i + 1}: accuracy after 2 epochs (%)", scores[device][-1])
+    spread = max(statistics.stdev(s) for s in scores.values())
+    tolerance = max(3 * spread, 0.2)
+    results.add("run-to-run spread, larger stdev (points)", round(spread, 3))
+    if args.device != "cpu":
+        gap = abs(statistics.mean(scores[args.device]) - statistics.mean(scores["cpu"]))
+        results.add(
+            f"{args.device} vs cpu mean accuracy gap (points), tolerance {tolerance:.2f}",
+            round(gap, 3),
+            gap <= tolerance,
+        )
 
-    lines = [
-        f"GPU check {time.strftime('%Y-%m-%d')}: {torch.cuda.get_device_name(0)}, torch "
-        f"{torch.__version__}, {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s "
-        f"(`python scripts/gpu_check.py`)",
-        "",
-        "| measure | value | check |",
-        "| --- | ---: | --- |",
+
+def stop_and_resume(args, work, name, epochs, **options):
+    """SIGINT in the first epoch, then --resume: (stopped fields, resumed output, ckpt)."""
+    ckpt = os.path.join(work, f"{name}.pth")
+    harness.remove_run_files(ckpt)
+    options.setdefault("device", args.device)
+    argv = flags(data_dir=args.data_dir, epochs=epochs, checkpoint=ckpt, **options)
+    t = Trainer(argv, work)
+    t.wait_for("progress", timeout=240)
+    t.proc.send_signal(signal.SIGINT)
+    first = t.finish(ok=(130,))
+    t = Trainer([*argv, "--resume"], work)
+    second = t.finish(ok=(0,))
+    return harness.parse_lines("stopped", first), first, second, ckpt
+
+
+def step_resume(args, work, results):
+    stopped, first, second, ckpt = stop_and_resume(args, work, "resume", 2, log_interval=20)
+    state = checkpoint.load(ckpt, checkpoint.Net().state_dict())
+    per_epoch = state["batches_per_epoch"]
+    batches = [
+        sum(p["batches"] for p in harness.parse_lines(kind, out))
+        for kind, out in (("stopped", first), ("done", second))
     ]
-    lines += [f"| {a} | {b} | |" for a, b, _ in rows]
-    lines += [f"| {a} | {b} | {'✅' if ok else '❌'} |" for a, b, ok in checks]
-    return "\n".join(lines) + "\n"
+    results.add("stopped at (epoch, batch)", (stopped[0]["epoch"], stopped[0]["step"]))
+    results.add(
+        "batches before + after the stop == 2 epochs",
+        f"{batches[0]} + {batches[1]} vs {2 * per_epoch}",
+        sum(batches) == 2 * per_epoch and (state["epoch"], state["step"]) == (2, 0),
+    )
+
+
+def step_bitwise(args, work, results):
+    one = dict(num_processes=1, deterministic=True, log_interval=20, recipe="fast")
+    _, _, straight = run(args, work, "straight", 1, **one)
+    _, _, _, resumed = stop_and_resume(args, work, "resumed", 1, **one)
+    a = checkpoint.load(straight, checkpoint.Net().state_dict())
+    b = checkpoint.load(resumed, checkpoint.Net().state_dict())
+    weights = all(a["model_state"][k].equal(b["model_state"][k]) for k in a["model_state"])
+    results.add("1 process, --deterministic: weights bitwise equal after stop+resume", weights, weights)
+    sa, sb = a["optimizer_state"]["state"], b["optimizer_state"]["state"]
+    state = sa.keys() == sb.keys() and all(
+        sa[i].keys() == sb[i].keys() and all(sa[i][k].equal(sb[i][k]) for k in sa[i]) for i in sa
+    )
+    results.add("... and the optimizer state (Adam moments, steps)", state, state)
+
+
+def step_cpu_eval(args, work, results):
+    rows, _, ckpt = run(args, work, "evaluated", 1, num_processes=2)
+    model, _ = checkpoint.load_model(ckpt)
+    test = data.map_split(data.prepare(args.data_dir, "mnist", log=lambda m: None)["test"])
+    accuracy = 100 * evaluate(model, test, "mnist", 500).accuracy
+    logged = rows[-1]["accuracy_percent"]
+    results.add(
+        f"{args.device} checkpoint evaluated on the CPU vs logged (%)",
+        f"{accuracy:.2f} vs {logged:.2f}",
+        abs(accuracy - logged) < 0.2,
+    )
+
+
+HOG = """
+import sys, time, torch
+free, total = torch.cuda.mem_get_info()
+hog = torch.empty(max(0, free - (256 << 20)), dtype=torch.uint8, device="cuda")
+print("holding", hog.numel() >> 20, "MiB of", total >> 20, flush=True)
+time.sleep(600)
+"""
+
+
+def step_oom(args, work, results):
+    if args.device == "cpu":
+        results.add("out of memory message", "skipped: needs a GPU")
+        return
+    hog = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE, text=True)
+    try:
+        results.add("another process", hog.stdout.readline().strip())
+        proc = subprocess.run(
+            [sys.executable, harness.MAIN, *flags(data_dir=args.data_dir, epochs=1, device="cuda")],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        hog.kill()
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    one = (
+        proc.returncode == 1
+        and len(errors) == 1
+        and "CUDA out of memory" in errors[0]
+        and "Traceback" not in proc.stderr
+    )
+    results.add("trainer exit code and stderr", f"{proc.returncode}: {' | '.join(errors)[:300]}", one)
+
+
+def step_expandable(args, work, results):
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    rows, ready, _ = run(args, work, "expandable", 1, env=env, num_processes=2)
+    results.add(
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: 1 epoch, 2 processes (%)",
+        rows[-1]["accuracy_percent"],
+        rows[-1]["accuracy_percent"] > 90,
+    )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=STEPS)
     p.add_argument("--data-dir", required=True, help="data root holding MNIST/raw")
-    p.add_argument("--out", default=".", help="where gpu_check.md/json go (default: .)")
+    p.add_argument("--out", required=True, help="where results.jsonl/md go")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="(default: cuda)")
     args = p.parse_args()
-    import torch  # noqa: PLC0415 - after the flags: --help needs no torch
-
-    if not torch.cuda.is_available():
-        sys.exit("error: torch sees no GPU: this check is for a machine with one")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
-        rows, checks = measure(os.path.abspath(args.data_dir), work)
-    md = table(rows, checks, started)
-    print(md)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-        json.dump({"rows": rows, "checks": checks}, f, indent=2)
-    return 0 if all(ok for *_, ok in checks) else 1
+    args.data_dir = os.path.abspath(args.data_dir)
+    results = Results(args.out, args.step)
+    with tempfile.TemporaryDirectory(prefix=f"gpu-check-{args.step}-") as work:
+        step = globals()["step_" + args.step.replace("-", "_")]
+        step(args, work, results)
+    with open(os.path.join(args.out, "results.jsonl")) as f:
+        mine = [json.loads(line) for line in f if json.loads(line)["step"] == args.step]
+    return 1 if any(r["ok"] is False for r in mine) else 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def plot(rows, out, title):
     left.set_xlabel("epoch")
     left.set_ylabel("loss (NLL)")
     left.legend()
-    right.plot(epochs, [100 * r["accuracy"] for r in rows], "o-", color="tab:green")
+    right.plot(epochs, [r["accuracy_percent"] for r in rows], "o-", color="tab:green")
     right.set_xlabel("epoch")
     right.set_ylabel("test accuracy (%)")
     for ax in (left, right):

@@ -185,7 +185,7 @@ class Soak:
         return state["epoch"], state["step"], state["batches_per_epoch"]
 
     def accuracy(self, path):
-        return checkpoint.load(path, self.expected)["metrics"][-1]["accuracy"]
+        return checkpoint.load(path, self.expected)["metrics"][-1]["accuracy_percent"] / 100
 
     def fresh(self, name):
         ckpt = os.path.join(self.work, name, "model_checkpoint.pth")

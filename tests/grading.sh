@@ -87,12 +87,14 @@ out=$(run "$IMAGE" python /workspace/train.py --resume 2>&1)
 rc=$?
 echo "$out" | tail -3
 [ $rc -eq 0 ] && pass "resume exited 0" || fail "resume exited $rc"
-if [ -n "${GRADING_DATA:-}" ] && [ "$GRADING_DATA" != synthetic ]; then
-  acc=$(tail -1 model_checkpoint.metrics.jsonl | python3 -c 'import json, sys; print(json.load(sys.stdin)["accuracy"])')
-  echo "MNIST test accuracy after the default epochs: $acc"
-  python3 -c "import sys; sys.exit(float('$acc') < 0.98)" && pass "MNIST accuracy $acc >= 0.98 (the course's promise)" \
-    || fail "MNIST accuracy $acc < 0.98"
-fi
+# The accuracy the default flags reach: the course's 98% on real MNIST; on the
+# synthetic data (GRADING_DATA=synthetic) the same flags reach 100% (measured),
+# so anything under 95% there is a broken trainer, not noise.
+acc=$(tail -1 model_checkpoint.metrics.jsonl 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["accuracy_percent"])' 2>/dev/null)
+if [ "${GRADING_DATA:-}" = synthetic ]; then want=95 what="synthetic data"; else want=98 what="MNIST (the course's promise)"; fi
+echo "test accuracy after the default epochs: ${acc:-none}%"
+python3 -c "import sys; sys.exit(not float('${acc:-0}') >= $want)" && pass "accuracy ${acc}% >= ${want}% on $what" \
+  || fail "accuracy ${acc:-none}% < ${want}% on $what"
 [ -f model_checkpoint.pth ] && pass "checkpoint still there" || fail "checkpoint gone after resume"
 
 step "4a. --num-processes 2"
@@ -107,7 +109,7 @@ cname="$name_prefix-stop"
 docker run -d --name "$cname" -v "$ROOT:/workspace" "$IMAGE" \
   --epochs 2 --log-interval 20 --checkpoint "$OUT/stop.pth" --checkpoint-interval 0 >/dev/null
 for _ in $(seq 600); do
-  docker logs "$cname" 2>/dev/null | grep -q "epoch 1/2 \[" && break
+  docker logs "$cname" 2>/dev/null | grep "epoch 1/2 \[" >/dev/null && break
   sleep 0.1
 done
 start=$(date +%s%N)
@@ -130,22 +132,22 @@ fi
 out=$(run "$IMAGE" --epochs 2 --checkpoint "$OUT/stop.pth" --resume 2>&1)
 rc=$?
 echo "$out" | grep -E "resuming|done in" || true
-echo "$out" | grep -q "resuming $OUT/stop.pth at epoch 1, batch ${step:-?}/" \
+echo "$out" | grep "resuming $OUT/stop.pth at epoch 1, batch ${step:-?}/" >/dev/null \
   && pass "--resume continued from batch $step, not from the start" \
   || fail "--resume did not continue from the checkpoint"
 [ $rc -eq 0 ] && [ "$(ckpt_field "$OUT/stop.pth" "s['epoch']")" = 2 ] && pass "resumed run finished 2 epochs" \
   || fail "resumed run did not finish (exit $rc)"
 
 step "5. runtime contract"
-run "$IMAGE" --help | grep -q -- "--num-processes" && pass "flags go to main.py (docker run IMAGE --help)" \
+run "$IMAGE" --help | grep -- "--num-processes" >/dev/null && pass "flags go to main.py (docker run IMAGE --help)" \
   || fail "docker run IMAGE --help did not reach main.py"
 [ "$(docker run --rm "$IMAGE" python -c 'print(6 * 7)')" = 42 ] && pass "other commands run as given" \
   || fail "docker run IMAGE python -c ... did not run as given"
-docker run --rm "$IMAGE" sh -c 'python -c "import torch; assert not torch.cuda.is_available()"; pwd' | grep -qx /workspace \
+docker run --rm "$IMAGE" sh -c 'python -c "import torch; assert not torch.cuda.is_available()"; pwd' | grep -x /workspace >/dev/null \
   && pass "CPU-only torch, WORKDIR /workspace" || fail "CUDA torch or wrong WORKDIR"
 [ "$(docker inspect --format '{{.Config.StopSignal}}' "$IMAGE")" = SIGINT ] && pass "STOPSIGNAL SIGINT" \
   || fail "STOPSIGNAL is not SIGINT"
-docker inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMAGE" | grep -q . \
+docker inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMAGE" | grep . >/dev/null \
   && pass "OCI labels" || fail "OCI labels missing"
 
 # A foreign uid with no home, a read-only root file system, read-only data.
@@ -167,7 +169,7 @@ err=$(docker run --rm -v "$ROOT/data:/workspace/data:ro" -v "$ROOT/$OUT/ro:/out:
   --checkpoint /out/model_checkpoint.pth 2>&1 >/dev/null)
 rc=$?
 echo "$err" | tail -1
-[ $rc -eq 1 ] && echo "$err" | grep -q "cannot write checkpoints to /out" && ! echo "$err" | grep -q Traceback \
+[ $rc -eq 1 ] && echo "$err" | grep "cannot write checkpoints to /out" >/dev/null && ! echo "$err" | grep Traceback >/dev/null \
   && pass "read-only checkpoint volume: one clear error, exit 1" || fail "read-only checkpoint volume not reported clearly (exit $rc)"
 
 # Docker's default 64 MB /dev/shm, up to 8 workers.

@@ -45,10 +45,10 @@ else
 fi
 tags=$(curl -fs "http://$REGISTRY/v2/$REPO/tags/list")
 echo "registry lists: $tags"
-echo "$tags" | grep -q "\"$VERSION\"" && echo "$tags" | grep -q '"latest"' \
+echo "$tags" | grep "\"$VERSION\"" >/dev/null && echo "$tags" | grep '"latest"' >/dev/null \
   && echo "✅ both tags are in the registry" || { echo "❌ tags missing"; failures=$((failures + 1)); }
 docker rmi "$REGISTRY/$REPO:$VERSION" "$REGISTRY/$REPO:latest" >/dev/null
-if docker pull -q "$REGISTRY/$REPO:$VERSION" >/dev/null && docker run --rm "$REGISTRY/$REPO:$VERSION" --help | grep -q -- "--resume"; then
+if docker pull -q "$REGISTRY/$REPO:$VERSION" >/dev/null && docker run --rm "$REGISTRY/$REPO:$VERSION" --help | grep -- "--resume" >/dev/null; then
   echo "✅ pulled back and ran --help"
 else
   echo "❌ pull or run of the pushed image failed"; failures=$((failures + 1))

@@ -103,12 +103,20 @@ DAMAGED = [
     ("epoch-past-the-end", lambda s: {**s, "epoch": 11}, "past its 10"),
     ("step-too-big", lambda s: {**s, "step": 11}, "step 11 is impossible"),
     ("config-as-list", lambda s: {**s, "config": [1, 2]}, "config is a list"),
-    ("batch-size-0", lambda s: {**s, "config": {**s["config"], "batch_size": 0}}, "batch_size is 0"),
+    (
+        "batch-size-0",
+        lambda s: {**s, "config": {**s["config"], "batch_size": 0}},
+        "batch_size is 0",
+    ),
     ("lr-nan", nan_lr, "config lr is nan"),
     ("metrics-as-int", lambda s: {**s, "metrics": 3}, "metrics is not a list"),
     ("partial-without-keys", lambda s: {**s, "partial_epoch": {}}, "partial_epoch lacks"),
     ("seed-huge", lambda s: {**s, "seed": 2**70}, "seed out of range"),
-    ("nan-weights", lambda s: {**s, "model_state": {k: v * float("nan") for k, v in s["model_state"].items()}}, "not finite"),
+    (
+        "nan-weights",
+        lambda s: {**s, "model_state": {k: v * float("nan") for k, v in s["model_state"].items()}},
+        "not finite",
+    ),
 ]
 
 

@@ -89,7 +89,9 @@ def test_the_lock_goes_with_a_killed_process_and_the_next_run_says_it_was_killed
 
 def test_only_temp_files_of_dead_writers_on_this_host_are_removed(tmp_path):
     path = str(tmp_path / "ck.pth")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
     dead_pid = int(dead.stdout)
     stale = checkpoint.temp_name(path, pid=dead_pid)
     live = checkpoint.temp_name(path, pid=os.getpid())

@@ -25,6 +25,15 @@ from conftest import MAIN, TRAIN, load_checkpoint, run_trainer
         ["--checkpoint-interval", "-1"],
         ["--dataset", "cifar10"],
         ["--no-such-flag"],
+        ["--seed", "99999999999999999999999"],
+        ["--seed", "-1"],
+        ["--threads-per-process", "100000"],
+        ["--num-processes", "100000"],
+        ["--optimizer", "rmsprop"],
+        ["--warmup", "1.5"],
+        ["--target-accuracy", "101"],
+        ["--nn", "2"],  # no abbreviations: --nn is not --nnodes
+        ["--epochs", "1", "--nnodes", "2"],  # --nnodes needs --rdzv-endpoint
     ],
 )
 def test_invalid_values_exit_2_with_one_error_line(tmp_path, flags):
@@ -50,6 +59,15 @@ def test_help_lists_every_flag_with_its_default(tmp_path):
         ("--checkpoint-interval", "30"),
         ("--data-dir", "./data"),
         ("--dataset", "mnist"),
+        ("--optimizer", "sgd"),
+        ("--lr-schedule", "constant"),
+        ("--warmup", "0.3 with onecycle"),
+        ("--recipe", "sample"),
+        ("--target-accuracy", "train every epoch"),
+        ("--device", "auto"),
+        ("--sync-every", "10"),
+        ("--sync-timeout", "30"),
+        ("--start-timeout", "300"),
     ]:
         assert flag in out
         assert f"(default: {default}" in " ".join(out.split()), flag

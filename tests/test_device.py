@@ -62,7 +62,9 @@ def snapshot_of(model):
     params = list(model.parameters())
     opt = optim.MomentumSGD(params, 0.01, 0.5, optim.new_state("sgd", params))
     progress = checkpoint.Progress(epoch=0, step=3, batches_per_epoch=10, seed=1)
-    state = checkpoint.make_state(model, opt.state_dict(), progress, TrainConfig().as_dict(), {}, "r")
+    state = checkpoint.make_state(
+        model, opt.state_dict(), progress, TrainConfig().as_dict(), {}, "r"
+    )
     return opt, state
 
 
@@ -90,9 +92,7 @@ def test_a_checkpoint_saved_from_a_gpu_loads_on_a_cpu_only_machine(tmp_path):
         "torch.save(helpers.valid_state(), sys.argv[1])\n"
     )
     tests = os.path.dirname(os.path.abspath(__file__))
-    subprocess.run(
-        [sys.executable, "-c", script, path, os.path.dirname(tests), tests], check=True
-    )
+    subprocess.run([sys.executable, "-c", script, path, os.path.dirname(tests), tests], check=True)
     assert b"cuda:0" in path.read_bytes()
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):

@@ -83,7 +83,9 @@ def test_state_that_does_not_fit_is_refused():
     with pytest.raises(ValueError, match="no adam state"):
         adam.load_state(sgd.state_dict())
     bad = sgd.state_dict()
-    bad["state"][0]["momentum_buffer"] = torch.full_like(bad["state"][0]["momentum_buffer"], float("nan"))
+    bad["state"][0]["momentum_buffer"] = torch.full_like(
+        bad["state"][0]["momentum_buffer"], float("nan")
+    )
     with pytest.raises(ValueError, match="not finite"):
         sgd.load_state(bad)
     bad["state"][0]["momentum_buffer"] = torch.zeros(3)

@@ -24,7 +24,9 @@ def test_resume_after_k_epochs_is_bitwise_identical(tmp_path, data_dir):
     b = load_checkpoint(tmp_path / "split" / "model_checkpoint.pth")
     assert (b["epoch"], b["step"]) == (3, 0)
     assert_same_weights(a, b)
-    assert [m["accuracy_percent"] for m in a["metrics"]] == [m["accuracy_percent"] for m in b["metrics"]]
+    assert [m["accuracy_percent"] for m in a["metrics"]] == [
+        m["accuracy_percent"] for m in b["metrics"]
+    ]
     lines = (tmp_path / "split" / "model_checkpoint.metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
 

@@ -37,7 +37,7 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
     assert proc.returncode == 0, proc.stderr
     assert "2 processes" in proc.stdout
     state = load_checkpoint(tmp_path / "model_checkpoint.pth")
-    assert (state["epoch"], state["step"], state["format_version"]) == (2, 0, 1)
+    assert (state["epoch"], state["step"], state["format_version"]) == (2, 0, 2)
     rows = [json.loads(line) for line in open(tmp_path / "model_checkpoint.metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) == {
@@ -113,9 +113,11 @@ def test_signal_during_start_up_exits_fast_without_a_checkpoint(tmp_path, data_d
     writer = None
     try:
         # The states are made to happen, not waited for with a sleep: the
-        # handler is installed first thing in main(); opening the FIFO for
-        # writing returns only once the trainer has opened it to read the data.
-        assert wait_until(lambda: handles_signal(proc.pid, signal.SIGINT), 30), proc.poll()
+        # handlers are installed first thing in main() (SIGHUP last; Python
+        # itself catches SIGINT from the start, so that one tells nothing);
+        # opening the FIFO for writing returns only once the trainer has
+        # opened it to read the data.
+        assert wait_until(lambda: handles_signal(proc.pid, signal.SIGHUP), 30), proc.poll()
         if moment == "loading data":
             writer = open(fifo, "wb")  # noqa: SIM115 - held open until the trainer exits
         proc.send_signal(signal.SIGINT)
