@@ -21,6 +21,10 @@ class DataError(Exception):
     """A data file is missing, corrupt or cannot be fetched."""
 
 
+class InputError(Exception):
+    """A file named on the command line cannot be read or written."""
+
+
 class WorkerDied(Exception):
     """A Hogwild worker process ended before training did."""
 

@@ -5,13 +5,14 @@ workers' in worker.py, the network in model.py; README lists every module.
 """
 
 import argparse
+import importlib
 import os
 import sys
 import time
 
 import pool
 from config import DATASETS, LR_SCHEDULES, OPTIMIZERS, RECIPES, TrainConfig
-from errors import UsageError
+from errors import CheckpointError, DataError, InputError, UsageError
 from loglines import say
 from processes import exit_now
 from signals import StopRequest
@@ -61,7 +62,9 @@ def build_parser():
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py",
         description="Train the MNIST Net with Hogwild: N processes share one model's "
         "memory. Checkpoints survive SIGINT/SIGTERM/SIGHUP (docker stop); --resume "
-        "continues exactly where training stopped.",
+        "continues exactly where training stopped. Other commands: "
+        + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items() if name != "train")
+        + " (main.py COMMAND --help).",
         epilog="With --resume, flags marked * default to the checkpoint's values; "
         "--batch-size, --seed, --dataset and --optimizer must then match the checkpoint.",
         allow_abbrev=False,
@@ -125,6 +128,13 @@ def build_parser():
         help="a named set of the * defaults: sample (pytorch/examples' settings) or fast "
         "(Adam, one-cycle, 3 epochs: 98%% on MNIST soonest); explicit flags override it "
         "(default: sample)",
+    )
+    train.add_argument(
+        "--more-epochs",
+        type=positive_int,
+        metavar="N",
+        help="train N epochs beyond what the checkpoint holds (with --resume; from scratch "
+        "without one), instead of up to --epochs (default: up to --epochs)",
     )
     train.add_argument(
         "--target-accuracy",
@@ -279,10 +289,42 @@ def build_parser():
     return p
 
 
+COMMANDS = {
+    "train": "train the model (the default: `main.py [flags]` is `main.py train [flags]`)",
+    "evaluate": "evaluate a checkpoint on the test set: one line, and JSON with per-class "
+    "accuracy and the confusion matrix",
+    "infer": "the digit in image files, or in random test images saved as DIGIT.png",
+    "export": "the model as one file that plain torch loads (torch.export or TorchScript)",
+}
+
+
+def run_command(name, argv):
+    """evaluate, infer or export: parse their flags, run, one line per error."""
+    module = importlib.import_module(name)  # the module of the same name holds the command
+    parser = argparse.ArgumentParser(
+        prog=f"main.py {name}", description=COMMANDS[name], allow_abbrev=False
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return module.run_command(args)
+    except UsageError as e:
+        say(f"error: {e}", sys.stderr)
+        return 2
+    except (CheckpointError, DataError, InputError) as e:
+        say(f"error: {e}", sys.stderr)
+        return 1
+
+
 def main(argv=None):
     started = time.monotonic()
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS and argv[0] != "train":
+        return run_command(argv[0], argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     if args.nnodes:
         # torch's C++ warnings (with stack frames) when another node's agent goes

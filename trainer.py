@@ -407,6 +407,8 @@ def run(args, stop, started, pool):
             log(node.describe())
         checkpoints.open()
         state = load_state(options, node)
+        if getattr(args, "more_epochs", None):
+            args.epochs = (state["epoch"] if state else 0) + args.more_epochs
         config = TrainConfig.resolve(args, state["config"] if state else None, log=log)
         if state is not None and state["epoch"] >= config.epochs:
             log(

@@ -158,7 +158,9 @@ def step_bitwise(args, work, results):
     a = checkpoint.load(straight, checkpoint.Net().state_dict())
     b = checkpoint.load(resumed, checkpoint.Net().state_dict())
     weights = all(a["model_state"][k].equal(b["model_state"][k]) for k in a["model_state"])
-    results.add("1 process, --deterministic: weights bitwise equal after stop+resume", weights, weights)
+    results.add(
+        "1 process, --deterministic: weights bitwise equal after stop+resume", weights, weights
+    )
     sa, sb = a["optimizer_state"]["state"], b["optimizer_state"]["state"]
     state = sa.keys() == sb.keys() and all(
         sa[i].keys() == sb[i].keys() and all(sa[i][k].equal(sb[i][k]) for k in sa[i]) for i in sa
@@ -211,7 +213,9 @@ def step_oom(args, work, results):
         and "CUDA out of memory" in errors[0]
         and "Traceback" not in proc.stderr
     )
-    results.add("trainer exit code and stderr", f"{proc.returncode}: {' | '.join(errors)[:300]}", one)
+    results.add(
+        "trainer exit code and stderr", f"{proc.returncode}: {' | '.join(errors)[:300]}", one
+    )
 
 
 def step_expandable(args, work, results):

@@ -33,21 +33,18 @@ def run_python(code, **kwargs):
 
 
 def test_exit_now_runs_the_atexit_handlers_and_keeps_the_code():
-    proc = run_python(
-        """
+    proc = run_python("""
         import atexit, processes
         atexit.register(print, "atexit ran")
         print("flushed before the exit", end="")
         processes.exit_now(3)
-        """
-    )
+        """)
     assert proc.returncode == 3
     assert proc.stdout == "flushed before the exitatexit ran\n"
 
 
 def test_stop_forkserver_ends_the_server_it_started():
-    proc = run_python(
-        """
+    proc = run_python("""
         import multiprocessing, os, processes
         from multiprocessing import forkserver
         multiprocessing.get_context("forkserver")
@@ -59,8 +56,7 @@ def test_stop_forkserver_ends_the_server_it_started():
             print("alive")
         except ProcessLookupError:
             print("gone", processes.forkserver_pid())
-        """
-    )
+        """)
     assert proc.stdout.strip() == "gone None", proc.stderr
 
 

@@ -78,9 +78,7 @@ def test_ctrl_c_on_a_pipe_whose_reader_dies_still_saves_at_the_stop(tmp_path, bi
 
 def tagged_trainer(tmp_path, data_dir, *flags):
     tag = uuid.uuid4().hex
-    proc = start_trainer(
-        "--data-dir", data_dir, *flags, cwd=tmp_path, env={**os.environ, TAG: tag}
-    )
+    proc = start_trainer("--data-dir", data_dir, *flags, cwd=tmp_path, env={**os.environ, TAG: tag})
     return proc, tag
 
 

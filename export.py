@@ -1,0 +1,70 @@
+"""The `export` command: the model as one file that plain torch loads, without
+this repository: torch.export's program (.pt2, torch.export.load) or
+TorchScript (.pt, torch.jit.load).
+
+The exported model is the Net itself: it takes a float batch [N, 1, 28, 28]
+already normalised ((pixel / 255 - mean) / std) and returns log-probabilities
+[N, 10]. The file carries mnist_hogwild.json with the dataset, mean, std and
+classes, so that a serving stack needs nothing else.
+"""
+
+import io
+import json
+import os
+
+import torch
+
+import checkpoint
+import data
+from evaluate import write_output
+from loglines import say
+
+FORMATS = {"pt2": ".pt2", "torchscript": ".pt"}
+
+
+def add_arguments(p):
+    p.add_argument(
+        "--checkpoint",
+        default="model_checkpoint.pth",
+        metavar="PATH",
+        help="the model (default: model_checkpoint.pth)",
+    )
+    p.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="pt2",
+        help="pt2: torch.export (torch.export.load); torchscript: torch.jit.load (default: pt2)",
+    )
+    p.add_argument("--out", metavar="FILE", help="(default: the checkpoint's name, .pt2 or .pt)")
+
+
+def metadata(state):
+    dataset = state["config"].get("dataset", "mnist")
+    info = data.DATASETS[dataset]
+    return {
+        "dataset": dataset,
+        "input": "float32 [N, 1, 28, 28], (pixel / 255 - mean) / std, light on dark",
+        "output": "log-probabilities [N, 10]",
+        "mean": info["mean"],
+        "std": info["std"],
+        "epoch": state["epoch"],
+        "accuracy_percent": state["metrics"][-1]["accuracy_percent"] if state["metrics"] else None,
+    }
+
+
+def run_command(args):
+    model, state = checkpoint.load_model(args.checkpoint)
+    out = args.out or os.path.splitext(args.checkpoint)[0] + FORMATS[args.format]
+    extra = {"mnist_hogwild.json": json.dumps(metadata(state))}
+    buffer = io.BytesIO()
+    example = torch.zeros(2, 1, 28, 28)
+    if args.format == "pt2":
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, buffer, extra_files=extra)
+    else:
+        torch.jit.save(torch.jit.trace(model, example), buffer, _extra_files=extra)
+    payload = buffer.getvalue()
+    write_output(out, lambda f: f.write(payload))
+    say(f"exported {args.checkpoint} (epoch {state['epoch']}) as {args.format} to {out}")
+    return 0

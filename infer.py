@@ -1,0 +1,170 @@
+"""The `infer` command: what digit does the model see?
+
+With image files (PNG, JPEG, ... any size, colour or grey, dark or light
+background), it prints each file's digit and probability. Without, it picks
+--num-samples random test images and writes each as a PNG named by its
+predicted digit into --out-dir (the course's next assignment).
+
+Images are prepared as MNIST's were: grey; light-on-dark (a light background
+is detected from the border and inverted, as a pen drawing on paper); the
+ink's bounding box scaled to fit 20x20 and centred by its centre of mass in
+28x28; then the training's normalisation. Fashion-MNIST images are only
+turned grey, inverted if light, and scaled to 28x28.
+"""
+
+import os
+import sys
+
+import torch
+
+import checkpoint
+import data
+from errors import InputError
+from evaluate import write_output
+from loglines import say
+
+INK = 0.3  # a pixel is ink above this share of the brightest pixel
+
+
+def add_arguments(p):
+    p.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="image files to classify (default: test images)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="model_checkpoint.pth",
+        metavar="PATH",
+        help="the model (default: model_checkpoint.pth)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=5,
+        metavar="N",
+        help="without IMAGE: how many random test images (default: 5)",
+    )
+    p.add_argument(
+        "--out-dir",
+        default="results",
+        metavar="DIR",
+        help="without IMAGE: where the PNGs go, named DIGIT.png, then DIGIT-2.png, DIGIT-3.png "
+        "... when several share a digit (default: results)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="which test images (default: 0)"
+    )
+    p.add_argument(
+        "--data-dir", default="./data", metavar="DIR", help="data root (default: ./data)"
+    )
+
+
+def run_command(args):
+    model, state = checkpoint.load_model(args.checkpoint)
+    dataset = state["config"].get("dataset", "mnist")
+    if args.images:
+        return classify_files(model, dataset, args.images)
+    return classify_test_images(model, dataset, args)
+
+
+def predict(model, images, dataset):
+    """(digits, probabilities) for uint8 IMAGES [N, 28, 28], MNIST's way up."""
+    scale, shift = data.normalizer(dataset)
+    x = images.unsqueeze(1).float().mul_(scale).sub_(shift)
+    with torch.no_grad():
+        probabilities = model(x).exp()
+    best = probabilities.max(dim=1)
+    return best.indices.tolist(), best.values.tolist()
+
+
+def classify_files(model, dataset, paths):
+    """Print each file's digit; a file that cannot be read is one error line,
+    and the others are still answered. Exit 1 if any failed."""
+    failed = 0
+    for path in paths:
+        try:
+            image = prepare_image(path, dataset)
+        except InputError as e:
+            say(f"error: {e}", sys.stderr)
+            failed += 1
+            continue
+        (digit,), (probability,) = predict(model, image.unsqueeze(0), dataset)
+        say(f"{path}: {digit} ({100 * probability:.1f}%)")
+    return 1 if failed else 0
+
+
+def prepare_image(path, dataset):
+    """PATH as a uint8 [28, 28] tensor, light on dark (see the module docstring)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InputError(f"{path}: not a readable image ({reason})") from None
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, "white")
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    grey = torch.frombuffer(bytearray(image.convert("L").tobytes()), dtype=torch.uint8)
+    grey = grey.view(image.size[1], image.size[0]).float()
+    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
+        grey = 255 - grey
+    if dataset != "mnist":
+        return _resize(grey, (28, 28)).round().clamp(0, 255).to(torch.uint8)
+    return _mnist_digit(grey)
+
+
+def _resize(grey, size):
+    return torch.nn.functional.interpolate(
+        grey[None, None], size=size, mode="bilinear", antialias=True, align_corners=False
+    )[0, 0]
+
+
+def _mnist_digit(grey):
+    """The ink's bounding box fitted into 20x20, centred by its centre of mass in 28x28."""
+    ink = grey > INK * max(float(grey.max()), 1.0)
+    canvas = torch.zeros(28, 28)
+    if not bool(ink.any()):
+        return canvas.to(torch.uint8)
+    rows, cols = ink.any(dim=1).nonzero(), ink.any(dim=0).nonzero()
+    box = grey[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+    h, w = box.shape
+    factor = 20 / max(h, w)
+    digit = _resize(box, (max(1, round(h * factor)), max(1, round(w * factor)))).clamp(0, 255)
+    h, w = digit.shape
+    mass = digit.sum().clamp(min=1e-6)
+    cy = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)
+    cx = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
+    top = min(max(round(14 - cy), 0), 28 - h)
+    left = min(max(round(14 - cx), 0), 28 - w)
+    canvas[top : top + h, left : left + w] = digit
+    return canvas.round().to(torch.uint8)
+
+
+def classify_test_images(model, dataset, args):
+    files = data.prepare(args.data_dir, dataset, log=lambda message: None)
+    test = data.load_split(files["test"])
+    generator = torch.Generator().manual_seed(args.seed)
+    count = max(0, min(args.num_samples, len(test)))
+    chosen = torch.randperm(len(test), generator=generator)[:count]
+    images = test.images.index_select(0, chosen)
+    digits, probabilities = predict(model, images, dataset)
+    taken = {}
+    for index, image, digit, probability in zip(
+        chosen.tolist(), images, digits, probabilities, strict=True
+    ):
+        taken[digit] = taken.get(digit, 0) + 1
+        name = f"{digit}.png" if taken[digit] == 1 else f"{digit}-{taken[digit]}.png"
+        path = os.path.join(args.out_dir, name)
+        write_output(path, lambda f, image=image: _png(image).save(f, "PNG"))
+        truth = int(test.labels[index])
+        say(f"{path}: {digit} ({100 * probability:.1f}%), test image {index}, labelled {truth}")
+    return 0
+
+
+def _png(image):
+    from PIL import Image  # noqa: PLC0415
+
+    return Image.frombytes("L", (28, 28), bytes(image.contiguous().view(-1).tolist()))

@@ -1,0 +1,169 @@
+"""After training: the evaluate, infer and export commands, through real processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import checkpoint
+import data
+from conftest import MAIN, run_trainer
+
+pytestmark = pytest.mark.slow
+
+
+def command(*args, cwd):
+    return subprocess.run(
+        [sys.executable, MAIN, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """A directory holding a 2-epoch checkpoint trained on the synthetic data."""
+    cwd = tmp_path_factory.mktemp("trained")
+    proc = run_trainer("--data-dir", data_dir, "--epochs", "2", "--log-interval", "1000", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def mnist_model(tmp_path_factory, mnist_dir):
+    """A checkpoint trained one epoch on the real MNIST (measured: 94%)."""
+    cwd = tmp_path_factory.mktemp("mnist-model")
+    proc = run_trainer(
+        "--data-dir", mnist_dir, "--epochs", "1", "--log-interval", "10000", cwd=cwd, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    return cwd / "model_checkpoint.pth"
+
+
+def test_evaluate_prints_one_line_and_writes_the_courses_json(trained, data_dir):
+    proc = command("evaluate", "--data-dir", data_dir, "--plot", "cm.png", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1 and "accuracy" in proc.stdout
+    report = json.loads((trained / "eval_results.json").read_text())
+    state = checkpoint.load(str(trained / "model_checkpoint.pth"), checkpoint.Net().state_dict())
+    assert report["Accuracy"] == pytest.approx(state["metrics"][-1]["accuracy_percent"], abs=1e-3)
+    assert report["Test loss"] == pytest.approx(state["metrics"][-1]["test_loss"], abs=1e-5)
+    confusion = torch.tensor(report["confusion_matrix"])
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == 500
+    assert report["Accuracy"] == pytest.approx(100 * int(confusion.trace()) / 500)
+    assert set(report["per_class_accuracy"]) == {str(c) for c in range(10)}
+    assert Image.open(trained / "cm.png").format == "PNG"
+
+
+def test_evaluate_refuses_bad_input_with_one_line(trained, data_dir, tmp_path):
+    cases = [
+        (["--dataset", "fashion-mnist"], 2, "was trained on mnist, not fashion-mnist"),
+        (["--checkpoint", tmp_path / "none.pth"], 1, "cannot read checkpoint"),
+        (["--out", "/proc/forbidden/eval.json"], 1, "cannot write /proc/forbidden/eval.json"),
+    ]
+    (tmp_path / "junk.pth").write_bytes(b"junk" * 100)
+    cases.append((["--checkpoint", tmp_path / "junk.pth"], 1, "not a readable checkpoint"))
+    for flags, code, message in cases:
+        proc = command("evaluate", "--data-dir", data_dir, *flags, cwd=trained)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == code and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_infer_writes_test_images_named_by_their_digit(trained, data_dir, tmp_path):
+    out = tmp_path / "results"
+    proc = command(
+        "infer", "--data-dir", data_dir, "--num-samples", "12", "--out-dir", out, cwd=trained
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(os.listdir(out))
+    assert len(names) == 12 and len(set(names)) == 12  # unique even where digits repeat
+    for line in proc.stdout.splitlines():
+        path, digit = line.split(":")[0], line.split(":")[1].split()[0]
+        assert os.path.basename(path).split("-")[0].split(".")[0] == digit
+        assert Image.open(path).size == (28, 28)
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_infer_answers_every_file_and_fails_for_the_bad_ones(trained, tmp_path):
+    good = tmp_path / "digit.png"
+    Image.new("L", (50, 80), 255).save(good)
+    (tmp_path / "text.png").write_text("not an image")
+    proc = command("infer", good, tmp_path / "text.png", tmp_path / "missing.jpg", cwd=trained)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(f"{good}: ")
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
+    assert "Traceback" not in proc.stderr
+
+
+def test_infer_reads_real_test_digits_in_any_size_and_colour(mnist_model, mnist_dir, tmp_path):
+    test = data.load_split(data.prepare(mnist_dir, "mnist")["test"])
+    paths, labels = [], []
+    for i in range(20):
+        pixels = test.images[i * 37]
+        image = Image.frombytes("L", (28, 28), bytes(pixels.flatten().tolist()))
+        if i % 2:  # dark on light, colour, larger: as a photo or a drawing would be
+            image = Image.eval(image, lambda v: 255 - v).resize((112, 112)).convert("RGB")
+        path = tmp_path / (f"{i}.png" if i % 3 else f"{i}.jpg")
+        image.save(path)
+        paths.append(path)
+        labels.append(int(test.labels[i * 37]))
+    proc = command("infer", "--checkpoint", mnist_model, *paths, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    digits = [int(line.split(": ")[1].split()[0]) for line in proc.stdout.splitlines()]
+    correct = sum(d == t for d, t in zip(digits, labels, strict=True))
+    print(f"infer on 20 real test digits: {correct} correct")
+    assert correct >= 18
+
+
+def test_infer_reads_a_digit_drawn_dark_on_light(mnist_model, tmp_path):
+    image = Image.new("RGB", (100, 100), (250, 248, 240))
+    draw = ImageDraw.Draw(image)
+    draw.line([(20, 20), (80, 20)], fill="black", width=9)
+    draw.line([(80, 20), (40, 90)], fill="black", width=9)
+    image.save(tmp_path / "seven.png")
+    proc = command("infer", "--checkpoint", mnist_model, tmp_path / "seven.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(": ")[1].split()[0] == "7", proc.stdout
+
+
+LOADER = """
+import json, sys, torch
+path, fmt, x_path, y_path = sys.argv[1:]
+assert not any("mnist" in p.lower() or p.endswith("main") for p in sys.path if p), sys.path
+if fmt == "pt2":
+    extra = {"mnist_hogwild.json": ""}
+    model = torch.export.load(path, extra_files=extra).module()
+else:
+    extra = {"mnist_hogwild.json": ""}
+    model = torch.jit.load(path, _extra_files=extra)
+assert json.loads(extra["mnist_hogwild.json"])["dataset"] == "mnist"
+torch.save(model(torch.load(x_path)), y_path)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript"])
+def test_an_exported_model_loads_without_the_repository_and_matches(trained, tmp_path, fmt):
+    out = tmp_path / f"model.{fmt}"
+    proc = command("export", "--format", fmt, "--out", out, cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    model, _ = checkpoint.load_model(str(trained / "model_checkpoint.pth"))
+    x = torch.randn(7, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    fresh = subprocess.run(
+        [sys.executable, "-I", "-c", LOADER, out, fmt, tmp_path / "x.pt", tmp_path / "y.pt"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-6)
