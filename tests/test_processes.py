@@ -10,7 +10,6 @@ import sys
 import textwrap
 from multiprocessing import forkserver
 
-import processes
 from procs import alive, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
