@@ -1,9 +1,11 @@
 #!/bin/sh
-# The official images' pattern: no arguments or a first argument that is a
-# flag runs the trainer with those flags; anything else runs as given.
+# The official images' pattern: no arguments, a first argument that is a flag,
+# or one of the trainer's commands (train, evaluate, infer, export) runs
+# main.py with them; anything else runs as given.
 # exec, so that the command is PID 1 and receives docker stop's signal itself.
 set -e
-if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
-    set -- python /opt/mnist-hogwild/main.py "$@"
-fi
+case "${1:-}" in
+    "" | -* | train | evaluate | infer | export)
+        set -- python /opt/mnist-hogwild/main.py "$@" ;;
+esac
 exec "$@"

@@ -5,7 +5,7 @@
 # checkpoints on both nodes, accuracy), docker stop of the node that does not
 # host the rendezvous (both exit within 10 s, same checkpoint, --resume on
 # both finishes), docker kill of a node (the survivor's one error line, its
-# checkpoint intact), the plain torchrun form, and compose.yaml with
+# checkpoint intact), the plain torchrun form, and compose.cluster.yaml with
 # docker-compose. Prints ✅/❌; exits non-zero on any ❌.
 #
 #   bash tests/cluster_test.sh     # IMAGE (default mnist-hogwild:grading) must be built
@@ -129,9 +129,9 @@ c0=$(exit_code node0) c1=$(exit_code node1)
   || fail "plain torchrun: exit codes $c0 and $c1"
 remove
 
-echo "== 5. compose.yaml with docker-compose"
+echo "== 5. compose.cluster.yaml with docker-compose"
 if command -v docker-compose >/dev/null; then
-  cp compose.yaml "$work/"
+  cp compose.cluster.yaml "$work/compose.yaml"
   (cd "$work" && IMAGE=$IMAGE EPOCHS=1 SYNC_EVERY=20 timeout 300 docker-compose -p "$net" up \
     --abort-on-container-exit >"$work/compose.log" 2>&1)
   rc=$?

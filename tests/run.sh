@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and trainer tests (pytest), the image and
-# container checks (tests/grading.sh), several nodes as containers
-# (tests/cluster_test.sh), the registry push test, and the quick
-# fault-injection soak (scripts/soak.py --quick).
+# container checks (tests/grading.sh), the course's Compose services
+# (tests/compose_test.sh), several nodes as containers (tests/cluster_test.sh),
+# the registry push test, and the quick fault-injection soak (scripts/soak.py --quick).
 # Needs a running Docker engine; see README "Tests".
 #
 #   bash tests/run.sh
@@ -15,6 +15,8 @@ echo "=== pytest"
 python3 -m pytest -v -p no:cacheprovider tests || status=1
 echo "=== tests/grading.sh"
 bash tests/grading.sh || status=1
+echo "=== tests/compose_test.sh (the course's train/evaluate/infer services)"
+bash tests/compose_test.sh || status=1
 echo "=== tests/cluster_test.sh (several machines, as containers)"
 bash tests/cluster_test.sh || status=1
 echo "=== tests/registry_test.sh"

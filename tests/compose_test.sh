@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The course's next assignment, graded as its grader does: with
+# COMPOSE_PROJECT_NAME=mnist, `compose build`, `compose run train`,
+# `... evaluate`, `... infer`, then mnist_cnn.pt, eval_results.json and 5
+# results/*.png in the volume. Then `train` again: it must resume and improve.
+# Uses `docker compose` where it exists, else docker-compose (Debian's 1.29).
+# Prints ✅/❌; exits non-zero on any ❌.
+#
+#   bash tests/compose_test.sh    # needs ./data/MNIST/raw (tests/grading.sh links it)
+#
+# Environment: IMAGE (default mnist-hogwild:grading), BASE_IMAGE, BUILDER_IMAGE,
+# MIN_ACCURACY (default 94 on real MNIST, 90 on the synthetic data).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+export IMAGE=${IMAGE:-mnist-hogwild:grading} COMPOSE_PROJECT_NAME=mnist
+export BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
+export BUILDER_IMAGE=${BUILDER_IMAGE:-$BASE_IMAGE}
+failures=0
+pass() { echo "✅ $*"; }
+fail() { echo "❌ $*"; failures=$((failures + 1)); }
+if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+echo "compose: ${compose[*]} ($("${compose[@]}" version --short 2>/dev/null || true))"
+volume=mnist_mnist
+in_volume() { docker run --rm -v "$volume:/mnist" --entrypoint sh "$IMAGE" -c "$1"; }
+cleanup() {
+  docker ps -aq --filter label=com.docker.compose.project=mnist | xargs -r docker rm -f >/dev/null 2>&1
+  "${compose[@]}" down -v >/dev/null 2>&1
+}
+trap cleanup EXIT
+cleanup
+if [ -f data/MNIST/raw/train-images-idx3-ubyte ] && [ "$(stat -c %s data/MNIST/raw/train-images-idx3-ubyte)" -eq 47040016 ]; then
+  min=${MIN_ACCURACY:-94}
+else
+  min=${MIN_ACCURACY:-90}
+  echo "note: ./data/MNIST is not the real MNIST; accuracy checked against $min%"
+fi
+
+"${compose[@]}" build >/tmp/compose-build.log 2>&1 && pass "compose build" \
+  || { tail -20 /tmp/compose-build.log; fail "compose build"; }
+accuracy() { in_volume 'cat /mnist/eval_results.json' | python3 -c 'import json, sys; print(json.load(sys.stdin)["Accuracy"])'; }
+
+"${compose[@]}" run train >/tmp/compose-train.log 2>&1 && pass "compose run train" \
+  || { tail -5 /tmp/compose-train.log; fail "compose run train"; }
+grep -E "^epoch 1/1:|^final" /tmp/compose-train.log
+"${compose[@]}" run evaluate && pass "compose run evaluate" || fail "compose run evaluate"
+"${compose[@]}" run infer && pass "compose run infer" || fail "compose run infer"
+
+in_volume 'test -f /mnist/mnist_cnn.pt' && pass "mnist_cnn.pt in the volume" || fail "no mnist_cnn.pt in the volume"
+first=$(accuracy)
+python3 -c "import sys; sys.exit(not float('${first:-0}') >= $min)" \
+  && pass "eval_results.json: Accuracy ${first}% >= $min% after one train run" \
+  || fail "eval_results.json: Accuracy '${first}' (want >= $min)"
+pngs=$(in_volume 'ls /mnist/results/*.png | wc -l')
+[ "$pngs" = 5 ] && pass "5 PNGs in results/: $(in_volume 'cd /mnist/results && ls | tr "\n" " "')" \
+  || fail "$pngs PNGs in results/, expected 5"
+
+"${compose[@]}" run train >/tmp/compose-train2.log 2>&1 || fail "second compose run train"
+grep -E "^resuming|^epoch 2/2:" /tmp/compose-train2.log
+grep "^resuming /mnist/mnist_cnn.pt at epoch 2, batch 0/" /tmp/compose-train2.log >/dev/null \
+  && pass "the second train run resumed at epoch 2" || fail "the second train run did not resume"
+"${compose[@]}" run evaluate >/dev/null || fail "second compose run evaluate"
+second=$(accuracy)
+python3 -c "import sys; sys.exit(not float('${second:-0}') > float('${first:-0}'))" \
+  && pass "accuracy improved: ${first}% -> ${second}%" || fail "accuracy did not improve: ${first}% -> ${second}%"
+
+echo
+[ "$failures" -eq 0 ] && echo "✅ all compose checks passed" || { echo "❌ $failures compose check(s) failed"; exit 1; }
