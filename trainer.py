@@ -410,6 +410,8 @@ def run(args, stop, started, pool):
         if getattr(args, "more_epochs", None):
             args.epochs = (state["epoch"] if state else 0) + args.more_epochs
         config = TrainConfig.resolve(args, state["config"] if state else None, log=log)
+        if state is not None:
+            note_schedule_change(state, config)
         if state is not None and state["epoch"] >= config.epochs:
             log(
                 f"training already complete: {options.checkpoint} holds {state['epoch']} of "
@@ -441,6 +443,21 @@ def run(args, stop, started, pool):
     finally:
         checkpoints.close()
         node.close()
+
+
+def note_schedule_change(state, config):
+    """A resume with another --epochs (or --lr) replans a schedule: say how, once."""
+    saved = TrainConfig(**{**config.as_dict(), **state["config"]})
+    if saved == config or (config.lr_schedule == "constant" and not config.warmup):
+        return
+    per_epoch = state["batches_per_epoch"]
+    batch = state["epoch"] * per_epoch + state["step"]
+    was, now = learning_rate(saved, batch, per_epoch), learning_rate(config, batch, per_epoch)
+    log(
+        f"note: the {config.lr_schedule} schedule is now planned over {config.epochs} epochs "
+        f"(was {saved.epochs}) with peak {config.lr}: at batch {batch} the rate is {now:.3g} "
+        f"(was {was:.3g}), and it follows the new plan from there"
+    )
 
 
 def load_state(options, node):

@@ -167,18 +167,56 @@ def test_second_signal_while_stopping_does_not_corrupt(tmp_path, big_data_dir):
     assert state["step"] > 0
 
 
-def test_mid_epoch_stop_and_resume_is_bitwise_identical(tmp_path, big_data_dir):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        [],
+        ["--optimizer", "sgd", "--momentum", "0.9", "--lr-schedule", "onecycle", "--lr", "0.05"],
+        ["--recipe", "fast"],  # Adam, one-cycle
+        ["--optimizer", "adam", "--lr", "0.002", "--lr-schedule", "cosine", "--warmup", "0.1"],
+    ],
+    ids=["sample", "sgd-onecycle", "adam-onecycle", "adam-cosine"],
+)
+def test_mid_epoch_stop_and_resume_is_bitwise_identical(tmp_path, big_data_dir, settings):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    common = ["--data-dir", big_data_dir, "--epochs", "1", *ONE]
+    common = ["--data-dir", big_data_dir, "--epochs", "2", *ONE, *settings]
     assert run_trainer(*common, cwd=tmp_path / "a").returncode == 0
-    rc, _, err, _ = signal_mid_epoch(tmp_path / "b", big_data_dir, signal.SIGTERM, extra=ONE)
+    rc, out, err, _ = signal_mid_epoch(
+        tmp_path / "b", big_data_dir, signal.SIGTERM, [*ONE, *settings]
+    )
     assert rc == 143, err
-    assert load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")["step"] > 0
+    stopped = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    assert stopped["epoch"] == 0 and 0 < stopped["step"] < stopped["batches_per_epoch"]
     assert run_trainer(*common, "--resume", cwd=tmp_path / "b").returncode == 0
     a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
     b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
-    assert_same_weights(a, b)
+    assert_same_weights(a, b)  # weights and every optimizer state tensor
+    assert [m["lr"] for m in a["metrics"]] == [m["lr"] for m in b["metrics"]]
+
+
+def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path, data_dir):
+    proc = run_trainer(
+        "--data-dir", data_dir, "--epochs", "6", "--target-accuracy", "90", "--num-processes", "1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in open(tmp_path / "model_checkpoint.metrics.jsonl")]
+    assert rows[-1]["accuracy_percent"] >= 90 > max(r["accuracy_percent"] for r in rows[:-1])
+    assert len(rows) < 6
+    (target,) = loglines.parse_lines("target", proc.stdout)
+    assert target["epoch"] == len(rows)
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert (state["epoch"], state["step"]) == (len(rows), 0)
+
+
+def test_a_resume_with_more_epochs_says_what_it_does_to_the_schedule(tmp_path, data_dir):
+    common = ["--data-dir", data_dir, *ONE, "--lr-schedule", "cosine"]
+    assert run_trainer(*common, "--epochs", "1", cwd=tmp_path).returncode == 0
+    proc = run_trainer(*common, "--epochs", "2", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if "schedule is now planned" in line]
+    assert len(notes) == 1 and "over 2 epochs (was 1)" in notes[0]
 
 
 def test_killed_worker_fails_the_run_and_keeps_the_checkpoint(tmp_path, big_data_dir):
