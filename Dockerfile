@@ -54,6 +54,8 @@ RUN set -eu; \
 #   networkx), type stubs (*.pyi) and C headers (*.h);
 # - pip and setuptools (installers, not run time); networkx (only torch.compile's
 #   graph partitioners use it; this image trains eagerly);
+# - Pillow's AVIF codec and Tk bridge (the commands read PNG, JPEG and the like;
+#   Pillow imports each codec only when a file needs it);
 # - the symbol tables of the shared libraries (about 90 MB of libtorch_cpu.so);
 #   cpu only: the CUDA variant's libraries are left as NVIDIA and PyPI ship them.
 # The .pyc files stay: without them every start compiles torch again, and
@@ -65,7 +67,8 @@ RUN set -eu; \
         "$site"/torch/lib/libbackend_with_compiler.so "$site"/torch/lib/libaoti_custom_ops.so \
         "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* \
         "$site"/_distutils_hack "$site"/distutils-precedence.pth \
-        "$site"/networkx "$site"/networkx-* /opt/venv/bin/pip*; \
+        "$site"/networkx "$site"/networkx-* /opt/venv/bin/pip* \
+        "$site"/PIL/_avif.* "$site"/PIL/_imagingtk.* "$site"/pillow.libs/libavif-*; \
     find "$site" -depth -type d \( -name tests -o -name benchmarks \) -exec rm -rf {} +; \
     find "$site" -type f \( -name '*.pyi' -o -name '*.h' \) -delete; \
     find "$site/torch/bin" -type f ! -name torch_shm_manager -delete; \
@@ -74,7 +77,10 @@ RUN set -eu; \
     fi; \
     /opt/venv/bin/python -c 'import torch; m = torch.nn.Conv2d(1, 2, 3); \
         o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.5); \
-        m(torch.zeros(1, 1, 5, 5)).sum().backward(); o.step()'
+        m(torch.zeros(1, 1, 5, 5)).sum().backward(); o.step(); \
+        from PIL import Image, ImageDraw; i = Image.new("L", (9, 9)); \
+        ImageDraw.Draw(i).text((0, 0), "1"); import io; i.save(io.BytesIO(), "PNG"); \
+        i.convert("RGB").save(io.BytesIO(), "JPEG")'
 
 # ---------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE}

@@ -197,22 +197,36 @@ def download(dataset, name, dest_dir):
 
 
 def _download_from_mirrors(info, gz_name, dest):
+    """Download into a temp file of this process's own, check it, rename it into
+    place: nodes (or runs) sharing a data directory never write one file
+    together, and whoever finishes first wins; the others find it complete."""
     reasons = []
     for mirror in info["mirrors"]:
-        tmp = dest + ".part"
+        if os.path.exists(dest) and md5sum(dest) == info["md5"][gz_name]:
+            return dest  # another node fetched it meanwhile
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=f".{gz_name}.", suffix=".part")
+        os.close(fd)
         try:
             torch.hub.download_url_to_file(mirror + gz_name, tmp, progress=False)
+            digest = md5sum(tmp)
         except (urllib.error.URLError, OSError, ValueError) as e:
             reasons.append(f"{mirror}: {getattr(e, 'reason', None) or e}")
+            _remove(tmp)
             continue
-        digest = md5sum(tmp)
         if digest != info["md5"][gz_name]:
-            os.unlink(tmp)
+            _remove(tmp)
             reasons.append(f"{mirror}: MD5 {digest} != published {info['md5'][gz_name]}")
             continue
         os.replace(tmp, dest)
         return dest
     raise DataError("download failed (" + "; ".join(reasons) + ")")
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def unpack(gz_path, dest):
@@ -223,7 +237,7 @@ def unpack(gz_path, dest):
             shutil.copyfileobj(src, out, 1 << 20)
         os.replace(tmp, dest)
     except (OSError, EOFError, zlib.error) as e:
-        os.unlink(tmp)
+        _remove(tmp)
         if isinstance(e, OSError) and e.errno is not None:
             raise DataError(f"cannot unpack {gz_path} to {dest}: {e.strerror}") from None
         raise DataError(f"{gz_path} is corrupt: {e}") from None

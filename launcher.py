@@ -2,22 +2,48 @@
 own elastic launcher, c10d rendezvous), running main.py as the node's one
 leader, which runs the node's Hogwild workers.
 
-Why wrap torchrun rather than ask users to type it: torchrun answers
-SIGINT/SIGTERM with a traceback, and the other nodes' agents would then wait
-in torchrun's exit barrier for this one. Here the signal goes to the leader
-instead; the stop travels with the next sync, every leader saves and exits,
-every agent finishes normally, and this process exits 128 + the signal.
+Why wrap torchrun rather than ask users to type it:
+- exit codes that mean what orchestrators read: 0 only when training is
+  complete; a coordinated stop gives every node 128 + the signal (the leader
+  exits 0 so that torchrun neither restarts it nor waits in its exit barrier,
+  and hands the signal over in a file); the leader's own code otherwise
+  (75: another node was lost, 1: an error, 2: a usage error);
+- a stop signal goes to the leader (whenever it exists, also one that arrives
+  before it starts or between restarts), not to torchrun, which would answer
+  with a traceback;
+- one `error:` line per node: torch's agent logs only with --verbose;
+- a waiting job says what it waits for, and an endpoint that does not
+  resolve or a port that is taken fails with one line.
 """
 
+import logging
 import os
 import signal
+import socket
 import sys
+import tempfile
+import threading
+import time
 
 from errors import UsageError
+from loglines import say
 from processes import STOP_SIGNALS
 
-LAUNCH_FLAGS = ("--nnodes", "--rdzv-endpoint", "--rdzv-id", "--max-restarts")
+LAUNCH_FLAGS = (
+    "--nnodes",
+    "--rdzv-endpoint",
+    "--rdzv-id",
+    "--rdzv-conf",
+    "--local-addr",
+    "--max-restarts",
+)
+LAUNCH_SWITCHES = ("--verbose",)
 MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+STOP_FILE_ENV = "MNIST_HOGWILD_STOP_FILE"  # where a leader records a coordinated stop
+WAITING_EVERY = 5.0  # seconds between "waiting for ..." lines
+# c10d waits this long for more nodes once the minimum of --nnodes MIN:MAX has
+# joined (torch's default is 30 s); when MAX nodes have joined it does not wait.
+LAST_CALL = "last_call_timeout=5"
 
 
 def leader_argv(argv):
@@ -28,7 +54,9 @@ def leader_argv(argv):
             skip = False
         elif arg in LAUNCH_FLAGS:
             skip = True
-        elif not arg.startswith(tuple(f + "=" for f in LAUNCH_FLAGS)):
+        elif arg not in LAUNCH_SWITCHES and not arg.startswith(
+            tuple(f + "=" for f in LAUNCH_FLAGS)
+        ):
             out.append(arg)
     return out
 
@@ -57,13 +85,20 @@ def leader_pids():
     return found
 
 
-def forward_stops_to_leader():
-    """A stop signal to this launcher goes to the node's leader (which stops
-    the job at its next sync); returns the list the signals are recorded in."""
-    received = []
+class Forwarder:
+    """Stop signals to this launcher go to the node's leader, whenever one
+    exists: a signal that comes before the leader starts, or between
+    restarts, is handed to the next leader (which then stops at once, with
+    nothing to save, or at its next sync)."""
 
-    def forward(signum, frame):
-        received.append(signum)
+    def __init__(self, stop_file):
+        self.received, self.told, self.stop_file = [], set(), stop_file
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received.append(signum)
+        record_stop(self.stop_file, self.received[0])  # a leader that starts later stops at once
         name = signal.Signals(signum).name
         try:
             os.write(
@@ -71,47 +106,183 @@ def forward_stops_to_leader():
             )
         except OSError:
             pass
-        for pid in leader_pids():
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+        self.forward()
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, forward)
-    return received
+    def forward(self):
+        if not self.received:
+            return
+        for pid in leader_pids():
+            if pid not in self.told:
+                try:
+                    os.kill(pid, self.received[0])
+                    self.told.add(pid)
+                except ProcessLookupError:
+                    pass
+
+
+def resolve_endpoint(endpoint, timeout, verbose):
+    """(host, port) of --rdzv-endpoint once its host resolves (a pod's DNS name
+    may appear only after it starts); UsageError if it never does or is not
+    HOST:PORT."""
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--rdzv-endpoint {endpoint}: expected HOST:PORT")
+    deadline, last_said = time.monotonic() + timeout, 0.0
+    while True:
+        try:
+            socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            return host, int(port)
+        except socket.gaierror as e:
+            if time.monotonic() > deadline:
+                raise UsageError(
+                    f"--rdzv-endpoint {endpoint}: the host {host} does not resolve "
+                    f"({e.strerror}) after {timeout:g} s"
+                ) from None
+            if time.monotonic() - last_said > WAITING_EVERY:
+                say(f"waiting for the rendezvous host {host} to resolve ({e.strerror})")
+                last_said = time.monotonic()
+            time.sleep(0.5)
+
+
+def check_port(host, port):
+    """If this node hosts the rendezvous (HOST is one of its addresses), the
+    port must be free: a taken port would otherwise show as a long silence."""
+    try:
+        addresses = {a[4][0] for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return
+    local = {"127.0.0.1", "::1"}
+    try:
+        local |= {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        pass
+    if not addresses & local:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as e:
+            raise UsageError(
+                f"--rdzv-endpoint {host}:{port}: this node hosts the rendezvous, but port "
+                f"{port} is taken ({e.strerror}): stop what uses it or pick another port"
+            ) from None
+
+
+def say_while_waiting(forwarder, endpoint, nnodes, job, stop):
+    """Until a leader runs: one line every few seconds saying what the job waits for."""
+    started = time.monotonic()
+    while not stop.wait(WAITING_EVERY):
+        forwarder.forward()
+        if not leader_pids():
+            say(
+                f"waiting for {nnodes} nodes to join the rendezvous at {endpoint} (job "
+                f"{job}) for {time.monotonic() - started:.0f} s: every node runs the same "
+                f"command, and can reach {endpoint}"
+            )
+
+
+def quiet_torch(verbose):
+    """torch's agent logs (with stack frames) next to the leader's one line are noise."""
+    if not verbose:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
 
 
 def launch(args, argv):
     """Run this node's torchrun agent; returns the process exit code."""
-    if not args.rdzv_endpoint:
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        raise UsageError(
+            "--nnodes inside torchrun: torchrun already started this process as a leader; "
+            "run either main.py --nnodes or torchrun, not both"
+        )
+    nnodes = args.nnodes or os.environ.get("PET_NNODES")
+    endpoint = args.rdzv_endpoint or os.environ.get("PET_RDZV_ENDPOINT")
+    if not endpoint:
         raise UsageError("--nnodes needs --rdzv-endpoint HOST:PORT")
+    job = args.rdzv_id or os.environ.get("PET_RDZV_ID") or "mnist-hogwild"
+    quiet_torch(args.verbose)
+    stop_file = tempfile.NamedTemporaryFile(prefix="mnist-hogwild-stop-", delete=False)
+    stop_file.close()
+    os.environ[STOP_FILE_ENV] = stop_file.name
+    forwarder = Forwarder(stop_file.name)
+    host, port = resolve_endpoint(endpoint, args.start_timeout, args.verbose)
+    check_port(host, port)
     from torch.distributed import run as torchrun  # noqa: PLC0415 - only when launching
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
 
-    received = forward_stops_to_leader()
-    os.environ["MNIST_HOGWILD_LAUNCHER"] = "1"  # tells the leaders to exit 0 on a stop
+    conf = ",".join(c for c in (LAST_CALL, args.rdzv_conf or os.environ.get("PET_RDZV_CONF")) if c)
+    torchrun_argv = ["--nnodes", nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+    torchrun_argv += ["--rdzv-endpoint", endpoint, "--rdzv-id", job, "--rdzv-conf", conf]
+    torchrun_argv += ["--max-restarts", str(args.max_restarts), "--signals-to-handle", "SIGQUIT"]
+    if args.local_addr:
+        torchrun_argv += ["--local-addr", args.local_addr]
     config = torchrun.parse_args(
-        ["--nnodes", args.nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
-        + ["--rdzv-endpoint", args.rdzv_endpoint, "--rdzv-id", args.rdzv_id]
-        + ["--max-restarts", str(args.max_restarts), "--signals-to-handle", "SIGQUIT"]
-        + [MAIN]
-        + leader_argv(sys.argv[1:] if argv is None else argv)
+        torchrun_argv + [MAIN] + leader_argv(sys.argv[1:] if argv is None else argv)
     )
+    done = threading.Event()
+    threading.Thread(
+        target=say_while_waiting, args=(forwarder, endpoint, nnodes, job, done), daemon=True
+    ).start()
     try:
         torchrun.run(config)
     except ChildFailedError as e:
+        # The leader has said why, in one line: its code is this node's.
         code = max((f.exitcode for f in e.failures.values()), default=1)
-        print(
-            f"error: this node's leader failed (exit {code}); see its error above", file=sys.stderr
-        )
-        return 1
+        return 128 + forwarder.received[0] if forwarder.received else code
     except RendezvousError as e:
-        print(
-            f"error: the rendezvous at {args.rdzv_endpoint} is gone ({type(e).__name__}): the "
-            f"node that hosts it stopped, and c10d rendezvous cannot survive that",
-            file=sys.stderr,
+        say(
+            f"error: the rendezvous at {endpoint} failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); if the node that hosts "
+            f"it stopped, c10d rendezvous cannot survive that: start the job again",
+            sys.stderr,
         )
         return 1
-    return 128 + received[0] if received else 0
+    finally:
+        done.set()
+        stopped = read_stop_file(stop_file.name)
+    if stopped:
+        return 128 + stopped
+    return 128 + forwarder.received[0] if forwarder.received else 0
+
+
+def read_stop_file(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        os.unlink(path)
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def record_stop(path, signum):
+    try:
+        with open(path, "w") as f:
+            f.write(str(signum))
+        return True
+    except OSError:
+        return False
+
+
+def hand_over_stop(signum):
+    """In a leader started by launch(): record a coordinated stop for the
+    launcher, which exits with 128 + SIGNUM; True if there is such a launcher
+    (the leader then exits 0, so that torchrun neither restarts it nor waits
+    for the other nodes in its exit barrier)."""
+    path = os.environ.get(STOP_FILE_ENV)
+    return bool(path) and record_stop(path, signum)
+
+
+def stop_before_start():
+    """In a leader: the signal its launcher got before it started, or None."""
+    path = os.environ.get(STOP_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

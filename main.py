@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+import launcher
 import pool
 from config import DATASETS, LR_SCHEDULES, OPTIMIZERS, RECIPES, TrainConfig
 from errors import CheckpointError, DataError, InputError, UsageError
@@ -243,7 +244,27 @@ def build_parser():
         help="where the nodes meet (c10d rendezvous; hosted by the node whose address it is)",
     )
     nodes.add_argument(
-        "--rdzv-id", default="mnist-hogwild", metavar="ID", help="job id (default: mnist-hogwild)"
+        "--rdzv-id",
+        metavar="ID",
+        help="the job's id, the same on every node and new for every job (default: "
+        "$PET_RDZV_ID, else mnist-hogwild)",
+    )
+    nodes.add_argument(
+        "--rdzv-conf",
+        metavar="K=V,...",
+        help="c10d rendezvous settings passed to torchrun, e.g. join_timeout=900 (default: "
+        f"{launcher.LAST_CALL})",
+    )
+    nodes.add_argument(
+        "--local-addr",
+        metavar="ADDR",
+        help="this node's address as the other nodes reach it (torchrun's --local-addr; "
+        "default: its host name)",
+    )
+    nodes.add_argument(
+        "--verbose",
+        action="store_true",
+        help="keep torch's own launcher and rendezvous logs (default: errors as one line)",
     )
     nodes.add_argument(
         "--max-restarts",
@@ -326,17 +347,23 @@ def main(argv=None):
     if argv and argv[0] == "train":
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    if args.nnodes:
-        # torch's C++ warnings (with stack frames) when another node's agent goes
-        # away are noise next to the leader's one-line error: errors only.
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-        import launcher
-
+    if args.nnodes or (os.environ.get("PET_NNODES") and not os.environ.get("TORCHELASTIC_RUN_ID")):
         try:
             return launcher.launch(args, argv)
         except UsageError as e:
             say(f"error: {e}", sys.stderr)
             return 2
+    if launcher.stop_before_start():
+        return 0  # the launcher got a stop signal before this leader started: nothing to do
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        say(
+            "error: one leader per node: start torchrun with --nproc-per-node 1 "
+            "(each leader runs --num-processes Hogwild workers itself)",
+            sys.stderr,
+        )
+        return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        stop.unwind = False  # several nodes: a stop during start-up travels with the first sync
     if args.deterministic:
         # cuBLAS reads it when it starts, in every process: set before any starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

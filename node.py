@@ -29,8 +29,7 @@ def from_env(options, environ=os.environ):
     world = int(environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return LocalNode()
-    wrapped = environ.get("MNIST_HOGWILD_LAUNCHER") == "1"  # main.py --nnodes started us
-    return ClusterNode(int(environ["RANK"]), world, options, wrapped)
+    return ClusterNode(int(environ["RANK"]), world, options)
 
 
 class LocalNode:
@@ -48,8 +47,8 @@ class LocalNode:
     def start(self):
         pass
 
-    def agree_on_job(self, settings):
-        pass
+    def agree_on_job(self, settings, stop_signum):
+        return stop_signum or 0
 
     def begin(self, params, state_tensors, counters):
         pass
@@ -68,9 +67,6 @@ class LocalNode:
 
     def newest_checkpoint(self, path, load, warn):
         return load(path) if os.path.exists(path) else None
-
-    def stop_exit_code(self, signum, here):
-        return 128 + signum
 
     def close(self):
         pass
@@ -113,8 +109,8 @@ class ClusterNode:
 
     pauses_anywhere = False  # a sync needs every node at the same boundary
 
-    def __init__(self, rank, world, options, wrapped):
-        self.rank, self.world, self.options, self.wrapped = rank, world, options, wrapped
+    def __init__(self, rank, world, options):
+        self.rank, self.world, self.options = rank, world, options
         self.leader = rank == 0
         self.syncs, self.sync_seconds = 0, 0.0
         self.reference = {}  # "sum": the tensors at the last sync (see begin)
@@ -139,11 +135,15 @@ class ClusterNode:
             dist.destroy_process_group()
 
     @_collective("the check that every node runs the same job")
-    def agree_on_job(self, settings):
+    def agree_on_job(self, settings, stop_signum):
         """Stop with one line, on every node, if the nodes' SETTINGS (a dict of
-        what must match) differ: naming the setting and the nodes."""
+        what must match) differ: naming the setting and the nodes. Also the
+        first chance to stop together: the signal any node got during its
+        start-up (or 0)."""
         everyone = [None] * self.world
-        dist.all_gather_object(everyone, settings)
+        dist.all_gather_object(everyone, (settings, stop_signum or 0))
+        signums = [s for _, s in everyone]
+        everyone = [s for s, _ in everyone]
         for name in settings:
             values = [s.get(name) for s in everyone]
             if len({json.dumps(v) for v in values}) > 1:
@@ -152,6 +152,7 @@ class ClusterNode:
                     f"the nodes run different jobs: {name} differs ({per_node}); start every "
                     f"node with the same flags"
                 )
+        return max(signums)
 
     def begin(self, params, state_tensors, counters):
         """Every node starts from rank 0's model and optimizer state (as DDP does:
@@ -284,11 +285,6 @@ class ClusterNode:
                 aside = None
             warn(f"{e}; counted as no checkpoint" + (f" and moved to {aside}" if aside else ""))
             return None
-
-    def stop_exit_code(self, signum, here):
-        """128 + the signal, on every node (the signal travels with the sync),
-        except under main.py --nnodes, whose launcher itself exits with it."""
-        return 0 if self.wrapped else 128 + signum
 
 
 def _progress_key(state):

@@ -18,6 +18,7 @@ import torch.multiprocessing  # noqa: F401 - registers the reductions that send 
 import checkpoint
 import cpus
 import data
+import launcher
 import node as nodes
 import optim
 from checkpoint_manager import CheckpointManager
@@ -153,7 +154,7 @@ class Trainer:
         processes = dict(processes=self.options.num_processes, threads=self.threads)
         log(line("training", **processes, **self.config.as_dict()))
         self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
-        if self.stop.signum is not None:
+        if self.stop.signum is not None and self.node.pauses_anywhere:
             raise Stopped(self.stop.signum, during_start_up=True)
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
@@ -169,7 +170,9 @@ class Trainer:
         payload = dict(model=self.model, state=self.optimizer.state, config=self.config)
         payload.update(train=self.files["train"] if on_cpu else self.train_set, setup=setup)
         self.pool.send_setup({**payload, "schedule": self.schedule})
-        if not self.progress.wait("ready", len(self.pool), self.pool.check, self.stop_requested):
+        # One machine stops at once; several stop together, at the first sync.
+        give_up = self.stop_requested if self.node.pauses_anywhere else None
+        if not self.progress.wait("ready", len(self.pool), self.pool.check, give_up):
             raise Stopped(self.stop.signum, during_start_up=True)
         self.stop.starting = False  # from here a signal means "save, then stop"
         log(line("ready", workers=len(self.pool), seconds=time.monotonic() - self.started))
@@ -290,9 +293,8 @@ class Trainer:
         boundary); save, then let them exit."""
         name = stopped.name()
         if stopped.during_start_up:
-            log(f"stopped by {name} during start-up; nothing to save")
             self.pool.stop(graceful=False)
-            return 128 + stopped.signum
+            return stopped_before_training(stopped)
         step = self.schedule.step(self.epoch, self.progress.done.value)
         partial = self.state.partial_epoch if self.epoch_trained else self.epoch_partial()
         seconds = self.checkpoints.save(self.snapshot(self.epoch, step, partial))
@@ -303,7 +305,7 @@ class Trainer:
         log(line("stopped", signal=name if stopped.here else f"{name} on another node", **fields))
         self.log_syncs()
         self.pool.stop(graceful=True)
-        return self.node.stop_exit_code(stopped.signum, stopped.here)
+        return 0 if launcher.hand_over_stop(stopped.signum) else 128 + stopped.signum
 
     # ----- helpers -------------------------------------------------------
     def stop_requested(self, *_):
@@ -402,7 +404,9 @@ def run(args, stop, started, pool):
         if options.dry_run and node.world > 1:
             raise UsageError("--dry-run is for one machine, not a torchrun job")
         node.start()
-        node.agree_on_job(job_settings(args, options))
+        signum = node.agree_on_job(job_settings(args, options), stop.signum)
+        if signum:
+            return stopped_before_training(Stopped(signum, here=stop.signum is not None))
         if node.describe():
             log(node.describe())
         checkpoints.open()
@@ -443,6 +447,11 @@ def run(args, stop, started, pool):
     finally:
         checkpoints.close()
         node.close()
+
+
+def stopped_before_training(stopped):
+    log(f"stopped by {stopped.name()} during start-up; nothing to save")
+    return 0 if launcher.hand_over_stop(stopped.signum) else 128 + stopped.signum
 
 
 def note_schedule_change(state, config):

@@ -451,6 +451,137 @@ def publish(result, args):
             )
 
 
+# ----- time to accuracy (--time-to-accuracy) ---------------------------------
+TTA_TARGETS = (98.0, 99.0)
+
+
+def accuracy_curve(data_dir, dataset, work, recipe, processes, seed, device):
+    """One whole run of RECIPE: [(seconds since the command, epoch, accuracy %)]."""
+    ckpt = os.path.join(work, f"tta-{recipe}-{processes}-{seed}.pth")
+    harness.remove_run_files(ckpt)
+    options = dict(data_dir=data_dir, dataset=dataset, recipe=recipe, seed=seed)
+    options.update(num_processes=processes, device=device, checkpoint=ckpt, log_interval=10**9)
+    t = Trainer(flags(**options), cwd=work)
+    curve = []
+    while True:
+        elapsed, kind, fields = t.wait_for("epoch", "done", timeout=3600)
+        if kind == "done":
+            break
+        curve.append((elapsed, fields["epoch"], fields["accuracy"]))
+    t.finish(ok=(0,))
+    return curve
+
+
+def first_reaching(curve, target):
+    """(epoch, seconds) of the first evaluation at or above TARGET, or None."""
+    return next(((e, s) for s, e, a in curve if a >= target), None)
+
+
+def tta_row(recipe, processes, curves):
+    row = {"recipe": recipe, "processes": processes, "runs": len(curves), "curves": curves}
+    for target in TTA_TARGETS:
+        hits = [first_reaching(c, target) for c in curves]
+        reached = [h for h in hits if h is not None]
+        row[f"to_{target:g}"] = {
+            "reached": len(reached),
+            "epochs": [h[0] for h in reached],
+            "seconds": [round(h[1], 1) for h in reached],
+        }
+    row["best"] = [max(a for _, _, a in c) for c in curves]
+    return row
+
+
+def measure_time_to_accuracy(args, data_dir, dataset, work):
+    rows = []
+    for recipe in args.recipes.split(","):
+        for processes in (int(n) for n in args.processes.split(",")):
+            curves = []
+            for seed in range(1, args.repeats + 1):
+                curve = accuracy_curve(
+                    data_dir, dataset, work, recipe, processes, seed, args.device
+                )
+                print(f"{recipe}, {processes} processes, seed {seed}: {curve}", flush=True)
+                curves.append(curve)
+            rows.append(tta_row(recipe, processes, curves))
+    return {"time_to_accuracy": rows, "device": args.device}
+
+
+def _spread(values, unit=""):
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    text = f"{med:g}{unit}"
+    return text if min(values) == max(values) else f"{text} ({min(values):g}-{max(values):g})"
+
+
+def tta_markdown(result):
+    lines = [
+        f"Time to accuracy on {result['machine']}, {result['data']}, --device "
+        f"{result['device']}; each cell: median (min-max) over the seeds, seconds from the "
+        f"command to the epoch line (`python scripts/benchmark.py --time-to-accuracy`).",
+        "",
+        "| recipe | processes | runs | reached 98% | epochs to 98% | seconds to 98% | reached 99% "
+        "| epochs to 99% | seconds to 99% | best accuracy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["time_to_accuracy"]:
+        a, b = r["to_98"], r["to_99"]
+        lines.append(
+            f"| {r['recipe']} | {r['processes']} | {r['runs']} | {a['reached']}/{r['runs']} | "
+            f"{_spread(a['epochs'])} | {_spread(a['seconds'], ' s')} | {b['reached']}/{r['runs']} | "
+            f"{_spread(b['epochs'])} | {_spread(b['seconds'], ' s')} | "
+            f"{_spread([round(x, 2) for x in r['best']], '%')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_time_to_accuracy(result, path):
+    import matplotlib  # noqa: PLC0415 - a development dependency, only for the plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = {"sample": "tab:blue", "fast": "tab:orange"}
+    for r in result["time_to_accuracy"]:
+        for i, curve in enumerate(r["curves"]):
+            label = f"{r['recipe']}, {r['processes']} processes" if i == 0 else None
+            style = {1: ":", 2: "-", 4: "--"}.get(r["processes"], "-.")
+            ax.plot(
+                [c[0] for c in curve],
+                [c[2] for c in curve],
+                style,
+                marker="o",
+                markersize=3,
+                color=colours.get(r["recipe"], "tab:gray"),
+                label=label,
+                alpha=0.8,
+            )
+    ax.axhline(98, color="gray", linewidth=0.8)
+    ax.set_ylim(90, 100)
+    ax.set_xlabel("seconds since the command")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Time to accuracy, {result['data']}")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def publish_time_to_accuracy(result, args):
+    md = tta_markdown(result)
+    with open(os.path.join(args.out, "time_to_accuracy.md"), "w") as f:
+        f.write(md)
+    try:
+        plot_time_to_accuracy(result, os.path.join(args.out, "time_to_accuracy.png"))
+    except ImportError:
+        print("note: no matplotlib here: the table and JSON are written, the plot is not")
+    print(md)
+    if args.update_docs:
+        harness.update_doc("docs/performance.md", "time-to-accuracy", "\n" + md)
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
@@ -486,6 +617,14 @@ def parse_args():
     p.add_argument(
         "--update-docs", action="store_true", help="rewrite the tables in docs/performance.md"
     )
+    p.add_argument(
+        "--time-to-accuracy",
+        action="store_true",
+        help="measure only epochs and seconds to 98%% and 99%% for --recipes at --processes, "
+        "--repeats seeds each; writes time_to_accuracy.md/json/png",
+    )
+    p.add_argument("--recipes", default="sample,fast", help="(default: sample,fast)")
+    p.add_argument("--processes", default="1,2,4", help="(default: 1,2,4)")
     p.add_argument(
         "--from-json",
         metavar="FILE",
@@ -562,7 +701,12 @@ def main():
     args = parse_args()
     if args.from_json:
         with open(args.from_json) as f:
-            publish(json.load(f), args)
+            result = json.load(f)
+        (
+            publish_time_to_accuracy(result, args)
+            if "time_to_accuracy" in result
+            else publish(result, args)
+        )
         return
     usable = cpus.usable_cpus()
     os.makedirs(args.out, exist_ok=True)
@@ -580,6 +724,12 @@ def main():
             "data": label,
             "usable_cpus": usable,
         }
+        if args.time_to_accuracy:
+            result.update(measure_time_to_accuracy(args, data_dir, dataset, work))
+            with open(os.path.join(args.out, "time_to_accuracy.json"), "w") as f:
+                json.dump(result, f, indent=2)
+            publish_time_to_accuracy(result, args)
+            return
         if args.breakdown:
             result.update(measure_breakdown(args, data_dir, dataset, label, work))
         else:

@@ -99,7 +99,8 @@ def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
     sent = time.monotonic()
     outs = finish(nodes, timeout=30)
     assert time.monotonic() - sent < 10
-    assert [p.returncode for p in nodes] == [0, 130], outs
+    # Every node exits 128 + the signal: stopped, resumable (0 means complete).
+    assert [p.returncode for p in nodes] == [130, 130], outs
     assert all("Traceback" not in out for out in outs), outs
     a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
     b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
@@ -155,7 +156,7 @@ def test_without_torchrun_the_node_is_a_one_node_job(monkeypatch):
     assert isinstance(nodes.from_env(options), nodes.LocalNode)
     assert isinstance(nodes.from_env(options, {"WORLD_SIZE": "1", "RANK": "0"}), nodes.LocalNode)
     node = nodes.from_env(options, environ={"WORLD_SIZE": "3", "RANK": "2"})
-    assert (node.rank, node.world, node.leader, node.wrapped) == (2, 3, False, False)
+    assert (node.rank, node.world, node.leader) == (2, 3, False)
     assert torch.distributed.is_available()
 
 
@@ -165,4 +166,4 @@ def test_the_one_node_job_returns_what_it_is_given():
     assert local.sum_and_max(1.5, 2.0) == (1.5, 2.0)
     assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
     assert local.boundaries(None, 0, 40) == [40]
-    assert local.stop_exit_code(2, here=True) == 130
+    assert local.agree_on_job({"--seed": 1}, 15) == 15
