@@ -167,3 +167,40 @@ def test_the_one_node_job_returns_what_it_is_given():
     assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
     assert local.boundaries(None, 0, 40) == [40]
     assert local.agree_on_job({"--seed": 1}, 15) == 15
+
+
+@pytest.mark.slow
+def test_nodes_started_with_different_flags_stop_at_once_naming_the_flag(tmp_path, data_dir):
+    port = free_port()
+    common = ["--data-dir", data_dir, "--epochs", "1", "--log-interval", "10"]
+    nodes = [
+        start_node(tmp_path, "a", port, *common, "--sync-every", "10"),
+        start_node(tmp_path, "b", port, *common, "--sync-every", "20"),
+    ]
+    outs = finish(nodes, timeout=120)
+    for proc, out in zip(nodes, outs, strict=True):
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 75, out
+        assert len(errors) == 1 and "--sync-every differs (node 0: 10, node 1: 20)" in errors[0]
+        assert "Traceback" not in out and "EnforceNotMet" not in out
+    assert not (tmp_path / "a" / "model_checkpoint.pth").exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_on_one_node_is_set_aside_and_the_other_nodes_copy_wins(tmp_path, job):
+    assert all(p.returncode == 0 for p in job_done(job("--epochs", "1")))
+    good = (tmp_path / "a" / "model_checkpoint.pth").read_bytes()
+    (tmp_path / "b" / "model_checkpoint.pth").write_bytes(b"garbage" * 1000)
+    nodes = job("--epochs", "2", "--resume")
+    outs = finish(nodes)
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    assert "counted as no checkpoint and moved to model_checkpoint.pth.unreadable" in outs[1]
+    assert all("resuming model_checkpoint.pth at epoch 2, batch 0/" in out for out in outs), outs
+    assert (tmp_path / "b" / "model_checkpoint.pth.unreadable").read_bytes() == b"garbage" * 1000
+    assert load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")["epoch"] == 2
+    assert good  # node a's first checkpoint was the one both resumed from
+
+
+def job_done(nodes):
+    finish(nodes)
+    return nodes
