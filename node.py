@@ -9,10 +9,11 @@ boundary and combine their models and optimizer state with all_reduce (Lin
 et al., "Don't Use Large Mini-Batches, Use Local SGD", ICLR 2020).
 """
 
-import hashlib
+import ctypes
 import io
 import json
 import os
+import pickle
 import time
 from datetime import timedelta
 
@@ -90,6 +91,44 @@ def _collective(what):
     return wrap
 
 
+# Objects between nodes. Not torch's all_gather_object/broadcast_object_list:
+# they read the bytes back with tensor.numpy(), and the image has no numpy
+# (it would add tens of MB for this alone). These send pickles as uint8
+# tensors and read them back with ctypes, nothing else.
+def _bytes_tensor(payload):
+    return (
+        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        if payload
+        else torch.zeros(0, dtype=torch.uint8)
+    )
+
+
+def _tensor_bytes(tensor, size):
+    return ctypes.string_at(tensor.data_ptr(), size) if size else b""
+
+
+def _all_gather_objects(obj, world, group=None):
+    """Every node's OBJ, in rank order."""
+    mine = _bytes_tensor(pickle.dumps(obj))
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([mine.numel()], dtype=torch.int64), group=group)
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: mine.numel()] = mine
+    everyone = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(everyone, padded, group=group)
+    return [pickle.loads(_tensor_bytes(t, int(n))) for t, n in zip(everyone, sizes, strict=True)]
+
+
+def _broadcast_bytes(payload, src, rank, group=None):
+    """SRC's PAYLOAD (bytes) on every node."""
+    size = torch.tensor([len(payload) if rank == src else 0], dtype=torch.int64)
+    dist.broadcast(size, src=src, group=group)
+    data = _bytes_tensor(payload) if rank == src else torch.zeros(int(size), dtype=torch.uint8)
+    dist.broadcast(data, src=src, group=group)
+    return _tensor_bytes(data, int(size))
+
+
 def _flat(tensors):
     """TENSORS as one float64 CPU vector (gloo's transport; exact for float32)."""
     parts = [t.detach().reshape(-1).to("cpu", torch.float64) for t in tensors]
@@ -140,8 +179,7 @@ class ClusterNode:
         what must match) differ: naming the setting and the nodes. Also the
         first chance to stop together: the signal any node got during its
         start-up (or 0)."""
-        everyone = [None] * self.world
-        dist.all_gather_object(everyone, (settings, stop_signum or 0))
+        everyone = _all_gather_objects((settings, stop_signum or 0), self.world)
         signums = [s for _, s in everyone]
         everyone = [s for s, _ in everyone]
         for name in settings:
@@ -233,9 +271,8 @@ class ClusterNode:
     def share_evaluation(self, row, stop_signum):
         """The leader evaluates; every node gets (row, signum): the leader's
         metrics row, or None and the signal that stopped it."""
-        message = [(row, stop_signum or 0)]
-        dist.broadcast_object_list(message, src=0, group=self.sync_group)
-        return message[0]
+        message = pickle.dumps((row, stop_signum or 0)) if self.leader else b""
+        return pickle.loads(_broadcast_bytes(message, 0, self.rank, self.sync_group))
 
     @_collective("the agreement on a checkpoint")
     def newest_checkpoint(self, path, load, warn):
@@ -247,24 +284,22 @@ class ClusterNode:
         node's disk loses nothing."""
         mine = self._readable(path, load, warn)
         key = None if mine is None else _progress_key(mine)
-        everyone = [None] * self.world
-        dist.all_gather_object(everyone, key)
+        everyone = _all_gather_objects(key, self.world)
         candidates = [(k, r) for r, k in enumerate(everyone) if k is not None]
         if not candidates:
             return None
         newest, owner = max(candidates, key=lambda c: (c[0], -c[1]))
-        needed = [k != newest for k in everyone]
-        payload = [_file_bytes(path) if self.rank == owner and any(needed) else None]
-        if any(needed):
-            dist.broadcast_object_list(payload, src=owner)
+        payload = b""
+        if any(k != newest for k in everyone):
+            payload = _file_bytes(path) if self.rank == owner else b""
+            payload = _broadcast_bytes(payload, owner, self.rank)
         error = None
         if key != newest:
             try:
-                mine = load(io.BytesIO(payload[0]), f"node {owner}'s {path}")
+                mine = load(io.BytesIO(payload), f"node {owner}'s {path}")
             except CheckpointError as e:
                 error = str(e)
-        errors = [None] * self.world
-        dist.all_gather_object(errors, error)
+        errors = _all_gather_objects(error, self.world)
         failed = [(r, e) for r, e in enumerate(errors) if e]
         if failed:
             rank, message = failed[0]
@@ -297,6 +332,3 @@ def _file_bytes(path):
     with open(path, "rb") as f:
         return f.read()
 
-
-def settings_digest(settings):
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
