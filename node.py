@@ -331,4 +331,3 @@ def _progress_key(state):
 def _file_bytes(path):
     with open(path, "rb") as f:
         return f.read()
-

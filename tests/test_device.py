@@ -119,3 +119,13 @@ def test_gpu_checkpoint_holds_cpu_copies_and_loads_on_the_cpu(tmp_path):
     cpu_model.load_state_dict(loaded["model_state"])
     for a, b in zip(cpu_model.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b.cpu())
+
+
+def test_expandable_segments_are_turned_off_for_the_shared_tensors_only():
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64, expandable_segments:True"}
+    assert trainer.shareable_cuda_allocations(env)
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64,expandable_segments:False"
+    assert not trainer.shareable_cuda_allocations(
+        {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}
+    )
+    assert not trainer.shareable_cuda_allocations({})
