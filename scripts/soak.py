@@ -25,7 +25,9 @@ import tempfile
 import time
 
 import harness
+import procs
 from harness import MAIN, docker, docker_run
+from procs import LineReader
 
 import checkpoint  # (found through the path harness sets)
 from model import Net
@@ -166,6 +168,8 @@ class Soak:
             "phases": {},
         }
         self.expected = Net().state_dict()
+        # The host faults run the trainer directly, on the data's host path.
+        self.host_common = ["--data-dir", data_dir, "--dataset", dataset, "--epochs", epochs]
 
     # ----- helpers -------------------------------------------------------
     def problem(self, text):
@@ -549,6 +553,114 @@ class Soak:
                 f"flag {' '.join(flags)}", code, out, ckpt, good, expect_code=2
             )
 
+    # ----- faults on the host (a user's terminal, not a container) --------
+    def host_trainer(self, ckpt, *flags, tag=None, stdout=subprocess.PIPE):
+        env = {**os.environ, "MNIST_HOGWILD_SOAK": tag} if tag else None
+        argv = [sys.executable, MAIN, *self.host_common, "--checkpoint", ckpt, *map(str, flags)]
+        proc = subprocess.Popen(
+            argv, cwd=self.work, stdout=stdout, stderr=subprocess.PIPE, text=True,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+        proc.out = LineReader(proc.stdout) if stdout == subprocess.PIPE else None
+        proc.err = LineReader(proc.stderr)
+        return proc
+
+    def piped_ctrl_c(self):
+        """`main.py | head -n 3`: head exits early, then Ctrl-C: the run still saves."""
+        ckpt = self.fresh("piped")
+        head = subprocess.Popen(
+            ["head", "-n", "3"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        proc = self.host_trainer(ckpt, "--log-interval", "5", stdout=head.stdin)
+        head.stdin.close()
+        try:
+            head.wait(timeout=300)  # the reader is gone...
+            # ...and the trainer noticed: its progress lines now come on stderr.
+            proc.err.wait_for(lambda line: harness.parse_line("progress", line), 300)
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+            err = proc.err.rest(10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.tally["faults"] += 1
+        stopped = harness.parse_lines("stopped", err)
+        state = self.load(ckpt)
+        ok = proc.returncode == 130 and stopped and state and state[1] == stopped[0]["step"]
+        print(f"  piped Ctrl-C: exit {proc.returncode}, checkpoint {state}", flush=True)
+        if not ok or "Traceback" in err:
+            self.problem(f"piped Ctrl-C: exit {proc.returncode}, checkpoint {state}, {err[-300:]}")
+
+    def parent_sigkill(self):
+        """SIGKILL of the trainer mid-training: no process of the run may be left."""
+        ckpt = self.fresh("orphans")
+        tag = f"soak-{os.getpid()}-{time.monotonic_ns()}"
+        proc = self.host_trainer(ckpt, "--log-interval", "5", tag=tag)
+        try:
+            proc.out.wait_for(lambda line: harness.parse_line("progress", line), 300)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            gone = procs.wait_until(lambda: not procs.pids_with_env("MNIST_HOGWILD_SOAK", tag), 3)
+        finally:
+            for pid in procs.pids_with_env("MNIST_HOGWILD_SOAK", tag):
+                os.kill(pid, signal.SIGKILL)
+        self.tally["faults"] += 1
+        print(f"  parent SIGKILL: every process of the run gone within 3 s: {gone}", flush=True)
+        if not gone:
+            self.problem("parent SIGKILL left processes of the run alive")
+
+    def concurrent_run(self):
+        """A second run on a checkpoint in use: refused with one line; the first goes on."""
+        ckpt = self.fresh("concurrent")
+        first = self.host_trainer(ckpt, "--log-interval", "5")
+        try:
+            first.out.wait_for(lambda line: harness.parse_line("progress", line), 300)
+            second = subprocess.run(
+                [sys.executable, MAIN, *self.host_common, "--checkpoint", ckpt],
+                cwd=self.work, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            first.wait(timeout=900)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+        self.tally["faults"] += 1
+        errors = second.stderr.strip().splitlines()
+        ok = second.returncode == 2 and len(errors) == 1 and "in use by another run" in errors[0]
+        print(
+            f"  concurrent run: second exit {second.returncode}, first exit {first.returncode}",
+            flush=True,
+        )
+        if not ok or first.returncode != 0:
+            self.problem(f"concurrent run: {second.returncode} {errors} / first {first.returncode}")
+
+    def sighup(self):
+        ckpt = self.fresh("sighup")
+        proc = self.host_trainer(ckpt, "--log-interval", "5")
+        try:
+            proc.out.wait_for(lambda line: harness.parse_line("progress", line), 300)
+            os.kill(proc.pid, signal.SIGHUP)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.tally["faults"] += 1
+        state = self.load(ckpt)
+        print(f"  SIGHUP: exit {proc.returncode}, checkpoint {state}", flush=True)
+        if proc.returncode != 129 or state is None:
+            self.problem(f"SIGHUP: exit {proc.returncode}, checkpoint {state}")
+
+    def memory_limited_evaluation(self):
+        """--test-batch-size far beyond what fits: evaluation stays bounded."""
+        ckpt = self.fresh("eval-memory")
+        code, out = self.runner.run(
+            [*self.common, "--checkpoint", self.runner.path(ckpt), "--test-batch-size", "100000"],
+            docker_args=["--memory", "600m", "--memory-swap", "600m"],
+        )
+        self.tally["faults"] += 1
+        print(f"  --test-batch-size 100000 under --memory 600m: exit {code}", flush=True)
+        if code != 0:
+            self.problem(f"memory-limited evaluation: exit {code}, {out[-300:]}")
+
     def check_clean_failure(self, label, code, out, ckpt, before, expect_code):
         self.tally["faults"] += 1
         errors = [line for line in out.splitlines() if "error:" in line]
@@ -632,6 +744,14 @@ def main():
             soak.memory_limit()
         print("bad inputs:", flush=True)
         soak.bad_inputs(base_ckpt, data_dir, docker)
+        print("a user's terminal (the trainer on the host):", flush=True)
+        soak.piped_ctrl_c()
+        soak.parent_sigkill()
+        soak.concurrent_run()
+        soak.sighup()
+        if docker:
+            print("evaluation under a memory limit:", flush=True)
+            soak.memory_limited_evaluation()
         t = soak.tally
         for label, acc in accuracies.items():
             if acc is not None and abs(acc - base_acc) > 0.02:
