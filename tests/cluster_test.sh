@@ -65,8 +65,8 @@ docker logs "$net-node0" 2>&1 | grep -E "epoch 2/2:|syncs took" || true
 [ "$c0:$c1" = 0:0 ] && pass "both nodes finished" || fail "exit codes $c0 and $c1"
 [ "$(same_model)" = identical ] && pass "both nodes' checkpoints hold bitwise the same model" \
   || fail "the nodes' checkpoints differ"
-acc=$(field /workspace/node0/model_checkpoint.pth "s['metrics'][-1]['accuracy']")
-python3 -c "import sys; sys.exit(not $acc >= 0.9)" && pass "accuracy $acc" || fail "accuracy $acc < 0.9"
+acc=$(field /workspace/node0/model_checkpoint.pth "s['metrics'][-1]['accuracy_percent']")
+python3 -c "import sys; sys.exit(not ${acc:-0} >= 90)" && pass "accuracy $acc%" || fail "accuracy ${acc:-none}% < 90%"
 docker logs "$net-node0" 2>&1 | grep Traceback >/dev/null && fail "a traceback in node0's log" || true
 remove
 rm -rf "$work/node0" "$work/node1"
