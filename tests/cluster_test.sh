@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Several machines, as containers: two nodes of the image on a network made
-# with `docker network create`, --cpus 1 each (main.py --nnodes, which runs
+# with `docker network create`, --cpus 1 each (DOCKER_CPUS) (main.py --nnodes, which runs
 # torchrun's launcher; gloo between the leaders). Checks a whole job (equal
 # checkpoints on both nodes, accuracy), docker stop of the node that does not
 # host the rendezvous (both exit within 10 s, same checkpoint, --resume on
 # both finishes), docker kill of a node (the survivor's one error line, its
-# checkpoint intact), the plain torchrun form, and compose.cluster.yaml with
-# docker-compose. Prints ✅/❌; exits non-zero on any ❌.
+# checkpoint intact), the plain torchrun form, compose.cluster.yaml with
+# docker-compose, and docs/kubernetes.yaml's command line in containers named
+# like its pods. Prints ✅/❌; exits non-zero on any ❌.
 #
 #   bash tests/cluster_test.sh     # IMAGE (default mnist-hogwild:grading) must be built
 set -uo pipefail
@@ -32,7 +33,7 @@ docker run --rm -v "$work:/w" -v "$PWD/scripts:/t:ro" "$IMAGE" python /t/synthet
 node() { # name, then flags: one node container, detached
   local name=$1
   shift
-  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus 1 \
+  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus "${DOCKER_CPUS:-1}" \
     -v "$work:/workspace" "$IMAGE" --nnodes 2 --rdzv-endpoint node0:29400 --rdzv-id test \
     --data-dir /workspace/data --num-processes 1 --sync-every 20 --log-interval 20 \
     --checkpoint "/workspace/$name/model_checkpoint.pth" "$@" >/dev/null
@@ -57,7 +58,7 @@ wait_log() { # name, text, seconds
 }
 remove() { docker rm -f "$net-node0" "$net-node1" >/dev/null 2>&1; }
 
-echo "== 1. a whole job: 2 nodes x --cpus 1, 2 epochs"
+echo "== 1. a whole job: 2 nodes x --cpus ${DOCKER_CPUS:-1}, 2 epochs"
 node node0 --epochs 2
 node node1 --epochs 2
 c0=$(exit_code node0) c1=$(exit_code node1)
@@ -118,7 +119,7 @@ remove
 echo "== 4. the plain torchrun form, inside the image"
 rm -rf "$work/node0" "$work/node1"
 for name in node0 node1; do
-  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus 1 \
+  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus "${DOCKER_CPUS:-1}" \
     -v "$work:/workspace" "$IMAGE" torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d \
     --rdzv-endpoint node0:29400 --rdzv-id plain /opt/mnist-hogwild/main.py \
     --data-dir /workspace/data --num-processes 1 --epochs 1 \
@@ -141,6 +142,35 @@ if command -v docker-compose >/dev/null; then
     || fail "docker-compose up: exit $rc, container exit codes $ok"
 else
   fail "docker-compose is not installed"
+fi
+
+echo "== 6. docs/kubernetes.yaml's command line, in containers named like its pods (pod 0 last)"
+mapfile -t k8s_args < <(python3 - <<'EOF2'
+import yaml
+job = next(d for d in yaml.safe_load_all(open("docs/kubernetes.yaml")) if d and d["kind"] == "Job")
+for arg in job["spec"]["template"]["spec"]["containers"][0]["args"]:
+    print(arg.replace("$(RDZV_ID)", "3f2a-job-uid"))
+EOF2
+)
+if [ "${#k8s_args[@]}" -lt 3 ]; then
+  fail "could not read the Job's args from docs/kubernetes.yaml (PyYAML: pip install -r requirements-dev.txt)"
+else
+  mkdir -p "$work/k8s" && chmod 777 "$work/k8s"
+  pod() { # index
+    local args=("${k8s_args[@]//\$(JOB_COMPLETION_INDEX)/$1}")
+    docker run -d --name "$net-pod$1" --hostname "mnist-hogwild-$1" --network "$net" \
+      --network-alias "mnist-hogwild-$1.mnist-hogwild" --cpus "${DOCKER_CPUS:-1}" -e "JOB_COMPLETION_INDEX=$1" \
+      -v "$work/k8s:/checkpoints" -v "$work/data:/data:ro" "$IMAGE" "${args[@]}" --epochs 1 >/dev/null
+  }
+  pod 1
+  wait_log pod1 "waiting for the rendezvous host" 60 && pass "pod 1 waits aloud for pod 0's name" \
+    || fail "pod 1 did not say what it waits for"
+  pod 0
+  p0=$(docker wait "$net-pod0") p1=$(docker wait "$net-pod1")
+  docker logs "$net-pod0" 2>&1 | grep -E "^epoch 1/1:|^error" || true
+  [ "$p0:$p1" = 0:0 ] && [ -f "$work/k8s/node-0/model_checkpoint.pth" ] && [ -f "$work/k8s/node-1/model_checkpoint.pth" ] \
+    && pass "both pods finished, each with its checkpoint in its own folder" || fail "pods exited $p0 and $p1"
+  docker rm -f "$net-pod0" "$net-pod1" >/dev/null 2>&1
 fi
 
 echo

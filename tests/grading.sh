@@ -31,7 +31,8 @@ name_prefix="grading-$$"
 pass() { echo "✅ $*"; }
 fail() { echo "❌ $*"; failures=$((failures + 1)); }
 step() { echo; echo "== $*"; }
-run() { docker run --rm -v "$ROOT:/workspace" "$@"; }
+cpus=(${DOCKER_CPUS:+--cpus "$DOCKER_CPUS"})  # DOCKER_CPUS: a slower machine (tests/run.sh SLOW=1)
+run() { docker run --rm "${cpus[@]}" -v "$ROOT:/workspace" "$@"; }
 ckpt_field() { # file expr -> prints the value of a python expression over the checkpoint s
   run "$IMAGE" python -c "import torch; s = torch.load('$1', weights_only=True); print($2)"
 }
@@ -110,7 +111,7 @@ fi
 
 step "4b. docker stop mid-epoch -> checkpoint -> --resume"
 cname="$name_prefix-stop"
-docker run -d --name "$cname" -v "$ROOT:/workspace" "$IMAGE" \
+docker run -d --name "$cname" "${cpus[@]}" -v "$ROOT:/workspace" "$IMAGE" \
   --epochs 2 --log-interval 20 --checkpoint "$OUT/stop.pth" --checkpoint-interval 0 >/dev/null
 for _ in $(seq 600); do
   docker logs "$cname" 2>/dev/null | grep "epoch 1/2 \[" >/dev/null && break
