@@ -204,7 +204,15 @@ class CheckpointManager:
         accuracy = state["metrics"][-1]["accuracy_percent"]
         if self.best is None or accuracy >= self.best:
             self.best = accuracy
-            checkpoint.save(state, self.best_path)
+            # The checkpoint just written is the best: a hard link to it costs
+            # no space and no time (a copy where links are not possible).
+            try:
+                keep_copy(self.path, self.best_path)
+            except OSError as e:
+                raise CheckpointError(
+                    f"could not write {self.best_path}: {e.strerror or e}; the checkpoint "
+                    f"{self.path} is saved"
+                ) from None
         return seconds
 
     def move_previous_aside(self):

@@ -183,6 +183,10 @@ def describe_exit(exitcode, oom_killed=False):
         )
     if exitcode < 0:
         return f"was killed by {signal.Signals(-exitcode).name}"
+    if exitcode == 255:  # multiprocessing's code for a child whose forkserver vanished
+        return "lost the forkserver it was started from" + (
+            " (the kernel's out-of-memory killer)" if oom_killed else ""
+        )
     return f"exited with code {exitcode} before training finished"
 
 
@@ -296,7 +300,22 @@ class WorkerPool:
         return now is not None and self.oom_kills is not None and now > self.oom_kills
 
     def check(self):
-        """Raise WorkerDied if any worker (or the forkserver they come from) has exited."""
+        """Raise WorkerDied if the forkserver or any worker has exited. The
+        forkserver first: when it dies (the OOM killer's first choice after
+        the workers), the workers die with it and their codes say nothing."""
+        server = processes.forkserver_pid()
+        if server is not None:
+            try:
+                pid, status = os.waitpid(server, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = 0, 0  # not ours to reap: its workers will tell
+            if pid:
+                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                processes.forget_forkserver()
+                raise WorkerDied(
+                    f"the forkserver (pid {server}) that starts the workers "
+                    f"{describe_exit(code, self.oom_killed())}"
+                )
         for rank, p in enumerate(self.processes):
             if p.exitcode is not None:
                 cause = describe_exit(p.exitcode, self.oom_killed())
@@ -305,19 +324,6 @@ class WorkerPool:
                     if failed_rank == rank:
                         cause = f"failed: {message}"
                 raise WorkerDied(f"worker {rank} (pid {p.pid}) {cause}")
-        server = processes.forkserver_pid()
-        if server is not None:
-            try:
-                pid, status = os.waitpid(server, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = server, 0
-            if pid:
-                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-                processes.forget_forkserver()
-                raise WorkerDied(
-                    f"the forkserver (pid {server}) that starts the workers "
-                    f"{describe_exit(code, self.oom_killed())}"
-                )
 
     def stop(self, graceful):
         """Graceful: tell idle workers to exit and wait up to 1.5 s; then kill what is left."""
