@@ -299,6 +299,11 @@ def validate(state, model_state, name):
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{name} is incomplete: missing {', '.join(missing)}")
+    _validate_model(state, model_state, name)
+    return _validate_progress(state, name)
+
+
+def _validate_model(state, model_state, name):
     saved = state["model_state"]
     _check(isinstance(saved, dict), name, "model_state is not a dict")
     if set(saved) != set(model_state) or any(
@@ -311,6 +316,9 @@ def validate(state, model_state, name):
         )
     bad = [k for k, t in saved.items() if t.is_floating_point() and not bool(t.isfinite().all())]
     _check(not bad, name, f"weights {', '.join(bad)} are not finite (a diverged run?)")
+
+
+def _validate_progress(state, name):
     config = state["config"]
     _check(isinstance(config, dict), name, f"config is a {type(config).__name__}, not a dict")
     for key, (ok, expected) in CONFIG_CHECKS.items():

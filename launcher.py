@@ -189,6 +189,16 @@ def quiet_torch(verbose):
         logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
 
 
+def torchrun_argv(args, nnodes, endpoint, job):
+    """torchrun's flags: one leader per node, c10d, our restarts; torchrun
+    handles only SIGQUIT itself (the stop signals are ours, see Forwarder)."""
+    conf = ",".join(c for c in (LAST_CALL, args.rdzv_conf or os.environ.get("PET_RDZV_CONF")) if c)
+    argv = ["--nnodes", nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+    argv += ["--rdzv-endpoint", endpoint, "--rdzv-id", job, "--rdzv-conf", conf]
+    argv += ["--max-restarts", str(args.max_restarts), "--signals-to-handle", "SIGQUIT"]
+    return argv + (["--local-addr", args.local_addr] if args.local_addr else [])
+
+
 def launch(args, argv):
     """Run this node's torchrun agent; returns the process exit code."""
     if os.environ.get("TORCHELASTIC_RUN_ID"):
@@ -212,14 +222,10 @@ def launch(args, argv):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
 
-    conf = ",".join(c for c in (LAST_CALL, args.rdzv_conf or os.environ.get("PET_RDZV_CONF")) if c)
-    torchrun_argv = ["--nnodes", nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
-    torchrun_argv += ["--rdzv-endpoint", endpoint, "--rdzv-id", job, "--rdzv-conf", conf]
-    torchrun_argv += ["--max-restarts", str(args.max_restarts), "--signals-to-handle", "SIGQUIT"]
-    if args.local_addr:
-        torchrun_argv += ["--local-addr", args.local_addr]
     config = torchrun.parse_args(
-        torchrun_argv + [MAIN] + leader_argv(sys.argv[1:] if argv is None else argv)
+        torchrun_argv(args, nnodes, endpoint, job)
+        + [MAIN]
+        + leader_argv(sys.argv[1:] if argv is None else argv)
     )
     done = threading.Event()
     threading.Thread(

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
@@ -90,6 +91,41 @@ def shareable_cuda_allocations(environ=os.environ):
     return changed
 
 
+@dataclass
+class SharedModel:
+    """The model and optimizer state the workers train together (Hogwild:
+    without locks, in shared memory on the CPU; on a GPU the workers reach
+    these very tensors by CUDA IPC), and where training stands."""
+
+    model: Net
+    optimizer: optim.SharedStateOptimizer
+    progress: checkpoint.Progress
+    run_id: str
+    counters: list  # Adam's step counts: several machines add them up
+    moments: list  # the rest of the optimizer state: several machines average it
+
+    @classmethod
+    def build(cls, config, device, state, checkpoints, per_epoch):
+        """Fresh (seeded), or restored from STATE, then shared."""
+        torch.manual_seed(config.seed)
+        model = Net().to(device)
+        params = list(model.parameters())
+        opt_state = optim.new_state(config.optimizer, params)
+        optimizer = optim.make(config.optimizer, params, config.lr, config.momentum, opt_state)
+        if state is None:
+            progress, run_id = checkpoint.Progress(0, 0, per_epoch, config.seed), None
+        else:
+            progress = checkpoints.restore(state, model, optimizer, per_epoch)
+            run_id = state.get("run_id")
+        model.share_memory()
+        for tensor in optimizer.tensors():
+            tensor.share_memory_()
+        counters = [s["step"] for s in optimizer.state if "step" in s]
+        moments = [t for s in optimizer.state for k, t in s.items() if k != "step"]
+        run_id = run_id or checkpoint.new_run_id()
+        return cls(model, optimizer, progress, run_id, counters, moments)
+
+
 class Trainer:
     """The parent's side of a run: owns the shared model, the workers' progress,
     and the loop; asks the node where to pause and the checkpoints when to save."""
@@ -102,38 +138,15 @@ class Trainer:
         self.train_set = data.to_device(data.map_split(self.files["train"]), device)
         self.test_set = data.to_device(data.load_split(self.files["test"]), device)
         self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
-        torch.manual_seed(config.seed)
-        self.model = Net().to(device)
-        params = list(self.model.parameters())
-        self.optimizer = optim.make(
-            config.optimizer,
-            params,
-            config.lr,
-            config.momentum,
-            optim.new_state(config.optimizer, params),
-        )
-        self.run_id = (
-            state.get("run_id") or checkpoint.new_run_id() if state else checkpoint.new_run_id()
-        )
-        fresh = checkpoint.Progress(0, 0, self.per_epoch, config.seed)
-        self.state = (
-            fresh
-            if state is None
-            else checkpoints.restore(state, self.model, self.optimizer, self.per_epoch)
-        )
+        self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
+        self.model, self.optimizer = self.shared.model, self.shared.optimizer
+        self.state = self.shared.progress
+        node.begin(self.model.parameters(), self.shared.moments, self.shared.counters)
         self.first_epoch = self.state.epoch
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that
         # epoch must still be evaluated on resume.
         self.start = self.first_epoch * self.per_epoch + self.state.step
-        # Hogwild: the workers update these very tensors, without locks (in
-        # shared memory on the CPU; on a GPU they reach the workers by CUDA IPC).
-        self.model.share_memory()
-        for tensor in self.optimizer.tensors():
-            tensor.share_memory_()
-        self.counters = [s["step"] for s in self.optimizer.state if "step" in s]
-        self.moments = [t for s in self.optimizer.state for k, t in s.items() if k != "step"]
-        node.begin(params, self.moments, self.counters)
         usable = cpus.usable_cpus()
         self.threads = options.threads_per_process or max(1, usable // options.num_processes)
         self.eval_threads = max(self.threads, usable)
@@ -142,11 +155,8 @@ class Trainer:
         # --dry-run: the same loop, one batch per worker of the first epoch.
         self.batch_limit = options.num_processes if options.dry_run else None
         self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
-        self.epoch, self.epoch_trained, self.run_started = (
-            self.first_epoch,
-            False,
-            time.perf_counter(),
-        )
+        self.epoch, self.epoch_trained = self.first_epoch, False
+        self.run_started = time.perf_counter()
         self.progress.reset(0)  # the shared counters count this node's batches of this run
 
     # ----- the run -------------------------------------------------------
@@ -158,7 +168,7 @@ class Trainer:
                 self.train_epoch(epoch)
                 row = self.evaluate(epoch)
                 self.end_epoch(epoch, row)
-                if self.reached_target(row):
+                if reached_target(row, self.options.target_accuracy):
                     break
         except Stopped as stopped:
             return self.stopped(stopped)
@@ -180,24 +190,26 @@ class Trainer:
             raise Stopped(self.stop.signum, during_start_up=True)
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
-        on_cpu = self.device.type == "cpu"
-        setup = WorkerSetup(
-            threads=self.threads,
-            device=str(self.device),
-            deterministic=self.options.deterministic,
-            report_every=1 if on_cpu else self.options.log_interval,
-        )
-        # On the CPU the workers map the file themselves (page cache, no copy);
-        # on a GPU they get the split already there (CUDA IPC, no copy either).
-        payload = dict(model=self.model, state=self.optimizer.state, config=self.config)
-        payload.update(train=self.files["train"] if on_cpu else self.train_set, setup=setup)
-        self.pool.send_setup({**payload, "schedule": self.schedule})
+        self.pool.send_setup(self.worker_payload())
         # One machine stops at once; several stop together, at the first sync.
         give_up = self.stop_requested if self.node.pauses_anywhere else None
         if not self.progress.wait("ready", len(self.pool), self.pool.check, give_up):
             raise Stopped(self.stop.signum, during_start_up=True)
         self.stop.starting = False  # from here a signal means "save, then stop"
         log(line("ready", workers=len(self.pool), seconds=time.monotonic() - self.started))
+
+    def worker_payload(self):
+        """What every worker gets: the shared tensors (by fd, or CUDA IPC), and
+        how to train. On the CPU the workers map the data file themselves (page
+        cache, no copy); on a GPU they get the split already there."""
+        on_cpu = self.device.type == "cpu"
+        setup = WorkerSetup(
+            self.threads, str(self.device), self.options.deterministic,
+            report_every=1 if on_cpu else self.options.log_interval,
+        )  # fmt: skip
+        train = self.files["train"] if on_cpu else self.train_set
+        return dict(model=self.model, state=self.optimizer.state, config=self.config, train=train,
+                    setup=setup, schedule=self.schedule)  # fmt: skip
 
     def train_epoch(self, epoch):
         """Train this node's batches of EPOCH, pausing at each of the node's
@@ -240,8 +252,8 @@ class Trainer:
         nodes' (if any) and agree on stopping and saving."""
         signum, save = self.node.synchronise(
             list(self.model.parameters()),
-            self.moments,
-            self.counters,
+            self.shared.moments,
+            self.shared.counters,
             self.stop.signum,
             self.checkpoints.due(),
         )
@@ -259,17 +271,16 @@ class Trainer:
             torch.set_num_threads(self.eval_threads)
             started = time.perf_counter()
             try:
-                result = evaluate(
-                    self.model,
-                    self.test_set,
-                    self.config.dataset,
-                    self.options.test_batch_size,
-                    self.stop_requested,
-                )
+                result = evaluate(self.model, self.test_set, self.config.dataset,
+                                  self.options.test_batch_size, self.stop_requested)  # fmt: skip
             finally:
                 torch.set_num_threads(self.threads)
             if result is not None:
-                row = self.metrics_row(epoch, result, time.perf_counter() - started)
+                batches = self.schedule.step(epoch, self.progress.done.value)
+                row = metrics_row(
+                    epoch, batches, result, time.perf_counter() - started,
+                    self.state.partial_epoch, self.config, len(self.train_set), self.per_epoch,
+                )  # fmt: skip
         row, signum = self.node.share_evaluation(row, self.stop.signum)
         if row is None:
             raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
@@ -284,30 +295,20 @@ class Trainer:
         done = self.progress.done.value
         finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
         step = self.schedule.step(epoch, done)
-        self.state.partial_epoch = (
-            checkpoint.empty_partial() if finished else self.state.partial_epoch
-        )
-        self.checkpoints.save_epoch(
-            self.snapshot(epoch + 1, 0) if finished else self.snapshot(epoch, step)
-        )
+        if finished:
+            self.state.partial_epoch = checkpoint.empty_partial()
+        self.checkpoints.save_epoch(self.snapshot(*((epoch + 1, 0) if finished else (epoch, step))))
         fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
         fields.update(epoch=epoch + 1, epochs=self.config.epochs, path=self.options.checkpoint)
         log(line("epoch", accuracy=row["accuracy_percent"], **fields))
-
-    def reached_target(self, row):
-        target = self.options.target_accuracy
-        if not target or row["accuracy_percent"] < target:
-            return False
-        log(line("target", target=target, epoch=row["epoch"], accuracy=row["accuracy_percent"]))
-        return True
 
     def finish(self):
         self.pool.stop(graceful=True)
         total = time.perf_counter() - self.run_started
         fields = dict(epochs=len(self.state.metrics), path=self.options.checkpoint)
         log(line("done", elapsed=format_seconds(total), batches=self.progress.done.value, **fields))
-        self.log_summary()
-        self.log_syncs()
+        log_summary(self.state.metrics, self.checkpoints)
+        log_syncs(self.node, self.log.trained_seconds)
         return 0
 
     def stopped(self, stopped):
@@ -325,7 +326,7 @@ class Trainer:
         )
         fields.update(per_epoch=self.per_epoch, batches=self.progress.done.value)
         log(line("stopped", signal=name if stopped.here else f"{name} on another node", **fields))
-        self.log_syncs()
+        log_syncs(self.node, self.log.trained_seconds)
         self.pool.stop(graceful=True)
         return 0 if launcher.hand_over_stop(stopped.signum) else 128 + stopped.signum
 
@@ -341,21 +342,6 @@ class Trainer:
         loss, seconds = self.node.sum_and_max(loss, seconds)
         base = self.state.partial_epoch
         return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
-
-    def metrics_row(self, epoch, result, eval_seconds):
-        batches = self.schedule.step(epoch, self.progress.done.value)
-        partial = self.state.partial_epoch
-        samples = min(batches * self.config.batch_size, len(self.train_set))
-        return {
-            "epoch": epoch + 1,
-            "train_loss": partial["loss_sum"] / max(1, batches),
-            "test_loss": result.test_loss,
-            "accuracy_percent": 100 * result.accuracy,
-            "lr": learning_rate(self.config, epoch * self.per_epoch + batches - 1, self.per_epoch),
-            "samples_per_s": samples / max(partial["seconds"], 1e-9),
-            "seconds": partial["seconds"],
-            "eval_seconds": eval_seconds,
-        }
 
     def snapshot(self, epoch, step, partial=None):
         """The whole checkpoint dict for (EPOCH, STEP); call only while the
@@ -374,31 +360,54 @@ class Trainer:
             progress,
             self.config.as_dict(),
             self.options.as_dict(),
-            self.run_id,
+            self.shared.run_id,
         )
 
-    def log_summary(self):
-        rows = self.state.metrics
-        if rows:
-            best = max(rows, key=lambda r: r["accuracy_percent"])
-            log(
-                line(
-                    "summary",
-                    final=rows[-1]["accuracy_percent"],
-                    best=best["accuracy_percent"],
-                    best_epoch=best["epoch"],
-                    path=self.options.checkpoint,
-                    best_path=self.checkpoints.best_path,
-                    metrics=self.checkpoints.metrics_path,
-                )
-            )
 
-    def log_syncs(self):
-        if self.node.syncs:
-            trained = max(self.log.trained_seconds, 1e-9)
-            percent = 100 * self.node.sync_seconds / trained
-            fields = dict(rank=self.node.rank, world=self.node.world, syncs=self.node.syncs)
-            log(line("syncs", seconds=self.node.sync_seconds, percent=percent, **fields))
+def metrics_row(epoch, batches, result, eval_seconds, partial, config, num_samples, per_epoch):
+    """EPOCH's row in the metrics (BATCHES of it trained, PARTIAL its loss and seconds)."""
+    samples = min(batches * config.batch_size, num_samples)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": partial["loss_sum"] / max(1, batches),
+        "test_loss": result.test_loss,
+        "accuracy_percent": 100 * result.accuracy,
+        "lr": learning_rate(config, epoch * per_epoch + batches - 1, per_epoch),
+        "samples_per_s": samples / max(partial["seconds"], 1e-9),
+        "seconds": partial["seconds"],
+        "eval_seconds": eval_seconds,
+    }
+
+
+def reached_target(row, target):
+    """--target-accuracy: True (and one line) once an epoch reaches it."""
+    if not target or row["accuracy_percent"] < target:
+        return False
+    log(line("target", target=target, epoch=row["epoch"], accuracy=row["accuracy_percent"]))
+    return True
+
+
+def log_summary(rows, checkpoints):
+    """The run's last line: final and best accuracy, and where the files are."""
+    if rows:
+        best = max(rows, key=lambda r: r["accuracy_percent"])
+        fields = dict(final=rows[-1]["accuracy_percent"], best=best["accuracy_percent"])
+        fields.update(best_epoch=best["epoch"], path=checkpoints.path)
+        log(
+            line(
+                "summary",
+                best_path=checkpoints.best_path,
+                metrics=checkpoints.metrics_path,
+                **fields,
+            )
+        )
+
+
+def log_syncs(node, trained_seconds):
+    if node.syncs:
+        percent = 100 * node.sync_seconds / max(trained_seconds, 1e-9)
+        fields = dict(rank=node.rank, world=node.world, syncs=node.syncs)
+        log(line("syncs", seconds=node.sync_seconds, percent=percent, **fields))
 
 
 def job_settings(args, options):
@@ -412,43 +421,16 @@ def job_settings(args, options):
 
 
 def run(args, stop, started, pool):
-    """Run training as the flags say; returns the process exit code.
+    """Run training as the flags say; returns the process exit code. Every
+    failure is one `error:` line here.
 
     STARTED is time.monotonic() at the start of main(), for the start-up time;
     POOL holds the workers, already starting; the caller stops it on every exit.
     """
     options = RunOptions.from_args(args)
-    node = nodes.LocalNode()
-    checkpoints = CheckpointManager(options, log, warn)
+    run = {"node": nodes.LocalNode(), "checkpoints": CheckpointManager(options, log, warn)}
     try:
-        device, why = choose_device(options.device)  # first: a usage error writes nothing
-        node = nodes.from_env(options)
-        if options.dry_run and node.world > 1:
-            raise UsageError("--dry-run is for one machine, not a torchrun job")
-        node.start()
-        signum = node.agree_on_job(job_settings(args, options), stop.signum)
-        if signum:
-            return stopped_before_training(Stopped(signum, here=stop.signum is not None))
-        if node.describe():
-            log(node.describe())
-        checkpoints.open()
-        state = load_state(options, node)
-        if getattr(args, "more_epochs", None):
-            args.epochs = (state["epoch"] if state else 0) + args.more_epochs
-        config = TrainConfig.resolve(args, state["config"] if state else None, log=log)
-        if state is not None:
-            note_schedule_change(state, config)
-        if state is not None and state["epoch"] >= config.epochs:
-            log(
-                f"training already complete: {options.checkpoint} holds {state['epoch']} of "
-                f"{config.epochs} epochs; pass a larger --epochs to train further"
-            )
-            return 0
-        log(f"device: {device} ({why})")
-        if options.deterministic:
-            torch.use_deterministic_algorithms(True)
-        trainer = Trainer(config, options, device, node, stop, checkpoints, state, started, pool)
-        return trainer.run()
+        return start(args, options, stop, started, pool, run)
     except UsageError as e:
         return fail(e, 2)
     except (CheckpointError, DataError) as e:
@@ -467,8 +449,41 @@ def run(args, stop, started, pool):
             raise
         return fail(memory, 1)
     finally:
-        checkpoints.close()
-        node.close()
+        run["checkpoints"].close()
+        run["node"].close()
+
+
+def start(args, options, stop, started, pool, run):
+    """The steps before the Trainer: device, node, agreement, checkpoint, config.
+    RUN holds what run() must close whatever happens."""
+    checkpoints = run["checkpoints"]
+    device, why = choose_device(options.device)  # first: a usage error writes nothing
+    node = run["node"] = nodes.from_env(options)
+    if options.dry_run and node.world > 1:
+        raise UsageError("--dry-run is for one machine, not a torchrun job")
+    node.start()
+    signum = node.agree_on_job(job_settings(args, options), stop.signum)
+    if signum:
+        return stopped_before_training(Stopped(signum, here=stop.signum is not None))
+    if node.describe():
+        log(node.describe())
+    checkpoints.open()
+    state = load_state(options, node)
+    if getattr(args, "more_epochs", None):
+        args.epochs = (state["epoch"] if state else 0) + args.more_epochs
+    config = TrainConfig.resolve(args, state["config"] if state else None, log=log)
+    if state is not None:
+        note_schedule_change(state, config)
+        if state["epoch"] >= config.epochs:
+            log(
+                f"training already complete: {options.checkpoint} holds {state['epoch']} of "
+                f"{config.epochs} epochs; pass a larger --epochs to train further"
+            )
+            return 0
+    log(f"device: {device} ({why})")
+    if options.deterministic:
+        torch.use_deterministic_algorithms(True)
+    return Trainer(config, options, device, node, stop, checkpoints, state, started, pool).run()
 
 
 def stopped_before_training(stopped):
