@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from errors import UsageError
+from errors import UsageError, one_line
 from loglines import say
 from processes import STOP_SIGNALS
 
@@ -238,12 +238,9 @@ def launch(args, argv):
         code = max((f.exitcode for f in e.failures.values()), default=1)
         return 128 + forwarder.received[0] if forwarder.received else code
     except RendezvousError as e:
-        say(
-            f"error: the rendezvous at {endpoint} failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); if the node that hosts "
-            f"it stopped, c10d rendezvous cannot survive that: start the job again",
-            sys.stderr,
-        )
+        say(f"error: the rendezvous at {endpoint} failed ({one_line(e, 200)}); if the node that "
+            f"hosts it stopped, c10d rendezvous cannot survive that: start the job again",
+            sys.stderr)  # fmt: skip
         return 1
     finally:
         done.set()
