@@ -27,6 +27,8 @@ echo "=== tests/compose_test.sh (the course's train/evaluate/infer services)"
 bash tests/compose_test.sh || status=1
 echo "=== tests/cluster_test.sh (several machines, as containers)"
 bash tests/cluster_test.sh || status=1
+echo "=== tests/cluster_faults.sh (three nodes: stops, a partition, a slow link, bad volumes)"
+bash tests/cluster_faults.sh || status=1
 echo "=== tests/registry_test.sh"
 SKIP_BUILD=1 bash tests/registry_test.sh || status=1
 echo "=== scripts/soak.py --quick (fault injection, the CI subset)"
