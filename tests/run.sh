@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and trainer tests (pytest), the image and
 # container checks (tests/grading.sh), the course's Compose services
-# (tests/compose_test.sh), several nodes as containers (tests/cluster_test.sh),
-# the registry push test, and the quick fault-injection soak (scripts/soak.py --quick).
+# (tests/compose_test.sh), several nodes as containers (tests/cluster_test.sh,
+# and under network faults tests/cluster_faults.sh), the registry push test,
+# and the quick fault-injection soak (scripts/soak.py --quick).
 # Needs a running Docker engine; see README "Tests".
 #
 #   bash tests/run.sh

@@ -140,3 +140,31 @@ def test_device_cuda_without_a_gpu_is_one_error_and_writes_nothing(tmp_path, dat
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: --device cuda: no usable GPU: ")
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "env, flags, message",
+    [
+        (
+            {"TORCHELASTIC_RUN_ID": "x"},
+            ["--nnodes", "2", "--rdzv-endpoint", "h:1"],
+            "--nnodes inside torchrun",
+        ),
+        ({"LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"}, [], "one leader per node"),
+        ({}, ["--nnodes", "2", "--rdzv-endpoint", "nohost"], "expected HOST:PORT"),
+    ],
+)
+def test_launch_mistakes_are_one_line(tmp_path, env, flags, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, MAIN, *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
