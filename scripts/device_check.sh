@@ -16,7 +16,8 @@
 #   DEVICE=cpu        rehearse every step on the CPU (no GPU here); GPU-only
 #                     checks say they were skipped
 #   SCALE=F           multiply every timeout by F (slower machines, rehearsals)
-#   HANG_STEP=NAME    make that step hang (to check that the others still report)
+#   HANG_STEP=NAME    make that step hang (to check that the others still report);
+#                     HANG_SECONDS=N bounds that hang instead of the step's timeout
 #   STEPS="a b ..."   run only these steps
 set -uo pipefail
 data=$(cd "${1:?usage: device_check.sh DATA_DIR OUT_DIR}" && pwd)
@@ -49,6 +50,7 @@ step() { # name, timeout in seconds, command...
   local t0 rc
   t0=$(date +%s)
   if [ "${HANG_STEP:-}" = "$name" ]; then
+    limit=${HANG_SECONDS:-$limit}
     timeout "$limit" sleep 100000 >"$out/$name.log" 2>&1
   else
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
