@@ -146,3 +146,12 @@ def pids_with_env(name, value):
             if alive(int(entry)):
                 found.append(int(entry))
     return found
+
+
+def asleep(pid):
+    """PID sleeps in the kernel (state S): waiting, not computing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "S"
+    except OSError:
+        return False

@@ -13,7 +13,8 @@ import pytest
 
 import loglines
 from conftest import finish, load_checkpoint, run_trainer, start_trainer, stop_group, trainer_cmd
-from procs import LineReader, alive, pids_with_env, wait_until, worker_pids
+import synthetic_data
+from procs import LineReader, alive, asleep, pids_with_env, wait_until, worker_pids
 
 pytestmark = pytest.mark.slow
 TAG = "MNIST_HOGWILD_TEST_RUN"
@@ -86,7 +87,15 @@ MOMENTS = ["start-up", "training", "saving", "evaluating", "after a stop signal"
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
-def test_sigkill_of_the_parent_leaves_no_process_of_the_run(tmp_path, big_data_dir, moment):
+@pytest.fixture(scope="module")
+def big_test_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bigtest")
+    synthetic_data.write_files(str(root), train=6400, test=100000)
+    return str(root)
+
+
+def test_sigkill_of_the_parent_leaves_no_process_of_the_run(tmp_path, big_test_set, moment):
+    big_data_dir = big_test_set
     flags = ["--epochs", "50", "--log-interval", "1"]
     if moment == "saving":
         flags += ["--checkpoint-interval", "0.001"]  # it saves all the time
@@ -98,7 +107,19 @@ def test_sigkill_of_the_parent_leaves_no_process_of_the_run(tmp_path, big_data_d
             proc.out.wait_for(lambda line: line.startswith("epoch 1/50 ["), 60)
             assert len(worker_pids(proc.pid)) == 2, "premise: the workers exist"
         if moment == "evaluating":
-            proc.out.wait_for(lambda line: "(100%)]" in line, 60)  # the epoch's last batches
+            # The workers wait for the next epoch while the parent evaluates
+            # (100k test images: seconds): seen as every worker asleep, for a
+            # while, before the epoch's line.
+            workers, streak = worker_pids(proc.pid), []
+
+            def evaluating():
+                idle = all(asleep(w) for w in workers) and not any(
+                    line.startswith("epoch 1/50:") for line in proc.out.lines
+                )
+                streak.append(idle)
+                return streak[-5:] == [True] * 5
+
+            assert wait_until(evaluating, 60, poll=0.01), "premise: the parent evaluates"
         if moment == "after a stop signal":
             proc.send_signal(signal.SIGINT)
         everyone = pids_with_env(TAG, tag)
