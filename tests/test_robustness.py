@@ -86,7 +86,6 @@ def tagged_trainer(tmp_path, data_dir, *flags):
 MOMENTS = ["start-up", "training", "saving", "evaluating", "after a stop signal"]
 
 
-@pytest.mark.parametrize("moment", MOMENTS)
 @pytest.fixture(scope="module")
 def big_test_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("bigtest")
@@ -94,6 +93,7 @@ def big_test_set(tmp_path_factory):
     return str(root)
 
 
+@pytest.mark.parametrize("moment", MOMENTS)
 def test_sigkill_of_the_parent_leaves_no_process_of_the_run(tmp_path, big_test_set, moment):
     big_data_dir = big_test_set
     flags = ["--epochs", "50", "--log-interval", "1"]
