@@ -39,7 +39,7 @@ def piped_run(tmp_path, data_dir, *flags):
     """`python main.py ... | tee log` as a shell runs it: the trainer and tee in
     one process group (a Ctrl-C reaches both), tee's output read by the test;
     the trainer's stderr goes to a file, its exit code to another."""
-    argv = trainer_cmd("--data-dir", data_dir, "--epochs", "2", "--log-interval", "5", *flags)
+    argv = trainer_cmd("--data-dir", data_dir, "--epochs", "20", "--log-interval", "5", *flags)
     files = [str(tmp_path / name) for name in ("train.log", "stderr.log", "rc")]
     group = subprocess.Popen(
         [sys.executable, "-c", PIPELINE, *argv, *files],
@@ -57,7 +57,7 @@ def piped_run(tmp_path, data_dir, *flags):
 def test_ctrl_c_on_a_pipe_whose_reader_dies_still_saves_at_the_stop(tmp_path, big_data_dir, order):
     group, trainer, tee, (_, stderr_log, rc_file) = piped_run(tmp_path, big_data_dir)
     try:
-        group.out.wait_for(lambda line: line.startswith("epoch 1/2 ["), 60)
+        group.out.wait_for(lambda line: line.startswith("epoch 1/20 ["), 60)
         if order == "reader gone first":
             os.kill(tee, signal.SIGKILL)
             assert wait_until(lambda: not alive(tee), 10)
@@ -138,18 +138,22 @@ def test_sigkill_of_the_parent_leaves_no_process_of_the_run(tmp_path, big_test_s
 def test_a_second_run_on_the_same_checkpoint_is_refused_and_the_first_goes_on(
     tmp_path, big_data_dir
 ):
-    first = start_trainer("--data-dir", big_data_dir, "--epochs", "2", cwd=tmp_path)
+    first = start_trainer("--data-dir", big_data_dir, "--epochs", "50", cwd=tmp_path)
     try:
-        first.out.wait_for(lambda line: line.startswith("epoch 1/2 ["), 60)
+        first.out.wait_for(lambda line: line.startswith("epoch 1/50 ["), 60)
         second = run_trainer("--data-dir", big_data_dir, "--epochs", "1", cwd=tmp_path)
-        out, err = finish(first, timeout=300)
+        assert first.poll() is None, "premise: the first run is still training"
+        first.send_signal(signal.SIGINT)  # the first run's own end: a stop, saved
+        out, err = finish(first, timeout=60)
     finally:
         stop_group(first)
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and f"in use by another run (pid {first.pid} on host" in lines[0]
-    assert first.returncode == 0, err
-    assert load_checkpoint(tmp_path / "model_checkpoint.pth")["epoch"] == 2
+    assert first.returncode == 130, err
+    (stopped,) = loglines.parse_lines("stopped", out)
+    state = load_checkpoint(tmp_path / "model_checkpoint.pth")
+    assert (state["epoch"], state["step"]) == (stopped["epoch"] - 1, stopped["step"])
 
 
 def test_a_diverging_resume_stops_and_keeps_the_good_and_the_best_model(tmp_path, data_dir):
@@ -186,11 +190,12 @@ def test_a_data_file_truncated_under_the_workers_is_named(tmp_path, big_data_dir
     shutil.copytree(big_data_dir, data)
     images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
     proc = start_trainer(
-        "--data-dir", data, "--epochs", "3", "--checkpoint-interval", "0", cwd=tmp_path
+        "--data-dir", data, "--epochs", "50", "--checkpoint-interval", "0", cwd=tmp_path
     )
     try:
-        proc.out.wait_for(lambda line: line.startswith("epoch 1/3: test loss"), 120)
+        proc.out.wait_for(lambda line: line.startswith("epoch 1/50: test loss"), 120)
         saved = (tmp_path / "model_checkpoint.pth").read_bytes()
+        assert proc.poll() is None, "premise: still training"
         os.truncate(images, 4096)  # the workers' mapped pages past it are gone
         out, err = finish(proc, timeout=60)
     finally:
