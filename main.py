@@ -12,6 +12,7 @@ import time
 
 import launcher
 import pool
+import processes
 from config import DATASETS, LR_SCHEDULES, OPTIMIZERS, RECIPES, TrainConfig
 from errors import CheckpointError, DataError, InputError, UsageError
 from loglines import say
@@ -362,6 +363,10 @@ def main(argv=None):
             sys.stderr,
         )
         return 2
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # A leader started by torchrun's agent: if the agent is killed (SIGKILL,
+        # OOM), the leader and its workers must not run on for ever.
+        processes.die_with_parent(os.getppid())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         stop.unwind = False  # several nodes: a stop during start-up travels with the first sync
     if args.deterministic:

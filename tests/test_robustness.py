@@ -205,3 +205,23 @@ def test_a_data_file_truncated_under_the_workers_is_named(tmp_path, big_data_dir
     assert len(lines) == 1 and "SIGBUS" in lines[0] and "train-images-idx3-ubyte" in lines[0], err
     assert (tmp_path / "model_checkpoint.pth").read_bytes() == saved
     assert all(not alive(p) for p in worker_pids(proc.pid))
+
+
+def test_sigkill_of_a_torchrun_launcher_leaves_no_leader_or_worker(tmp_path, big_data_dir):
+    """main.py --nnodes 1 (torchrun's agent in this process, the leader its child,
+    the leader's forkserver and workers below): SIGKILL of the launcher ends them all."""
+    port = 29500 + os.getpid() % 1000
+    flags = ["--nnodes", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "--epochs", "50"]
+    proc, tag = tagged_trainer(tmp_path, big_data_dir, *flags, "--log-interval", "5")
+    try:
+        proc.out.wait_for(lambda line: line.startswith("epoch 1/50 ["), 120)
+        everyone = pids_with_env(TAG, tag)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        gone = wait_until(lambda: not pids_with_env(TAG, tag), 3)
+    finally:
+        for pid in pids_with_env(TAG, tag):
+            os.kill(pid, signal.SIGKILL)
+        stop_group(proc)
+    assert len(everyone) >= 4  # launcher, leader, forkserver, workers
+    assert gone, "a leader or worker outlived its launcher by 3 s"
