@@ -5,7 +5,7 @@
 #   bash scripts/device_check.sh DATA_DIR OUT_DIR
 #
 # DATA_DIR: a data root holding MNIST/raw. Total time bound: the sum of the
-# step timeouts below, 475 s (under 8 minutes), whatever happens.
+# step timeouts below, 480 s (8 minutes), whatever happens.
 # Every step has its own timeout and its own log (OUT_DIR/STEP.log); every
 # result is appended to OUT_DIR/results.jsonl (and results.md) the moment it is
 # known, and a step that fails or times out adds a line with its exit code and
@@ -72,18 +72,18 @@ gpu() { python3 scripts/gpu_check.py "$1" --data-dir "$data" --out "$out" --devi
 step env 15 python3 -c 'import os, torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", os.cpu_count(), "CPUs")'
 record env "torch, GPU, CPUs" "$(head -1 "$out/env.log")" null
-step pytest-cuda 45 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_device.py
-record pytest-cuda "pytest -m cuda" "$(tail -1 "$out/pytest-cuda.log")" null
+step pytest-cuda 40 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_processes.py
+record pytest-cuda "pytest tests/test_device.py tests/test_processes.py (cuda tests run here)" "$(tail -1 "$out/pytest-cuda.log")" null
 step throughput 50 gpu throughput
-step accuracy 90 gpu accuracy
+step accuracy 80 gpu accuracy
 step resume 35 gpu resume
 step bitwise 45 gpu bitwise
 step cpu-eval 20 gpu cpu-eval
 step oom 30 gpu oom
 step expandable 25 gpu expandable
-step breakdown 70 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-epochs 2 \
+step breakdown 60 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-epochs 2 \
   --data-dir "$data" --out "$out"
-step time-to-accuracy 50 python3 scripts/benchmark.py --time-to-accuracy --processes 16 \
+step time-to-accuracy 80 python3 scripts/benchmark.py --time-to-accuracy --processes 16 \
   --device "$device" --repeats 1 --data-dir "$data" --out "$out"
 python3 -c "import sys; sys.path.insert(0, 'scripts'); import gpu_check; gpu_check.write_markdown('$out')" || true
 echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
