@@ -45,9 +45,12 @@ class Schedule:
         return max(0, -(-remaining // self.world))
 
     def local_start(self, epoch):
-        """Local index of this node's first batch of EPOCH."""
+        """Local index of this node's first batch of EPOCH. (Closed form: every
+        epoch after the first of the run is whole, so they all count the same.)"""
         first = self.start // self.per_epoch
-        return sum(self.count(e) for e in range(first, epoch))
+        if epoch <= first:
+            return 0
+        return self.count(first) + (epoch - first - 1) * self.count(first + 1)
 
     def local_end(self, epoch):
         """Local index one past this node's last batch of EPOCH."""
