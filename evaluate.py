@@ -62,12 +62,6 @@ def evaluate(model, split, dataset, batch_size, should_stop=lambda: False):
 # ----- the `evaluate` command ------------------------------------------------
 def add_arguments(p):
     p.add_argument(
-        "--checkpoint",
-        default="model_checkpoint.pth",
-        metavar="PATH",
-        help="the checkpoint to evaluate (default: model_checkpoint.pth)",
-    )
-    p.add_argument(
         "--data-dir", default="./data", metavar="DIR", help="data root (default: ./data)"
     )
     p.add_argument(

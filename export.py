@@ -24,12 +24,6 @@ FORMATS = {"pt2": ".pt2", "torchscript": ".pt"}
 
 def add_arguments(p):
     p.add_argument(
-        "--checkpoint",
-        default="model_checkpoint.pth",
-        metavar="PATH",
-        help="the model (default: model_checkpoint.pth)",
-    )
-    p.add_argument(
         "--format",
         choices=sorted(FORMATS),
         default="pt2",

@@ -31,12 +31,6 @@ def add_arguments(p):
         "images", nargs="*", metavar="IMAGE", help="image files to classify (default: test images)"
     )
     p.add_argument(
-        "--checkpoint",
-        default="model_checkpoint.pth",
-        metavar="PATH",
-        help="the model (default: model_checkpoint.pth)",
-    )
-    p.add_argument(
         "--num-samples",
         type=int,
         default=5,

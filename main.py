@@ -326,6 +326,12 @@ def run_command(name, argv):
     parser = argparse.ArgumentParser(
         prog=f"main.py {name}", description=COMMANDS[name], allow_abbrev=False
     )
+    parser.add_argument(
+        "--checkpoint",
+        default="model_checkpoint.pth",
+        metavar="PATH",
+        help="the trained model (default: model_checkpoint.pth; STEM.best.pth is the best epoch's)",
+    )
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     try:

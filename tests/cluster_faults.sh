@@ -18,12 +18,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 IMAGE=${IMAGE:-mnist-hogwild:grading}
-work=$(mktemp -d /tmp/cluster-faults.XXXXXX)
-chmod 777 "$work"
-net="cluster-faults-$$"
-failures=0
-pass() { echo "✅ $*"; }
-fail() { echo "❌ $*"; failures=$((failures + 1)); }
+# shellcheck source=tests/lib.sh
+source tests/lib.sh
+scratch cluster-faults
 cleanup() {
   docker ps -aq --filter "name=$net" | xargs -r docker rm -f >/dev/null 2>&1
   docker network rm "$net" >/dev/null 2>&1
@@ -157,5 +154,4 @@ logs 1 | grep "^error:"
   || fail "another --seed: exit codes $codes, $lines error lines"
 remove
 
-echo
-[ "$failures" -eq 0 ] && echo "✅ all cluster fault checks passed" || { echo "❌ $failures cluster fault check(s) failed"; exit 1; }
+report "cluster fault"

@@ -13,12 +13,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 IMAGE=${IMAGE:-mnist-hogwild:grading}
-work=$(mktemp -d /tmp/cluster-test.XXXXXX)
-chmod 777 "$work"
-net="cluster-test-$$"
-failures=0
-pass() { echo "✅ $*"; }
-fail() { echo "❌ $*"; failures=$((failures + 1)); }
+# shellcheck source=tests/lib.sh
+source tests/lib.sh
+scratch cluster-test
 cleanup() {
   docker ps -aq --filter "name=$net" | xargs -r docker rm -f >/dev/null 2>&1
   docker network rm "$net" >/dev/null 2>&1
@@ -173,5 +170,4 @@ else
   docker rm -f "$net-pod0" "$net-pod1" >/dev/null 2>&1
 fi
 
-echo
-[ "$failures" -eq 0 ] && echo "✅ all cluster checks passed" || { echo "❌ $failures cluster check(s) failed"; exit 1; }
+report "cluster"
