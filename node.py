@@ -197,7 +197,8 @@ class ClusterNode:
         the same seed should give the same model, but nothing checks that the
         other nodes' seeds or checkpoints agree), and remembers it as the
         reference that "sum" measures each node's change from."""
-        self._broadcast(list(params) + list(state_tensors) + list(counters))
+        params, state_tensors, counters = list(params), list(state_tensors), list(counters)
+        self._broadcast(params + state_tensors + counters)
         self.reference = {"params": _flat(params), "counters": _flat(counters)}
 
     @_collective("start-up")

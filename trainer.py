@@ -141,7 +141,7 @@ class Trainer:
         self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
         self.model, self.optimizer = self.shared.model, self.shared.optimizer
         self.state = self.shared.progress
-        node.begin(self.model.parameters(), self.shared.moments, self.shared.counters)
+        node.begin(list(self.model.parameters()), self.shared.moments, self.shared.counters)
         self.first_epoch = self.state.epoch
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that

@@ -66,7 +66,9 @@ step() { # name, timeout in seconds, command...
   echo "   $name: rc $rc in $(($(date +%s) - t0)) s"
 }
 
-gpu() { python3 scripts/gpu_check.py "$1" --data-dir "$data" --out "$out" --device "$device"; }
+# (timeout runs programs, not shell functions: the steps name the program)
+check=(python3 scripts/gpu_check.py)
+on=(--data-dir "$data" --out "$out" --device "$device")
 
 : >"$out/results.jsonl"
 step env 15 python3 -c 'import os, torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -74,13 +76,13 @@ step env 15 python3 -c 'import os, torch; print("torch", torch.__version__, "cud
 record env "torch, GPU, CPUs" "$(head -1 "$out/env.log")" null
 step pytest-cuda 40 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_processes.py
 record pytest-cuda "pytest tests/test_device.py tests/test_processes.py (cuda tests run here)" "$(tail -1 "$out/pytest-cuda.log")" null
-step throughput 50 gpu throughput
-step accuracy 80 gpu accuracy
-step resume 35 gpu resume
-step bitwise 45 gpu bitwise
-step cpu-eval 20 gpu cpu-eval
-step oom 30 gpu oom
-step expandable 25 gpu expandable
+step throughput 50 "${check[@]}" throughput "${on[@]}"
+step accuracy 80 "${check[@]}" accuracy "${on[@]}"
+step resume 35 "${check[@]}" resume "${on[@]}"
+step bitwise 45 "${check[@]}" bitwise "${on[@]}"
+step cpu-eval 20 "${check[@]}" cpu-eval "${on[@]}"
+step oom 30 "${check[@]}" oom "${on[@]}"
+step expandable 25 "${check[@]}" expandable "${on[@]}"
 step breakdown 60 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-epochs 2 \
   --data-dir "$data" --out "$out"
 step time-to-accuracy 80 python3 scripts/benchmark.py --time-to-accuracy --processes 16 \
