@@ -146,7 +146,9 @@ def resolve_endpoint(endpoint, timeout, verbose):
 
 def check_port(host, port):
     """If this node hosts the rendezvous (HOST is one of its addresses), the
-    port must be free: a taken port would otherwise show as a long silence."""
+    port must be free, or held by the rendezvous store of another node on the
+    same machine (which this node then joins): anything else holding it would
+    show as a long silence. UsageError otherwise."""
     try:
         addresses = {a[4][0] for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except OSError:
@@ -162,11 +164,74 @@ def check_port(host, port):
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))
+            return
         except OSError as e:
-            raise UsageError(
-                f"--rdzv-endpoint {host}:{port}: this node hosts the rendezvous, but port "
-                f"{port} is taken ({e.strerror}): stop what uses it or pick another port"
-            ) from None
+            taken = e.strerror
+    if not answers_as_store(host, port):
+        raise UsageError(
+            f"--rdzv-endpoint {host}:{port}: this node hosts the rendezvous, but port "
+            f"{port} is taken ({taken}) by something else: stop what uses it or pick another port"
+        )
+    if os.getpid() == 1 and not listener_in_this_pid_namespace(port):
+        # torch names a node by its host name and process id: two containers
+        # that share one machine's network (docker run --network host) and
+        # both run the launcher as their first process get the same node id,
+        # and the rendezvous waits for ever for a second node.
+        raise UsageError(
+            f"--rdzv-endpoint {host}:{port}: another container on this machine's network "
+            f"already hosts the rendezvous, and this node would get the same node id "
+            f"({socket.getfqdn()}, process 1): give each container its own network "
+            f"(docker network create NET; docker run --network NET --hostname NAME ...)"
+        )
+
+
+def answers_as_store(host, port, timeout=3.0):
+    """True if a torch TCPStore (a rendezvous another node hosts) answers at
+    HOST:PORT. A TCPStore client does not honour its timeout against a server
+    that never answers, so it runs in a thread that is given up on."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from torch.distributed import TCPStore  # noqa: PLC0415 - only when the port is taken
+
+    answered = []
+
+    def connect():
+        try:
+            TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout))
+            answered.append(True)
+        except (RuntimeError, ValueError, TimeoutError):
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def listener_in_this_pid_namespace(port):
+    """True if a process this one can see listens on PORT (over IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:  # local address "HEXIP:HEXPORT", state 0A is LISTEN
+            if len(row) > 9 and row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{row[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # another user's process, or gone
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+            except OSError:
+                pass
+    return False
 
 
 def say_while_waiting(forwarder, endpoint, nnodes, job, stop):

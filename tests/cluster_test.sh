@@ -7,7 +7,8 @@
 # both finishes), docker kill of a node (the survivor's one error line, its
 # checkpoint intact), the plain torchrun form, compose.cluster.yaml with
 # docker-compose, and docs/kubernetes.yaml's command line in containers named
-# like its pods. Prints ✅/❌; exits non-zero on any ❌.
+# like its pods, and two containers that share the machine's network (the
+# second must say that its node id would be the first's). Prints ✅/❌; exits non-zero on any ❌.
 #
 #   bash tests/cluster_test.sh     # IMAGE (default mnist-hogwild:grading) must be built
 set -uo pipefail
@@ -169,5 +170,36 @@ else
     && pass "both pods finished, each with its checkpoint in its own folder" || fail "pods exited $p0 and $p1"
   docker rm -f "$net-pod0" "$net-pod1" >/dev/null 2>&1
 fi
+
+echo "== 7. two containers sharing this machine's network (--network host): the second says why it cannot join"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+host_node() { # name, then docker run's mode flags
+  local name=$1
+  shift
+  docker run "$@" --name "$net-$name" --network host -v "$work:/workspace" "$IMAGE" --nnodes 2 \
+    --rdzv-endpoint "127.0.0.1:$port" --rdzv-id host-net --data-dir /workspace/data --epochs 1 \
+    --checkpoint "/workspace/$name/model_checkpoint.pth"
+}
+host_node hostA -d >/dev/null
+listening=no
+for _ in $(seq 600); do # the premise: node A hosts the rendezvous store on the port
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && { listening=yes; break; }
+  sleep 0.1
+done
+if [ "$listening" = yes ]; then
+  t0=$(date +%s)
+  host_node hostB -d >/dev/null
+  rc=$(timeout 120 docker wait "$net-hostB") took=$(($(date +%s) - t0))
+  out=$(docker logs "$net-hostB" 2>&1)
+  echo "$out" | tail -1
+  if [ "$rc" = 2 ] && [ "$took" -le 30 ] && echo "$out" | grep "same node id" >/dev/null; then
+    pass "node B exited 2 in ${took} s, naming the shared node id"
+  else
+    fail "node B: exit ${rc:-none (still running)} after ${took} s, not the one line about the node id"
+  fi
+else
+  fail "node A never hosted the rendezvous on port $port"
+fi
+docker rm -f "$net-hostA" "$net-hostB" >/dev/null 2>&1
 
 report "cluster"

@@ -58,6 +58,29 @@ def finish(nodes, timeout=180):
     return outs
 
 
+def test_a_port_taken_by_something_else_than_a_rendezvous_fails_at_once_naming_it():
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert launcher.listener_in_this_pid_namespace(port)
+        started = time.monotonic()
+        with pytest.raises(launcher.UsageError, match=f"port {port} is taken .* by something else"):
+            launcher.check_port("127.0.0.1", port)
+        assert time.monotonic() - started < 10
+
+
+def test_a_port_held_by_another_nodes_rendezvous_store_is_joined():
+    """Several nodes on one machine (this suite's own cluster tests): the
+    second finds the port held by the first's store, which is not an error."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    assert launcher.answers_as_store("127.0.0.1", store.port)
+    launcher.check_port("127.0.0.1", store.port)
+    port = free_port()
+    assert not launcher.listener_in_this_pid_namespace(port)
+    launcher.check_port("127.0.0.1", port)
+
+
 @pytest.fixture
 def job(tmp_path, data_dir):
     """Start two nodes (the same flags) on a free port; returns a starter."""
