@@ -1,121 +1,151 @@
 #!/usr/bin/env python3
-"""Measure several nodes against one, as containers with --cpus 1 each, and
-choose --sync-every from the numbers (issue 10).
+"""Measure jobs of 2, 3 and 4 nodes against one node, as containers that share
+this machine's cores equally, and print the table that --sync-every and
+--node-updates are chosen from.
 
-    python scripts/cluster_bench.py [--update-docs]    # about 4 minutes on 2 cores
+    python scripts/cluster_bench.py [--update-docs]    # about 20 minutes on 2 cores
 
-Real Fashion-MNIST from Debian (else synthetic), 2 epochs, batch 64, one
-process per node. Runs: 1 node x 1 core; 2 nodes x 1 core at several K;
-and, for the accuracy reference, 1 node with 2 processes on 2 cores. Writes
-docs/cluster.{md,json} and, with --update-docs, the cluster table in docs/performance.md.
-Needs the image (--image) and an idle machine.
+Real MNIST (../shared/data, else Debian's Fashion-MNIST, else synthetic), 3
+epochs, batch 64, one process per node, so that a job's accuracy is the same
+on every run. Runs: 1 node with 2 processes on all the cores (the reference
+a user compares with), 1 node x 1 process on one core, and N nodes x
+(cores / N) for each --node-updates:--sync-every pair. Writes
+docs/cluster.{md,json} and, with --update-docs, the cluster table in
+docs/performance.md. Needs the image (--image) and an idle machine.
 """
 
 import argparse
+import datetime
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
 
 import harness
+import loglines
 from harness import docker, docker_run
 
-EPOCHS = 2
 
-
-def node_command(image, work, net, name, nodes, k, extra=(), mode="average"):
-    flags = ["--data-dir", "/workspace/data", "--dataset", "fashion-mnist", "--epochs", EPOCHS]
-    flags += ["--num-processes", "1", "--log-interval", "1000", "--checkpoint-interval", "0"]
-    flags += ["--checkpoint", f"/workspace/{name}/model_checkpoint.pth", *extra]
+def node_command(args, work, data, net, name, nodes, k, mode, cpus, processes=1):
+    flags = ["--data-dir", "/data", "--dataset", args.dataset, "--epochs", args.epochs]
+    flags += ["--num-processes", processes, "--log-interval", "1000", "--checkpoint-interval", "0"]
+    flags += ["--checkpoint", f"/workspace/{name}/model_checkpoint.pth"]
     if nodes > 1:
         flags += ["--nnodes", nodes, "--rdzv-endpoint", "node0:29400", "--sync-every", k]
         flags += ["--node-updates", mode]
-    cpus = "2" if "--num-processes" in extra else "1"  # the 2-process reference gets 2 cores
-    docker_args = ["--network", net, "--hostname", name, "--cpus", cpus]
     return docker_run(
-        image,
+        args.image,
         *flags,
-        volumes=[(work, "/workspace")],
+        volumes=[(work, "/workspace"), (data, "/data", "ro")],
         name=f"{net}-{name}",
         detach=True,
-        docker_args=docker_args,
+        docker_args=["--network", net, "--hostname", name, "--cpus", f"{cpus:g}"],
     )
 
 
-def median_job(repeats, *args, **kwargs):
-    """one_job REPEATS times: the median samples/s and sync share (the
-    accuracy, with one process per node, is the same every time)."""
-    runs = [one_job(*args, **kwargs) for _ in range(repeats)]
-    row = dict(runs[0])
-    for key in ("samples_per_s", "sync_percent"):
-        row[key] = statistics.median(r[key] for r in runs)
-    row["samples_per_s_runs"] = [round(r["samples_per_s"]) for r in runs]
-    return row
+def seconds_between(start, stamp):
+    """Seconds from Docker's StartedAt to a `docker logs -t` time stamp (both RFC 3339, UTC)."""
+
+    def parse(text):  # nanoseconds do not fit datetime: keep microseconds
+        head, _, frac = text.rstrip("Z").partition(".")
+        return datetime.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
+
+    return (parse(stamp) - parse(start)).total_seconds()
 
 
-def one_job(image, work, net, nodes, k=0, extra=(), mode="average"):
-    """Start NODES containers, wait for all; returns what node0 measured."""
+def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, processes=1):
+    """Start NODES containers, wait for all; returns what node0 measured, the
+    wall time from the first `docker run` to the last exit, and the time from
+    node0's start to its first batch."""
     names = [f"node{i}" for i in range(nodes)]
+    started = time.monotonic()
     for name in names:
         subprocess.run(["rm", "-rf", os.path.join(work, name)], check=True)
-        cmd = node_command(image, work, net, name, nodes, k, extra, mode)
+        cmd = node_command(args, work, data, net, name, nodes, k, mode, cpus, processes)
         subprocess.run(cmd, check=True, capture_output=True)
     codes = [docker("wait", f"{net}-{name}").stdout.strip() for name in names]
-    logs = docker("logs", f"{net}-node0").stdout
+    wall = time.monotonic() - started
+    logs = docker("logs", "-t", f"{net}-node0").stdout
+    start = docker("inspect", "--format", "{{.State.StartedAt}}", f"{net}-node0").stdout.strip()
     for name in names:
         docker("rm", "-f", f"{net}-{name}")
     if codes != ["0"] * nodes:
         raise SystemExit(f"a node failed (exit codes {codes}):\n{logs[-2000:]}")
-    rows = [harness.parse_line("epoch", line) for line in logs.splitlines()]
-    rows = [r for r in rows if r]
-    syncs = harness.parse_lines("syncs", logs)
+    stamped = [line.split(" ", 1) for line in logs.splitlines() if " " in line]
+    ready = [s for s, text in stamped if loglines.parse_line("ready", text)]
+    rows = [r for r in (loglines.parse_line("epoch", text) for _, text in stamped) if r]
+    syncs = [r for r in (loglines.parse_line("syncs", text) for _, text in stamped) if r]
     return {
         "nodes": nodes,
+        "cpus_per_node": cpus,
+        "processes": processes,
         "sync_every": k or None,
         "node_updates": mode if nodes > 1 else None,
         "samples_per_s": sum(r["samples_per_s"] for r in rows) / len(rows),
         "accuracy": rows[-1]["accuracy"] / 100,
+        "accuracy_per_epoch": [r["accuracy"] / 100 for r in rows],
+        "wall_s": round(wall, 1),
+        "first_batch_s": round(seconds_between(start, ready[0]), 2) if ready else None,
         "sync_percent": syncs[0]["percent"] if syncs else 0.0,
+        "sync_s": syncs[0]["seconds"] if syncs else 0.0,
         "syncs": syncs[0]["syncs"] if syncs else 0,
     }
 
 
 def markdown(result):
-    base = result["one_node"]["samples_per_s"]
-    reference = result["reference"]["accuracy"]
+    reference = result["reference"]
     lines = [
-        f"Measured {result['date']}: containers with `--cpus 1` each on one 2-core machine, "
-        f"{result['data']}, {EPOCHS} epochs, batch 64, one process per node; samples/s and "
-        f"time in syncs are medians of {result['repeats']} runs, whose spread was wide on this "
-        f"machine (`python scripts/cluster_bench.py`). Reference accuracy: one node with 2 "
-        f"processes on 2 cores, {100 * reference:.2f}%.",
+        f"Measured {result['date']}: containers on one {result['cores']}-core machine sharing its "
+        f"cores equally (`--cpus`), {result['data']}, {result['epochs']} epochs, batch 64, "
+        f"one process per node (so each job's accuracy is the same on every run); one run "
+        f"per row: samples/s and wall times vary by about 10% between runs "
+        f"(`python scripts/cluster_bench.py`). Reference: one node with "
+        f"{reference['processes']} Hogwild processes on all {result['cores']} cores, "
+        f"{100 * reference['accuracy']:.2f}% in {reference['wall_s']:.0f} s.",
         "",
-        "| nodes x cores | --node-updates | --sync-every | samples/s | vs 1 x 1 | time in syncs | accuracy | vs reference |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| nodes x cores | --node-updates | --sync-every | accuracy | vs reference | wall | "
+        "first batch | samples/s | time in syncs |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in [result["one_node"], *result["runs"]]:
+    for r in [reference, result["one_node"], *result["runs"]]:
+        shape = f"{r['nodes']} x {r['cpus_per_node']:g}"
+        if r["processes"] > 1:
+            shape += f" ({r['processes']} processes)"
         lines.append(
-            f"| {r['nodes']} x 1 | {r['node_updates'] or '-'} | {r['sync_every'] or '-'} | "
-            f"{r['samples_per_s']:.0f} | "
-            f"{r['samples_per_s'] / base:.2f}x | {r['sync_percent']:.1f}% ({r['syncs']} syncs) | "
-            f"{100 * r['accuracy']:.2f}% | {100 * (r['accuracy'] - reference):+.2f} |"
+            f"| {shape} | {r['node_updates'] or '-'} | {r['sync_every'] or '-'} | "
+            f"{100 * r['accuracy']:.2f}% | {100 * (r['accuracy'] - reference['accuracy']):+.2f} | "
+            f"{r['wall_s']:.0f} s | {r['first_batch_s']} s | {r['samples_per_s']:.0f} | "
+            f"{r['sync_percent']:.1f}% ({r['syncs']} syncs) |"
         )
     return "\n".join(lines) + "\n"
+
+
+def prepare_data(work, dataset):
+    """(data dir to mount read-only, its label)."""
+    if dataset == "mnist" and harness.real_mnist_dir():
+        return harness.real_mnist_dir(), "MNIST (60k/10k)"
+    data = os.path.join(work, "data")
+    if dataset == "fashion-mnist" and harness.link_fashion(data, copy=True):
+        return data, "Fashion-MNIST (60k/10k)"
+    harness.write_synthetic(data, train=60000, test=10000)
+    return data, "synthetic (60k/10k)"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image", default="mnist-hogwild:grading", help="image to run")
+    p.add_argument("--nodes", default="2,3,4", help="node counts (default: 2,3,4)")
     p.add_argument(
         "--runs",
-        default="average:10,average:50,average:200,sum:10,sum:50",
-        help="--node-updates:--sync-every pairs (default: average:10,average:50,average:200,"
-        "sum:10,sum:50)",
+        default="sum:5,sum:10,sum:50,average:5,average:10,average:50",
+        help="--node-updates:--sync-every pairs (default: sum:5,sum:10,sum:50,average:5,"
+        "average:10,average:50)",
     )
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
+    p.add_argument("--epochs", type=int, default=3, help="(default: 3)")
+    p.add_argument("--cores", type=int, default=os.cpu_count(), help="(default: all)")
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per row; medians (default: 3)")
     p.add_argument(
         "--update-docs",
         action="store_true",
@@ -125,26 +155,23 @@ def main():
     net = f"cluster-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
         os.chmod(work, 0o777)
-        data = os.path.join(work, "data")
-        label = "Fashion-MNIST (60k/10k)"
-        if not harness.link_fashion(data, copy=True):
-            harness.write_synthetic(data, train=60000, test=10000)
-            label = "synthetic (60k/10k)"
+        data, label = prepare_data(work, args.dataset)
         docker("network", "create", net, check=True)
         try:
-            one = median_job(args.repeats, args.image, work, net, 1)
+            reference = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
+            print(f"1 node, {args.cores} processes: {reference}", flush=True)
+            one = one_job(args, work, data, net, 1)
             print(f"1 node x 1 core: {one}", flush=True)
-            reference = one_job(args.image, work, net, 1, extra=["--num-processes", "2"])
-            print(f"1 node, 2 processes: {reference}", flush=True)
             runs = []
-            for mode, k in (pair.split(":") for pair in args.runs.split(",")):
-                runs.append(median_job(args.repeats, args.image, work, net, 2, int(k), mode=mode))
-                print(f"2 nodes, {mode}, K={k}: {runs[-1]}", flush=True)
+            for nodes in map(int, args.nodes.split(",")):
+                for mode, k in (pair.split(":") for pair in args.runs.split(",")):
+                    cpus = round(args.cores / nodes, 2)
+                    runs.append(one_job(args, work, data, net, nodes, int(k), mode, cpus))
+                    print(f"{nodes} nodes, {mode}, K={k}: {runs[-1]}", flush=True)
         finally:
             docker("network", "rm", net)
-    result = {"date": time.strftime("%Y-%m-%d"), "data": label, "one_node": one}
-    result["repeats"] = args.repeats
-    result.update(reference=reference, runs=runs)
+    result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
+    result.update(cores=args.cores, reference=reference, one_node=one, runs=runs)
     md = markdown(result)
     print(md)
     os.makedirs(args.out, exist_ok=True)
