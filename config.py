@@ -118,7 +118,7 @@ class RunOptions:
     dry_run: bool = False
     resume: bool = False
     target_accuracy: float = 0.0  # 0: train every epoch
-    sync_every: int = 10
+    sync_every: int = 0  # 0: auto (node.Cadence)
     node_updates: str = "sum"
     sync_timeout: float = 30.0
     start_timeout: float = 300.0

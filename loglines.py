@@ -29,6 +29,7 @@ LINES = {
     "({accuracy:.2f}%): stopping early",
     "syncs": "node {rank}/{world}: {syncs} syncs took {seconds:.2f}s, {percent:.1f}% of the "
     "training time",
+    "cadence": "node {rank}/{world}: --sync-every auto ended at every {k} batches",
 }
 
 

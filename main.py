@@ -51,6 +51,13 @@ def float_in(low, high, low_ok, what):
 
 
 positive_int = int_in(1, 2**31 - 1)
+
+
+def sync_every(text):
+    """--sync-every: a whole number of batches, or "auto" (0)."""
+    return 0 if text == "auto" else positive_int(text)
+
+
 positive_float = float_in(0, float("inf"), False, "more than 0")
 non_negative_float = float_in(0, float("inf"), True, "0 or more")
 unit_fraction = float_in(0, 1, True, "in [0, 1)")
@@ -277,11 +284,12 @@ def build_parser():
     )
     nodes.add_argument(
         "--sync-every",
-        type=positive_int,
-        default=10,
+        type=sync_every,
+        default="auto",
         metavar="K",
-        help="combine the nodes' models every K batches per node, and at every epoch end "
-        "(default: 10)",
+        help="combine the nodes' models every K batches per node, and at every epoch end; "
+        "auto: start at 10 and adapt K at each sync so that syncs take about 5%% of the "
+        "training time, at most as far apart as was measured safe (default: auto)",
     )
     nodes.add_argument(
         "--node-updates",

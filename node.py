@@ -12,6 +12,7 @@ et al., "Don't Use Large Mini-Batches, Use Local SGD", ICLR 2020).
 import ctypes
 import io
 import json
+import math
 import os
 import pickle
 import time
@@ -45,6 +46,9 @@ class LocalNode:
     def describe(self):
         return None
 
+    def cautions(self):
+        return []
+
     def start(self):
         pass
 
@@ -54,7 +58,7 @@ class LocalNode:
     def begin(self, params, state_tensors, counters):
         pass
 
-    def boundaries(self, schedule, epoch, end):
+    def boundaries(self, schedule, epoch, done, end):
         return [end]
 
     def synchronise(self, params, state_tensors, counters, stop_signum, save_due):
@@ -143,6 +147,114 @@ def _copy_into(tensors, flat):
             offset += t.numel()
 
 
+SYNC_SHARE = 0.05  # --sync-every auto: the share of the training time syncs may take
+AUTO_FIRST = 10  # --sync-every auto: batches between syncs until a sync has been measured
+AUTO_MOST = 50  # --sync-every auto: never more batches between syncs than this
+UNKNOWN = 1.0  # sent for "minus the last sync's seconds" before any sync was measured
+# The largest --sync-every that stayed within a point of one node's accuracy
+# with --node-updates sum, by node count (real MNIST, 3 epochs; the next
+# measured K lost points, or diverged: sum is an outer learning rate of N).
+# Fewer nodes and a smaller K are safer, so a job is in the measured safe
+# region if a measured safe point has as many nodes or more and as large a K
+# or larger. --node-updates average lost more than a point at every measured
+# K and node count (it divides each step by N), and about as much at any K.
+# Measured by scripts/cluster_bench.py; the table is in docs/performance.md.
+SAFE_SUM_K = {2: 50, 3: 10, 4: 10}
+
+
+def safe_sync_every(rule, world):
+    """The largest K measured safe for RULE at WORLD nodes, or None if none is."""
+    if rule != "sum":
+        return None
+    ks = [k for nodes, k in SAFE_SUM_K.items() if nodes >= world]
+    return max(ks) if ks else None
+
+
+def cautions(rule, every, world):
+    """One-line warnings for a job outside the measured safe region."""
+    if rule == "average":
+        return [
+            "--node-updates average divides each node's step by the node count: it lost more "
+            "than a point against one node at every measured K and node count "
+            "(docs/performance.md); train more epochs, or use sum"
+        ]
+    safe = safe_sync_every(rule, world)
+    if safe is None:
+        most = min(SAFE_SUM_K.values())
+        advice = f"auto keeps K at most {most}" if every == 0 else f"keep K at most {most}"
+        return [
+            f"--node-updates sum was measured at up to {max(SAFE_SUM_K)} nodes, not {world}: "
+            f"its accuracy falls as nodes x --sync-every grows (docs/performance.md); {advice}"
+        ]
+    if every > safe:
+        return [
+            f"--sync-every {every} at {world} nodes is beyond what was measured safe for "
+            f"--node-updates sum (at most {safe}; beyond it accuracy fell by points, or training "
+            f"diverged, docs/performance.md): use a smaller K, or auto"
+        ]
+    return []
+
+
+class Cadence:
+    """How many batches a node trains between syncs (--sync-every): K, fixed,
+    or ("auto", 0) adapted at each sync so that syncs take about SYNC_SHARE
+    of the training time on a fast machine and a slow one alike.
+
+    A sync's cost barely depends on K (it sends the model), a batch's time
+    not at all, so K = cost x (1 - share) / (share x batch time). The nodes
+    agree on the measurements inside the sync (one MAX all_reduce): the
+    cheapest sync any node saw (the slowest node, which waits for nobody)
+    and the slowest batch time, so every node computes the same K and the
+    boundaries stay paired. K changes by at most 2x per sync."""
+
+    def __init__(self, every, most=AUTO_MOST):
+        self.auto, self.most = every == 0, most
+        self.k = AUTO_FIRST if self.auto else every
+        self.last_sync = None  # seconds the previous sync took on this node
+        self.mark = (time.perf_counter(), 0)  # (when, batch) the interval began
+        self.upcoming = 0  # the boundary the workers train up to
+
+    def begin(self, batch):
+        """Training (re)starts at BATCH (an epoch's start: evaluation is not counted)."""
+        self.mark = (time.perf_counter(), batch)
+
+    def measures(self, boundary, now):
+        """This node's [-last sync seconds, seconds per batch] for the interval
+        that ends at BOUNDARY (its batch index) at NOW."""
+        when, batch = self.mark
+        # 0 (unknown) for an interval with no batch: a resume passes the
+        # boundaries before its batch at once.
+        per_batch = (now - when) / (boundary - batch) if boundary > batch else 0.0
+        return [UNKNOWN if self.last_sync is None else -self.last_sync, per_batch]
+
+    def agreed(self, boundary, maxima, seconds):
+        """After a sync that took SECONDS here: the next K from the nodes'
+        MAXIMA of measures() (the same on every node)."""
+        self.last_sync, self.mark = seconds, (time.perf_counter(), max(boundary, self.mark[1]))
+        cost, per_batch = -maxima[0], maxima[1]
+        if not self.auto or cost < 0 or per_batch <= 0:
+            return
+        wanted = math.ceil(cost * (1 - SYNC_SHARE) / (SYNC_SHARE * per_batch))
+        self.k = max(1, self.k // 2, min(wanted, 2 * self.k, self.most))
+
+    def boundaries(self, first, done, common, end):
+        """Batch indexes to pause at in an epoch that starts at batch FIRST and
+        whose workers have done DONE batches (more than FIRST after a resume):
+        every K batches from FIRST (K read as each comes), then END. COMMON is
+        the batch count every node has in this epoch, so every node gets the
+        same number of boundaries."""
+        self.begin(max(first, done))
+        done = 0
+        while True:
+            done += self.k
+            if done >= common or first + done >= end:
+                break
+            self.upcoming = first + done
+            yield self.upcoming
+        self.upcoming = end
+        yield end
+
+
 class ClusterNode:
     """This node's view of a torchrun job: its rank, the node count, and the collectives."""
 
@@ -154,9 +266,22 @@ class ClusterNode:
         self.syncs, self.sync_seconds = 0, 0.0
         self.reference = {}  # "sum": the tensors at the last sync (see begin)
         self.sync_group = None
+        most = safe_sync_every(options.node_updates, world)
+        if most is None:  # average: as far from one node at any K; sum beyond what was measured
+            most = AUTO_MOST if options.node_updates == "average" else min(SAFE_SUM_K.values())
+        self.cadence = Cadence(options.sync_every, min(most, AUTO_MOST))
 
     def describe(self):
-        return f"node {self.rank} of {self.world}: syncing every {self.options.sync_every} batches"
+        if self.cadence.auto:
+            return (
+                f"node {self.rank} of {self.world}: syncing every {AUTO_FIRST} batches, then as "
+                f"often as keeps the syncs near {100 * SYNC_SHARE:g}% of the time (at most every "
+                f"{self.cadence.most}; --sync-every auto)"
+            )
+        return f"node {self.rank} of {self.world}: syncing every {self.cadence.k} batches"
+
+    def cautions(self):
+        return cautions(self.options.node_updates, self.options.sync_every, self.world)
 
     @_collective("start-up")
     def start(self):
@@ -207,12 +332,11 @@ class ClusterNode:
         dist.broadcast(flat, src=0)
         _copy_into(tensors, flat)
 
-    def boundaries(self, schedule, epoch, end):
-        """Where the workers pause in EPOCH: every --sync-every batches, and at
-        END. Every node gets the same number of boundaries, so their syncs pair up."""
-        k, first = self.options.sync_every, schedule.local_start(epoch)
-        inner = range(k, schedule.common_count(epoch), k)
-        return [first + j for j in inner if first + j < end] + [end]
+    def boundaries(self, schedule, epoch, done, end):
+        """Where the workers pause in EPOCH (DONE batches done): every
+        --sync-every batches, and at END (see Cadence)."""
+        first = schedule.local_start(epoch)
+        return self.cadence.boundaries(first, done, schedule.common_count(epoch), end)
 
     @_collective("a sync")
     def synchronise(self, params, state_tensors, counters, stop_signum, save_due):
@@ -236,11 +360,15 @@ class ClusterNode:
         if self.options.node_updates == "sum":
             flat_params.sub_(self.reference["params"])
         flat_counts.sub_(self.reference["counters"])
-        flags = torch.tensor([stop_signum or 0, int(save_due)], dtype=torch.int64)
-        group = self.sync_group
-        for tensor in (flat_params, flat_state, flat_counts):
-            dist.all_reduce(tensor, group=group)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        # Two all_reduces, not one per tensor: over a slow link each costs round trips.
+        summed = torch.cat([flat_params, flat_state, flat_counts])
+        measures = self.cadence.measures(self.cadence.upcoming, started)
+        maxima = torch.tensor([stop_signum or 0, int(save_due), *measures], dtype=torch.float64)
+        dist.all_reduce(summed, group=self.sync_group)
+        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=self.sync_group)
+        flat_params, flat_state, flat_counts = summed.split(
+            [flat_params.numel(), flat_state.numel(), flat_counts.numel()]
+        )
         if self.options.node_updates == "sum":
             flat_params.add_(self.reference["params"])
         else:
@@ -255,9 +383,11 @@ class ClusterNode:
             # run in other processes and streams, with nothing ordering them
             # after the copy. Wait for it before they are let go.
             torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
         self.syncs += 1
-        self.sync_seconds += time.perf_counter() - started
-        return int(flags[0]), bool(flags[1])
+        self.sync_seconds += seconds
+        self.cadence.agreed(self.cadence.upcoming, maxima[2:].tolist(), seconds)
+        return int(maxima[0]), bool(maxima[1])
 
     @_collective("the end of an epoch")
     def sum_and_max(self, total, longest):

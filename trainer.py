@@ -219,7 +219,7 @@ class Trainer:
         if self.batch_limit is not None:
             end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
         self.log.begin_epoch(epoch, self.progress.done.value, self.progress.loss_sum.value)
-        for boundary in self.node.boundaries(self.schedule, epoch, end):
+        for boundary in self.node.boundaries(self.schedule, epoch, self.progress.done.value, end):
             while not self.run_to(boundary):
                 self.paused(at_end=False)
             self.paused(at_end=boundary == end)
@@ -408,6 +408,8 @@ def log_syncs(node, trained_seconds):
         percent = 100 * node.sync_seconds / max(trained_seconds, 1e-9)
         fields = dict(rank=node.rank, world=node.world, syncs=node.syncs)
         log(line("syncs", seconds=node.sync_seconds, percent=percent, **fields))
+        if node.cadence.auto:
+            log(line("cadence", k=node.cadence.k, **fields))
 
 
 def job_settings(args, options):
@@ -417,6 +419,7 @@ def job_settings(args, options):
     given["--recipe"] = getattr(args, "recipe", None)
     for name in ("resume", "sync_every", "node_updates"):
         given[f"--{name.replace('_', '-')}"] = getattr(options, name)
+    given["--sync-every"] = options.sync_every or "auto"
     return given
 
 
@@ -467,6 +470,8 @@ def start(args, options, stop, started, pool, run):
         return stopped_before_training(Stopped(signum, here=stop.signum is not None))
     if node.describe():
         log(node.describe())
+    for caution in node.cautions():
+        warn(caution)
     checkpoints.open()
     state = load_state(options, node)
     if getattr(args, "more_epochs", None):

@@ -76,6 +76,7 @@ def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, process
     ready = [s for s, text in stamped if loglines.parse_line("ready", text)]
     rows = [r for r in (loglines.parse_line("epoch", text) for _, text in stamped) if r]
     syncs = [r for r in (loglines.parse_line("syncs", text) for _, text in stamped) if r]
+    cadence = [r for r in (loglines.parse_line("cadence", text) for _, text in stamped) if r]
     return {
         "nodes": nodes,
         "cpus_per_node": cpus,
@@ -90,6 +91,7 @@ def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, process
         "sync_percent": syncs[0]["percent"] if syncs else 0.0,
         "sync_s": syncs[0]["seconds"] if syncs else 0.0,
         "syncs": syncs[0]["syncs"] if syncs else 0,
+        "auto_k": cadence[0]["k"] if cadence else None,
     }
 
 
@@ -110,10 +112,13 @@ def markdown(result):
     ]
     for r in [reference, result["one_node"], *result["runs"]]:
         shape = f"{r['nodes']} x {r['cpus_per_node']:g}"
+        every = r["sync_every"] or "-"
+        if r.get("auto_k"):
+            every = f"auto (ended at {r['auto_k']})"
         if r["processes"] > 1:
             shape += f" ({r['processes']} processes)"
         lines.append(
-            f"| {shape} | {r['node_updates'] or '-'} | {r['sync_every'] or '-'} | "
+            f"| {shape} | {r['node_updates'] or '-'} | {every} | "
             f"{100 * r['accuracy']:.2f}% | {100 * (r['accuracy'] - reference['accuracy']):+.2f} | "
             f"{r['wall_s']:.0f} s | {r['first_batch_s']} s | {r['samples_per_s']:.0f} | "
             f"{r['sync_percent']:.1f}% ({r['syncs']} syncs) |"
@@ -138,9 +143,9 @@ def main():
     p.add_argument("--nodes", default="2,3,4", help="node counts (default: 2,3,4)")
     p.add_argument(
         "--runs",
-        default="sum:5,sum:10,sum:50,average:5,average:10,average:50",
-        help="--node-updates:--sync-every pairs (default: sum:5,sum:10,sum:50,average:5,"
-        "average:10,average:50)",
+        default="sum:5,sum:10,sum:50,sum:auto,average:5,average:10,average:50",
+        help="--node-updates:--sync-every pairs (default: sum:5,sum:10,sum:50,sum:auto,"
+        "average:5,average:10,average:50)",
     )
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
     p.add_argument("--epochs", type=int, default=3, help="(default: 3)")
@@ -166,7 +171,8 @@ def main():
             for nodes in map(int, args.nodes.split(",")):
                 for mode, k in (pair.split(":") for pair in args.runs.split(",")):
                     cpus = round(args.cores / nodes, 2)
-                    runs.append(one_job(args, work, data, net, nodes, int(k), mode, cpus))
+                    k = k if k == "auto" else int(k)
+                    runs.append(one_job(args, work, data, net, nodes, k, mode, cpus))
                     print(f"{nodes} nodes, {mode}, K={k}: {runs[-1]}", flush=True)
         finally:
             docker("network", "rm", net)

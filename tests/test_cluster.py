@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import launcher
+import loglines
 import node as nodes
 from config import RunOptions
 from conftest import MAIN, load_checkpoint, run_trainer, stop_group
@@ -112,6 +113,21 @@ def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job):
 
 
 @pytest.mark.slow
+def test_an_auto_cadence_changes_k_alike_on_every_node(tmp_path, big_data_dir, job):
+    outs = finish(job("--epochs", "1", "--sync-every", "auto", data=big_data_dir))
+    assert all("Traceback" not in out for out in outs), outs
+    a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    # Boundaries that did not pair up would have failed the syncs; the models
+    # are equal right after the last one.
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 0)
+    assert_same_weights(a, b)
+    ks = [[r["k"] for r in loglines.parse_lines("cadence", out)] for out in outs]
+    assert ks[0] == ks[1] and len(ks[0]) == 1, outs
+    assert 1 <= ks[0][0] <= nodes.AUTO_MOST
+
+
+@pytest.mark.slow
 def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
     tmp_path, big_data_dir, job
 ):
@@ -188,8 +204,74 @@ def test_the_one_node_job_returns_what_it_is_given():
     assert local.synchronise([], [], [], 15, True) == (15, True)
     assert local.sum_and_max(1.5, 2.0) == (1.5, 2.0)
     assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
-    assert local.boundaries(None, 0, 40) == [40]
+    assert local.boundaries(None, 0, 0, 40) == [40]
     assert local.agree_on_job({"--seed": 1}, 15) == 15
+
+
+def test_a_fixed_cadence_pauses_every_k_batches_and_at_the_end():
+    cadence = nodes.Cadence(10)
+    # an epoch of this node's batches 100..135, of which 35 every node has
+    assert list(cadence.boundaries(100, 100, 35, 136)) == [110, 120, 130, 136]
+    for boundary in (110, 120):
+        cadence.agreed(boundary, [-5.0, 1.0], 5.0)  # slow syncs change nothing here
+    assert cadence.k == 10 and not cadence.auto
+
+
+def run_auto(cadence, sync_seconds, batch_seconds, syncs):
+    """Feed CADENCE SYNCS syncs of a machine where a sync takes SYNC_SECONDS
+    and a batch BATCH_SECONDS; returns the K after each."""
+    ks, boundary = [], 0
+    for _ in range(syncs):
+        boundary += cadence.k
+        measured = cadence.measures(boundary, 0.0)  # (the time is given below)
+        cost = sync_seconds if measured[0] != nodes.UNKNOWN else -1.0
+        cadence.agreed(boundary, [-cost, batch_seconds], sync_seconds)
+        ks.append(cadence.k)
+    return ks
+
+
+def test_auto_cadence_keeps_syncs_near_their_share_on_slow_and_fast_links():
+    # 20 ms syncs, 10 ms batches: 5% needs K = 38; K at most doubles per sync
+    slow = run_auto(nodes.Cadence(0), 0.020, 0.010, 6)
+    assert slow == [10, 20, 38, 38, 38, 38]
+    share = 0.020 / (38 * 0.010 + 0.020)
+    assert 0.04 < share <= nodes.SYNC_SHARE
+    # 1 ms syncs: K falls, halving at most per sync, to the 19 batches 5% allows
+    fast = run_auto(nodes.Cadence(0), 0.001, 0.001, 4)
+    assert fast == [10, 19, 19, 19]
+    # a very slow link: never beyond the measured safe K
+    assert run_auto(nodes.Cadence(0), 5.0, 0.010, 8)[-1] == nodes.AUTO_MOST
+
+
+def test_the_measured_safe_region_bounds_auto_and_warns_outside_it():
+    assert nodes.safe_sync_every("sum", 2) == nodes.SAFE_SUM_K[2]
+    assert nodes.safe_sync_every("sum", 4) == nodes.SAFE_SUM_K[4]
+    assert nodes.safe_sync_every("sum", max(nodes.SAFE_SUM_K) + 1) is None
+    assert nodes.safe_sync_every("average", 2) is None
+    assert nodes.cautions("sum", 0, 3) == []  # auto stays inside
+    assert nodes.cautions("sum", nodes.SAFE_SUM_K[3], 3) == []
+    (beyond,) = nodes.cautions("sum", nodes.SAFE_SUM_K[3] + 1, 3)
+    assert f"at most {nodes.SAFE_SUM_K[3]}" in beyond and "\n" not in beyond
+    (unmeasured,) = nodes.cautions("sum", 0, 9)
+    assert "not 9" in unmeasured
+    assert len(nodes.cautions("average", 5, 2)) == 1
+    options = RunOptions(sync_every=0, node_updates="sum")
+    for world in (2, 3, 9):
+        cadence = nodes.ClusterNode(0, world, options).cadence
+        assert cadence.most == min(nodes.safe_sync_every("sum", world) or 10, nodes.AUTO_MOST)
+        assert run_auto(cadence, 5.0, 0.01, 8)[-1] == cadence.most
+
+
+def test_auto_cadence_ignores_intervals_without_batches_and_reads_k_as_it_goes():
+    cadence = nodes.Cadence(0)
+    # resumed at batch 37 of an epoch starting at 0: the first boundaries pass at once
+    walk = cadence.boundaries(0, 37, 200, 200)
+    assert next(walk) == 10
+    assert cadence.measures(10, 1e9)[1] == 0.0  # no batch in this interval: unknown
+    cadence.agreed(10, [-0.5, 0.0], 0.5)
+    assert cadence.k == 10
+    cadence.k = 25  # as a sync would set it: the next boundary uses it
+    assert next(walk) == 35
 
 
 @pytest.mark.slow
