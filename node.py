@@ -150,7 +150,7 @@ def _copy_into(tensors, flat):
 SYNC_SHARE = 0.05  # --sync-every auto: the share of the training time syncs may take
 AUTO_FIRST = 10  # --sync-every auto: batches between syncs until a sync has been measured
 AUTO_MOST = 50  # --sync-every auto: never more batches between syncs than this
-UNKNOWN = 1.0  # sent for "minus the last sync's seconds" before any sync was measured
+UNKNOWN = -1.0  # a measure not known yet (every real one is positive)
 # The largest --sync-every that stayed within a point of one node's accuracy
 # with --node-updates sum, by node count (real MNIST, 3 epochs; the next
 # measured K lost points, or diverged: sum is an outer learning rate of N).
@@ -200,16 +200,21 @@ class Cadence:
     or ("auto", 0) adapted at each sync so that syncs take about SYNC_SHARE
     of the training time on a fast machine and a slow one alike.
 
-    A sync's cost barely depends on K (it sends the model), a batch's time
-    not at all, so K = cost x (1 - share) / (share x batch time). The nodes
-    agree on the measurements inside the sync (one MAX all_reduce): the
-    cheapest sync any node saw (the slowest node, which waits for nobody)
-    and the slowest batch time, so every node computes the same K and the
-    boundaries stay paired. K changes by at most 2x per sync."""
+    A sync's cost (sending the model, and waiting for the node that is
+    behind) grows more slowly than K, a batch's time not at all, so
+    K = cost x (1 - share) / (share x batch time) brings the share near
+    SYNC_SHARE. The nodes agree on the measurements inside the sync (one MAX
+    all_reduce): the dearest sync and the slowest batch time any node saw, so
+    every node computes the same K and the boundaries stay paired. The job's
+    first sync, which also waits for the slowest start, is not counted. K
+    changes by at most 2x per sync and stays at most MOST (the K measured
+    safe for accuracy): a node that is always slower makes the others wait
+    in proportion to K, which no K can cure."""
 
     def __init__(self, every, most=AUTO_MOST):
         self.auto, self.most = every == 0, most
         self.k = AUTO_FIRST if self.auto else every
+        self.synced = False  # a sync has happened (the first is not measured)
         self.last_sync = None  # seconds the previous sync took on this node
         self.mark = (time.perf_counter(), 0)  # (when, batch) the interval began
         self.upcoming = 0  # the boundary the workers train up to
@@ -219,20 +224,20 @@ class Cadence:
         self.mark = (time.perf_counter(), batch)
 
     def measures(self, boundary, now):
-        """This node's [-last sync seconds, seconds per batch] for the interval
-        that ends at BOUNDARY (its batch index) at NOW."""
+        """This node's [last sync seconds, seconds per batch] for the interval
+        that ends at BOUNDARY (its batch index) at NOW; UNKNOWN where none."""
         when, batch = self.mark
-        # 0 (unknown) for an interval with no batch: a resume passes the
-        # boundaries before its batch at once.
-        per_batch = (now - when) / (boundary - batch) if boundary > batch else 0.0
-        return [UNKNOWN if self.last_sync is None else -self.last_sync, per_batch]
+        # An interval with no batch: a resume passes the boundaries before its batch at once.
+        per_batch = (now - when) / (boundary - batch) if boundary > batch else UNKNOWN
+        return [UNKNOWN if self.last_sync is None else self.last_sync, per_batch]
 
     def agreed(self, boundary, maxima, seconds):
         """After a sync that took SECONDS here: the next K from the nodes'
         MAXIMA of measures() (the same on every node)."""
-        self.last_sync, self.mark = seconds, (time.perf_counter(), max(boundary, self.mark[1]))
-        cost, per_batch = -maxima[0], maxima[1]
-        if not self.auto or cost < 0 or per_batch <= 0:
+        self.last_sync = seconds if self.synced else None
+        self.synced, self.mark = True, (time.perf_counter(), max(boundary, self.mark[1]))
+        cost, per_batch = maxima
+        if not self.auto or cost <= 0 or per_batch <= 0:
             return
         wanted = math.ceil(cost * (1 - SYNC_SHARE) / (SYNC_SHARE * per_batch))
         self.k = max(1, self.k // 2, min(wanted, 2 * self.k, self.most))

@@ -32,6 +32,8 @@ from conftest import MAIN, TRAIN, load_checkpoint, run_trainer
         ["--optimizer", "rmsprop"],
         ["--warmup", "1.5"],
         ["--target-accuracy", "101"],
+        ["--sync-every", "0"],
+        ["--sync-every", "often"],
         ["--nn", "2"],  # no abbreviations: --nn is not --nnodes
         ["--epochs", "1", "--nnodes", "2"],  # --nnodes needs --rdzv-endpoint
     ],

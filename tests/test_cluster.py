@@ -223,22 +223,22 @@ def run_auto(cadence, sync_seconds, batch_seconds, syncs):
     ks, boundary = [], 0
     for _ in range(syncs):
         boundary += cadence.k
-        measured = cadence.measures(boundary, 0.0)  # (the time is given below)
-        cost = sync_seconds if measured[0] != nodes.UNKNOWN else -1.0
-        cadence.agreed(boundary, [-cost, batch_seconds], sync_seconds)
+        cost, _ = cadence.measures(boundary, 0.0)  # (the time is given below)
+        cadence.agreed(boundary, [sync_seconds if cost > 0 else cost, batch_seconds], sync_seconds)
         ks.append(cadence.k)
     return ks
 
 
 def test_auto_cadence_keeps_syncs_near_their_share_on_slow_and_fast_links():
-    # 20 ms syncs, 10 ms batches: 5% needs K = 38; K at most doubles per sync
-    slow = run_auto(nodes.Cadence(0), 0.020, 0.010, 6)
-    assert slow == [10, 20, 38, 38, 38, 38]
+    # 20 ms syncs, 10 ms batches: 5% needs K = 38; K at most doubles per sync.
+    # The first sync (it waits for the slowest start) is not measured.
+    slow = run_auto(nodes.Cadence(0), 0.020, 0.010, 7)
+    assert slow == [10, 10, 20, 38, 38, 38, 38]
     share = 0.020 / (38 * 0.010 + 0.020)
     assert 0.04 < share <= nodes.SYNC_SHARE
     # 1 ms syncs: K falls, halving at most per sync, to the 19 batches 5% allows
-    fast = run_auto(nodes.Cadence(0), 0.001, 0.001, 4)
-    assert fast == [10, 19, 19, 19]
+    fast = run_auto(nodes.Cadence(0), 0.001, 0.001, 5)
+    assert fast == [10, 10, 19, 19, 19]
     # a very slow link: never beyond the measured safe K
     assert run_auto(nodes.Cadence(0), 5.0, 0.010, 8)[-1] == nodes.AUTO_MOST
 
@@ -267,8 +267,9 @@ def test_auto_cadence_ignores_intervals_without_batches_and_reads_k_as_it_goes()
     # resumed at batch 37 of an epoch starting at 0: the first boundaries pass at once
     walk = cadence.boundaries(0, 37, 200, 200)
     assert next(walk) == 10
-    assert cadence.measures(10, 1e9)[1] == 0.0  # no batch in this interval: unknown
-    cadence.agreed(10, [-0.5, 0.0], 0.5)
+    assert cadence.measures(10, 1e9)[1] == nodes.UNKNOWN  # no batch in this interval
+    cadence.agreed(10, [0.5, nodes.UNKNOWN], 0.5)
+    cadence.agreed(10, [0.5, nodes.UNKNOWN], 0.5)
     assert cadence.k == 10
     cadence.k = 25  # as a sync would set it: the next boundary uses it
     assert next(walk) == 35
