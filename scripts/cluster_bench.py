@@ -100,9 +100,10 @@ def markdown(result):
     lines = [
         f"Measured {result['date']}: containers on one {result['cores']}-core machine sharing its "
         f"cores equally (`--cpus`), {result['data']}, {result['epochs']} epochs, batch 64, "
-        f"one process per node (so each job's accuracy is the same on every run); one run "
-        f"per row: samples/s and wall times vary by about 10% between runs "
-        f"(`python scripts/cluster_bench.py`). Reference: one node with "
+        f"one process per node (so each job's accuracy is the same on every run). One run "
+        f"per row: wall times and samples/s are noisy (a row's wall time moved by up to a "
+        f"quarter between two runs of this table) (`python scripts/cluster_bench.py`). "
+        f"Reference: one node with "
         f"{reference['processes']} Hogwild processes on all {result['cores']} cores, "
         f"{100 * reference['accuracy']:.2f}% in {reference['wall_s']:.0f} s.",
         "",
@@ -152,11 +153,19 @@ def main():
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="(default: all)")
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
     p.add_argument(
+        "--render",
+        action="store_true",
+        help="write the tables again from OUT/cluster.json, without running anything",
+    )
+    p.add_argument(
         "--update-docs",
         action="store_true",
         help="rewrite the cluster table in docs/performance.md",
     )
     args = p.parse_args()
+    if args.render:
+        with open(os.path.join(args.out, "cluster.json")) as f:
+            return write(json.load(f), args)
     net = f"cluster-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
         os.chmod(work, 0o777)
@@ -178,6 +187,10 @@ def main():
             docker("network", "rm", net)
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
     result.update(cores=args.cores, reference=reference, one_node=one, runs=runs)
+    write(result, args)
+
+
+def write(result, args):
     md = markdown(result)
     print(md)
     os.makedirs(args.out, exist_ok=True)
