@@ -170,6 +170,16 @@ def safe_sync_every(rule, world):
     return max(ks) if ks else None
 
 
+def auto_most(rule, world):
+    """The largest K --sync-every auto may use at WORLD nodes: the K measured
+    safe; for sum beyond the measured node counts, the smallest of those;
+    for average (as far from one node at any K), AUTO_MOST."""
+    if rule == "average":
+        return AUTO_MOST
+    safe = safe_sync_every(rule, world)
+    return min(SAFE_SUM_K.values()) if safe is None else min(safe, AUTO_MOST)
+
+
 def cautions(rule, every, world):
     """One-line warnings for a job outside the measured safe region."""
     if rule == "average":
@@ -180,7 +190,7 @@ def cautions(rule, every, world):
         ]
     safe = safe_sync_every(rule, world)
     if safe is None:
-        most = min(SAFE_SUM_K.values())
+        most = auto_most(rule, world)
         advice = f"auto keeps K at most {most}" if every == 0 else f"keep K at most {most}"
         return [
             f"--node-updates sum was measured at up to {max(SAFE_SUM_K)} nodes, not {world}: "
@@ -219,23 +229,20 @@ class Cadence:
         self.mark = (time.perf_counter(), 0)  # (when, batch) the interval began
         self.upcoming = 0  # the boundary the workers train up to
 
-    def begin(self, batch):
-        """Training (re)starts at BATCH (an epoch's start: evaluation is not counted)."""
-        self.mark = (time.perf_counter(), batch)
-
-    def measures(self, boundary, now):
+    def measures(self, now):
         """This node's [last sync seconds, seconds per batch] for the interval
-        that ends at BOUNDARY (its batch index) at NOW; UNKNOWN where none."""
-        when, batch = self.mark
+        that ends at the upcoming boundary at NOW; UNKNOWN where none."""
+        (when, batch), boundary = self.mark, self.upcoming
         # An interval with no batch: a resume passes the boundaries before its batch at once.
         per_batch = (now - when) / (boundary - batch) if boundary > batch else UNKNOWN
         return [UNKNOWN if self.last_sync is None else self.last_sync, per_batch]
 
-    def agreed(self, boundary, maxima, seconds):
+    def agreed(self, maxima, seconds):
         """After a sync that took SECONDS here: the next K from the nodes'
         MAXIMA of measures() (the same on every node)."""
         self.last_sync = seconds if self.synced else None
-        self.synced, self.mark = True, (time.perf_counter(), max(boundary, self.mark[1]))
+        self.synced = True
+        self.mark = (time.perf_counter(), max(self.upcoming, self.mark[1]))
         cost, per_batch = maxima
         if not self.auto or cost <= 0 or per_batch <= 0:
             return
@@ -248,13 +255,13 @@ class Cadence:
         every K batches from FIRST (K read as each comes), then END. COMMON is
         the batch count every node has in this epoch, so every node gets the
         same number of boundaries."""
-        self.begin(max(first, done))
-        done = 0
+        self.mark = (time.perf_counter(), max(first, done))  # evaluation is not counted
+        offset = 0
         while True:
-            done += self.k
-            if done >= common or first + done >= end:
+            offset += self.k
+            if offset >= common or first + offset >= end:
                 break
-            self.upcoming = first + done
+            self.upcoming = first + offset
             yield self.upcoming
         self.upcoming = end
         yield end
@@ -271,10 +278,7 @@ class ClusterNode:
         self.syncs, self.sync_seconds = 0, 0.0
         self.reference = {}  # "sum": the tensors at the last sync (see begin)
         self.sync_group = None
-        most = safe_sync_every(options.node_updates, world)
-        if most is None:  # average: as far from one node at any K; sum beyond what was measured
-            most = AUTO_MOST if options.node_updates == "average" else min(SAFE_SUM_K.values())
-        self.cadence = Cadence(options.sync_every, min(most, AUTO_MOST))
+        self.cadence = Cadence(options.sync_every, auto_most(options.node_updates, world))
 
     def describe(self):
         if self.cadence.auto:
@@ -367,7 +371,7 @@ class ClusterNode:
         flat_counts.sub_(self.reference["counters"])
         # Two all_reduces, not one per tensor: over a slow link each costs round trips.
         summed = torch.cat([flat_params, flat_state, flat_counts])
-        measures = self.cadence.measures(self.cadence.upcoming, started)
+        measures = self.cadence.measures(started)
         maxima = torch.tensor([stop_signum or 0, int(save_due), *measures], dtype=torch.float64)
         dist.all_reduce(summed, group=self.sync_group)
         dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=self.sync_group)
@@ -391,7 +395,7 @@ class ClusterNode:
         seconds = time.perf_counter() - started
         self.syncs += 1
         self.sync_seconds += seconds
-        self.cadence.agreed(self.cadence.upcoming, maxima[2:].tolist(), seconds)
+        self.cadence.agreed(maxima[2:].tolist(), seconds)
         return int(maxima[0]), bool(maxima[1])
 
     @_collective("the end of an epoch")

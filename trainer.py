@@ -141,7 +141,7 @@ class Trainer:
         self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
         self.model, self.optimizer = self.shared.model, self.shared.optimizer
         self.state = self.shared.progress
-        node.begin(list(self.model.parameters()), self.shared.moments, self.shared.counters)
+        node.begin(self.model.parameters(), self.shared.moments, self.shared.counters)
         self.first_epoch = self.state.epoch
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that
@@ -417,9 +417,9 @@ def job_settings(args, options):
     the flags as given (a checkpoint resolves the rest the same everywhere)."""
     given = {f"--{n.replace('_', '-')}": getattr(args, n, None) for n in TrainConfig.names()}
     given["--recipe"] = getattr(args, "recipe", None)
-    for name in ("resume", "sync_every", "node_updates"):
-        given[f"--{name.replace('_', '-')}"] = getattr(options, name)
+    given["--resume"] = options.resume
     given["--sync-every"] = options.sync_every or "auto"
+    given["--node-updates"] = options.node_updates
     return given
 
 

@@ -66,7 +66,7 @@ def shm_used():
 
 def one_epoch(data_dir, dataset, workers, threads, work, measure_memory=False):
     """Throughput (and memory) of one epoch. The run is given far more epochs
-    than it trains (1000) and is stopped after the first, so that the memory is
+    than it trains and is stopped after the first, so that the memory is
     sampled while every process of it is provably alive, however fast the
     machine (a run that ends before the sampler looks would read as 0 MB)."""
     ckpt = os.path.join(work, f"bench-{workers}x{threads}.pth")

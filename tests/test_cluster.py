@@ -213,18 +213,19 @@ def test_a_fixed_cadence_pauses_every_k_batches_and_at_the_end():
     # an epoch of this node's batches 100..135, of which 35 every node has
     assert list(cadence.boundaries(100, 100, 35, 136)) == [110, 120, 130, 136]
     for boundary in (110, 120):
-        cadence.agreed(boundary, [-5.0, 1.0], 5.0)  # slow syncs change nothing here
+        cadence.upcoming = boundary
+        cadence.agreed([-5.0, 1.0], 5.0)  # slow syncs change nothing here
     assert cadence.k == 10 and not cadence.auto
 
 
 def run_auto(cadence, sync_seconds, batch_seconds, syncs):
     """Feed CADENCE SYNCS syncs of a machine where a sync takes SYNC_SECONDS
     and a batch BATCH_SECONDS; returns the K after each."""
-    ks, boundary = [], 0
+    ks = []
     for _ in range(syncs):
-        boundary += cadence.k
-        cost, _ = cadence.measures(boundary, 0.0)  # (the time is given below)
-        cadence.agreed(boundary, [sync_seconds if cost > 0 else cost, batch_seconds], sync_seconds)
+        cadence.upcoming += cadence.k
+        cost, _ = cadence.measures(0.0)  # (the time is given below)
+        cadence.agreed([sync_seconds if cost > 0 else cost, batch_seconds], sync_seconds)
         ks.append(cadence.k)
     return ks
 
@@ -267,9 +268,9 @@ def test_auto_cadence_ignores_intervals_without_batches_and_reads_k_as_it_goes()
     # resumed at batch 37 of an epoch starting at 0: the first boundaries pass at once
     walk = cadence.boundaries(0, 37, 200, 200)
     assert next(walk) == 10
-    assert cadence.measures(10, 1e9)[1] == nodes.UNKNOWN  # no batch in this interval
-    cadence.agreed(10, [0.5, nodes.UNKNOWN], 0.5)
-    cadence.agreed(10, [0.5, nodes.UNKNOWN], 0.5)
+    assert cadence.measures(1e9)[1] == nodes.UNKNOWN  # no batch in this interval
+    cadence.agreed([0.5, nodes.UNKNOWN], 0.5)
+    cadence.agreed([0.5, nodes.UNKNOWN], 0.5)
     assert cadence.k == 10
     cadence.k = 25  # as a sync would set it: the next boundary uses it
     assert next(walk) == 35
