@@ -95,8 +95,11 @@ LABEL org.opencontainers.image.title="mnist-hogwild" \
 # every import, so that one warning is silenced.
 # NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA Container Toolkit mounts from the
 # host's driver under --gpus (compute: CUDA; utility: nvidia-smi). Inert without it.
+# TORCH_DISABLE_SHARE_RDZV_TCP_STORE: plain torchrun in this image restarts
+# leaders as main.py --nnodes does, in a fresh store each round (launcher.py).
 ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONWARNINGS="ignore:Failed to initialize NumPy"

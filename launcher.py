@@ -248,10 +248,31 @@ def say_while_waiting(forwarder, endpoint, nnodes, job, stop):
 
 
 def quiet_torch(verbose):
-    """torch's agent logs (with stack frames) next to the leader's one line are noise."""
+    """torch's agent logs (with stack frames) next to the leader's one line
+    are noise. Its C++ log level is read when torch loads: call this first."""
     if not verbose:
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+
+
+def quiet_agent_logs(verbose):
+    """The Python half of quiet_torch, once torch.distributed is imported:
+    importing torch sets up its loggers anew, and some of torch's elastic
+    loggers set their own level, so their shared handler is the place."""
+    if not verbose:
+        root = logging.getLogger("torch.distributed")
+        root.setLevel(logging.CRITICAL)
+        for handler in root.handlers:
+            handler.setLevel(logging.CRITICAL)
+
+
+def fresh_store_each_round():
+    """The leaders of each rendezvous round meet in a store of their own.
+    torch's default shares the agent's store across rounds, where the
+    leaders' keys (gloo's addresses) carry no round: after a restart, the
+    new leaders read the dead ones' addresses and the round fails or hangs
+    (pytorch/pytorch#135712). With sharing off, the rank 0 leader hosts a
+    new store on a free port every round."""
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
 
 
 def torchrun_argv(args, nnodes, endpoint, job):
@@ -277,6 +298,7 @@ def launch(args, argv):
         raise UsageError("--nnodes needs --rdzv-endpoint HOST:PORT")
     job = args.rdzv_id or os.environ.get("PET_RDZV_ID") or "mnist-hogwild"
     quiet_torch(args.verbose)
+    fresh_store_each_round()
     stop_file = tempfile.NamedTemporaryFile(prefix="mnist-hogwild-stop-", delete=False)
     stop_file.close()
     os.environ[STOP_FILE_ENV] = stop_file.name
@@ -286,6 +308,8 @@ def launch(args, argv):
     from torch.distributed import run as torchrun  # noqa: PLC0415 - only when launching
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
+
+    quiet_agent_logs(args.verbose)
 
     config = torchrun.parse_args(
         torchrun_argv(args, nnodes, endpoint, job)

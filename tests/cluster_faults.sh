@@ -51,6 +51,12 @@ wait_log() { # index, text, seconds
   return 1
 }
 remove() { docker rm -f "$net-n0" "$net-n1" "$net-n2" >/dev/null 2>&1; }
+show_logs() { # indexes: the last lines of those nodes' logs, after a failure
+  for i in "$@"; do
+    echo "--- the end of node $i's log"
+    logs "$i" | grep -v "^epoch [0-9]*/[0-9]* \\[" | tail -15 | sed 's/^/    /'
+  done
+}
 field() { # checkpoint path, python expression over s
   docker run --rm -v "$work:/workspace" "$IMAGE" python -c \
     "import torch; s = torch.load('$1', weights_only=True); print($2)" 2>/dev/null
@@ -105,7 +111,7 @@ else
   c0=$(code 0) c1=$(code 1)
   in_netns 2 iptables -F 2>/dev/null
   [ "$c0:$c1" = 0:0 ] && [ "$(progress 0)" = "(3, 0)" ] && pass "nodes 0 and 1 went on without node 2 and finished" \
-    || fail "after the partition: exit codes $c0 and $c1, node 0 at $(progress 0)"
+    || { fail "after the partition: exit codes $c0 and $c1, node 0 at $(progress 0)"; show_logs 0 1 2; }
   docker rm -f "$net-n2" >/dev/null 2>&1
   remove
 

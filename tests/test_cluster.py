@@ -3,6 +3,7 @@
 the nodes). The container form is tests/cluster_test.sh."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import node as nodes
 from config import RunOptions
 from conftest import MAIN, load_checkpoint, run_trainer, stop_group
 from helpers import assert_same_weights
-from procs import LineReader
+from procs import LineReader, Timeout
 
 
 def test_launch_flags_are_not_passed_to_the_leaders():
@@ -49,14 +50,31 @@ def start_node(tmp_path, name, port, *flags, nnodes="2"):
 
 
 def finish(nodes, timeout=180):
+    """Every node's whole output once all have exited; a node still running
+    after TIMEOUT fails the test with every node's output so far."""
     outs = []
-    for proc in nodes:
-        try:
+    try:
+        for proc in nodes:
             proc.wait(timeout=timeout)
             outs.append(proc.out.rest(timeout))
-        finally:
+    except subprocess.TimeoutExpired:
+        for proc in nodes:
+            stop_group(proc)
+        pytest.fail(f"a node still ran after {timeout} s:\n" + "\n---\n".join(map(so_far, nodes)))
+    finally:
+        for proc in nodes:
             stop_group(proc)
     return outs
+
+
+def so_far(proc):
+    """PROC's output until now (its leader, in a session of its own, may
+    still hold the pipe open)."""
+    try:
+        proc.out.rest(1)
+    except Timeout:
+        pass
+    return proc.out.text()
 
 
 def test_a_port_taken_by_something_else_than_a_rendezvous_fails_at_once_naming_it():
@@ -175,6 +193,30 @@ def test_a_lost_node_leaves_an_elastic_job_to_finish_on_the_survivor(tmp_path, j
     name = "a" if survivor is nodes[0] else "b"
     final = load_checkpoint(tmp_path / name / "model_checkpoint.pth")
     assert (final["epoch"], final["step"], len(final["metrics"])) == (3, 0, 3)
+
+
+@pytest.mark.slow
+def test_a_leader_that_dies_is_restarted_and_both_nodes_finish_together(tmp_path, job):
+    """torchrun's agent restarts a dead leader, and the other node's agent
+    restarts its own to re-form the job: the new leaders must meet in a
+    store of their own. With torch's shared agent store they found the
+    previous round's addresses there (the nodes' restart counts differ:
+    only one of them failed), and the new round failed or hung."""
+    nodes = job("--epochs", "3", "--resume", "--max-restarts", "2")
+    nodes[0].out.wait_for(lambda line: line.startswith("epoch 1/3: test loss"), 180)
+    (victim,) = leaders_of(nodes[1].pid)
+    os.killpg(victim, signal.SIGKILL)  # the leader and its workers (a session of their own)
+    outs = finish(nodes, timeout=180)
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    assert all("Traceback" not in out for out in outs), outs
+    a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 0)
+    # torch's agent said "failed (exitcode: -9)" and more in its own format
+    # (E1129 12:00:00.000 ...]); without --verbose only the project's lines.
+    assert not any(re.match(r"[EWI]\d{4} ", line) for out in outs for line in out.splitlines())
+    # The premise: both nodes started a second leader, which resumed.
+    assert all(out.count("\nresuming ") >= 1 and out.count("training mnist") >= 2 for out in outs)
 
 
 def hosts_rendezvous(proc):
