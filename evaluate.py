@@ -27,6 +27,15 @@ class Evaluation:
     accuracy: float  # a fraction in [0, 1]; the log lines print it as a percent
     confusion: torch.Tensor  # [true class, predicted class] counts, int64 on the CPU
 
+    @classmethod
+    def from_sums(cls, loss_sum, confusion):
+        """From the summed loss and the confusion counts (of one shard or many)."""
+        n = max(1, int(confusion.sum()))
+        return cls(loss_sum / n, confusion.diagonal().sum().item() / n, confusion)
+
+    def loss_sum(self):
+        return self.test_loss * int(self.confusion.sum())
+
     def per_class(self):
         totals = self.confusion.sum(dim=1).clamp(min=1)
         return (self.confusion.diagonal() / totals).tolist()
@@ -54,9 +63,7 @@ def evaluate(model, split, dataset, batch_size, should_stop=lambda: False):
             truth = F.one_hot(y, data.NUM_CLASSES).float()
             predicted = F.one_hot(output.argmax(dim=1), data.NUM_CLASSES).float()
             confusion += (truth.T @ predicted).long()
-    confusion = confusion.cpu()
-    n = max(1, len(split))
-    return Evaluation(loss_sum.item() / n, confusion.diagonal().sum().item() / n, confusion)
+    return Evaluation.from_sums(loss_sum.item(), confusion.cpu())
 
 
 # ----- the `evaluate` command ------------------------------------------------

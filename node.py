@@ -21,7 +21,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+import data
 from errors import CheckpointError, ClusterError, one_line
+from evaluate import Evaluation
 
 EXIT_PEER_LOST = 75  # EX_TEMPFAIL: another node is gone; retrying the job may work
 
@@ -66,6 +68,12 @@ class LocalNode:
 
     def sum_and_max(self, total, longest):
         return total, longest
+
+    def shard(self, split):
+        return split
+
+    def combine_evaluation(self, result, stop_signum):
+        return result, stop_signum or 0
 
     def share_evaluation(self, row, stop_signum):
         return row, stop_signum or 0
@@ -407,9 +415,34 @@ class ClusterNode:
         dist.all_reduce(maxed, op=dist.ReduceOp.MAX, group=self.sync_group)
         return float(summed[0]), float(maxed[1])
 
+    def shard(self, split):
+        """This node's share of SPLIT (the test set): the nodes evaluate the
+        same model, right after the epoch's last sync, each on its share."""
+        start, end = (len(split) * r // self.world for r in (self.rank, self.rank + 1))
+        return data.Split(split.images[start:end], split.labels[start:end])
+
+    @_collective("the evaluation")
+    def combine_evaluation(self, result, stop_signum):
+        """(the whole test set's Evaluation, signum) from every node's RESULT on
+        its shard: (None, the signal) if a signal stopped any node's."""
+        classes = data.NUM_CLASSES
+        confusion = result.confusion if result else torch.zeros(classes, classes, dtype=torch.int64)
+        loss_sum = result.loss_sum() if result else 0.0
+        # Counts up to 2**53 are exact in float64: one all_reduce for both.
+        sums = torch.cat(
+            [torch.tensor([loss_sum], dtype=torch.float64), confusion.flatten().double()]
+        )
+        flags = torch.tensor([stop_signum or 0, result is None], dtype=torch.float64)
+        dist.all_reduce(sums, group=self.sync_group)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.sync_group)
+        if flags[1]:
+            return None, int(flags[0])
+        combined = sums[1:].round().to(torch.int64).view(classes, classes)
+        return Evaluation.from_sums(float(sums[0]), combined), int(flags[0])
+
     @_collective("the evaluation")
     def share_evaluation(self, row, stop_signum):
-        """The leader evaluates; every node gets (row, signum): the leader's
+        """The leader makes the row; every node gets (row, signum): the leader's
         metrics row, or None and the signal that stopped it."""
         message = pickle.dumps((row, stop_signum or 0)) if self.leader else b""
         return pickle.loads(_broadcast_bytes(message, 0, self.rank, self.sync_group))

@@ -265,23 +265,24 @@ class Trainer:
 
     def evaluate(self, epoch):
         """EPOCH's metrics row. The workers are idle, so the parent may use
-        every core. On several machines the first node evaluates and tells the others."""
+        every core. On several machines each node evaluates its share of the
+        test set; the first makes the row from everyone's sums and tells the others."""
+        torch.set_num_threads(self.eval_threads)
+        started = time.perf_counter()
+        try:
+            result = evaluate(self.model, self.node.shard(self.test_set), self.config.dataset,
+                              self.options.test_batch_size, self.stop_requested)  # fmt: skip
+        finally:
+            torch.set_num_threads(self.threads)
+        result, signum = self.node.combine_evaluation(result, self.stop.signum)
         row = None
-        if self.node.leader:
-            torch.set_num_threads(self.eval_threads)
-            started = time.perf_counter()
-            try:
-                result = evaluate(self.model, self.test_set, self.config.dataset,
-                                  self.options.test_batch_size, self.stop_requested)  # fmt: skip
-            finally:
-                torch.set_num_threads(self.threads)
-            if result is not None:
-                batches = self.schedule.step(epoch, self.progress.done.value)
-                row = metrics_row(
-                    epoch, batches, result, time.perf_counter() - started,
-                    self.state.partial_epoch, self.config, len(self.train_set), self.per_epoch,
-                )  # fmt: skip
-        row, signum = self.node.share_evaluation(row, self.stop.signum)
+        if result is not None and self.node.leader:
+            batches = self.schedule.step(epoch, self.progress.done.value)
+            row = metrics_row(
+                epoch, batches, result, time.perf_counter() - started,
+                self.state.partial_epoch, self.config, len(self.train_set), self.per_epoch,
+            )  # fmt: skip
+        row, signum = self.node.share_evaluation(row, signum)
         if row is None:
             raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
         return row

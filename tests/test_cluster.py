@@ -13,6 +13,9 @@ import time
 import pytest
 import torch
 
+import checkpoint
+import data
+import evaluate
 import launcher
 import loglines
 import node as nodes
@@ -113,7 +116,7 @@ def job(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job):
+def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job, data_dir):
     outs = finish(job("--epochs", "2"))
     assert all("Traceback" not in out for out in outs), outs
     a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
@@ -125,6 +128,14 @@ def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job):
     # Measured 80.4% (one process per node makes it deterministic on one machine;
     # other CPUs may round differently). Chance is 10%.
     assert a["metrics"][-1]["accuracy_percent"] >= 75
+    # Each node evaluated half the test set; their sums are the whole set's.
+    model, _ = checkpoint.load_model(str(tmp_path / "a" / "model_checkpoint.pth"))
+    test = data.load_split(data.prepare(data_dir, "mnist", log=print)["test"])
+    whole = evaluate.evaluate(model, test, "mnist", 1000)
+    assert a["metrics"][-1]["accuracy_percent"] == 100 * whole.accuracy
+    assert a["metrics"][-1]["test_loss"] == pytest.approx(
+        whole.test_loss, rel=1e-6
+    )  # float32 batch sums
     # The two nodes' batches add up to one pass per epoch (40 batches).
     batches = [int(out.split(" batches this run")[0].rsplit("(", 1)[1]) for out in outs]
     assert sum(batches) == 2 * 40
@@ -246,8 +257,19 @@ def test_the_one_node_job_returns_what_it_is_given():
     assert local.synchronise([], [], [], 15, True) == (15, True)
     assert local.sum_and_max(1.5, 2.0) == (1.5, 2.0)
     assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
+    assert local.shard("the test set") == "the test set"
+    assert local.combine_evaluation("a result", None) == ("a result", 0)
     assert local.boundaries(None, 0, 0, 40) == [40]
     assert local.agree_on_job({"--seed": 1}, 15) == 15
+
+
+def test_the_nodes_evaluate_disjoint_shares_that_make_the_whole_test_set():
+    split = data.Split(torch.arange(7 * 4).view(7, 2, 2), torch.arange(7))
+    for world in (1, 2, 3, 4, 8):
+        shares = [nodes.ClusterNode(r, world, RunOptions()).shard(split) for r in range(world)]
+        assert torch.equal(torch.cat([s.labels for s in shares]), split.labels)
+        assert torch.equal(torch.cat([s.images for s in shares]), split.images)
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
 def test_a_fixed_cadence_pauses_every_k_batches_and_at_the_end():
