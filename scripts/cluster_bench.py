@@ -4,6 +4,7 @@ this machine's cores equally, and print the table that --sync-every and
 --node-updates are chosen from.
 
     python scripts/cluster_bench.py [--update-docs]    # about 20 minutes on 2 cores
+    python scripts/cluster_bench.py --wall-pairs 3 --dataset fashion-mnist --epochs 6
 
 Real MNIST (../shared/data, else Debian's Fashion-MNIST, else synthetic), 3
 epochs, batch 64, one process per node, so that a job's accuracy is the same
@@ -12,6 +13,11 @@ a user compares with), 1 node x 1 process on one core, and N nodes x
 (cores / N) for each --node-updates:--sync-every pair. Writes
 docs/cluster.{md,json} and, with --update-docs, the cluster table in
 docs/performance.md. Needs the image (--image) and an idle machine.
+
+--wall-pairs N instead runs N pairs, one after the other: the reference, then
+2 nodes x (cores / 2) with the defaults; it prints each pair's wall times and
+their ratio (pairs, because this machine's speed drifts between runs) and
+writes OUT/cluster_wall.{md,json}.
 """
 
 import argparse
@@ -162,7 +168,16 @@ def main():
         action="store_true",
         help="rewrite the cluster table in docs/performance.md",
     )
+    p.add_argument(
+        "--wall-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only N pairs: the reference, then 2 nodes with the defaults (default: 0)",
+    )
     args = p.parse_args()
+    if args.wall_pairs:
+        return wall_pairs(args)
     if args.render:
         with open(os.path.join(args.out, "cluster.json")) as f:
             return write(json.load(f), args)
@@ -188,6 +203,53 @@ def main():
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
     result.update(cores=args.cores, reference=reference, one_node=one, runs=runs)
     write(result, args)
+
+
+def wall_pairs(args):
+    """--wall-pairs: end-to-end wall time of 2 nodes against the reference, in pairs."""
+    net = f"cluster-bench-{os.getpid()}"
+    pairs = []
+    with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
+        os.chmod(work, 0o777)
+        data, label = prepare_data(work, args.dataset)
+        docker("network", "create", net, check=True)
+        try:
+            for _ in range(args.wall_pairs):
+                one = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
+                two = one_job(args, work, data, net, 2, "auto", "sum", round(args.cores / 2, 2))
+                pairs.append({"reference": one, "two_nodes": two})
+                print(f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
+                      f"{two['wall_s'] / one['wall_s']:.2f}x", flush=True)  # fmt: skip
+        finally:
+            docker("network", "rm", net)
+    result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
+    result.update(cores=args.cores, pairs=pairs)
+    rows = [
+        f"Measured {result['date']}: {label}, {args.epochs} epochs, on this machine's "
+        f"{args.cores} cores: one container with {args.cores} Hogwild processes, then 2 "
+        f"containers (`--cpus {args.cores / 2:g}` each, the defaults: `--node-updates sum "
+        f"--sync-every auto`), {len(pairs)} pairs one after the other "
+        f"(`python scripts/cluster_bench.py --wall-pairs {len(pairs)} --dataset {args.dataset} "
+        f"--epochs {args.epochs}`).",
+        "",
+        "| pair | 1 node: wall, accuracy | 2 nodes: wall, accuracy, first batch, syncs | ratio |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for i, pair in enumerate(pairs, 1):
+        one, two = pair["reference"], pair["two_nodes"]
+        rows.append(
+            f"| {i} | {one['wall_s']:.0f} s, {100 * one['accuracy']:.2f}% | "
+            f"{two['wall_s']:.0f} s, {100 * two['accuracy']:.2f}%, {two['first_batch_s']:.1f} s, "
+            f"{two['sync_percent']:.1f}% (K ended at {two['auto_k']}) | "
+            f"{two['wall_s'] / one['wall_s']:.2f}x |"
+        )
+    md = "\n".join(rows) + "\n"
+    print(md)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "cluster_wall.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(args.out, "cluster_wall.md"), "w") as f:
+        f.write(md)
 
 
 def write(result, args):
