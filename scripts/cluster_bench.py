@@ -243,23 +243,22 @@ def wall_pairs(args):
             f"{two['sync_percent']:.1f}% (K ended at {two['auto_k']}) | "
             f"{two['wall_s'] / one['wall_s']:.2f}x |"
         )
-    md = "\n".join(rows) + "\n"
+    save(args.out, "cluster_wall", result, "\n".join(rows) + "\n")
+
+
+def save(out, stem, result, md):
+    """Print MD; write OUT/STEM.json (RESULT) and OUT/STEM.md."""
     print(md)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cluster_wall.json"), "w") as f:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "cluster_wall.md"), "w") as f:
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
         f.write(md)
 
 
 def write(result, args):
     md = markdown(result)
-    print(md)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "cluster.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "cluster.md"), "w") as f:
-        f.write(md)
+    save(args.out, "cluster", result, md)
     if args.update_docs:
         harness.update_doc("docs/performance.md", "cluster", "\n" + md)
 
