@@ -20,16 +20,7 @@ cd "$(dirname "$0")/.." || exit 1
 IMAGE=${IMAGE:-mnist-hogwild:grading}
 # shellcheck source=tests/lib.sh
 source tests/lib.sh
-scratch cluster-faults
-cleanup() {
-  docker ps -aq --filter "name=$net" | xargs -r docker rm -f >/dev/null 2>&1
-  docker network rm "$net" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-docker network create "$net" >/dev/null
-docker run --rm -v "$work:/w" -v "$PWD/scripts:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data --train 25600 --test 1000 >/dev/null \
-  || { echo "could not write synthetic data"; exit 1; }
+cluster_setup cluster-faults 25600
 cpus=${DOCKER_CPUS:-0.6}
 
 node() { # index, then flags: one node container, detached
@@ -43,23 +34,12 @@ node() { # index, then flags: one node container, detached
 start3() { round=$((round + 1)); for i in 0 1 2; do node "$i" "$@"; done; }
 code() { docker wait "$net-n$1" 2>/dev/null; }
 logs() { docker logs "$net-n$1" 2>&1; }
-wait_log() { # index, text, seconds
-  for _ in $(seq $(($3 * 10))); do
-    logs "$1" | grep -- "$2" >/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 remove() { docker rm -f "$net-n0" "$net-n1" "$net-n2" >/dev/null 2>&1; }
 show_logs() { # indexes: the last lines of those nodes' logs, after a failure
   for i in "$@"; do
     echo "--- the end of node $i's log"
     logs "$i" | grep -v "^epoch [0-9]*/[0-9]* \\[" | tail -15 | sed 's/^/    /'
   done
-}
-field() { # checkpoint path, python expression over s
-  docker run --rm -v "$work:/workspace" "$IMAGE" python -c \
-    "import torch; s = torch.load('$1', weights_only=True); print($2)" 2>/dev/null
 }
 progress() { field "/workspace/n$1/model_checkpoint.pth" "(s['epoch'], s['step'])"; }
 in_netns() { # index, command...: run a host command in that container's network namespace
@@ -73,7 +53,7 @@ round=0
 echo "== 1. docker stop of each node in turn, then --resume on all"
 for victim in 0 1 2; do
   start3 --nnodes 3 --epochs 3 --resume
-  wait_log "$victim" "^epoch [0-9]/3 \[" 180 || fail "node $victim never trained"
+  wait_log "n$victim" "^epoch [0-9]/3 \[" 180 || fail "node $victim never trained"
   t0=$(date +%s)
   docker stop "$net-n$victim" >/dev/null
   codes="$(code 0) $(code 1) $(code 2)"
@@ -101,10 +81,10 @@ else
   echo "== 2. a partition of node 2 for longer than --sync-timeout (elastic: --nnodes 2:3)"
   rm -rf "$work"/n[012]
   start3 --nnodes 2:3 --max-restarts 2 --epochs 3 --resume --sync-timeout 8
-  wait_log 2 "^epoch 1/3 \[" 180 || fail "node 2 never trained"
+  wait_log n2 "^epoch 1/3 \[" 180 || fail "node 2 never trained"
   in_netns 2 iptables -I INPUT -j DROP && in_netns 2 iptables -I OUTPUT -j DROP
   t0=$(date +%s)
-  wait_log 0 "lost contact with the other nodes" 60 && said=$(($(date +%s) - t0)) || said=none
+  wait_log n0 "lost contact with the other nodes" 60 && said=$(($(date +%s) - t0)) || said=none
   logs 0 | grep "^error:" | head -2
   [ "$said" != none ] && [ "$said" -le 20 ] && pass "node 0 said it lost contact, ${said} s after the partition" \
     || fail "node 0 did not report the partition in time ($said)"
@@ -118,7 +98,7 @@ else
   echo "== 3. a slow link on node 1 (tc: 50 ms delay, or 8 Mbit/s where the kernel has no netem)"
   rm -rf "$work"/n[012]
   start3 --nnodes 3 --epochs 1
-  wait_log 1 "^device:" 120
+  wait_log n1 "^device:" 120
   # sch_netem is missing from some kernels (this project's CI among them);
   # sch_tbf, a rate limit, slows the link as surely. Either way the premise is
   # checked below: the syncs must really have become slower.

@@ -16,17 +16,9 @@ cd "$(dirname "$0")/.." || exit 1
 IMAGE=${IMAGE:-mnist-hogwild:grading}
 # shellcheck source=tests/lib.sh
 source tests/lib.sh
-scratch cluster-test
-cleanup() {
-  docker ps -aq --filter "name=$net" | xargs -r docker rm -f >/dev/null 2>&1
-  docker network rm "$net" >/dev/null 2>&1
-  (cd "$work" && IMAGE=$IMAGE docker-compose -p "$net" down -v >/dev/null 2>&1)
-  rm -rf "$work"
-}
-trap cleanup EXIT
-docker network create "$net" >/dev/null
-docker run --rm -v "$work:/w" -v "$PWD/scripts:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data --train 12800 --test 1000 >/dev/null \
-  || { echo "could not write synthetic data"; exit 1; }
+cluster_setup cluster-test 12800
+compose_down() { (cd "$work" && IMAGE=$IMAGE docker-compose -p "$net" down -v >/dev/null 2>&1); }
+trap 'compose_down; cluster_cleanup' EXIT
 
 node() { # name, then flags: one node container, detached
   local name=$1
@@ -37,22 +29,11 @@ node() { # name, then flags: one node container, detached
     --checkpoint "/workspace/$name/model_checkpoint.pth" "$@" >/dev/null
 }
 exit_code() { docker wait "$net-$1" 2>/dev/null; }
-field() { # checkpoint path, python expression over s
-  docker run --rm -v "$work:/workspace" "$IMAGE" python -c \
-    "import torch; s = torch.load('$1', weights_only=True); print($2)"
-}
 same_model() {
   docker run --rm -v "$work:/workspace" "$IMAGE" python -c "import torch
 a, b = (torch.load(f'/workspace/{n}/model_checkpoint.pth', weights_only=True) for n in ('node0', 'node1'))
 same = all(torch.equal(a['model_state'][k], b['model_state'][k]) for k in a['model_state'])
 print('identical' if same and (a['epoch'], a['step']) == (b['epoch'], b['step']) else 'different')"
-}
-wait_log() { # name, text, seconds
-  for _ in $(seq $(($3 * 10))); do
-    docker logs "$net-$1" 2>&1 | grep -- "$2" >/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
 }
 remove() { docker rm -f "$net-node0" "$net-node1" >/dev/null 2>&1; }
 
