@@ -21,6 +21,7 @@ writes OUT/cluster_wall.{md,json}.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -181,47 +182,47 @@ def main():
     if args.render:
         with open(os.path.join(args.out, "cluster.json")) as f:
             return write(json.load(f), args)
-    net = f"cluster-bench-{os.getpid()}"
-    with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
-        os.chmod(work, 0o777)
-        data, label = prepare_data(work, args.dataset)
-        docker("network", "create", net, check=True)
-        try:
-            reference = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
-            print(f"1 node, {args.cores} processes: {reference}", flush=True)
-            one = one_job(args, work, data, net, 1)
-            print(f"1 node x 1 core: {one}", flush=True)
-            runs = []
-            for nodes in map(int, args.nodes.split(",")):
-                for mode, k in (pair.split(":") for pair in args.runs.split(",")):
-                    cpus = round(args.cores / nodes, 2)
-                    k = k if k == "auto" else int(k)
-                    runs.append(one_job(args, work, data, net, nodes, k, mode, cpus))
-                    print(f"{nodes} nodes, {mode}, K={k}: {runs[-1]}", flush=True)
-        finally:
-            docker("network", "rm", net)
+    with bench_network(args) as (work, data, label, net):
+        reference = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
+        print(f"1 node, {args.cores} processes: {reference}", flush=True)
+        one = one_job(args, work, data, net, 1)
+        print(f"1 node x 1 core: {one}", flush=True)
+        runs = []
+        for nodes in map(int, args.nodes.split(",")):
+            for mode, k in (pair.split(":") for pair in args.runs.split(",")):
+                cpus = round(args.cores / nodes, 2)
+                k = k if k == "auto" else int(k)
+                runs.append(one_job(args, work, data, net, nodes, k, mode, cpus))
+                print(f"{nodes} nodes, {mode}, K={k}: {runs[-1]}", flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
     result.update(cores=args.cores, reference=reference, one_node=one, runs=runs)
     write(result, args)
 
 
-def wall_pairs(args):
-    """--wall-pairs: end-to-end wall time of 2 nodes against the reference, in pairs."""
+@contextlib.contextmanager
+def bench_network(args):
+    """(scratch dir, data dir, data label, network) for the jobs; removed afterwards."""
     net = f"cluster-bench-{os.getpid()}"
-    pairs = []
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
         os.chmod(work, 0o777)
         data, label = prepare_data(work, args.dataset)
         docker("network", "create", net, check=True)
         try:
-            for _ in range(args.wall_pairs):
-                one = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
-                two = one_job(args, work, data, net, 2, "auto", "sum", round(args.cores / 2, 2))
-                pairs.append({"reference": one, "two_nodes": two})
-                print(f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
-                      f"{two['wall_s'] / one['wall_s']:.2f}x", flush=True)  # fmt: skip
+            yield work, data, label, net
         finally:
             docker("network", "rm", net)
+
+
+def wall_pairs(args):
+    """--wall-pairs: end-to-end wall time of 2 nodes against the reference, in pairs."""
+    pairs = []
+    with bench_network(args) as (work, data, label, net):
+        for _ in range(args.wall_pairs):
+            one = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
+            two = one_job(args, work, data, net, 2, "auto", "sum", round(args.cores / 2, 2))
+            pairs.append({"reference": one, "two_nodes": two})
+            print(f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
+                  f"{two['wall_s'] / one['wall_s']:.2f}x", flush=True)  # fmt: skip
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
     result.update(cores=args.cores, pairs=pairs)
     rows = [

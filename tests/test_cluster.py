@@ -61,8 +61,6 @@ def finish(nodes, timeout=180):
             proc.wait(timeout=timeout)
             outs.append(proc.out.rest(timeout))
     except subprocess.TimeoutExpired:
-        for proc in nodes:
-            stop_group(proc)
         pytest.fail(f"a node still ran after {timeout} s:\n" + "\n---\n".join(map(so_far, nodes)))
     finally:
         for proc in nodes:
@@ -133,9 +131,8 @@ def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job, dat
     test = data.load_split(data.prepare(data_dir, "mnist", log=print)["test"])
     whole = evaluate.evaluate(model, test, "mnist", 1000)
     assert a["metrics"][-1]["accuracy_percent"] == 100 * whole.accuracy
-    assert a["metrics"][-1]["test_loss"] == pytest.approx(
-        whole.test_loss, rel=1e-6
-    )  # float32 batch sums
+    # (the loss only to float32 rounding: the batches summed differ)
+    assert a["metrics"][-1]["test_loss"] == pytest.approx(whole.test_loss, rel=1e-6)
     # The two nodes' batches add up to one pass per epoch (40 batches).
     batches = [int(out.split(" batches this run")[0].rsplit("(", 1)[1]) for out in outs]
     assert sum(batches) == 2 * 40
