@@ -63,7 +63,7 @@ class LocalNode:
     def boundaries(self, schedule, epoch, done, end):
         return [end]
 
-    def synchronise(self, params, state_tensors, counters, stop_signum, save_due):
+    def synchronise(self, params, state_tensors, counters, stop_signum, save_due, at_end):
         return stop_signum or 0, save_due
 
     def sum_and_max(self, total, longest):
@@ -158,6 +158,13 @@ def _copy_into(tensors, flat):
 SYNC_SHARE = 0.05  # --sync-every auto: the share of the training time syncs may take
 AUTO_FIRST = 10  # --sync-every auto: batches between syncs until a sync has been measured
 AUTO_MOST = 50  # --sync-every auto: never more batches between syncs than this
+# --sync-every auto: never fewer batches between syncs than this (or than the
+# cap, if that is smaller). A sync costs more than the time it blocks: the
+# workers pause and start again, and the sum travelling meanwhile takes CPU
+# time from them. Without this floor auto saw only the blocking time and
+# went down to a few batches, and the job took longer than at a fixed 10
+# (docs/performance.md).
+AUTO_LEAST = 10
 UNKNOWN = -1.0  # a measure not known yet (every real one is positive)
 # The largest --sync-every that stayed within a point of one node's accuracy
 # with --node-updates sum, by node count (real MNIST, 3 epochs, and at 2
@@ -227,12 +234,12 @@ class Cadence:
     all_reduce): the dearest sync and the slowest batch time any node saw, so
     every node computes the same K and the boundaries stay paired. The job's
     first sync, which also waits for the slowest start, is not counted. K
-    changes by at most 2x per sync and stays at most MOST (the K measured
-    safe for accuracy): a node that is always slower makes the others wait
-    in proportion to K, which no K can cure."""
+    changes by at most 2x per sync and stays between AUTO_LEAST and MOST
+    (the K measured safe for accuracy): a node that is always slower makes
+    the others wait in proportion to K, which no K can cure."""
 
     def __init__(self, every, most=AUTO_MOST):
-        self.auto, self.most = every == 0, most
+        self.auto, self.most, self.least = every == 0, most, min(AUTO_LEAST, most)
         self.k = AUTO_FIRST if self.auto else every
         self.synced = False  # a sync has happened (the first is not measured)
         self.last_sync = None  # seconds the previous sync took on this node
@@ -257,7 +264,7 @@ class Cadence:
         if not self.auto or cost <= 0 or per_batch <= 0:
             return
         wanted = math.ceil(cost * (1 - SYNC_SHARE) / (SYNC_SHARE * per_batch))
-        self.k = max(1, self.k // 2, min(wanted, 2 * self.k, self.most))
+        self.k = max(self.least, self.k // 2, min(wanted, 2 * self.k, self.most))
 
     def boundaries(self, first, done, common, end):
         """Batch indexes to pause at in an epoch that starts at batch FIRST and
@@ -277,6 +284,19 @@ class Cadence:
         yield end
 
 
+class _InFlight:
+    """A sync's two all_reduces, started (async_op) and not waited for yet."""
+
+    def __init__(self, summed, maxima, *works):
+        self.summed, self.maxima, self.works = summed, maxima, works
+
+    def land(self):
+        """(the sum, the maxima) once both have arrived."""
+        for work in self.works:
+            work.wait()
+        return self.summed, self.maxima
+
+
 class ClusterNode:
     """This node's view of a torchrun job: its rank, the node count, and the collectives."""
 
@@ -286,7 +306,9 @@ class ClusterNode:
         self.rank, self.world, self.options = rank, world, options
         self.leader = rank == 0
         self.syncs, self.sync_seconds = 0, 0.0
-        self.reference = {}  # "sum": the tensors at the last sync (see begin)
+        self.sums = options.node_updates == "sum"
+        self.base = self.sent = self.scale = None  # see begin
+        self.in_flight = None  # the sync whose sum is travelling (see synchronise)
         self.sync_group = None
         self.cadence = Cadence(options.sync_every, auto_most(options.node_updates, world))
 
@@ -339,11 +361,22 @@ class ClusterNode:
     def begin(self, params, state_tensors, counters):
         """Every node starts from rank 0's model and optimizer state (as DDP does:
         the same seed should give the same model, but nothing checks that the
-        other nodes' seeds or checkpoints agree), and remembers it as the
-        reference that "sum" measures each node's change from."""
+        other nodes' seeds or checkpoints agree). That is the first combined
+        state, the base that each node's changes are measured from."""
         params, state_tensors, counters = list(params), list(state_tensors), list(counters)
         self._broadcast(params + state_tensors + counters)
-        self.reference = {"params": _flat(params), "counters": _flat(counters)}
+        self.base = _flat(params + state_tensors + counters)
+        self.sent = torch.zeros_like(self.base)
+        self.in_flight = None
+        # How much of the nodes' summed changes joins the base, by part:
+        # parameters by --node-updates, optimizer state averaged, counters summed.
+        self.scale = torch.cat(
+            [
+                torch.full((_flat(params).numel(),), 1.0 if self.sums else 1.0 / self.world),
+                torch.full((_flat(state_tensors).numel(),), 1.0 / self.world),
+                torch.ones(_flat(counters).numel()),
+            ]
+        ).double()
 
     @_collective("start-up")
     def _broadcast(self, tensors):
@@ -358,15 +391,28 @@ class ClusterNode:
         return self.cadence.boundaries(first, done, schedule.common_count(epoch), end)
 
     @_collective("a sync")
-    def synchronise(self, params, state_tensors, counters, stop_signum, save_due):
+    def synchronise(self, params, state_tensors, counters, stop_signum, save_due, at_end):
         """Combine the nodes' models in place; agree on stopping and saving.
 
-        Parameters, by --node-updates: "sum" adds up what every node changed
-        since the last sync (each node's updates count in full, as every
-        worker's do in Hogwild), "average" takes the mean of the models (local
-        SGD's rule; it divides the step per sample by the node count).
-        Optimizer state (momentum, Adam's moments) is averaged: it is state,
-        not updates. Counters (Adam's step counts) add up every node's steps.
+        What each node changed since the last sync is summed over the nodes
+        and added to the base (the last combined state): parameters by
+        --node-updates, "sum" in full (every node's updates count, as every
+        worker's do in Hogwild), "average" divided by the node count (local
+        SGD's rule: the mean of the models); optimizer state (momentum, Adam's
+        moments) averaged, as it is state, not updates; counters (Adam's step
+        counts) summed.
+
+        The sum travels while the workers train on (overlapped local SGD,
+        Wang et al., "Overlap Local-SGD", ICASSP 2020): a sync sends this
+        node's change and lands the one sent at the previous sync, so a node
+        waits for the others only if it got a whole interval ahead of them.
+        The workers keep their own change in full meanwhile; the other nodes'
+        arrive one interval late. A sync waited for the others every time
+        before, and that wait (their CPU time slices, not the transfer) cost
+        more than the transfer. At the end of an epoch, and at the sync after
+        any node asked for a stop or a save, the sum is landed at once
+        ("flush"): every node then holds bitwise the same model. Every node
+        decides to flush from what all of them agreed, so the syncs pair up.
 
         In place means copied into the very tensors the workers hold (shared
         memory): .data is never rebound. This is why
@@ -375,29 +421,23 @@ class ClusterNode:
         the workers train) and rebind p.data, which the workers would not see.
         Returns (signal number that stops the job or 0, whether to save now)."""
         started = time.perf_counter()
-        flat_params, flat_state, flat_counts = _flat(params), _flat(state_tensors), _flat(counters)
-        if self.options.node_updates == "sum":
-            flat_params.sub_(self.reference["params"])
-        flat_counts.sub_(self.reference["counters"])
-        # Two all_reduces, not one per tensor: over a slow link each costs round trips.
-        summed = torch.cat([flat_params, flat_state, flat_counts])
-        measures = self.cadence.measures(started)
-        maxima = torch.tensor([stop_signum or 0, int(save_due), *measures], dtype=torch.float64)
-        dist.all_reduce(summed, group=self.sync_group)
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=self.sync_group)
-        flat_params, flat_state, flat_counts = summed.split(
-            [flat_params.numel(), flat_state.numel(), flat_counts.numel()]
-        )
-        if self.options.node_updates == "sum":
-            flat_params.add_(self.reference["params"])
+        tensors = list(params) + list(state_tensors) + list(counters)
+        change = _flat(tensors).sub_(self.base).sub_(self.sent)
+        flags = [stop_signum or 0, int(save_due), *self.cadence.measures(started)]
+        flags = torch.tensor(flags, dtype=torch.float64)
+        agreed = self._land()
+        if at_end or (agreed is not None and bool(agreed[:2].any())):
+            summed, maxima = self._send(change, flags).land()
+            self.base.add_(summed.mul_(self.scale))
+            self.sent.zero_()
+            agreed = maxima if agreed is None else torch.maximum(agreed, maxima)
+            combined = self.base
         else:
-            flat_params.div_(self.world)
-        flat_counts.add_(self.reference["counters"])
-        self.reference = {"params": flat_params.clone(), "counters": flat_counts.clone()}
-        _copy_into(params, flat_params)
-        _copy_into(state_tensors, flat_state.div_(self.world))
-        _copy_into(counters, flat_counts)
-        if any(t.is_cuda for t in params):
+            self.in_flight = self._send(change, flags)
+            self.sent = change
+            combined = self.base + change
+        _copy_into(tensors, combined)
+        if any(t.is_cuda for t in tensors):
             # The copies are queued on this process's CUDA stream; the workers
             # run in other processes and streams, with nothing ordering them
             # after the copy. Wait for it before they are let go.
@@ -405,8 +445,31 @@ class ClusterNode:
         seconds = time.perf_counter() - started
         self.syncs += 1
         self.sync_seconds += seconds
-        self.cadence.agreed(maxima[2:].tolist(), seconds)
-        return int(maxima[0]), bool(maxima[1])
+        if agreed is None:  # nothing landed: the first sync after a flush
+            self.cadence.agreed([UNKNOWN, UNKNOWN], seconds)
+            return 0, False
+        self.cadence.agreed(agreed[2:].tolist(), seconds)
+        return int(agreed[0]), bool(agreed[1])
+
+    def _send(self, change, flags):
+        """Start summing CHANGE and taking the maximum of FLAGS over the nodes."""
+        change = change.clone()  # summed in place, while this node goes on with CHANGE
+        return _InFlight(
+            change,
+            flags,
+            dist.all_reduce(change, group=self.sync_group, async_op=True),
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.sync_group, async_op=True),
+        )
+
+    def _land(self):
+        """Wait for the sync in flight, if any, and add its sum to the base: the
+        agreed flags, or None if none was in flight."""
+        if self.in_flight is None:
+            return None
+        summed, maxima = self.in_flight.land()
+        self.in_flight = None
+        self.base.add_(summed.mul_(self.scale))
+        return maxima
 
     @_collective("the end of an epoch")
     def sum_and_max(self, total, longest):

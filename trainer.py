@@ -256,6 +256,7 @@ class Trainer:
             self.shared.counters,
             self.stop.signum,
             self.checkpoints.due(),
+            at_end,
         )
         if signum:
             raise Stopped(signum, here=self.stop.signum is not None)

@@ -251,7 +251,7 @@ def test_without_torchrun_the_node_is_a_one_node_job(monkeypatch):
 
 def test_the_one_node_job_returns_what_it_is_given():
     local = nodes.LocalNode()
-    assert local.synchronise([], [], [], 15, True) == (15, True)
+    assert local.synchronise([], [], [], 15, True, at_end=False) == (15, True)
     assert local.sum_and_max(1.5, 2.0) == (1.5, 2.0)
     assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
     assert local.shard("the test set") == "the test set"
@@ -279,6 +279,52 @@ def test_a_fixed_cadence_pauses_every_k_batches_and_at_the_end():
     assert cadence.k == 10 and not cadence.auto
 
 
+def overlapped_syncs(rank, port, results):
+    """One node of test_a_sync_lands_the_others_change_one_interval_late: four
+    syncs of a model of three numbers, each node changing them between syncs."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    node = nodes.ClusterNode(rank, 2, RunOptions(sync_every=10, node_updates="sum"))
+    node.start()
+    params, moments, counters = [torch.zeros(3)], [torch.zeros(2)], [torch.zeros(1)]
+    node.begin(params, moments, counters)
+    seen = []
+
+    def interval(change, stop=None, at_end=False):
+        for t in params + moments + counters:
+            t.add_(change * (rank + 1))
+        got = node.synchronise(params, moments, counters, stop, False, at_end)
+        seen.append((got, params[0].tolist(), moments[0].tolist(), counters[0].tolist()))
+
+    interval(1.0)
+    interval(10.0, stop=signal.SIGTERM if rank == 1 else None)
+    interval(100.0)  # not an epoch's end, but node 1's stop has arrived: a flush
+    node.close()
+    results.put((rank, seen))
+
+
+def test_a_sync_lands_the_others_change_one_interval_late_and_a_stop_flushes():
+    ctx = torch.multiprocessing.get_context("spawn")
+    results, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=overlapped_syncs, args=(r, port, results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    seen = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    for rank, own in ((0, 1.0), (1, 2.0)):
+        first, second, third = seen[rank]
+        # 1st sync: the sum is sent; nothing has landed, the node keeps its own change.
+        assert first == ((0, False), [own] * 3, [own] * 2, [own])
+        # 2nd: the 1st sync's sum (1 + 2) lands; its own new change stays on top;
+        # the stop node 1 asked for travels with this sync, so nobody stops yet.
+        assert second == ((0, False), [3 + 10 * own] * 3, [1.5 + 10 * own] * 2, [3 + 10 * own])
+        # 3rd: every node read the stop, so every node flushes: all changes are
+        # in, the same on every node (parameters and counters summed, moments
+        # averaged), and the stop is returned.
+        assert third == ((signal.SIGTERM, False), [333.0] * 3, [166.5] * 2, [333.0])
+
+
 def run_auto(cadence, sync_seconds, batch_seconds, syncs):
     """Feed CADENCE SYNCS syncs of a machine where a sync takes SYNC_SECONDS
     and a batch BATCH_SECONDS; returns the K after each."""
@@ -301,6 +347,11 @@ def test_auto_cadence_keeps_syncs_near_their_share_on_slow_and_fast_links():
     # 1 ms syncs: K falls, halving at most per sync, to the 19 batches 5% allows
     fast = run_auto(nodes.Cadence(0), 0.001, 0.001, 5)
     assert fast == [10, 10, 19, 19, 19]
+    # syncs that hardly block (the sum travels while the workers train): K
+    # would fall to 1, but stops at the floor
+    start = nodes.Cadence(0)
+    start.k = 40
+    assert run_auto(start, 0.0001, 0.010, 5) == [40, 40, 20, 10, 10]
     # a very slow link: never beyond the measured safe K
     assert run_auto(nodes.Cadence(0), 5.0, 0.010, 8)[-1] == nodes.AUTO_MOST
 
