@@ -6,7 +6,8 @@ version does nothing where there is nothing to do.
 Between nodes this is local SGD: every --sync-every batches per node, and at
 every epoch end, the leaders pause their workers at the same global batch
 boundary and combine their models and optimizer state with all_reduce (Lin
-et al., "Don't Use Large Mini-Batches, Use Local SGD", ICLR 2020).
+et al., "Don't Use Large Mini-Batches, Use Local SGD", ICLR 2020), the sum
+travelling while the workers train on (ClusterNode.synchronise).
 """
 
 import ctypes
@@ -168,15 +169,16 @@ AUTO_LEAST = 10
 UNKNOWN = -1.0  # a measure not known yet (every real one is positive)
 # The largest --sync-every that stayed within a point of one node's accuracy
 # with --node-updates sum, by node count (real MNIST, 3 epochs, and at 2
-# nodes Fashion-MNIST, 6 epochs, where K 30 and more lost points though
-# MNIST held to 50; the next measured K lost points, or diverged: sum is an
-# outer learning rate of N).
+# nodes Fashion-MNIST, 6 epochs, where K 30 lost points though MNIST held to
+# 50; the next measured K lost points, or diverged: sum is an outer learning
+# rate of N, and the other nodes' changes arrive one interval late, which at
+# 3 and 4 nodes cost 3 and 10 points at K 10 where K 5 held).
 # Fewer nodes and a smaller K are safer, so a job is in the measured safe
 # region if a measured safe point has as many nodes or more and as large a K
 # or larger. --node-updates average lost more than a point at every measured
 # K and node count (it divides each step by N), and about as much at any K.
 # Measured by scripts/cluster_bench.py; the table is in docs/performance.md.
-SAFE_SUM_K = {2: 20, 3: 10, 4: 10}
+SAFE_SUM_K = {2: 20, 3: 5, 4: 5}
 
 
 def safe_sync_every(rule, world):
@@ -240,7 +242,7 @@ class Cadence:
 
     def __init__(self, every, most=AUTO_MOST):
         self.auto, self.most, self.least = every == 0, most, min(AUTO_LEAST, most)
-        self.k = AUTO_FIRST if self.auto else every
+        self.k = min(AUTO_FIRST, most) if self.auto else every
         self.synced = False  # a sync has happened (the first is not measured)
         self.last_sync = None  # seconds the previous sync took on this node
         self.mark = (time.perf_counter(), 0)  # (when, batch) the interval began
@@ -313,13 +315,19 @@ class ClusterNode:
         self.cadence = Cadence(options.sync_every, auto_most(options.node_updates, world))
 
     def describe(self):
-        if self.cadence.auto:
+        cadence, me = self.cadence, f"node {self.rank} of {self.world}"
+        if cadence.auto and cadence.least < cadence.most:
             return (
-                f"node {self.rank} of {self.world}: syncing every {AUTO_FIRST} batches, then as "
-                f"often as keeps the syncs near {100 * SYNC_SHARE:g}% of the time (at most every "
-                f"{self.cadence.most}; --sync-every auto)"
+                f"{me}: syncing every {cadence.k} batches, then as often as keeps the syncs near "
+                f"{100 * SYNC_SHARE:g}% of the time (every {cadence.least} to {cadence.most} "
+                f"batches; --sync-every auto)"
             )
-        return f"node {self.rank} of {self.world}: syncing every {self.cadence.k} batches"
+        if cadence.auto:
+            return (
+                f"{me}: syncing every {cadence.k} batches (--sync-every auto: the most measured "
+                f"safe for accuracy at this node count)"
+            )
+        return f"{me}: syncing every {cadence.k} batches"
 
     def cautions(self):
         return cautions(self.options.node_updates, self.options.sync_every, self.world)

@@ -371,8 +371,13 @@ def test_the_measured_safe_region_bounds_auto_and_warns_outside_it():
     options = RunOptions(sync_every=0, node_updates="sum")
     for world in (2, 3, 9):
         cadence = nodes.ClusterNode(0, world, options).cadence
-        assert cadence.most == min(nodes.safe_sync_every("sum", world) or 10, nodes.AUTO_MOST)
+        # beyond the measured node counts: the smallest K measured safe anywhere
+        safe = nodes.safe_sync_every("sum", world) or min(nodes.SAFE_SUM_K.values())
+        assert cadence.most == min(safe, nodes.AUTO_MOST)
+        # it starts, and stays, within the safe K, slow link or not
+        assert 1 <= cadence.k <= cadence.most
         assert run_auto(cadence, 5.0, 0.01, 8)[-1] == cadence.most
+        assert run_auto(cadence, 0.0001, 0.01, 8)[-1] == min(nodes.AUTO_LEAST, cadence.most)
 
 
 def test_auto_cadence_ignores_intervals_without_batches_and_reads_k_as_it_goes():
