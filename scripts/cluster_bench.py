@@ -36,6 +36,7 @@ from harness import docker, docker_run
 
 def node_command(args, work, data, net, name, nodes, k, mode, cpus, processes=1):
     flags = ["--data-dir", "/data", "--dataset", args.dataset, "--epochs", args.epochs]
+    flags += ["--seed", args.seed]
     flags += ["--num-processes", processes, "--log-interval", "1000", "--checkpoint-interval", "0"]
     flags += ["--checkpoint", f"/workspace/{name}/model_checkpoint.pth"]
     if nodes > 1:
@@ -102,6 +103,11 @@ def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, process
     }
 
 
+def seed_flag(result):
+    """The --seed of RESULT's command line, if not the default."""
+    return f" --seed {result['seed']}" if result.get("seed", 1) != 1 else ""
+
+
 def markdown(result):
     reference = result["reference"]
     lines = [
@@ -109,7 +115,8 @@ def markdown(result):
         f"cores equally (`--cpus`), {result['data']}, {result['epochs']} epochs, batch 64, "
         f"one process per node (so each job's accuracy is the same on every run). One run "
         f"per row: wall times and samples/s are noisy (a row's wall time moved by up to a "
-        f"quarter between two runs of this table) (`python scripts/cluster_bench.py`). "
+        f"quarter between two runs of this table) (`python scripts/cluster_bench.py"
+        f"{seed_flag(result)}`). "
         f"Reference: one node with "
         f"{reference['processes']} Hogwild processes on all {result['cores']} cores, "
         f"{100 * reference['accuracy']:.2f}% in {reference['wall_s']:.0f} s.",
@@ -157,6 +164,7 @@ def main():
     )
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
     p.add_argument("--epochs", type=int, default=3, help="(default: 3)")
+    p.add_argument("--seed", type=int, default=1, help="every job's --seed (default: 1)")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="(default: all)")
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
     p.add_argument(
@@ -195,7 +203,7 @@ def main():
                 runs.append(one_job(args, work, data, net, nodes, k, mode, cpus))
                 print(f"{nodes} nodes, {mode}, K={k}: {runs[-1]}", flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
-    result.update(cores=args.cores, reference=reference, one_node=one, runs=runs)
+    result.update(cores=args.cores, seed=args.seed, reference=reference, one_node=one, runs=runs)
     write(result, args)
 
 
@@ -224,14 +232,14 @@ def wall_pairs(args):
             print(f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
                   f"{two['wall_s'] / one['wall_s']:.2f}x", flush=True)  # fmt: skip
     result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
-    result.update(cores=args.cores, pairs=pairs)
+    result.update(cores=args.cores, seed=args.seed, pairs=pairs)
     rows = [
         f"Measured {result['date']}: {label}, {args.epochs} epochs, on this machine's "
         f"{args.cores} cores: one container with {args.cores} Hogwild processes, then 2 "
         f"containers (`--cpus {args.cores / 2:g}` each, the defaults: `--node-updates sum "
         f"--sync-every auto`), {len(pairs)} pairs one after the other "
         f"(`python scripts/cluster_bench.py --wall-pairs {len(pairs)} --dataset {args.dataset} "
-        f"--epochs {args.epochs}`).",
+        f"--epochs {args.epochs}{seed_flag(result)}`).",
         "",
         "| pair | 1 node: wall, accuracy | 2 nodes: wall, accuracy, first batch, syncs | ratio |",
         "| ---: | ---: | ---: | ---: |",
