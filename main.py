@@ -287,9 +287,10 @@ def build_parser():
         type=sync_every,
         default="auto",
         metavar="K",
-        help="combine the nodes' models every K batches per node, and at every epoch end; "
-        "auto: start at 10 and adapt K at each sync so that syncs take about 5%% of the "
-        "training time, at most as far apart as was measured safe (default: auto)",
+        help="combine the nodes' models every K batches per node (the sum travels while the "
+        "workers train on), and at every epoch end; auto: adapt K at each sync so that syncs "
+        "take about 5%% of the training time, never beyond the K measured safe for accuracy at "
+        "this node count, nor below 10 unless that K is smaller (default: auto)",
     )
     nodes.add_argument(
         "--node-updates",
