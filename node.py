@@ -309,7 +309,6 @@ class ClusterNode:
         self.rank, self.world, self.options = rank, world, options
         self.leader = rank == 0
         self.syncs, self.sync_seconds = 0, 0.0
-        self.sums = options.node_updates == "sum"
         self.base = self.sent = self.scale = None  # see begin
         self.in_flight = None  # the sync whose sum is travelling (see synchronise)
         self.sync_group = None
@@ -379,13 +378,11 @@ class ClusterNode:
         self.in_flight = None
         # How much of the nodes' summed changes joins the base, by part:
         # parameters by --node-updates, optimizer state averaged, counters summed.
+        per_param = 1.0 if self.options.node_updates == "sum" else 1.0 / self.world
+        parts = ((params, per_param), (state_tensors, 1.0 / self.world), (counters, 1.0))
         self.scale = torch.cat(
-            [
-                torch.full((_flat(params).numel(),), 1.0 if self.sums else 1.0 / self.world),
-                torch.full((_flat(state_tensors).numel(),), 1.0 / self.world),
-                torch.ones(_flat(counters).numel()),
-            ]
-        ).double()
+            [torch.full((sum(t.numel() for t in ts),), f, dtype=torch.float64) for ts, f in parts]
+        )
 
     @_collective("start-up")
     def _broadcast(self, tensors):
@@ -435,14 +432,14 @@ class ClusterNode:
         flags = [stop_signum or 0, int(save_due), *self.cadence.measures(started)]
         flags = torch.tensor(flags, dtype=torch.float64)
         agreed = self._land()
-        if at_end or (agreed is not None and bool(agreed[:2].any())):
-            summed, maxima = self._send(change, flags).land()
-            self.base.add_(summed.mul_(self.scale))
-            self.sent.zero_()
+        flush = at_end or (agreed is not None and bool(agreed[:2].any()))
+        self._send(change, flags)
+        if flush:
+            maxima = self._land()
             agreed = maxima if agreed is None else torch.maximum(agreed, maxima)
+            self.sent.zero_()
             combined = self.base
         else:
-            self.in_flight = self._send(change, flags)
             self.sent = change
             combined = self.base + change
         _copy_into(tensors, combined)
@@ -461,9 +458,9 @@ class ClusterNode:
         return int(agreed[0]), bool(agreed[1])
 
     def _send(self, change, flags):
-        """Start summing CHANGE and taking the maximum of FLAGS over the nodes."""
+        """Start summing CHANGE and taking the maximum of FLAGS over the nodes: in flight."""
         change = change.clone()  # summed in place, while this node goes on with CHANGE
-        return _InFlight(
+        self.in_flight = _InFlight(
             change,
             flags,
             dist.all_reduce(change, group=self.sync_group, async_op=True),

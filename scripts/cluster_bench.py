@@ -36,7 +36,8 @@ from harness import docker, docker_run
 
 def node_command(args, work, data, net, name, nodes, k, mode, cpus, processes=1):
     flags = ["--data-dir", "/data", "--dataset", args.dataset, "--epochs", args.epochs]
-    flags += ["--seed", args.seed]
+    if args.seed is not None:
+        flags += ["--seed", args.seed]
     flags += ["--num-processes", processes, "--log-interval", "1000", "--checkpoint-interval", "0"]
     flags += ["--checkpoint", f"/workspace/{name}/model_checkpoint.pth"]
     if nodes > 1:
@@ -103,9 +104,15 @@ def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, process
     }
 
 
+def measured(args, label, **rows):
+    """A result: when and on what it was measured, then ROWS."""
+    result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
+    return {**result, "cores": args.cores, "seed": args.seed, **rows}
+
+
 def seed_flag(result):
     """The --seed of RESULT's command line, if not the default."""
-    return f" --seed {result['seed']}" if result.get("seed", 1) != 1 else ""
+    return f" --seed {result['seed']}" if result.get("seed") is not None else ""
 
 
 def markdown(result):
@@ -164,7 +171,7 @@ def main():
     )
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
     p.add_argument("--epochs", type=int, default=3, help="(default: 3)")
-    p.add_argument("--seed", type=int, default=1, help="every job's --seed (default: 1)")
+    p.add_argument("--seed", type=int, help="every job's --seed (default: the trainer's)")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="(default: all)")
     p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
     p.add_argument(
@@ -202,8 +209,7 @@ def main():
                 k = k if k == "auto" else int(k)
                 runs.append(one_job(args, work, data, net, nodes, k, mode, cpus))
                 print(f"{nodes} nodes, {mode}, K={k}: {runs[-1]}", flush=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
-    result.update(cores=args.cores, seed=args.seed, reference=reference, one_node=one, runs=runs)
+    result = measured(args, label, reference=reference, one_node=one, runs=runs)
     write(result, args)
 
 
@@ -231,8 +237,7 @@ def wall_pairs(args):
             pairs.append({"reference": one, "two_nodes": two})
             print(f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
                   f"{two['wall_s'] / one['wall_s']:.2f}x", flush=True)  # fmt: skip
-    result = {"date": time.strftime("%Y-%m-%d"), "data": label, "epochs": args.epochs}
-    result.update(cores=args.cores, seed=args.seed, pairs=pairs)
+    result = measured(args, label, pairs=pairs)
     rows = [
         f"Measured {result['date']}: {label}, {args.epochs} epochs, on this machine's "
         f"{args.cores} cores: one container with {args.cores} Hogwild processes, then 2 "

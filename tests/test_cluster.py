@@ -280,7 +280,7 @@ def test_a_fixed_cadence_pauses_every_k_batches_and_at_the_end():
 
 
 def overlapped_syncs(rank, port, results):
-    """One node of test_a_sync_lands_the_others_change_one_interval_late: four
+    """One node of test_a_sync_lands_the_others_change_one_interval_late: three
     syncs of a model of three numbers, each node changing them between syncs."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.update(RANK=str(rank), WORLD_SIZE="2")
