@@ -43,11 +43,15 @@ def run(rank, progress, setup, errors, parent_alive):
         if payload is not None:
             train_loop(progress, parent_alive, **payload)
     except Exception as e:  # noqa: BLE001 - a process boundary: report any failure to the parent
-        memory = cuda_memory_error(e)
-        errors.put((rank, memory or f"{type(e).__name__}: {e}"))
-        if memory is None:
-            traceback.print_exc()  # a bug: its traceback is what a bug report needs
         exit_code = 1
+        if parent_alive():
+            memory = cuda_memory_error(e)
+            errors.put((rank, memory or f"{type(e).__name__}: {e}"))
+            if memory is None:
+                traceback.print_exc()  # a bug: its traceback is what a bug report needs
+        # else orphaned (the parent or the forkserver was killed, say by the
+        # OOM killer, mid-hand-over of the model): the parent reports that
+        # cause in one line, and this failure is only its consequence.
     else:
         exit_code = 0
     # Skip the interpreter's teardown: with torch loaded it takes most of a

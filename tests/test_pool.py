@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 
@@ -174,3 +175,25 @@ def test_a_worker_killed_holding_the_lock_is_reported_not_waited_for():
     thread.join(10)
     assert not thread.is_alive(), "the parent hung on the dead worker's lock"
     assert "SIGKILL" in outcome["error"]
+
+
+def _orphaned_worker():
+    """A worker whose model hand-over fails after its parent is gone."""
+    import worker  # noqa: PLC0415 - in the child only
+
+    class Gone:
+        def recv(self):
+            raise FileNotFoundError(2, "No such file or directory")  # the fd server's socket
+
+    worker.run(0, None, Gone(), multiprocessing.SimpleQueue(), parent_alive=lambda: False)
+
+
+def test_a_worker_orphaned_mid_hand_over_exits_without_a_traceback():
+    # (seen in the soak: the OOM killer took the forkserver during the hand-over)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import test_pool; test_pool._orphaned_worker()"],
+        cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
