@@ -387,8 +387,7 @@ def main(argv=None):
     if args.deterministic:
         # cuBLAS reads it when it starts, in every process: set before any starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # Start the forkserver now: it imports torch while this process imports it
-    # too; the workers are forked from it once the model exists.
+    # The workers' counters; trainer.run forks the workers as its first step.
     workers = pool.WorkerPool(args.num_processes, args.log_interval)
     try:
         # Imported here, after the handlers are in place and the flags are valid:

@@ -1,12 +1,10 @@
 """The Hogwild worker processes and the counters they share with the parent.
 
-No torch here, on purpose: main.py starts the forkserver before it imports
-torch, so that the forkserver's import of torch overlaps the parent's; the
-workers are forked from it once the parent has built the shared model.
+No torch here: main.py makes the counters before it imports torch, and
+forks the workers right after that import (see WorkerPool).
 """
 
 import multiprocessing
-from multiprocessing import forkserver
 import os
 import signal
 import sys
@@ -183,27 +181,25 @@ def describe_exit(exitcode, oom_killed=False):
         )
     if exitcode < 0:
         return f"was killed by {signal.Signals(-exitcode).name}"
-    if exitcode == 255:  # multiprocessing's code for a child whose forkserver vanished
-        return "lost the forkserver it was started from" + (
-            " (the kernel's out-of-memory killer)" if oom_killed else ""
-        )
     return f"exited with code {exitcode} before training finished"
 
 
-def worker_entry(rank, progress, setup, errors, owner):
-    """Runs first in each worker, forked from the forkserver; OWNER is the
-    trainer's pid. The worker dies with the forkserver, which dies with the
-    trainer (processes.bind_forkserver_to_parent): no orphans, whatever kills
-    the trainer."""
+def worker_entry(rank, progress, setup, errors, inherited):
+    """Runs first in each worker, forked from the trainer. The worker dies
+    with the trainer, whatever kills it: no orphans. INHERITED are the
+    parent's ends of the workers' pipes, which fork copied into this process:
+    closed, so that a parent that gives up (closing its ends) reads as EOF."""
     processes.ignore_stop_signals()
-    server = os.getppid()
-    processes.die_with_parent(server)
+    owner = os.getppid()
+    processes.die_with_parent(owner)
     processes.prefer_oom_kill()
     processes.name_process("hogwild-worker")
-    import worker  # already imported by the forkserver: costs nothing here
+    for pipe in inherited:
+        pipe.close()
+    import worker  # already imported by the trainer before the fork: costs nothing here
 
     def parent_alive():
-        return os.getppid() == server and processes.pid_alive(owner)
+        return os.getppid() == owner
 
     worker.run(rank, progress, setup, errors, parent_alive)
 
@@ -239,27 +235,29 @@ def condense_fd_server_errors():
 
 
 class WorkerPool:
-    """The Hogwild worker processes, forked from a forkserver.
+    """The Hogwild worker processes, forked from the trainer.
 
-    The server process is started at once and imports torch (through
-    worker.py) while the parent imports it too; the workers are then forked
-    from it, each in milliseconds, instead of each importing torch itself.
+    start() forks them right after the trainer has imported torch, before
+    it starts any thread, CUDA or gloo (fork copies only the calling thread,
+    and a CUDA context cannot cross a fork): each worker then starts in
+    milliseconds with torch already imported, and gets the shared model
+    later, by fd (or CUDA IPC) over its pipe. A forkserver would import
+    torch a second time beside the trainer: free on an idle second core, but
+    on a one-core node (a container with --cpus 1, a pod with one CPU) the
+    two imports take turns and the first batch came over a second later.
     docs/design.md has the timings."""
 
     def __init__(self, num_processes, log_interval):
         self.size = num_processes
-        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx = multiprocessing.get_context("fork")
         self.progress = SharedProgress(self.ctx, log_interval, num_processes)
         self.errors = self.ctx.SimpleQueue()
         self.processes, self.pipes = [], []
         self.oom_kills = cpus.cgroup_oom_kills()
-        self.ctx.set_forkserver_preload(["worker"])
-        with processes.signals_blocked(), processes.forkserver_environment(PROJECT_DIR):
-            forkserver.ensure_running()  # returns at once; the server imports meanwhile
 
     def start(self):
-        """Start the worker processes (once). This waits until the forkserver
-        has imported torch, so call it after the parent's own import."""
+        """Fork the worker processes (once): call it before this process
+        starts threads or touches CUDA."""
         if self.processes:
             return
         with processes.signals_blocked():
@@ -267,15 +265,14 @@ class WorkerPool:
                 receiver, sender = self.ctx.Pipe(duplex=False)
                 p = self.ctx.Process(
                     target=worker_entry,
-                    args=(rank, self.progress, receiver, self.errors, os.getpid()),
+                    args=(rank, self.progress, receiver, self.errors, [*self.pipes, sender]),
                     name=f"hogwild-worker-{rank}",
                     daemon=True,
                 )
                 try:
                     p.start()
-                except (OSError, EOFError):
-                    self.check()  # names the forkserver's death, if that is what happened
-                    raise WorkerDied(f"worker {rank} could not be started") from None
+                except OSError as e:
+                    raise WorkerDied(f"worker {rank} could not be started ({e.strerror})") from None
                 finally:
                     receiver.close()
                 self.processes.append(p)
@@ -285,8 +282,7 @@ class WorkerPool:
         return self.size
 
     def send_setup(self, payload):
-        """Hand every worker the shared model and its settings (tensors go by fd)."""
-        self.start()
+        """Hand every worker (started) the shared model and its settings (tensors go by fd)."""
         condense_fd_server_errors()
         for rank, pipe in enumerate(self.pipes):
             try:
@@ -300,22 +296,7 @@ class WorkerPool:
         return now is not None and self.oom_kills is not None and now > self.oom_kills
 
     def check(self):
-        """Raise WorkerDied if the forkserver or any worker has exited. The
-        forkserver first: when it dies (the OOM killer's first choice after
-        the workers), the workers die with it and their codes say nothing."""
-        server = processes.forkserver_pid()
-        if server is not None:
-            try:
-                pid, status = os.waitpid(server, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = 0, 0  # not ours to reap: its workers will tell
-            if pid:
-                code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-                processes.forget_forkserver()
-                raise WorkerDied(
-                    f"the forkserver (pid {server}) that starts the workers "
-                    f"{describe_exit(code, self.oom_killed())}"
-                )
+        """Raise WorkerDied if any worker has exited."""
         for rank, p in enumerate(self.processes):
             if p.exitcode is not None:
                 cause = describe_exit(p.exitcode, self.oom_killed())
@@ -340,4 +321,3 @@ class WorkerPool:
         for pipe in self.pipes:
             pipe.close()
         self.processes, self.pipes = [], []
-        processes.stop_forkserver()

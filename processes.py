@@ -1,13 +1,10 @@
 """Process plumbing: names, OOM scores, dying with the parent, signal masks,
-fast exits, and the forkserver. Torch-free.
+fast exits. Torch-free.
 
-Two private attributes of the standard library are used, each only here
-and each behind a fallback (tests/test_processes.py checks them; checked
-on CPython 3.11 and 3.12):
-- atexit._run_exitfuncs, so that exit_now() can skip the interpreter's
-  teardown and still run the atexit handlers;
-- multiprocessing.forkserver._forkserver._forkserver_pid, the one record of
-  the forkserver's pid, so that stop_forkserver() can end it at once.
+One private attribute of the standard library is used, only here and
+behind a fallback (tests/test_processes.py checks it; checked on CPython
+3.11 and 3.12): atexit._run_exitfuncs, so that exit_now() can skip the
+interpreter's teardown and still run the atexit handlers.
 """
 
 import atexit
@@ -17,10 +14,8 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
-from multiprocessing import forkserver
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PARENT_ENV = "MNIST_HOGWILD_PARENT"  # set only while the forkserver starts
 PR_SET_PDEATHSIG = 1
 WORKER_OOM_SCORE = 500
 
@@ -66,42 +61,6 @@ def die_with_parent(expected_parent):
         os._exit(1)
 
 
-def bind_forkserver_to_parent():
-    """Called once in the forkserver as it preloads: die with the trainer (so
-    that a SIGKILLed trainer leaves no forkserver and, through the workers'
-    own death signal, no workers behind) and volunteer for the OOM killer."""
-    parent = os.environ.pop(PARENT_ENV, None)
-    if parent is not None:
-        prefer_oom_kill()
-        name_process("hogwild-forksrv")
-        die_with_parent(int(parent))
-
-
-@contextmanager
-def forkserver_environment(project_dir):
-    """The environment an interpreter started meanwhile (the forkserver) gets:
-    this project's modules first, and who its parent is.
-
-    Python 3.11's forkserver is handed our sys.path but does not apply it
-    (3.12 does), so its preload failed silently and every worker imported
-    torch itself. And `python -c` puts the current directory first on
-    sys.path: in the image that is /workspace, often a mounted checkout of
-    another version. PYTHONSAFEPATH=1 drops that entry, PYTHONPATH adds ours.
-    All are read only at interpreter start: they are restored at once."""
-    names = ("PYTHONPATH", "PYTHONSAFEPATH", PARENT_ENV)
-    before = {name: os.environ.get(name) for name in names}
-    path = os.pathsep.join([project_dir, before["PYTHONPATH"] or ""]).rstrip(os.pathsep)
-    os.environ.update({"PYTHONPATH": path, "PYTHONSAFEPATH": "1", PARENT_ENV: str(os.getpid())})
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @contextmanager
 def signals_blocked():
     """Block the stop signals in this thread; a signal that arrives meanwhile
@@ -121,34 +80,6 @@ def ignore_stop_signals():
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-def forkserver_pid():
-    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-
-
-def stop_forkserver():
-    """End the forkserver once no worker is left.
-
-    It would end by itself when this process exits, but only after its own
-    interpreter teardown (most of a second with torch loaded), and it holds
-    our stdout and stderr open until then: whoever reads our output (a pipe,
-    a test) would wait for it. It holds nothing that needs saving."""
-    pid = forkserver_pid()
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass  # already gone
-    forkserver._forkserver._forkserver_pid = None
-
-
-def forget_forkserver():
-    """The forkserver died by itself: let nothing try to reach or end it."""
-    if forkserver_pid() is not None:
-        forkserver._forkserver._forkserver_pid = None
 
 
 def exit_now(code):

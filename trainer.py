@@ -178,8 +178,8 @@ class Trainer:
         return self.finish()
 
     def start_workers(self):
-        """Hand the workers (forked from the forkserver, which imported torch
-        meanwhile) the shared model and wait until they are ready."""
+        """Hand the workers (forked at start-up, waiting) the shared model and
+        wait until they are ready."""
         if self.start:
             fields = dict(path=self.options.checkpoint, per_epoch=self.per_epoch)
             log(line("resuming", epoch=self.first_epoch + 1, step=self.state.step, **fields))
@@ -461,8 +461,9 @@ def run(args, stop, started, pool):
 def start(args, options, stop, started, pool, run):
     """The steps before the Trainer: device, node, agreement, checkpoint, config.
     RUN holds what run() must close whatever happens."""
+    pool.start()  # first: before CUDA, gloo or any thread exists (see pool.WorkerPool)
     checkpoints = run["checkpoints"]
-    device, why = choose_device(options.device)  # first: a usage error writes nothing
+    device, why = choose_device(options.device)  # a usage error writes nothing
     node = run["node"] = nodes.from_env(options)
     if options.dry_run and node.world > 1:
         raise UsageError("--dry-run is for one machine, not a torchrun job")

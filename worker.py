@@ -1,8 +1,8 @@
 """One Hogwild worker: receive the shared model, then claim batches and train
 it, without locks, until told to stop.
 
-The forkserver imports this module before any worker exists (its preload),
-so that each worker, forked from it, starts with torch already imported.
+The trainer imports this module before it forks the workers, so that each
+worker starts with torch already imported.
 """
 
 import os
@@ -15,11 +15,8 @@ import torch.nn.functional as F
 
 import data
 import optim
-import processes
 from errors import cuda_memory_error
 from schedule import derived_seed, epoch_order, learning_rate
-
-processes.bind_forkserver_to_parent()  # in the forkserver only (see processes)
 
 
 @dataclass(frozen=True)
@@ -49,9 +46,9 @@ def run(rank, progress, setup, errors, parent_alive):
             errors.put((rank, memory or f"{type(e).__name__}: {e}"))
             if memory is None:
                 traceback.print_exc()  # a bug: its traceback is what a bug report needs
-        # else orphaned (the parent or the forkserver was killed, say by the
-        # OOM killer, mid-hand-over of the model): the parent reports that
-        # cause in one line, and this failure is only its consequence.
+        # else orphaned (the parent was killed, say by the OOM killer,
+        # mid-hand-over of the model): whatever reports the parent's death
+        # names that cause, and this failure is only its consequence.
     else:
         exit_code = 0
     # Skip the interpreter's teardown: with torch loaded it takes most of a

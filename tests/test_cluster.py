@@ -191,7 +191,7 @@ def test_a_lost_node_leaves_an_elastic_job_to_finish_on_the_survivor(tmp_path, j
     victim = nodes[1] if not hosts_rendezvous(nodes[1]) else nodes[0]
     survivor = nodes[0] if victim is nodes[1] else nodes[1]
     # As docker kill or a dead machine would: the launcher, its leader (in a
-    # session of its own), the leader's forkserver and workers, all at once.
+    # session of its own), the leader's workers, all at once.
     for pid in [victim.pid, *leaders_of(victim.pid)]:
         os.killpg(pid, signal.SIGKILL)
     out = finish([survivor], timeout=120)[0]

@@ -189,7 +189,7 @@ def _orphaned_worker():
 
 
 def test_a_worker_orphaned_mid_hand_over_exits_without_a_traceback():
-    # (seen in the soak: the OOM killer took the forkserver during the hand-over)
+    # (seen in the soak: the OOM killer took the process that held the model mid-hand-over)
     proc = subprocess.run(
         [sys.executable, "-c", "import test_pool; test_pool._orphaned_worker()"],
         cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=120,

@@ -1,4 +1,4 @@
-"""processes.py: the two private standard-library attributes it relies on
+"""processes.py: the private standard-library attribute it relies on
 (checked here on whatever Python runs the tests: 3.11 in CI, 3.12 on the
 accelerator machine), and dying with the parent, with real processes."""
 
@@ -8,16 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-from multiprocessing import forkserver
 
 from procs import alive, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_the_private_attributes_exist_on_this_python():
+def test_the_private_attribute_exists_on_this_python():
     assert callable(getattr(atexit, "_run_exitfuncs", None)), sys.version
-    assert hasattr(forkserver._forkserver, "_forkserver_pid"), sys.version
 
 
 def run_python(code, **kwargs):
@@ -40,23 +38,6 @@ def test_exit_now_runs_the_atexit_handlers_and_keeps_the_code():
         """)
     assert proc.returncode == 3
     assert proc.stdout == "flushed before the exitatexit ran\n"
-
-
-def test_stop_forkserver_ends_the_server_it_started():
-    proc = run_python("""
-        import multiprocessing, os, processes
-        from multiprocessing import forkserver
-        multiprocessing.get_context("forkserver")
-        forkserver.ensure_running()
-        pid = processes.forkserver_pid()
-        processes.stop_forkserver()
-        try:
-            os.kill(pid, 0)
-            print("alive")
-        except ProcessLookupError:
-            print("gone", processes.forkserver_pid())
-        """)
-    assert proc.stdout.strip() == "gone None", proc.stderr
 
 
 def test_a_child_that_asked_to_die_with_its_parent_does(tmp_path):

@@ -102,7 +102,7 @@ def test_sigkill_of_the_parent_leaves_no_process_of_the_run(tmp_path, big_test_s
     proc, tag = tagged_trainer(tmp_path, big_data_dir, *flags)
     try:
         if moment == "start-up":
-            assert wait_until(lambda: len(pids_with_env(TAG, tag)) >= 2, 30)  # + the forkserver
+            assert wait_until(lambda: len(pids_with_env(TAG, tag)) >= 2, 30)  # + a worker
         else:
             proc.out.wait_for(lambda line: line.startswith("epoch 1/50 ["), 60)
             assert len(worker_pids(proc.pid)) == 2, "premise: the workers exist"
@@ -209,7 +209,7 @@ def test_a_data_file_truncated_under_the_workers_is_named(tmp_path, big_data_dir
 
 def test_sigkill_of_a_torchrun_launcher_leaves_no_leader_or_worker(tmp_path, big_data_dir):
     """main.py --nnodes 1 (torchrun's agent in this process, the leader its child,
-    the leader's forkserver and workers below): SIGKILL of the launcher ends them all."""
+    the leader's workers below): SIGKILL of the launcher ends them all."""
     port = 29500 + os.getpid() % 1000
     flags = ["--nnodes", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "--epochs", "50"]
     proc, tag = tagged_trainer(tmp_path, big_data_dir, *flags, "--log-interval", "5")
@@ -223,5 +223,5 @@ def test_sigkill_of_a_torchrun_launcher_leaves_no_leader_or_worker(tmp_path, big
         for pid in pids_with_env(TAG, tag):
             os.kill(pid, signal.SIGKILL)
         stop_group(proc)
-    assert len(everyone) >= 4  # launcher, leader, forkserver, workers
+    assert len(everyone) >= 4  # launcher, leader, 2 workers
     assert gone, "a leader or worker outlived its launcher by 3 s"
