@@ -167,8 +167,9 @@ def describe_exit(exitcode, oom_killed=False):
             limit = cpus.cgroup_memory_limit()
             where = f"the memory limit of {limit / 2**20:.0f} MiB" if limit else "memory"
             return (
-                f"was killed by the kernel's out-of-memory killer ({where} ran out; 2 "
-                f"processes need about 400 MB, each further one about 20 MB)"
+                f"was killed by the kernel's out-of-memory killer ({where} ran out: allow "
+                f"more, or use fewer --num-processes; docs/performance.md has the memory "
+                f"per process)"
             )
         return (
             "was killed by SIGKILL (from outside, or by the kernel's out-of-memory killer "

@@ -314,7 +314,7 @@ def markdown(result):
         lines += [
             "",
             f"Each extra process adds about {extra:.0f} MB PSS ({a['processes']} -> "
-            f"{b['processes']} processes): workers forked from the forkserver share torch's "
+            f"{b['processes']} processes): workers forked from the trainer share torch's "
             f"memory with it until they write to it, and the data set is memory-mapped and "
             f"counted once.",
         ]

@@ -435,17 +435,18 @@ class Soak:
                 self.problem(f"{label} not reported before training: exit {code}, {last}")
 
     def memory_limit(self):
-        # 300 MB: two workers forked from the forkserver share torch's pages and
-        # fit in 400 MB; 250 MB is too small for the parent's own torch.
+        # 16 workers cannot fit in 250 MB (each writes some of the trainer's
+        # pages it shares, and has a heap of its own), the trainer alone
+        # easily does: a worker is killed, and the trainer must say why.
         ckpt = self.fresh("memory")
         code, out = self.runner.run(
-            [*self.common, "--checkpoint", self.runner.path(ckpt), "--num-processes", "2"],
-            docker_args=["--memory", "300m", "--memory-swap", "300m"],
+            [*self.common, "--checkpoint", self.runner.path(ckpt), "--num-processes", "16"],
+            docker_args=["--memory", "250m", "--memory-swap", "250m"],
         )
         self.tally["faults"] += 1
         last = out.strip().splitlines()[-2:] if out.strip() else []
-        print(f"  memory limit 300m: exit {code}; {' | '.join(last)}", flush=True)
-        if code != 1 or "memory limit of 300 MiB" not in out or "Traceback" in out:
+        print(f"  memory limit 250m, 16 processes: exit {code}; {' | '.join(last)}", flush=True)
+        if code != 1 or "memory limit of 250 MiB" not in out or "Traceback" in out:
             self.problem(f"memory limit not reported clearly: exit {code}, {last}")
         self.load(ckpt)
 
