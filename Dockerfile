@@ -110,6 +110,9 @@ COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 # or without a volume there (the course autograder mounts the repository).
 # Every top-level *.py is a module (.dockerignore keeps the rest out).
 COPY *.py /opt/mnist-hogwild/
+# Compiled once here: PYTHONDONTWRITEBYTECODE keeps every process (a node's
+# launcher and its leader, both) from caching what it compiles at start.
+RUN python -m compileall -q /opt/mnist-hogwild
 COPY *.py /workspace/
 # Any uid may write here when no volume is mounted (docker run --user).
 RUN chmod 1777 /workspace

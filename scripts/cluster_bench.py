@@ -64,15 +64,24 @@ def seconds_between(start, stamp):
 
 
 def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, processes=1):
-    """Start NODES containers, wait for all; returns what node0 measured, the
-    wall time from the first `docker run` to the last exit, and the time from
-    node0's start to its first batch."""
+    """Start NODES containers together, wait for all; returns what node0
+    measured, the wall time from the `docker run`s to the last exit, and the
+    time from node0's start to its first batch."""
     names = [f"node{i}" for i in range(nodes)]
-    started = time.monotonic()
     for name in names:
         subprocess.run(["rm", "-rf", os.path.join(work, name)], check=True)
-        cmd = node_command(args, work, data, net, name, nodes, k, mode, cpus, processes)
-        subprocess.run(cmd, check=True, capture_output=True)
+    commands = [
+        node_command(args, work, data, net, n, nodes, k, mode, cpus, processes) for n in names
+    ]
+    # All at once, as separate machines would start: one after the other, the
+    # later nodes' container start-up (docker's, not ours) would be counted too.
+    started = time.monotonic()
+    runs = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands
+    ]
+    for run, cmd in zip(runs, commands, strict=True):
+        if run.wait() != 0:
+            raise SystemExit(f"{' '.join(map(str, cmd))} failed: {run.stderr.read().decode()}")
     codes = [docker("wait", f"{net}-{name}").stdout.strip() for name in names]
     wall = time.monotonic() - started
     logs = docker("logs", "-t", f"{net}-node0").stdout
@@ -241,7 +250,7 @@ def wall_pairs(args):
     rows = [
         f"Measured {result['date']}: {label}, {args.epochs} epochs, on this machine's "
         f"{args.cores} cores: one container with {args.cores} Hogwild processes, then 2 "
-        f"containers (`--cpus {args.cores / 2:g}` each, the defaults: `--node-updates sum "
+        f"containers started together (`--cpus {args.cores / 2:g}` each, the defaults: `--node-updates sum "
         f"--sync-every auto`), {len(pairs)} pairs one after the other "
         f"(`python scripts/cluster_bench.py --wall-pairs {len(pairs)} --dataset {args.dataset} "
         f"--epochs {args.epochs}{seed_flag(result)}`).",
