@@ -253,9 +253,38 @@ def docker_numbers(data_dir, dataset, image, work):
         "image": image,
         "image_mb": size / 1e6,
         "container_first_batch_s": first_batch,
+        "one_core_first_batch_s": one_core_first_batch(image, volumes, dataset),
         "docker_stop_s": stop_s,
         **autograder_flow(data_dir, dataset, image, work),
     }
+
+
+def one_core_first_batch(image, volumes, dataset):
+    """docker run to the first batch in a one-core container (`--cpus 1`, one
+    process), as a one-CPU pod or each node of cluster_bench.py starts."""
+    name = f"bench-one-core-{os.getpid()}"
+    started = time.monotonic()
+    subprocess.run(
+        harness.docker_run(
+            image,
+            *flags(data_dir="/data", dataset=dataset, epochs=1, num_processes=1,
+                   checkpoint="/workspace/one-core.pth"),
+            volumes=volumes,
+            name=name,
+            detach=True,
+            docker_args=["--cpus", "1"],
+        ),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    try:
+        while time.monotonic() - started < 120:
+            if harness.parse_lines("ready", harness.docker("logs", name).stdout):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        return None
+    finally:
+        harness.docker("rm", "-f", name)
 
 
 def autograder_flow(data_dir, dataset, image, work):
@@ -340,6 +369,12 @@ def markdown(result):
         lines += [
             f"| image size ({d['image']}) | {d['image_mb']:.0f} MB |",
             f"| container start to first batch | {d['container_first_batch_s']:.1f} s |",
+            "| the same, one core (`--cpus 1`, 1 process) | "
+            + (
+                f"{d['one_core_first_batch_s']:.1f} s |"
+                if d.get("one_core_first_batch_s")
+                else "- |"
+            ),
             f"| docker stop | {d['docker_stop_s']:.2f} s |",
             f"| autograder flow (`train.py`, then `train.py --resume`, {d['autograder_epochs']} epochs) | "
             f"{d['autograder_s']:.0f} s, test accuracy {d['autograder_accuracy']:.2f}% |",
@@ -450,6 +485,13 @@ def perf_summary(result):
         ("Ctrl-C to exit, checkpoint saved", f"{result['stop']['sigint_to_exit_s']:.2f} s"),
     ]
     if d:
+        if d.get("one_core_first_batch_s"):
+            rows.append(
+                (
+                    "container start to first batch, `--cpus 1`",
+                    f"{d['one_core_first_batch_s']:.1f} s",
+                )
+            )
         rows += [
             ("`docker stop`", f"{d['docker_stop_s']:.2f} s"),
             ("image", f"{d['image_mb']:.0f} MB"),
