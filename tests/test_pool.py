@@ -197,3 +197,52 @@ def test_a_worker_orphaned_mid_hand_over_exits_without_a_traceback():
     )  # fmt: skip
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_every_worker_reads_eof_when_the_parent_gives_up_before_training():
+    # A parent that gives up before training closes its ends of the pipes:
+    # every worker must read that as EOF and exit, which it cannot while it
+    # (or a worker forked after it) still holds a copy of a sending end.
+    import worker  # noqa: F401, PLC0415 - what the trainer has imported before it forks
+
+    workers = pool.WorkerPool(3, log_interval=10)
+    workers.start()
+    try:
+        assert len(workers.processes) == 3
+        for pipe in workers.pipes:
+            pipe.close()
+        for p in workers.processes:
+            p.join(30)
+        assert [p.exitcode for p in workers.processes] == [0, 0, 0]
+    finally:
+        for p in workers.processes:
+            if p.exitcode is None:
+                p.kill()
+        workers.processes, workers.pipes = [], []
+
+
+def test_the_workers_are_forked_before_the_device_the_node_or_any_thread_starts(
+    tmp_path, monkeypatch
+):
+    import main  # noqa: PLC0415
+    import trainer  # noqa: PLC0415
+    from signals import StopRequest  # noqa: PLC0415
+
+    seen = []
+
+    class Pool:
+        progress = None
+
+        def start(self):
+            seen.append(("fork", threading.active_count()))
+
+    def choose_device(requested):
+        seen.append(("device", requested))
+        raise trainer.UsageError("stop here")
+
+    monkeypatch.setattr(trainer, "choose_device", choose_device)
+    monkeypatch.setattr(trainer.nodes, "from_env", lambda *a: seen.append(("node",)))
+    monkeypatch.chdir(tmp_path)
+    args = main.build_parser().parse_args(["--epochs", "1"])
+    assert trainer.run(args, StopRequest(), 0.0, Pool()) == 2
+    assert seen == [("fork", 1), ("device", "auto")]
