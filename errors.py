@@ -30,7 +30,7 @@ class WorkerDied(Exception):
 
 
 class ClusterError(Exception):
-    """Another node is gone, unreachable, or runs a different job."""
+    """Another node is gone or unreachable (exit 75)."""
 
 
 class Diverged(Exception):

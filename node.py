@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 import data
-from errors import CheckpointError, ClusterError, one_line
+from errors import CheckpointError, ClusterError, UsageError, one_line
 from evaluate import Evaluation
 
 EXIT_PEER_LOST = 75  # EX_TEMPFAIL: another node is gone; retrying the job may work
@@ -350,7 +350,10 @@ class ClusterNode:
     @_collective("the check that every node runs the same job")
     def agree_on_job(self, settings, stop_signum):
         """Stop with one line, on every node, if the nodes' SETTINGS (a dict of
-        what must match) differ: naming the setting and the nodes. Also the
+        what must match) differ: naming the setting and the nodes. A
+        UsageError (exit 2), as a flag that differs from the checkpoint's is:
+        a retry with the same flags fails the same way, so an orchestrator
+        should not retry it (docs/kubernetes.yaml fails the Job on 2). Also the
         first chance to stop together: the signal any node got during its
         start-up (or 0)."""
         everyone = _all_gather_objects((settings, stop_signum or 0), self.world)
@@ -360,7 +363,7 @@ class ClusterNode:
             values = [s.get(name) for s in everyone]
             if len({json.dumps(v) for v in values}) > 1:
                 per_node = ", ".join(f"node {r}: {v}" for r, v in enumerate(values))
-                raise ClusterError(
+                raise UsageError(
                     f"the nodes run different jobs: {name} differs ({per_node}); start every "
                     f"node with the same flags"
                 )

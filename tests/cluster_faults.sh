@@ -148,7 +148,7 @@ node 2 --nnodes 3 --epochs 3 --resume --seed 7
 codes="$(code 0) $(code 1) $(code 2)"
 lines=$(logs 1 | grep -c "^error:")
 logs 1 | grep "^error:"
-[ "$codes" = "75 75 75" ] && [ "$lines" = 1 ] && logs 1 | grep -- "--seed differs" >/dev/null \
+[ "$codes" = "2 2 2" ] && [ "$lines" = 1 ] && logs 1 | grep -- "--seed differs" >/dev/null \
   && pass "another --seed on node 2: every node stopped with one line naming it" \
   || fail "another --seed: exit codes $codes, $lines error lines"
 remove

@@ -60,8 +60,14 @@ grep "^resuming /mnist/mnist_cnn.pt at epoch 2, batch 0/" /tmp/compose-train2.lo
   && pass "the second train run resumed at epoch 2" || fail "the second train run did not resume"
 "${compose[@]}" run evaluate >/dev/null || fail "second compose run evaluate"
 second=$(accuracy)
-python3 -c "import sys; sys.exit(not float('${second:-0}') > float('${first:-0}'))" \
-  && pass "accuracy improved: ${first}% -> ${second}%" || fail "accuracy did not improve: ${first}% -> ${second}%"
+if python3 -c "import sys; sys.exit(not float('${second:-0}') > float('${first:-0}'))"; then
+  pass "accuracy improved: ${first}% -> ${second}%"
+elif python3 -c "import sys; sys.exit(not float('${first:-0}') == float('${second:-0}') == 100)"; then
+  # The synthetic data can be learnt fully in one epoch: nothing left to improve.
+  pass "accuracy stayed at 100%, as the first run already reached it (not the real MNIST)"
+else
+  fail "accuracy did not improve: ${first}% -> ${second}%"
+fi
 
 echo
 [ "$failures" -eq 0 ] && echo "✅ all compose checks passed" || { echo "❌ $failures compose check(s) failed"; exit 1; }
