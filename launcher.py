@@ -1,6 +1,6 @@
 """main.py --nnodes: this process becomes this node's torchrun agent (torch's
-own elastic launcher, c10d rendezvous), running main.py as the node's one
-leader, which runs the node's Hogwild workers.
+own elastic launcher, c10d rendezvous), which forks the node's one leader
+(main.main, torch already loaded), which runs the node's Hogwild workers.
 
 Why wrap torchrun rather than ask users to type it:
 - exit codes that mean what orchestrators read: 0 only when training is
@@ -38,12 +38,19 @@ LAUNCH_FLAGS = (
     "--max-restarts",
 )
 LAUNCH_SWITCHES = ("--verbose",)
-MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")  # for torchrun's flags
 STOP_FILE_ENV = "MNIST_HOGWILD_STOP_FILE"  # where a leader records a coordinated stop
 WAITING_EVERY = 5.0  # seconds between "waiting for ..." lines
 # c10d waits this long for more nodes once the minimum of --nnodes MIN:MAX has
 # joined (torch's default is 30 s); when MAX nodes have joined it does not wait.
 LAST_CALL = "last_call_timeout=5"
+# Held while the waiting thread prints. The agent forks the leader from its
+# main thread: a fork in the middle of that print would leave the leader a
+# stdout whose lock no thread of its own can release.
+_PRINTING = threading.Lock()
+os.register_at_fork(
+    before=_PRINTING.acquire, after_in_parent=_PRINTING.release, after_in_child=_PRINTING.release
+)
 
 
 def leader_argv(argv):
@@ -62,8 +69,10 @@ def leader_argv(argv):
 
 
 def leader_pids():
-    """This process's children that run main.py: the node's leader (torchrun
-    starts it in a session of its own, so a Ctrl-C to our group misses it)."""
+    """This process's children: the node's leader (torchrun's agent forks it
+    and nothing else; a helper of multiprocessing's, if one ever runs, is
+    left out). It runs in a session of its own, so a Ctrl-C to our group
+    misses it."""
     found = []
     try:
         tasks = os.listdir("/proc/self/task")
@@ -78,7 +87,7 @@ def leader_pids():
         for pid in children:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as cmd:
-                    if MAIN.encode() in cmd.read():
+                    if b"from multiprocessing" not in cmd.read():
                         found.append(int(pid))
             except OSError:
                 pass  # exited meanwhile
@@ -240,11 +249,12 @@ def say_while_waiting(forwarder, endpoint, nnodes, job, stop):
     while not stop.wait(WAITING_EVERY):
         forwarder.forward()
         if not leader_pids():
-            say(
-                f"waiting for {nnodes} nodes to join the rendezvous at {endpoint} (job "
-                f"{job}) for {time.monotonic() - started:.0f} s: every node runs the same "
-                f"command, and can reach {endpoint}"
-            )
+            with _PRINTING:
+                say(
+                    f"waiting for {nnodes} nodes to join the rendezvous at {endpoint} (job "
+                    f"{job}) for {time.monotonic() - started:.0f} s: every node runs the same "
+                    f"command, and can reach {endpoint}"
+                )
 
 
 def quiet_torch(verbose):
@@ -285,8 +295,9 @@ def torchrun_argv(args, nnodes, endpoint, job):
     return argv + (["--local-addr", args.local_addr] if args.local_addr else [])
 
 
-def launch(args, argv):
-    """Run this node's torchrun agent; returns the process exit code."""
+def launch(args, argv, leader):
+    """Run this node's torchrun agent, which forks LEADER(ARGV without the
+    launch flags) as the node's leader; returns the process exit code."""
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         raise UsageError(
             "--nnodes inside torchrun: torchrun already started this process as a leader; "
@@ -311,17 +322,22 @@ def launch(args, argv):
 
     quiet_agent_logs(args.verbose)
 
-    config = torchrun.parse_args(
-        torchrun_argv(args, nnodes, endpoint, job)
-        + [MAIN]
-        + leader_argv(sys.argv[1:] if argv is None else argv)
+    from torch.distributed.launcher.api import elastic_launch  # noqa: PLC0415
+
+    leader_args = leader_argv(sys.argv[1:] if argv is None else argv)
+    config, _, _ = torchrun.config_from_args(
+        torchrun.parse_args(torchrun_argv(args, nnodes, endpoint, job) + [MAIN] + leader_args)
     )
+    # The leader is forked from this process, which has torch loaded already:
+    # a fresh interpreter would import it again on the node's critical path,
+    # after the rendezvous, on a core that its workers are waiting for.
+    config.start_method = "fork"
     done = threading.Event()
     threading.Thread(
         target=say_while_waiting, args=(forwarder, endpoint, nnodes, job, done), daemon=True
     ).start()
     try:
-        torchrun.run(config)
+        elastic_launch(config, lead)(leader, leader_args)
     except ChildFailedError as e:
         # The leader has said why, in one line: its code is this node's.
         code = max((f.exitcode for f in e.failures.values()), default=1)
@@ -337,6 +353,22 @@ def launch(args, argv):
     if stopped:
         return 128 + stopped
     return 128 + forwarder.received[0] if forwarder.received else 0
+
+
+def lead(leader, argv):
+    """The leader, in the process torchrun's agent forked. 0 is returned to the
+    agent (success); any other code ends the process with it, which the agent
+    reports as a failure with that exit code."""
+    os.setsid()  # a Ctrl-C to the launcher's group reaches it once, by the Forwarder
+    code = leader(argv)
+    if code:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return 0
 
 
 def read_stop_file(path):

@@ -365,7 +365,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.nnodes or (os.environ.get("PET_NNODES") and not os.environ.get("TORCHELASTIC_RUN_ID")):
         try:
-            return launcher.launch(args, argv)
+            return launcher.launch(args, argv, main)
         except UsageError as e:
             say(f"error: {e}", sys.stderr)
             return 2

@@ -160,10 +160,13 @@ def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
     nodes = job("--epochs", "2", data=big_data_dir)
     proc = nodes[1]
     proc.out.wait_for(lambda line: line.startswith("epoch 1/2 ["), 120)
-    os.kill(proc.pid, signal.SIGINT)  # what docker stop does to the container's main.py
+    # Ctrl-C in a terminal: SIGINT to the launcher's whole process group. The
+    # leader runs in a session of its own, so it hears it once, from the launcher.
+    os.killpg(proc.pid, signal.SIGINT)
     sent = time.monotonic()
     outs = finish(nodes, timeout=30)
     assert time.monotonic() - sent < 10
+    assert outs[1].count("received SIGINT") == 2 and "again" not in outs[1], outs[1]
     # Every node exits 128 + the signal: stopped, resumable (0 means complete).
     assert [p.returncode for p in nodes] == [130, 130], outs
     assert all("Traceback" not in out for out in outs), outs
