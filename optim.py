@@ -5,7 +5,8 @@ Hogwild and optimizer state: the parent creates the state (momentum buffers;
 Adam's two moments and its step counts) in shared memory, and every worker's
 optimizer points at those very tensors, so all workers update one state
 racily, without locks, exactly as they update the weights. The state stays
-a single thing the parent can checkpoint and restore; races cost only noise.
+a single thing the parent can checkpoint and restore; races cost only noise
+(once Adam reads each moment once per step: ADAM_SQ_FLOOR says why).
 
 Why not torch.optim itself: its first use imports torch._dynamo, which adds
 seconds to every process's start (scripts/optim_import_cost.py measures it;
@@ -18,6 +19,20 @@ and that torch.optim loads their state_dict().
 import torch
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+# Written by one process, Adam's moments obey exp_avg_sq >= exp_avg**2 * bound
+# (Cauchy-Schwarz on their two exponential sums), so a step moves a weight by a
+# few lr at most. Racing workers break it. They start in step and update the
+# same tensor at the same moment: a worker whose own gradient is 0 at a weight
+# (a dropped-out channel) reads exp_avg_sq there as 0 for its denominator, then
+# reads exp_avg after another worker's gradient has landed in it, and divides
+# by eps: the weight moves by about lr * 1e7 and training diverges in its
+# first batches (1 run in 4 with Adam on 2 processes). So a step reads
+# exp_avg once, and floors exp_avg_sq at half the bound from that same read:
+# where the moments agree nothing changes (torch's arithmetic, bitwise), and
+# a racy step stays a few lr.
+_B1, _B2 = ADAM_BETAS
+ADAM_SQ_FLOOR = 0.5 * (1 - _B2) * (1 - _B1**2 / _B2) / (1 - _B1) ** 2
 
 
 def new_state(name, params):
@@ -130,7 +145,8 @@ class MomentumSGD(SharedStateOptimizer):
 
 class Adam(SharedStateOptimizer):
     """torch.optim.Adam's single-tensor arithmetic (betas 0.9/0.999, eps 1e-8,
-    no weight decay, no AMSGrad). --momentum does not apply to it."""
+    no weight decay, no AMSGrad), with exp_avg_sq floored where racing
+    workers left it short (ADAM_SQ_FLOOR). --momentum does not apply to it."""
 
     name = "adam"
 
@@ -148,8 +164,11 @@ class Adam(SharedStateOptimizer):
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
             step_size = self.lr / bias_correction1
-            denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(ADAM_EPS)
-            p.addcdiv_(exp_avg, denom, value=-step_size)
+            # One read of each moment: the other workers write them meanwhile.
+            first = exp_avg.clone()
+            second = torch.maximum(exp_avg_sq, first.square().mul_(ADAM_SQ_FLOOR))
+            denom = second.sqrt_().div_(bias_correction2**0.5).add_(ADAM_EPS)
+            p.addcdiv_(first, denom, value=-step_size)
 
     def hyperparameters(self):
         return {

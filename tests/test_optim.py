@@ -42,12 +42,57 @@ def test_adam_is_bitwise_torch_adam():
         "adam",
         dict(lr=0.005, momentum=0.0),
         lambda p: torch.optim.Adam(p, lr=0.005, foreach=False),
+        steps=40,  # long enough for the moments' history to matter to the floor
     )
     for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
         assert torch.equal(a, b)
     for s, p in zip(ours.state, ref_model.parameters(), strict=True):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(s[key], ref.state[p][key]), key
+
+
+def one_adam_step(grad, exp_avg, exp_avg_sq, lr=0.001):
+    """How far one step of our Adam moves a weight vector from 0, given its
+    gradient and the shared moments as they are when the step starts."""
+    p = torch.zeros_like(grad, requires_grad=True)
+    state = [{"step": torch.zeros(()), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}]
+    adam = optim.make("adam", [p], lr, 0.0, state)
+    p.grad = grad
+    adam.step()
+    return p.detach().abs().max().item() / lr
+
+
+class LandsOnFirstRead(torch.Tensor):
+    """exp_avg_sq whose first read after its own update (the denominator) lets
+    another worker's write land in exp_avg: workers that started together
+    update the same tensors at the same moment."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if getattr(func, "__name__", "") not in ("mul_", "addcmul_") and cls.pending:
+            cls.pending.pop()()
+        return out
+
+
+def test_adam_divides_by_the_moments_of_one_read_when_another_worker_writes():
+    # Element 0: this worker's gradient is 0 (a dropped-out channel), so its
+    # moments are 0 when its denominator is formed; the other worker's
+    # gradient lands in exp_avg right after. Dividing that by eps would move
+    # the weight by lr * 1e5 and more.
+    exp_avg = torch.zeros(2)
+    LandsOnFirstRead.pending = [lambda: exp_avg[0].add_(0.1 * 0.05)]
+    exp_avg_sq = torch.zeros(2).as_subclass(LandsOnFirstRead)
+    moved = one_adam_step(torch.tensor([0.0, 0.05]), exp_avg, exp_avg_sq)
+    assert not LandsOnFirstRead.pending  # the write did land mid-step
+    assert moved < 10, moved
+
+
+def test_adam_step_stays_a_few_lr_when_a_write_to_exp_avg_sq_was_lost():
+    # A racing in-place update kept the other worker's gradient in exp_avg
+    # but lost it from exp_avg_sq.
+    moved = one_adam_step(torch.tensor([0.0]), torch.tensor([0.005]), torch.tensor([0.0]))
+    assert moved < 10, moved
 
 
 @pytest.mark.parametrize(
