@@ -44,6 +44,8 @@ WAITING_EVERY = 5.0  # seconds between "waiting for ..." lines
 # c10d waits this long for more nodes once the minimum of --nnodes MIN:MAX has
 # joined (torch's default is 30 s); when MAX nodes have joined it does not wait.
 LAST_CALL = "last_call_timeout=5"
+# Seconds between a joined node's reads of an open rendezvous (torch: 1 s).
+RENDEZVOUS_POLL = 0.1
 # Held while the waiting thread prints. The agent forks the leader from its
 # main thread: a fork in the middle of that print would leave the leader a
 # stdout whose lock no thread of its own can release.
@@ -285,6 +287,44 @@ def fresh_store_each_round():
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
 
 
+def prompt_rendezvous():
+    """torch's c10d rendezvous has a node that has joined sleep a second
+    between reads of the shared state, and caches each read for a second: the
+    nodes that joined first learn up to a second late that the last one has,
+    and every leader then waits for them in its first collective, on every
+    job's critical path. While a rendezvous is open, a node reads it every
+    RENDEZVOUS_POLL seconds instead (a small get on the store); once it is
+    complete (training, when the agent checks for waiting nodes), torch's
+    own cache again. These are private names of torch's: if they are gone,
+    torch's pace stays (tests/test_cluster.py checks them for the torch that
+    requirements.txt pins). True if the rendezvous is prompt."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr  # noqa: PLC0415
+
+    holder, delay = getattr(dr, "_BackendRendezvousStateHolder", None), getattr(dr, "_delay", None)
+    if holder is None or delay is None:
+        return False
+    if getattr(holder, "prompt", False):
+        return True
+
+    class PromptStateHolder(holder):
+        prompt = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.settled_cache = self._cache_duration
+
+        def sync(self):
+            self._cache_duration = self.settled_cache if self.state.complete else RENDEZVOUS_POLL
+            return super().sync()
+
+    def prompt_delay(seconds):
+        # a pair is torch's random skew before a first join: kept
+        delay(seconds if isinstance(seconds, tuple) else min(seconds, RENDEZVOUS_POLL))
+
+    dr._BackendRendezvousStateHolder, dr._delay = PromptStateHolder, prompt_delay
+    return True
+
+
 def torchrun_argv(args, nnodes, endpoint, job):
     """torchrun's flags: one leader per node, c10d, our restarts; torchrun
     handles only SIGQUIT itself (the stop signals are ours, see Forwarder)."""
@@ -321,6 +361,7 @@ def launch(args, argv, leader):
     from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
 
     quiet_agent_logs(args.verbose)
+    prompt_rendezvous()
 
     from torch.distributed.launcher.api import elastic_launch  # noqa: PLC0415
 

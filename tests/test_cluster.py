@@ -101,6 +101,31 @@ def test_a_port_held_by_another_nodes_rendezvous_store_is_joined():
     launcher.check_port("127.0.0.1", port)
 
 
+def test_a_joined_node_reads_an_open_rendezvous_promptly_and_a_complete_one_at_torchs_pace():
+    """The rendezvous poll of launcher.prompt_rendezvous, in the handler that
+    torchrun builds: it reaches into torch's private names, so a torch that
+    renames them fails here rather than silently costing every job a second."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous  # noqa: PLC0415
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import (  # noqa: PLC0415
+        C10dRendezvousBackend,
+    )
+
+    assert launcher.prompt_rendezvous() and launcher.prompt_rendezvous()  # once is enough
+    store = torch.distributed.HashStore()
+    handler = dynamic_rendezvous.DynamicRendezvousHandler.from_backend(
+        "job", store, C10dRendezvousBackend(store, "job"), min_nodes=2, max_nodes=2
+    )
+    holder = handler._state_holder
+    holder.sync()
+    assert holder._cache_duration == launcher.RENDEZVOUS_POLL < 1  # open: read promptly
+    holder.state.complete = True
+    holder.sync()
+    assert holder._cache_duration == 1  # complete: torch's own cache
+    started = time.monotonic()
+    dynamic_rendezvous._delay(seconds=1)
+    assert time.monotonic() - started < 1  # the poll between reads is capped too
+
+
 @pytest.fixture
 def job(tmp_path, data_dir):
     """Start two nodes (the same flags) on a free port; returns a starter."""
