@@ -108,12 +108,15 @@ COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 # The code lives in /opt/mnist-hogwild (the default command), and also in
 # /workspace so that `docker run IMAGE python /workspace/train.py` works with
 # or without a volume there (the course autograder mounts the repository).
-# Every top-level *.py is a module (.dockerignore keeps the rest out).
+# The entry points (main.py, train.py) and the network (model.py) at the top,
+# the rest in the mnist_hogwild package (.dockerignore keeps the rest out).
 COPY *.py /opt/mnist-hogwild/
+COPY mnist_hogwild/ /opt/mnist-hogwild/mnist_hogwild/
 # Compiled once here: PYTHONDONTWRITEBYTECODE keeps every process (a node's
 # launcher and its leader, both) from caching what it compiles at start.
 RUN python -m compileall -q /opt/mnist-hogwild
 COPY *.py /workspace/
+COPY mnist_hogwild/ /workspace/mnist_hogwild/
 # Any uid may write here when no volume is mounted (docker run --user).
 RUN chmod 1777 /workspace
 WORKDIR /workspace

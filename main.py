@@ -10,14 +10,14 @@ import os
 import sys
 import time
 
-import launcher
-import pool
-import processes
-from config import DATASETS, LR_SCHEDULES, OPTIMIZERS, RECIPES, TrainConfig
-from errors import CheckpointError, DataError, InputError, UsageError
-from loglines import say
-from processes import exit_now
-from signals import StopRequest
+from mnist_hogwild.cluster import launcher
+from mnist_hogwild.hogwild import pool
+from mnist_hogwild.core import processes
+from mnist_hogwild.core.config import DATASETS, LR_SCHEDULES, OPTIMIZERS, RECIPES, TrainConfig
+from mnist_hogwild.core.errors import CheckpointError, DataError, InputError, UsageError
+from mnist_hogwild.core.loglines import say
+from mnist_hogwild.core.processes import exit_now
+from mnist_hogwild.hogwild.signals import StopRequest
 
 
 def int_in(low, high):
@@ -331,7 +331,7 @@ COMMANDS = {
 
 def run_command(name, argv):
     """evaluate, infer or export: parse their flags, run, one line per error."""
-    module = importlib.import_module(name)  # the module of the same name holds the command
+    module = importlib.import_module(f"mnist_hogwild.commands.{name}")  # its module holds it
     parser = argparse.ArgumentParser(
         prog=f"main.py {name}", description=COMMANDS[name], allow_abbrev=False
     )
@@ -392,7 +392,7 @@ def main(argv=None):
     try:
         # Imported here, after the handlers are in place and the flags are valid:
         # --help or a bad flag should not wait for torch.
-        import trainer
+        from mnist_hogwild.run import trainer
 
         if stop.signum is not None:  # a SystemExit from the handler was swallowed by an import
             return 128 + stop.signum

@@ -28,7 +28,7 @@ import time
 import harness
 from harness import REPO, Trainer, flags
 
-import cpus  # (found through the path harness sets)
+from mnist_hogwild.core import cpus  # (found through the path harness sets)
 
 TARGETS = {"mnist": 98.0, "fashion-mnist": 82.0, "synthetic": 90.0}  # test accuracy, %
 

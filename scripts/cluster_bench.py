@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import harness
-import loglines
+from mnist_hogwild.core import loglines
 from harness import docker, docker_run
 
 

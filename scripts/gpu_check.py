@@ -38,9 +38,9 @@ import time
 import harness
 from harness import Trainer, flags
 
-import checkpoint
-import data
-from evaluate import evaluate
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.learn import data
+from mnist_hogwild.learn.evaluation import evaluate
 
 STEPS = ("throughput", "accuracy", "resume", "bitwise", "cpu-eval", "oom", "expandable")
 

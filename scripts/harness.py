@@ -17,9 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # found from here, the one place that says so.
 sys.path.insert(0, REPO)
 
-import checkpoint  # noqa: E402,F401 - re-exported for the scripts
-import data  # noqa: E402
-import loglines  # noqa: E402
+from mnist_hogwild.run import checkpoint  # noqa: E402,F401 - re-exported for the scripts
+from mnist_hogwild.learn import data  # noqa: E402
+from mnist_hogwild.core import loglines  # noqa: E402
 import synthetic_data  # noqa: E402
 from procs import LineReader, descendants  # noqa: E402,F401 - re-exported for the scripts
 from procs import worker_pids as host_worker_pids  # noqa: E402,F401

@@ -22,7 +22,7 @@ PROBE = """
 import json, sys, time
 import torch
 sys.path.insert(0, sys.argv[2])
-import optim
+from mnist_hogwild.learn import optim
 model = torch.nn.Linear(4, 2)
 started = time.perf_counter()
 params = list(model.parameters())

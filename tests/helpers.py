@@ -7,9 +7,9 @@ import signal
 
 import torch
 
-import checkpoint
-import optim
-from config import TrainConfig
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.learn import optim
+from mnist_hogwild.core.config import TrainConfig
 from model import Net
 
 

@@ -7,8 +7,8 @@ import zipfile
 import pytest
 import torch
 
-import checkpoint
-import processes
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.core import processes
 from helpers import BAD_CHECKPOINTS, fail_writes_with, valid_state, wrapped_fdopen
 from model import Net
 
@@ -67,7 +67,8 @@ def test_process_killed_mid_save_leaves_the_old_file(tmp_path):
     checkpoint.save(valid_state(), path)
     before = open(path, "rb").read()
     script = (
-        "import checkpoint, torch, helpers\n"
+        "import torch, helpers\n"
+        "from mnist_hogwild.run import checkpoint\n"
         "checkpoint.os.fdopen = helpers.wrapped_fdopen(helpers.die_halfway)\n"
         f"checkpoint.save({{'x': torch.zeros(3)}}, {path!r})\n"
     )

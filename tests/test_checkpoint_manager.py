@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-import checkpoint
-from checkpoint_manager import CheckpointManager
-from config import RunOptions
-from errors import CheckpointError, UsageError
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.run.checkpoint_manager import CheckpointManager
+from mnist_hogwild.core.config import RunOptions
+from mnist_hogwild.core.errors import CheckpointError, UsageError
 from helpers import valid_state
 
 
@@ -66,8 +66,8 @@ def test_the_lock_goes_with_a_killed_process_and_the_next_run_says_it_was_killed
     path = tmp_path / "ck.pth"
     script = (
         "import os, signal, sys\n"
-        "from checkpoint_manager import CheckpointManager\n"
-        "from config import RunOptions\n"
+        "from mnist_hogwild.run.checkpoint_manager import CheckpointManager\n"
+        "from mnist_hogwild.core.config import RunOptions\n"
         "m = CheckpointManager(RunOptions(checkpoint=sys.argv[1]), print, print)\n"
         "m.open()\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -13,13 +13,13 @@ import time
 import pytest
 import torch
 
-import checkpoint
-import data
-import evaluate
-import launcher
-import loglines
-import node as nodes
-from config import RunOptions
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.learn import data
+from mnist_hogwild.learn import evaluation
+from mnist_hogwild.cluster import launcher
+from mnist_hogwild.core import loglines
+from mnist_hogwild.cluster import node as nodes
+from mnist_hogwild.core.config import RunOptions
 from conftest import MAIN, load_checkpoint, run_trainer, stop_group
 from helpers import assert_same_weights
 from procs import LineReader, Timeout
@@ -154,7 +154,7 @@ def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job, dat
     # Each node evaluated half the test set; their sums are the whole set's.
     model, _ = checkpoint.load_model(str(tmp_path / "a" / "model_checkpoint.pth"))
     test = data.load_split(data.prepare(data_dir, "mnist", log=print)["test"])
-    whole = evaluate.evaluate(model, test, "mnist", 1000)
+    whole = evaluation.evaluate(model, test, "mnist", 1000)
     assert a["metrics"][-1]["accuracy_percent"] == 100 * whole.accuracy
     # (the loss only to float32 rounding: the batches summed differ)
     assert a["metrics"][-1]["test_loss"] == pytest.approx(whole.test_loss, rel=1e-6)

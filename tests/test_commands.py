@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import checkpoint
-import data
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.learn import data
 from conftest import MAIN, run_trainer
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 import main
-from config import DATASETS, RunOptions, TrainConfig
-from errors import UsageError
+from mnist_hogwild.core.config import DATASETS, RunOptions, TrainConfig
+from mnist_hogwild.core.errors import UsageError
 
 
 def flags(*argv):
@@ -63,7 +63,7 @@ def test_a_checkpoint_without_some_fields_falls_back_to_the_defaults():
 def test_config_is_frozen_and_every_dataset_has_data_settings():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().lr = 1.0
-    import data
+    from mnist_hogwild.learn import data
 
     assert set(DATASETS) == set(data.DATASETS)
     assert main.build_parser().get_default("dataset") is None  # None means "not given"

@@ -1,6 +1,6 @@
 import os
 
-import cpus
+from mnist_hogwild.core import cpus
 
 
 def tree(tmp_path, files, proc_cgroup):

@@ -6,7 +6,7 @@ import urllib.error
 import pytest
 import torch
 
-import data
+from mnist_hogwild.learn import data
 import synthetic_data
 
 

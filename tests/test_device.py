@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-import checkpoint
+from mnist_hogwild.run import checkpoint
 import main
-import optim
-import trainer
-from config import TrainConfig
-from errors import UsageError
+from mnist_hogwild.learn import optim
+from mnist_hogwild.run import trainer
+from mnist_hogwild.core.config import TrainConfig
+from mnist_hogwild.core.errors import UsageError
 from helpers import valid_state
 from model import Net
 

@@ -3,7 +3,7 @@ definition; and printing that survives a reader that went away."""
 
 import pytest
 
-import loglines
+from mnist_hogwild.core import loglines
 
 SAMPLES = {
     "resuming": dict(path="ck.pth", epoch=2, step=17, per_epoch=938),
@@ -91,7 +91,8 @@ def test_a_closed_stdout_sends_the_lines_to_stderr_and_never_raises(tmp_path):
     import sys
 
     script = (
-        "import loglines, sys\n"
+        "import sys\n"
+        "from mnist_hogwild.core import loglines\n"
         "for i in range(3):\n"
         "    loglines.say(f'line {i}')\n"
         "    if i == 0: sys.stdin.read(1)\n"
@@ -103,7 +104,7 @@ def test_a_closed_stdout_sends_the_lines_to_stderr_and_never_raises(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=tmp_path,
-        env={"PYTHONPATH": loglines.__file__.rsplit("/", 1)[0]},
+        env={"PYTHONPATH": loglines.__file__.rsplit("/", 3)[0]},  # the repository
     )
     assert proc.stdout.readline() == b"line 0\n"
     proc.stdout.close()  # the reader (tee, head) goes away

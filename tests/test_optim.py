@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import optim
+from mnist_hogwild.learn import optim
 from model import Net
 
 

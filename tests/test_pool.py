@@ -12,8 +12,8 @@ import threading
 import pytest
 
 import helpers
-import pool
-from errors import WorkerDied
+from mnist_hogwild.hogwild import pool
+from mnist_hogwild.core.errors import WorkerDied
 from procs import wait_until
 
 FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
@@ -179,7 +179,7 @@ def test_a_worker_killed_holding_the_lock_is_reported_not_waited_for():
 
 def _orphaned_worker():
     """A worker whose model hand-over fails after its parent is gone."""
-    import worker  # noqa: PLC0415 - in the child only
+    from mnist_hogwild.hogwild import worker  # noqa: PLC0415 - in the child only
 
     class Gone:
         def recv(self):
@@ -203,7 +203,8 @@ def test_every_worker_reads_eof_when_the_parent_gives_up_before_training():
     # A parent that gives up before training closes its ends of the pipes:
     # every worker must read that as EOF and exit, which it cannot while it
     # (or a worker forked after it) still holds a copy of a sending end.
-    import worker  # noqa: F401, PLC0415 - what the trainer has imported before it forks
+    # What the trainer has imported before it forks:
+    from mnist_hogwild.hogwild import worker  # noqa: F401, PLC0415
 
     workers = pool.WorkerPool(3, log_interval=10)
     workers.start()
@@ -225,8 +226,8 @@ def test_the_workers_are_forked_before_the_device_the_node_or_any_thread_starts(
     tmp_path, monkeypatch
 ):
     import main  # noqa: PLC0415
-    import trainer  # noqa: PLC0415
-    from signals import StopRequest  # noqa: PLC0415
+    from mnist_hogwild.run import trainer  # noqa: PLC0415
+    from mnist_hogwild.hogwild.signals import StopRequest  # noqa: PLC0415
 
     seen = []
 

@@ -31,7 +31,8 @@ def run_python(code, **kwargs):
 
 def test_exit_now_runs_the_atexit_handlers_and_keeps_the_code():
     proc = run_python("""
-        import atexit, processes
+        import atexit
+        from mnist_hogwild.core import processes
         atexit.register(print, "atexit ran")
         print("flushed before the exit", end="")
         processes.exit_now(3)
@@ -45,7 +46,7 @@ def test_a_child_that_asked_to_die_with_its_parent_does(tmp_path):
     code = """
         import os, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c",
-            "import os, processes, time; processes.die_with_parent(int(os.environ['P'])); "
+            "import os, time; from mnist_hogwild.core import processes; processes.die_with_parent(int(os.environ['P'])); "
             "print('armed', flush=True); time.sleep(60)"],
             env={**os.environ, "P": str(os.getpid())}, stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline() == "armed\\n"
@@ -66,5 +67,7 @@ def test_a_child_that_asked_to_die_with_its_parent_does(tmp_path):
 
 
 def test_a_child_whose_parent_is_already_gone_exits_at_once():
-    proc = run_python("import processes; processes.die_with_parent(1); print('still here')")
+    proc = run_python(
+        "from mnist_hogwild.core import processes; processes.die_with_parent(1); print('still here')"
+    )
     assert proc.returncode == 1 and proc.stdout == ""

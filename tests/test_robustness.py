@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-import loglines
+from mnist_hogwild.core import loglines
 from conftest import finish, load_checkpoint, run_trainer, start_trainer, stop_group, trainer_cmd
 import synthetic_data
 from procs import LineReader, alive, asleep, pids_with_env, wait_until, worker_pids

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from config import TrainConfig
-from schedule import Schedule, batches_per_epoch, epoch_order, learning_rate
+from mnist_hogwild.core.config import TrainConfig
+from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch, epoch_order, learning_rate
 
 
 @pytest.mark.parametrize("per_epoch", [7, 40, 41])

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import loglines
+from mnist_hogwild.core import loglines
 from conftest import (
     FASHION,
     finish,

@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from config import DATASETS, LR_SCHEDULES, OPTIMIZERS, TrainConfig
-from errors import CheckpointError, one_line
+from mnist_hogwild.core.config import DATASETS, LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from mnist_hogwild.core.errors import CheckpointError, one_line
 from model import Net
 
 FORMAT_VERSION = 2

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-import data
-import optim
-from errors import cuda_memory_error
-from schedule import derived_seed, epoch_order, learning_rate
+from mnist_hogwild.learn import data
+from mnist_hogwild.learn import optim
+from mnist_hogwild.core.errors import cuda_memory_error
+from mnist_hogwild.learn.schedule import derived_seed, epoch_order, learning_rate
 
 
 @dataclass(frozen=True)

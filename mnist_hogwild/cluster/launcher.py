@@ -25,9 +25,9 @@ import tempfile
 import threading
 import time
 
-from errors import UsageError, one_line
-from loglines import say
-from processes import STOP_SIGNALS
+from mnist_hogwild.core.errors import UsageError, one_line
+from mnist_hogwild.core.loglines import say
+from mnist_hogwild.core.processes import STOP_SIGNALS
 
 LAUNCH_FLAGS = (
     "--nnodes",

@@ -12,9 +12,9 @@ import time
 import traceback
 from contextlib import contextmanager
 
-import cpus
-import processes
-from errors import WorkerDied
+from mnist_hogwild.core import cpus
+from mnist_hogwild.core import processes
+from mnist_hogwild.core.errors import WorkerDied
 
 POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -197,7 +197,8 @@ def worker_entry(rank, progress, setup, errors, inherited):
     processes.name_process("hogwild-worker")
     for pipe in inherited:
         pipe.close()
-    import worker  # already imported by the trainer before the fork: costs nothing here
+    # Already imported by the trainer before the fork: costs nothing here.
+    from mnist_hogwild.hogwild import worker  # noqa: PLC0415
 
     def parent_alive():
         return os.getppid() == owner

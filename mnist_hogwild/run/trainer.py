@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
 
-import checkpoint
-import cpus
-import data
-import launcher
-import node as nodes
-import optim
-from checkpoint_manager import CheckpointManager
-from config import RunOptions, TrainConfig
-from errors import (
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.core import cpus
+from mnist_hogwild.learn import data
+from mnist_hogwild.cluster import launcher
+from mnist_hogwild.cluster import node as nodes
+from mnist_hogwild.learn import optim
+from mnist_hogwild.run.checkpoint_manager import CheckpointManager
+from mnist_hogwild.core.config import RunOptions, TrainConfig
+from mnist_hogwild.core.errors import (
     CheckpointError,
     ClusterError,
     DataError,
@@ -33,12 +33,12 @@ from errors import (
     WorkerDied,
     cuda_memory_error,
 )
-from evaluate import evaluate
-from loglines import ProgressLog, format_seconds, line, say
+from mnist_hogwild.learn.evaluation import evaluate
+from mnist_hogwild.core.loglines import ProgressLog, format_seconds, line, say
 from model import Net
-from schedule import Schedule, batches_per_epoch, learning_rate
-from signals import Stopped
-from worker import WorkerSetup
+from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch, learning_rate
+from mnist_hogwild.hogwild.signals import Stopped
+from mnist_hogwild.hogwild.worker import WorkerSetup
 
 
 def log(message):

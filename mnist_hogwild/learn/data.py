@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from config import FASHION_MNIST, MNIST
-from errors import DataError
+from mnist_hogwild.core.config import FASHION_MNIST, MNIST
+from mnist_hogwild.core.errors import DataError
 
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension

@@ -6,7 +6,7 @@ session) all mean "save a checkpoint, then stop". Torch-free.
 import os
 import signal
 
-from processes import STOP_SIGNALS
+from mnist_hogwild.core.processes import STOP_SIGNALS
 
 
 class Stopped(Exception):

@@ -14,10 +14,10 @@ import os
 
 import torch
 
-import checkpoint
-import data
-from evaluate import write_output
-from loglines import say
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.learn import data
+from mnist_hogwild.commands.evaluate import write_output
+from mnist_hogwild.core.loglines import say
 
 FORMATS = {"pt2": ".pt2", "torchscript": ".pt"}
 

@@ -9,7 +9,7 @@ import argparse
 from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 
-from errors import UsageError
+from mnist_hogwild.core.errors import UsageError
 
 MNIST, FASHION_MNIST = "mnist", "fashion-mnist"
 DATASETS = (MNIST, FASHION_MNIST)

@@ -19,10 +19,10 @@ import os
 import shutil
 import time
 
-import checkpoint
-import processes
-from checkpoint import Progress
-from errors import CheckpointError, UsageError
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.core import processes
+from mnist_hogwild.run.checkpoint import Progress
+from mnist_hogwild.core.errors import CheckpointError, UsageError
 
 MAX_NAME = 255  # NAME_MAX on Linux file systems, where pathconf cannot tell
 

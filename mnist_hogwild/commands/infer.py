@@ -17,11 +17,11 @@ import sys
 
 import torch
 
-import checkpoint
-import data
-from errors import InputError
-from evaluate import write_output
-from loglines import say
+from mnist_hogwild.run import checkpoint
+from mnist_hogwild.learn import data
+from mnist_hogwild.core.errors import InputError
+from mnist_hogwild.commands.evaluate import write_output
+from mnist_hogwild.core.loglines import say
 
 INK = 0.3  # a pixel is ink above this share of the brightest pixel
 

@@ -22,9 +22,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-import data
-from errors import CheckpointError, ClusterError, UsageError, one_line
-from evaluate import Evaluation
+from mnist_hogwild.learn import data
+from mnist_hogwild.core.errors import CheckpointError, ClusterError, UsageError, one_line
+from mnist_hogwild.learn.evaluation import Evaluation
 
 EXIT_PEER_LOST = 75  # EX_TEMPFAIL: another node is gone; retrying the job may work
 
