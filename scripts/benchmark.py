@@ -292,7 +292,7 @@ def autograder_flow(data_dir, dataset, image, work):
     train.py --resume, in containers, timed together."""
     run_dir = os.path.join(work, "autograder")
     os.makedirs(run_dir)
-    folder = harness.data.DATASETS[dataset]["folder"]
+    folder = harness.data.DATASET_INFO[dataset]["folder"]
     shutil.copytree(os.path.join(data_dir, folder), os.path.join(run_dir, "data", folder))
     extra = ["--dataset", dataset] if dataset != "mnist" else []
     base = harness.docker_run(

@@ -31,7 +31,7 @@ def valid_state(**changes):
     net = Net()
     progress = checkpoint.Progress(epoch=1, step=0, batches_per_epoch=10, seed=1)
     optimizer = optim.MomentumSGD(
-        net.parameters(), 0.1, 0.5, optim.new_state("sgd", list(net.parameters()))
+        net.parameters(), 0.1, 0.5, optim.OPTIMIZERS["sgd"].new_state(list(net.parameters()))
     )
     config = TrainConfig().as_dict()
     state = checkpoint.make_state(net, optimizer.state_dict(), progress, config, {}, "run")

@@ -60,12 +60,15 @@ def test_a_checkpoint_without_some_fields_falls_back_to_the_defaults():
     assert TrainConfig.resolve(flags(), {"batch_size": 128}).lr == TrainConfig.lr
 
 
-def test_config_is_frozen_and_every_dataset_has_data_settings():
+def test_config_is_frozen_and_every_name_the_flags_offer_has_its_implementation():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().lr = 1.0
-    from mnist_hogwild.learn import data
+    from mnist_hogwild.core import config
+    from mnist_hogwild.learn import data, optim, schedule
 
-    assert set(DATASETS) == set(data.DATASETS)
+    assert set(DATASETS) == set(data.DATASET_INFO)
+    assert list(config.OPTIMIZERS) == list(optim.OPTIMIZERS)
+    assert list(config.LR_SCHEDULES) == list(schedule.SHAPES)
     assert main.build_parser().get_default("dataset") is None  # None means "not given"
 
 

@@ -133,7 +133,7 @@ def test_download_with_right_md5_is_kept(tmp_path, monkeypatch):
     payload = gzip.compress(b"x")
     digest = data.hashlib.md5(payload).hexdigest()
     monkeypatch.setitem(
-        data.DATASETS["mnist"], "md5", dict.fromkeys(data.DATASETS["mnist"]["md5"], digest)
+        data.DATASET_INFO["mnist"], "md5", dict.fromkeys(data.DATASET_INFO["mnist"]["md5"], digest)
     )
 
     def fake(url, dst, **kwargs):

@@ -60,7 +60,7 @@ def test_cpu_is_always_the_cpu(monkeypatch):
 
 def snapshot_of(model):
     params = list(model.parameters())
-    opt = optim.MomentumSGD(params, 0.01, 0.5, optim.new_state("sgd", params))
+    opt = optim.MomentumSGD(params, 0.01, 0.5, optim.OPTIMIZERS["sgd"].new_state(params))
     progress = checkpoint.Progress(epoch=0, step=3, batches_per_epoch=10, seed=1)
     state = checkpoint.make_state(
         model, opt.state_dict(), progress, TrainConfig().as_dict(), {}, "r"

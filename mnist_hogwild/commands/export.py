@@ -34,7 +34,7 @@ def add_arguments(p):
 
 def metadata(state):
     dataset = state["config"].get("dataset", "mnist")
-    info = data.DATASETS[dataset]
+    info = data.DATASET_INFO[dataset]
     return {
         "dataset": dataset,
         "input": "float32 [N, 1, 28, 28], (pixel / 255 - mean) / std, light on dark",

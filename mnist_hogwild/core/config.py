@@ -13,8 +13,12 @@ from mnist_hogwild.core.errors import UsageError
 
 MNIST, FASHION_MNIST = "mnist", "fashion-mnist"
 DATASETS = (MNIST, FASHION_MNIST)
+# The names the flags offer (torch-free); what each does is learn/optim.py's
+# OPTIMIZERS and learn/schedule.py's SHAPES, keyed by the same names.
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "onecycle", "cosine")
+# --lr-schedule NAME -> its default --warmup (onecycle: torch's OneCycleLR pct_start).
+LR_SCHEDULES = {"constant": 0.0, "onecycle": 0.3, "cosine": 0.0}
+NODE_UPDATES = ("sum", "average")
 
 # --recipe: named sets of TrainConfig defaults; flags given explicitly still win.
 # "sample" is pytorch/examples' mnist_hogwild (the course's). "fast" reaches 98%
@@ -71,10 +75,8 @@ class TrainConfig:
         recipe = RECIPES[given.get("recipe") or "sample"]
         if saved is None:
             base = {**cls().as_dict(), **recipe}
-            if given.get("lr_schedule") == "onecycle" or (
-                given.get("lr_schedule") is None and base["lr_schedule"] == "onecycle"
-            ):
-                base["warmup"] = 0.3  # torch's OneCycleLR pct_start
+            if "warmup" not in recipe:
+                base["warmup"] = LR_SCHEDULES[given.get("lr_schedule") or base["lr_schedule"]]
             values = {n: base[n] if given.get(n) is None else given[n] for n in cls.names()}
         else:
             values = {n: _choose(n, given.get(n), saved.get(n), log) for n in cls.names()}

@@ -30,7 +30,7 @@ DOWNLOAD_TIMEOUT = 60  # seconds without data before a download gives up
 
 # Layout and checksums follow torchvision, so an existing torchvision download
 # (DIR/MNIST/raw, DIR/FashionMNIST/raw) is reused as it is.
-DATASETS = {
+DATASET_INFO = {
     MNIST: {
         "folder": "MNIST",
         "mirrors": [
@@ -82,7 +82,7 @@ class Split:
 
 
 def raw_dir(data_dir, dataset):
-    return os.path.join(data_dir, DATASETS[dataset]["folder"], "raw")
+    return os.path.join(data_dir, DATASET_INFO[dataset]["folder"], "raw")
 
 
 def read_header(path, magic):
@@ -162,7 +162,7 @@ def to_device(split, device):
 
 def normalizer(dataset):
     """(scale, shift) so that uint8 pixels * scale - shift == (x/255 - mean) / std."""
-    mean, std = DATASETS[dataset]["mean"], DATASETS[dataset]["std"]
+    mean, std = DATASET_INFO[dataset]["mean"], DATASET_INFO[dataset]["std"]
     return 1.0 / (255.0 * std), mean / std
 
 
@@ -183,7 +183,7 @@ def md5sum(path):
 
 def download(dataset, name, dest_dir):
     """Fetch NAME.gz into dest_dir from the first mirror that works; check its MD5."""
-    info = DATASETS[dataset]
+    info = DATASET_INFO[dataset]
     gz_name = name + ".gz"
     dest = os.path.join(dest_dir, gz_name)
     # download_url_to_file has no timeout of its own; without one a dropped

@@ -35,31 +35,15 @@ _B1, _B2 = ADAM_BETAS
 ADAM_SQ_FLOOR = 0.5 * (1 - _B2) * (1 - _B1**2 / _B2) / (1 - _B1) ** 2
 
 
-def new_state(name, params):
-    """Fresh optimizer state for PARAMS, one dict of tensors per parameter
-    (what the parent puts in shared memory)."""
-    if name == "adam":
-        return [
-            {
-                "step": torch.zeros((), dtype=torch.float32),
-                "exp_avg": torch.zeros_like(p),
-                "exp_avg_sq": torch.zeros_like(p),
-            }
-            for p in params
-        ]
-    return [{"momentum_buffer": torch.zeros_like(p)} for p in params]
-
-
-def make(name, params, lr, momentum, state):
-    cls = Adam if name == "adam" else MomentumSGD
-    return cls(params, lr, momentum, state)
-
-
 class SharedStateOptimizer:
     """What both optimizers share: the parameters, the per-parameter state
     tensors (shared, filled in place), and torch's state_dict format."""
 
     name = ""
+    # How several machines combine each state tensor at a sync, by its key:
+    # COUNTED ones are added up (Adam's step counts: every node's steps
+    # happened), the rest are state and are averaged over the nodes.
+    counted = ()
 
     def __init__(self, params, lr, momentum, state):
         self.params = list(params)
@@ -76,8 +60,22 @@ class SharedStateOptimizer:
         """Every state tensor (to share them, or to send them to the workers)."""
         return [t for s in self.state for t in s.values()]
 
+    @classmethod
+    def new_state(cls, params):
+        """Fresh state for PARAMS, one dict of tensors per parameter (what the
+        parent puts in shared memory)."""
+        raise NotImplementedError
+
     def hyperparameters(self):
         raise NotImplementedError
+
+    def counters(self):
+        """The state tensors that nodes add up at a sync (see COUNTED)."""
+        return [t for s in self.state for k, t in s.items() if k in self.counted]
+
+    def moments(self):
+        """The state tensors that nodes average at a sync."""
+        return [t for s in self.state for k, t in s.items() if k not in self.counted]
 
     def state_dict(self):
         """torch.optim's format, tensors copied to the CPU (the workers go on
@@ -121,6 +119,10 @@ class MomentumSGD(SharedStateOptimizer):
 
     name = "sgd"
 
+    @classmethod
+    def new_state(cls, params):
+        return [{"momentum_buffer": torch.zeros_like(p)} for p in params]
+
     @torch.no_grad()
     def step(self):
         for p, s in zip(self.params, self.state, strict=True):
@@ -149,6 +151,18 @@ class Adam(SharedStateOptimizer):
     workers left it short (ADAM_SQ_FLOOR). --momentum does not apply to it."""
 
     name = "adam"
+    counted = ("step",)
+
+    @classmethod
+    def new_state(cls, params):
+        return [
+            {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(p),
+                "exp_avg_sq": torch.zeros_like(p),
+            }
+            for p in params
+        ]
 
     @torch.no_grad()
     def step(self):
@@ -184,3 +198,16 @@ class Adam(SharedStateOptimizer):
             "fused": None,
             "decoupled_weight_decay": False,
         }
+
+
+# --optimizer NAME: the class that trains with it. A new optimizer is a
+# subclass above, one entry here and its name in config.OPTIMIZERS (which
+# the flags read without importing torch; tests/test_config.py checks both).
+OPTIMIZERS = {cls.name: cls for cls in (MomentumSGD, Adam)}
+
+
+def make(name, params, lr, momentum, state=None):
+    """The NAME optimizer over PARAMS, on STATE (fresh if None)."""
+    cls = OPTIMIZERS[name]
+    params = list(params)
+    return cls(params, lr, momentum, cls.new_state(params) if state is None else state)

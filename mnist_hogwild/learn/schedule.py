@@ -94,27 +94,50 @@ def learning_rate(config, batch, per_epoch):
     """The learning rate of global batch BATCH: a pure function of its index
     and the planned total (config.epochs * PER_EPOCH), so that every worker
     uses the same rate for the same batch whatever --num-processes or the
-    node count, and a resume continues the curve exactly.
-
-    constant: config.lr after a linear warm-up over the first config.warmup
-    share of the batches. onecycle: linear from lr/25 up to lr over the warm-up
-    share, then cosine down to lr/10^4 (torch's OneCycleLR's shape and
-    defaults). cosine: warm-up, then cosine from lr down to 0."""
+    node count, and a resume continues the curve exactly. The shape is
+    SHAPES[config.lr_schedule]."""
     total = max(1, config.epochs * per_epoch)
     position = min(batch, total - 1) / total  # in [0, 1)
-    peak, warmup = config.lr, config.warmup
-    if config.lr_schedule == "onecycle":
-        start, end = peak / 25, peak / 25 / 1e4
+    return SHAPES[config.lr_schedule](config.lr, config.warmup, position, batch, total)
+
+
+def follows_the_plan(config):
+    """Whether the rate depends on the planned length at all (a constant rate
+    without a warm-up does not: a resume with another --epochs changes nothing)."""
+    return config.lr_schedule != "constant" or config.warmup > 0
+
+
+def _after_warmup(shape):
+    """A schedule with a linear warm-up from 0 over the first WARMUP share of
+    the batches, then SHAPE(peak, fraction of the rest)."""
+
+    def rate(peak, warmup, position, batch, total):
         if position < warmup:
-            return start + (peak - start) * position / warmup
-        return end + (peak - end) * _cosine((position - warmup) / (1 - warmup))
+            return peak * (batch + 1) / (warmup * total)
+        return shape(peak, (position - warmup) / (1 - warmup))
+
+    return rate
+
+
+def _one_cycle(peak, warmup, position, batch, total):
+    """Linear from peak/25 up to peak over the warm-up share, then cosine down
+    to peak/10^4 (torch's OneCycleLR's shape and defaults)."""
+    start, end = peak / 25, peak / 25 / 1e4
     if position < warmup:
-        return peak * (batch + 1) / (warmup * total)
-    if config.lr_schedule == "cosine":
-        return peak * _cosine((position - warmup) / (1 - warmup))
-    return peak
+        return start + (peak - start) * position / warmup
+    return end + (peak - end) * _cosine((position - warmup) / (1 - warmup))
 
 
 def _cosine(fraction):
     """1 at 0, falling along half a cosine to 0 at 1."""
     return (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0))) / 2
+
+
+# --lr-schedule NAME: its shape. A new schedule is a function here and its
+# name (with its default warm-up) in config.LR_SCHEDULES, which the flags
+# read without importing torch; tests/test_config.py checks both.
+SHAPES = {
+    "constant": _after_warmup(lambda peak, fraction: peak),
+    "onecycle": _one_cycle,
+    "cosine": _after_warmup(lambda peak, fraction: peak * _cosine(fraction)),
+}

@@ -36,7 +36,12 @@ from mnist_hogwild.core.errors import (
 from mnist_hogwild.learn.evaluation import evaluate
 from mnist_hogwild.core.loglines import ProgressLog, format_seconds, line, say
 from model import Net
-from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch, learning_rate
+from mnist_hogwild.learn.schedule import (
+    Schedule,
+    batches_per_epoch,
+    follows_the_plan,
+    learning_rate,
+)
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.hogwild.worker import WorkerSetup
 
@@ -110,8 +115,7 @@ class SharedModel:
         torch.manual_seed(config.seed)
         model = Net().to(device)
         params = list(model.parameters())
-        opt_state = optim.new_state(config.optimizer, params)
-        optimizer = optim.make(config.optimizer, params, config.lr, config.momentum, opt_state)
+        optimizer = optim.make(config.optimizer, params, config.lr, config.momentum)
         if state is None:
             progress, run_id = checkpoint.Progress(0, 0, per_epoch, config.seed), None
         else:
@@ -120,8 +124,7 @@ class SharedModel:
         model.share_memory()
         for tensor in optimizer.tensors():
             tensor.share_memory_()
-        counters = [s["step"] for s in optimizer.state if "step" in s]
-        moments = [t for s in optimizer.state for k, t in s.items() if k != "step"]
+        counters, moments = optimizer.counters(), optimizer.moments()
         run_id = run_id or checkpoint.new_run_id()
         return cls(model, optimizer, progress, run_id, counters, moments)
 
@@ -502,7 +505,7 @@ def stopped_before_training(stopped):
 def note_schedule_change(state, config):
     """A resume with another --epochs (or --lr) replans a schedule: say how, once."""
     saved = TrainConfig(**{**config.as_dict(), **state["config"]})
-    if saved == config or (config.lr_schedule == "constant" and not config.warmup):
+    if saved == config or not follows_the_plan(config):
         return
     per_epoch = state["batches_per_epoch"]
     batch = state["epoch"] * per_epoch + state["step"]
