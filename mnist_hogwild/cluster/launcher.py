@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+from mnist_hogwild.core.config import LAST_CALL
 from mnist_hogwild.core.errors import UsageError, one_line
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import STOP_SIGNALS
@@ -38,12 +39,15 @@ LAUNCH_FLAGS = (
     "--max-restarts",
 )
 LAUNCH_SWITCHES = ("--verbose",)
-MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")  # for torchrun's flags
+# main.py at the top of the checkout, above the package: for torchrun's flags.
+MAIN = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "main.py"
+)
 STOP_FILE_ENV = "MNIST_HOGWILD_STOP_FILE"  # where a leader records a coordinated stop
 WAITING_EVERY = 5.0  # seconds between "waiting for ..." lines
-# c10d waits this long for more nodes once the minimum of --nnodes MIN:MAX has
-# joined (torch's default is 30 s); when MAX nodes have joined it does not wait.
-LAST_CALL = "last_call_timeout=5"
+# LAST_CALL: c10d waits this long for more nodes once the minimum of --nnodes
+# MIN:MAX has joined (torch's default is 30 s); when MAX nodes have joined it
+# does not wait.
 # Seconds between a joined node's reads of an open rendezvous (torch: 1 s).
 RENDEZVOUS_POLL = 0.1
 # Held while the waiting thread prints. The agent forks the leader from its

@@ -4,7 +4,9 @@ out, JSON with per-class accuracy and the confusion matrix (and a picture)."""
 import json
 import os
 
+from mnist_hogwild.commands import flags
 from mnist_hogwild.core import config
+from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import InputError, UsageError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.learn import data
@@ -13,16 +15,16 @@ from mnist_hogwild.run import checkpoint
 
 
 def add_arguments(p):
-    p.add_argument(
-        "--data-dir", default="./data", metavar="DIR", help="data root (default: ./data)"
-    )
-    p.add_argument(
-        "--dataset",
-        choices=config.DATASETS,
-        help="the test set to use; must be the one the model was trained on (default: the "
+    flags.data_dir_flag(p)
+    flags.dataset_flag(
+        p,
+        "the test set to use; must be the one the model was trained on (default: the "
         "checkpoint's)",
     )
-    p.add_argument("--batch-size", type=int, default=500, metavar="N", help="(default: 500)")
+    default = RunOptions.test_batch_size
+    p.add_argument(
+        "--batch-size", type=int, default=default, metavar="N", help=f"(default: {default})"
+    )
     p.add_argument(
         "--out",
         default="eval_results.json",

@@ -20,6 +20,7 @@ import torch
 from mnist_hogwild.run import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.core.errors import InputError
+from mnist_hogwild.commands import flags
 from mnist_hogwild.commands.evaluate import write_output
 from mnist_hogwild.core.loglines import say
 
@@ -47,9 +48,7 @@ def add_arguments(p):
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="which test images (default: 0)"
     )
-    p.add_argument(
-        "--data-dir", default="./data", metavar="DIR", help="data root (default: ./data)"
-    )
+    flags.data_dir_flag(p)
 
 
 def run_command(args):

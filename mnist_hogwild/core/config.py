@@ -6,7 +6,7 @@ torch is imported; the workers receive the resolved TrainConfig as it is.
 """
 
 import argparse
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
 from mnist_hogwild.core.errors import UsageError
@@ -19,6 +19,59 @@ OPTIMIZERS = ("sgd", "adam")
 # --lr-schedule NAME -> its default --warmup (onecycle: torch's OneCycleLR pct_start).
 LR_SCHEDULES = {"constant": 0.0, "onecycle": 0.3, "cosine": 0.0}
 NODE_UPDATES = ("sum", "average")
+DEVICES = ("auto", "cpu", "cuda")
+# --rdzv-conf's default: see cluster/launcher.py.
+LAST_CALL = "last_call_timeout=5"
+MAX_PROCESSES, MAX_THREADS = 512, 1024  # beyond these, thread or process creation fails
+
+
+def int_in(low, high):
+    """An argparse type: a whole number in [LOW, HIGH]."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def float_in(low, high, low_ok, what):
+    """An argparse type: a float in (LOW, HIGH), LOW itself allowed if LOW_OK."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low <= value if low_ok else low < value) or not value < high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = int_in(1, 2**31 - 1)
+POSITIVE_FLOAT = float_in(0, float("inf"), False, "more than 0")
+NON_NEGATIVE_FLOAT = float_in(0, float("inf"), True, "0 or more")
+UNIT_FRACTION = float_in(0, 1, True, "in [0, 1)")
+PERCENT = float_in(0, 100, False, "a percentage in (0, 100]")
+
+
+def sync_every_batches(text):
+    """--sync-every: a whole number of batches, or "auto" (0)."""
+    return 0 if text == "auto" else POSITIVE_INT(text)
+
+
+def flag(default, help, shown=None, **argparse_options):
+    """A dataclass field that is also a command-line flag: its help text, what
+    "(default: ...)" shows (SHOWN, else DEFAULT) and argparse's options."""
+    return field(default=default, metadata=dict(help=help, shown=shown, options=argparse_options))
+
 
 # --recipe: named sets of TrainConfig defaults; flags given explicitly still win.
 # "sample" is pytorch/examples' mnist_hogwild (the course's). "fast" reaches 98%
@@ -43,17 +96,33 @@ RECIPES = {
 class TrainConfig:
     """What defines the training itself. The flags for these fields default to
     None in argparse, so that --resume can tell "not given" (take the
-    checkpoint's value) from "given" (check it, or override it)."""
+    checkpoint's value) from "given" (check it, or override it). Each field's
+    flag is made from its metadata (commands/flags.py); "{default}" in a help
+    text is the field's default."""
 
-    batch_size: int = 64
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.5
-    seed: int = 1
-    dataset: str = MNIST
-    optimizer: str = "sgd"
-    lr_schedule: str = "constant"
-    warmup: float = 0.0  # share of the planned batches with a rising rate (onecycle: its peak)
+    batch_size: int = flag(64, "input batch size for training", type=POSITIVE_INT, metavar="N")
+    epochs: int = flag(10, "number of epochs to train in total", type=POSITIVE_INT, metavar="N")
+    lr: float = flag(
+        0.01, "learning rate; the peak rate of a schedule", type=POSITIVE_FLOAT, metavar="LR"
+    )
+    momentum: float = flag(0.5, "SGD momentum", type=UNIT_FRACTION, metavar="M")
+    seed: int = flag(1, "random seed", type=int_in(0, 2**63 - 1), metavar="S")
+    dataset: str = flag(MNIST, "which data set", choices=DATASETS)
+    optimizer: str = flag("sgd", "sgd (with --momentum, the sample's) or adam", choices=OPTIMIZERS)
+    lr_schedule: str = flag(
+        "constant",
+        "the learning rate over the planned batches: constant, onecycle (up to --lr over the "
+        "warm-up, then cosine down) or cosine (down to 0)",
+        choices=LR_SCHEDULES,
+    )
+    # The share of the planned batches with a rising rate (onecycle: up to its peak).
+    warmup: float = flag(
+        0.0,
+        "share of the planned batches over which the rate rises",
+        shown=", ".join(f"{v:g} with {k}" for k, v in LR_SCHEDULES.items() if v) + ", else 0",
+        type=UNIT_FRACTION,
+        metavar="F",
+    )
 
     # These fix which batches make up an epoch and what the optimizer state
     # means, so they must match the checkpoint on resume; lr, momentum, the
@@ -106,24 +175,109 @@ def _choose(name, given, saved, log):
 class RunOptions:
     """How this run trains (none of it changes what is learnt, but for
     target_accuracy, which only ends it sooner). Saved in the checkpoint for
-    the record; never resolved against it."""
+    the record; never resolved against it. The flags default to these values."""
 
-    num_processes: int = 2
-    threads_per_process: int = 0  # 0: usable CPUs // processes
-    log_interval: int = 10
-    test_batch_size: int = 500
-    checkpoint: str = "model_checkpoint.pth"
-    checkpoint_interval: float = 30.0
-    data_dir: str = "./data"
-    device: str = "auto"
-    deterministic: bool = False
-    dry_run: bool = False
-    resume: bool = False
-    target_accuracy: float = 0.0  # 0: train every epoch
-    sync_every: int = 0  # 0: auto (node.Cadence)
-    node_updates: str = "sum"
-    sync_timeout: float = 30.0
-    start_timeout: float = 300.0
+    num_processes: int = flag(
+        2, "how many training processes to use", type=int_in(1, MAX_PROCESSES), metavar="N"
+    )
+    threads_per_process: int = flag(
+        0,  # 0: usable CPUs // processes
+        "torch threads in each process",
+        shown="usable CPUs // processes, at least 1; usable CPUs honour affinity and cgroup quota",
+        type=int_in(1, MAX_THREADS),
+        metavar="N",
+    )
+    test_batch_size: int = flag(
+        500,
+        "input batch size for testing; above 1000 it is evaluated 1000 at a time, so memory "
+        "stays bounded",
+        type=POSITIVE_INT,
+        metavar="N",
+    )
+    log_interval: int = flag(
+        10,
+        "how many batches to wait before logging training status",
+        type=POSITIVE_INT,
+        metavar="N",
+    )
+    dry_run: bool = flag(
+        False,
+        "train one batch per worker, then evaluate and checkpoint (smoke test; an existing "
+        "checkpoint is never replaced)",
+        action="store_true",
+    )
+    resume: bool = flag(
+        False,
+        "continue from --checkpoint if it exists (else warn and start fresh); without it, an "
+        "existing checkpoint is kept as STEM.prev.pth",
+        action="store_true",
+    )
+    checkpoint: str = flag(
+        "model_checkpoint.pth",
+        "checkpoint file; beside it go STEM.metrics.jsonl and STEM.best.pth",
+        metavar="PATH",
+    )
+    checkpoint_interval: float = flag(
+        30.0,
+        "also save every SECONDS while training; 0 disables",
+        type=NON_NEGATIVE_FLOAT,
+        metavar="SECONDS",
+    )
+    data_dir: str = flag(
+        "./data",
+        "data root, torchvision layout DIR/MNIST/raw, DIR/FashionMNIST/raw; files may be "
+        "gzipped or unpacked",
+        metavar="DIR",
+    )
+    device: str = flag(
+        "auto",
+        "where to train: auto picks cuda when torch sees a GPU, else cpu; cuda without a "
+        "usable GPU is an error",
+        choices=DEVICES,
+    )
+    deterministic: bool = flag(
+        False,
+        "use only deterministic algorithms (torch.use_deterministic_algorithms; on a GPU also "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8), for bitwise-exact resume on a GPU",
+        action="store_true",
+    )
+    target_accuracy: float = flag(
+        0.0,  # 0: train every epoch
+        "stop (saved, exit 0) after the first epoch whose test accuracy reaches PERCENT",
+        shown="train every epoch",
+        type=PERCENT,
+        metavar="PERCENT",
+    )
+    sync_every: int = flag(
+        0,  # 0: auto (cluster/cadence.py)
+        "combine the nodes' models every K batches per node (the sum travels while the "
+        "workers train on), and at every epoch end; auto: adapt K at each sync so that syncs "
+        "take about 5%% of the training time, never beyond the K measured safe for accuracy at "
+        "this node count, nor below 10 unless that K is smaller",
+        shown="auto",
+        type=sync_every_batches,
+        metavar="K",
+    )
+    node_updates: str = flag(
+        "sum",
+        "at a sync, add up what each node changed since the last sync (sum: every update "
+        "counts, as in Hogwild; for small K) or take the mean of the models (average: local "
+        "SGD, stable for any K, but it divides the step per sample by the node count)",
+        choices=NODE_UPDATES,
+    )
+    sync_timeout: float = flag(
+        30.0,
+        "how long a sync waits for the other nodes before this node gives up with an error",
+        type=POSITIVE_FLOAT,
+        metavar="SECONDS",
+    )
+    start_timeout: float = flag(
+        300.0,
+        "how long start-up (joining, data download, CUDA start, the checkpoint agreement) "
+        "waits for the other nodes",
+        type=POSITIVE_FLOAT,
+        metavar="SECONDS",
+    )
 
     @classmethod
     def from_args(cls, args):

@@ -17,7 +17,6 @@ from mnist_hogwild.core import processes
 from mnist_hogwild.core.errors import WorkerDied
 
 POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
-PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class SharedProgress:
