@@ -1,6 +1,6 @@
 """The log lines that users, scripts and tests read: printed from these
 formats and parsed back with parse_line(), so a reworded message fails a
-test (tests/test_log_lines.py) instead of silently breaking a script.
+test (tests/test_loglines.py) instead of silently breaking a script.
 Torch-free, so that the scripts can parse a trainer's output without torch.
 """
 

@@ -104,7 +104,7 @@ class SharedModel:
 
     model: Net
     optimizer: optim.SharedStateOptimizer
-    progress: checkpoint.Progress
+    record: checkpoint.Progress  # where training stands, and its metrics (saved)
     run_id: str
     counters: list  # Adam's step counts: several machines add them up
     moments: list  # the rest of the optimizer state: several machines average it
@@ -117,39 +117,42 @@ class SharedModel:
         params = list(model.parameters())
         optimizer = optim.make(config.optimizer, params, config.lr, config.momentum)
         if state is None:
-            progress, run_id = checkpoint.Progress(0, 0, per_epoch, config.seed), None
+            record, run_id = checkpoint.Progress(0, 0, per_epoch, config.seed), None
         else:
-            progress = checkpoints.restore(state, model, optimizer, per_epoch)
+            record = checkpoints.restore(state, model, optimizer, per_epoch)
             run_id = state.get("run_id")
         model.share_memory()
         for tensor in optimizer.tensors():
             tensor.share_memory_()
         counters, moments = optimizer.counters(), optimizer.moments()
         run_id = run_id or checkpoint.new_run_id()
-        return cls(model, optimizer, progress, run_id, counters, moments)
+        return cls(model, optimizer, record, run_id, counters, moments)
 
 
 class Trainer:
-    """The parent's side of a run: owns the shared model, the workers' progress,
-    and the loop; asks the node where to pause and the checkpoints when to save."""
+    """The parent's side of a run: owns the shared model, the loop, and two
+    kinds of progress: self.shared_progress, the counters the workers update
+    (pool.SharedProgress), and self.record, what a checkpoint saves of where
+    training stands (checkpoint.Progress). Asks the node where to pause and
+    the checkpoint manager when to save."""
 
     def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool):
         self.config, self.options, self.device, self.node = config, options, device, node
         self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
-        self.progress = pool.progress
+        self.shared_progress = pool.progress
         self.files = data.prepare(options.data_dir, config.dataset, log=log)
         self.train_set = data.to_device(data.map_split(self.files["train"]), device)
         self.test_set = data.to_device(data.load_split(self.files["test"]), device)
         self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
         self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
         self.model, self.optimizer = self.shared.model, self.shared.optimizer
-        self.state = self.shared.progress
+        self.record = self.shared.record
         node.begin(self.model.parameters(), self.shared.moments, self.shared.counters)
-        self.first_epoch = self.state.epoch
+        self.first_epoch = self.record.epoch
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that
         # epoch must still be evaluated on resume.
-        self.start = self.first_epoch * self.per_epoch + self.state.step
+        self.start = self.first_epoch * self.per_epoch + self.record.step
         usable = cpus.usable_cpus()
         self.threads = options.threads_per_process or max(1, usable // options.num_processes)
         self.eval_threads = max(self.threads, usable)
@@ -160,7 +163,7 @@ class Trainer:
         self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
         self.epoch, self.epoch_trained = self.first_epoch, False
         self.run_started = time.perf_counter()
-        self.progress.reset(0)  # the shared counters count this node's batches of this run
+        self.shared_progress.reset(0)  # the shared counters count this node's batches of this run
 
     # ----- the run -------------------------------------------------------
     def run(self):
@@ -169,7 +172,7 @@ class Trainer:
             self.start_workers()
             for epoch in range(self.first_epoch, self.last_epoch):
                 self.train_epoch(epoch)
-                row = self.evaluate(epoch)
+                row = self.evaluate_epoch(epoch)
                 self.end_epoch(epoch, row)
                 if reached_target(row, self.options.target_accuracy):
                     break
@@ -185,7 +188,7 @@ class Trainer:
         wait until they are ready."""
         if self.start:
             fields = dict(path=self.options.checkpoint, per_epoch=self.per_epoch)
-            log(line("resuming", epoch=self.first_epoch + 1, step=self.state.step, **fields))
+            log(line("resuming", epoch=self.first_epoch + 1, step=self.record.step, **fields))
         processes = dict(processes=self.options.num_processes, threads=self.threads)
         log(line("training", **processes, **self.config.as_dict()))
         self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
@@ -196,7 +199,7 @@ class Trainer:
         self.pool.send_setup(self.worker_payload())
         # One machine stops at once; several stop together, at the first sync.
         give_up = self.stop_requested if self.node.pauses_anywhere else None
-        if not self.progress.wait("ready", len(self.pool), self.pool.check, give_up):
+        if not self.shared_progress.wait("ready", len(self.pool), self.pool.check, give_up):
             raise Stopped(self.stop.signum, during_start_up=True)
         self.stop.starting = False  # from here a signal means "save, then stop"
         log(line("ready", workers=len(self.pool), seconds=time.monotonic() - self.started))
@@ -221,36 +224,40 @@ class Trainer:
         end = self.schedule.local_end(epoch)
         if self.batch_limit is not None:
             end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
-        self.log.begin_epoch(epoch, self.progress.done.value, self.progress.loss_sum.value)
-        for boundary in self.node.boundaries(self.schedule, epoch, self.progress.done.value, end):
+        self.log.begin_epoch(
+            epoch, self.shared_progress.done.value, self.shared_progress.loss_sum.value
+        )
+        for boundary in self.node.boundaries(
+            self.schedule, epoch, self.shared_progress.done.value, end
+        ):
             while not self.run_to(boundary):
-                self.paused(at_end=False)
-            self.paused(at_end=boundary == end)
-        self.log.end_epoch(self.progress.done.value)
-        self.state.partial_epoch = self.epoch_partial()
+                self.synchronise_at_boundary(at_end=False)
+            self.synchronise_at_boundary(at_end=boundary == end)
+        self.log.end_epoch(self.shared_progress.done.value)
+        self.record.partial_epoch = self.epoch_partial()
         self.epoch_trained = True
 
     def run_to(self, boundary):
         """Let the workers train up to this node's batch BOUNDARY: True there;
         False if they were paused before it (a save or a stop is due)."""
-        progress, check = self.progress, self.pool.check
-        if progress.done.value < boundary:
-            progress.set_limit(boundary, check)
-            if not progress.wait("done", boundary, check, self.between_batches):
-                progress.pause(check)
+        shared, check = self.shared_progress, self.pool.check
+        if shared.done.value < boundary:
+            shared.set_limit(boundary, check)
+            if not shared.wait("done", boundary, check, self.between_batches):
+                shared.pause(check)
                 return False
         return True
 
     def between_batches(self, done):
         """Called by the wait loop about every 0.1 s: log; True to pause now."""
-        loss_sum = self.progress.loss_sum.value
+        loss_sum = self.shared_progress.loss_sum.value
         if not math.isfinite(loss_sum):
-            self.progress.pause(self.pool.check)
+            self.shared_progress.pause(self.pool.check)
             raise Diverged(f"the training loss became {loss_sum} in epoch {self.epoch + 1}")
         self.log.tick(done, loss_sum)
         return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
 
-    def paused(self, at_end):
+    def synchronise_at_boundary(self, at_end):
         """The workers are paused at a boundary: combine the model with the other
         nodes' (if any) and agree on stopping and saving."""
         signum, save = self.node.synchronise(
@@ -264,10 +271,10 @@ class Trainer:
         if signum:
             raise Stopped(signum, here=self.stop.signum is not None)
         if save and not at_end:  # (an epoch's end saves anyway)
-            step = self.schedule.step(self.epoch, self.progress.done.value)
+            step = self.schedule.step(self.epoch, self.shared_progress.done.value)
             self.checkpoints.save(self.snapshot(self.epoch, step, self.epoch_partial()))
 
-    def evaluate(self, epoch):
+    def evaluate_epoch(self, epoch):
         """EPOCH's metrics row. The workers are idle, so the parent may use
         every core. On several machines each node evaluates its share of the
         test set; the first makes the row from everyone's sums and tells the others."""
@@ -281,10 +288,10 @@ class Trainer:
         result, signum = self.node.combine_evaluation(result, self.stop.signum)
         row = None
         if result is not None and self.node.leader:
-            batches = self.schedule.step(epoch, self.progress.done.value)
+            batches = self.schedule.step(epoch, self.shared_progress.done.value)
             row = metrics_row(
                 epoch, batches, result, time.perf_counter() - started,
-                self.state.partial_epoch, self.config, len(self.train_set), self.per_epoch,
+                self.record.partial_epoch, self.config, len(self.train_set), self.per_epoch,
             )  # fmt: skip
         row, signum = self.node.share_evaluation(row, signum)
         if row is None:
@@ -296,12 +303,12 @@ class Trainer:
             raise Diverged(
                 f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
             )
-        self.state.metrics.append(row)
-        done = self.progress.done.value
+        self.record.metrics.append(row)
+        done = self.shared_progress.done.value
         finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
         step = self.schedule.step(epoch, done)
         if finished:
-            self.state.partial_epoch = checkpoint.empty_partial()
+            self.record.partial_epoch = checkpoint.empty_partial()
         self.checkpoints.save_epoch(self.snapshot(*((epoch + 1, 0) if finished else (epoch, step))))
         fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
         fields.update(epoch=epoch + 1, epochs=self.config.epochs, path=self.options.checkpoint)
@@ -310,9 +317,16 @@ class Trainer:
     def finish(self):
         self.pool.stop(graceful=True)
         total = time.perf_counter() - self.run_started
-        fields = dict(epochs=len(self.state.metrics), path=self.options.checkpoint)
-        log(line("done", elapsed=format_seconds(total), batches=self.progress.done.value, **fields))
-        log_summary(self.state.metrics, self.checkpoints)
+        fields = dict(epochs=len(self.record.metrics), path=self.options.checkpoint)
+        log(
+            line(
+                "done",
+                elapsed=format_seconds(total),
+                batches=self.shared_progress.done.value,
+                **fields,
+            )
+        )
+        log_summary(self.record.metrics, self.checkpoints)
         log_syncs(self.node, self.log.trained_seconds)
         return 0
 
@@ -323,13 +337,13 @@ class Trainer:
         if stopped.during_start_up:
             self.pool.stop(graceful=False)
             return stopped_before_training(stopped)
-        step = self.schedule.step(self.epoch, self.progress.done.value)
-        partial = self.state.partial_epoch if self.epoch_trained else self.epoch_partial()
+        step = self.schedule.step(self.epoch, self.shared_progress.done.value)
+        partial = self.record.partial_epoch if self.epoch_trained else self.epoch_partial()
         seconds = self.checkpoints.save(self.snapshot(self.epoch, step, partial))
         fields = dict(
             path=self.options.checkpoint, epoch=self.epoch + 1, step=step, ms=seconds * 1000
         )
-        fields.update(per_epoch=self.per_epoch, batches=self.progress.done.value)
+        fields.update(per_epoch=self.per_epoch, batches=self.shared_progress.done.value)
         log(line("stopped", signal=name if stopped.here else f"{name} on another node", **fields))
         log_syncs(self.node, self.log.trained_seconds)
         self.pool.stop(graceful=True)
@@ -343,9 +357,9 @@ class Trainer:
         """The unfinished epoch's loss sum and seconds, those of earlier runs
         included; on several machines summed over the nodes (a collective: every
         node calls this at the same points)."""
-        loss, seconds = self.log.epoch_totals(self.progress.loss_sum.value)
+        loss, seconds = self.log.epoch_totals(self.shared_progress.loss_sum.value)
         loss, seconds = self.node.sum_and_max(loss, seconds)
-        base = self.state.partial_epoch
+        base = self.record.partial_epoch
         return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
 
     def snapshot(self, epoch, step, partial=None):
@@ -356,8 +370,8 @@ class Trainer:
             step=step,
             batches_per_epoch=self.per_epoch,
             seed=self.config.seed,
-            metrics=list(self.state.metrics),
-            partial_epoch=dict(partial or self.state.partial_epoch),
+            metrics=list(self.record.metrics),
+            partial_epoch=dict(partial or self.record.partial_epoch),
         )
         return checkpoint.make_state(
             self.model,
@@ -436,9 +450,9 @@ def run(args, stop, started, pool):
     POOL holds the workers, already starting; the caller stops it on every exit.
     """
     options = RunOptions.from_args(args)
-    run = {"node": nodes.LocalNode(), "checkpoints": CheckpointManager(options, log, warn)}
+    closing = {"node": nodes.LocalNode(), "checkpoints": CheckpointManager(options, log, warn)}
     try:
-        return start(args, options, stop, started, pool, run)
+        return start(args, options, stop, started, pool, closing)
     except UsageError as e:
         return fail(e, 2)
     except (CheckpointError, DataError) as e:
@@ -457,17 +471,17 @@ def run(args, stop, started, pool):
             raise
         return fail(memory, 1)
     finally:
-        run["checkpoints"].close()
-        run["node"].close()
+        closing["checkpoints"].close()
+        closing["node"].close()
 
 
-def start(args, options, stop, started, pool, run):
+def start(args, options, stop, started, pool, closing):
     """The steps before the Trainer: device, node, agreement, checkpoint, config.
-    RUN holds what run() must close whatever happens."""
+    CLOSING holds what run() must close whatever happens."""
     pool.start()  # first: before CUDA, gloo or any thread exists (see pool.WorkerPool)
-    checkpoints = run["checkpoints"]
+    checkpoints = closing["checkpoints"]
     device, why = choose_device(options.device)  # a usage error writes nothing
-    node = run["node"] = nodes.from_env(options)
+    node = closing["node"] = nodes.from_env(options)
     if options.dry_run and node.world > 1:
         raise UsageError("--dry-run is for one machine, not a torchrun job")
     node.start()
