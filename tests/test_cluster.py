@@ -18,7 +18,8 @@ from mnist_hogwild.learn import data
 from mnist_hogwild.learn import evaluation
 from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core import loglines
-from mnist_hogwild.cluster import node as nodes
+from mnist_hogwild.cluster import cadence as sync_cadence
+from mnist_hogwild.cluster import nodes
 from mnist_hogwild.core.config import RunOptions
 from conftest import MAIN, load_checkpoint, run_trainer, stop_group
 from helpers import assert_same_weights
@@ -175,7 +176,7 @@ def test_an_auto_cadence_changes_k_alike_on_every_node(tmp_path, big_data_dir, j
     assert_same_weights(a, b)
     ks = [[r["k"] for r in loglines.parse_lines("cadence", out)] for out in outs]
     assert ks[0] == ks[1] and len(ks[0]) == 1, outs
-    assert 1 <= ks[0][0] <= nodes.AUTO_MOST
+    assert 1 <= ks[0][0] <= sync_cadence.AUTO_MOST
 
 
 @pytest.mark.slow
@@ -279,7 +280,7 @@ def test_without_torchrun_the_node_is_a_one_node_job(monkeypatch):
 
 def test_the_one_node_job_returns_what_it_is_given():
     local = nodes.LocalNode()
-    assert local.synchronise([], [], [], 15, True, at_end=False) == (15, True)
+    assert local.synchronise(15, True, at_end=False) == (15, True)
     assert local.sum_and_max(1.5, 2.0) == (1.5, 2.0)
     assert local.share_evaluation({"epoch": 1}, 0) == ({"epoch": 1}, 0)
     assert local.shard("the test set") == "the test set"
@@ -298,7 +299,7 @@ def test_the_nodes_evaluate_disjoint_shares_that_make_the_whole_test_set():
 
 
 def test_a_fixed_cadence_pauses_every_k_batches_and_at_the_end():
-    cadence = nodes.Cadence(10)
+    cadence = sync_cadence.Cadence(10)
     # an epoch of this node's batches 100..135, of which 35 every node has
     assert list(cadence.boundaries(100, 100, 35, 136)) == [110, 120, 130, 136]
     for boundary in (110, 120):
@@ -321,7 +322,7 @@ def overlapped_syncs(rank, port, results):
     def interval(change, stop=None, at_end=False):
         for t in params + moments + counters:
             t.add_(change * (rank + 1))
-        got = node.synchronise(params, moments, counters, stop, False, at_end)
+        got = node.synchronise(stop, False, at_end)
         seen.append((got, params[0].tolist(), moments[0].tolist(), counters[0].tolist()))
 
     interval(1.0)
@@ -368,54 +369,54 @@ def run_auto(cadence, sync_seconds, batch_seconds, syncs):
 def test_auto_cadence_keeps_syncs_near_their_share_on_slow_and_fast_links():
     # 20 ms syncs, 10 ms batches: 5% needs K = 38; K at most doubles per sync.
     # The first sync (it waits for the slowest start) is not measured.
-    slow = run_auto(nodes.Cadence(0), 0.020, 0.010, 7)
+    slow = run_auto(sync_cadence.Cadence(0), 0.020, 0.010, 7)
     assert slow == [10, 10, 20, 38, 38, 38, 38]
     share = 0.020 / (38 * 0.010 + 0.020)
-    assert 0.04 < share <= nodes.SYNC_SHARE
+    assert 0.04 < share <= sync_cadence.SYNC_SHARE
     # 1 ms syncs: K falls, halving at most per sync, to the 19 batches 5% allows
-    fast = run_auto(nodes.Cadence(0), 0.001, 0.001, 5)
+    fast = run_auto(sync_cadence.Cadence(0), 0.001, 0.001, 5)
     assert fast == [10, 10, 19, 19, 19]
     # syncs that hardly block (the sum travels while the workers train): K
     # would fall to 1, but stops at the floor
-    start = nodes.Cadence(0)
+    start = sync_cadence.Cadence(0)
     start.k = 40
     assert run_auto(start, 0.0001, 0.010, 5) == [40, 40, 20, 10, 10]
     # a very slow link: never beyond the measured safe K
-    assert run_auto(nodes.Cadence(0), 5.0, 0.010, 8)[-1] == nodes.AUTO_MOST
+    assert run_auto(sync_cadence.Cadence(0), 5.0, 0.010, 8)[-1] == sync_cadence.AUTO_MOST
 
 
 def test_the_measured_safe_region_bounds_auto_and_warns_outside_it():
-    assert nodes.safe_sync_every("sum", 2) == nodes.SAFE_SUM_K[2]
-    assert nodes.safe_sync_every("sum", 4) == nodes.SAFE_SUM_K[4]
-    assert nodes.safe_sync_every("sum", max(nodes.SAFE_SUM_K) + 1) is None
-    assert nodes.safe_sync_every("average", 2) is None
-    assert nodes.cautions("sum", 0, 3) == []  # auto stays inside
-    assert nodes.cautions("sum", nodes.SAFE_SUM_K[3], 3) == []
-    (beyond,) = nodes.cautions("sum", nodes.SAFE_SUM_K[3] + 1, 3)
-    assert f"at most {nodes.SAFE_SUM_K[3]}" in beyond and "\n" not in beyond
-    (unmeasured,) = nodes.cautions("sum", 0, 9)
+    assert sync_cadence.safe_sync_every("sum", 2) == sync_cadence.SAFE_SUM_K[2]
+    assert sync_cadence.safe_sync_every("sum", 4) == sync_cadence.SAFE_SUM_K[4]
+    assert sync_cadence.safe_sync_every("sum", max(sync_cadence.SAFE_SUM_K) + 1) is None
+    assert sync_cadence.safe_sync_every("average", 2) is None
+    assert sync_cadence.cautions("sum", 0, 3) == []  # auto stays inside
+    assert sync_cadence.cautions("sum", sync_cadence.SAFE_SUM_K[3], 3) == []
+    (beyond,) = sync_cadence.cautions("sum", sync_cadence.SAFE_SUM_K[3] + 1, 3)
+    assert f"at most {sync_cadence.SAFE_SUM_K[3]}" in beyond and "\n" not in beyond
+    (unmeasured,) = sync_cadence.cautions("sum", 0, 9)
     assert "not 9" in unmeasured
-    assert len(nodes.cautions("average", 5, 2)) == 1
+    assert len(sync_cadence.cautions("average", 5, 2)) == 1
     options = RunOptions(sync_every=0, node_updates="sum")
     for world in (2, 3, 9):
         cadence = nodes.ClusterNode(0, world, options).cadence
         # beyond the measured node counts: the smallest K measured safe anywhere
-        safe = nodes.safe_sync_every("sum", world) or min(nodes.SAFE_SUM_K.values())
-        assert cadence.most == min(safe, nodes.AUTO_MOST)
+        safe = sync_cadence.safe_sync_every("sum", world) or min(sync_cadence.SAFE_SUM_K.values())
+        assert cadence.most == min(safe, sync_cadence.AUTO_MOST)
         # it starts, and stays, within the safe K, slow link or not
         assert 1 <= cadence.k <= cadence.most
         assert run_auto(cadence, 5.0, 0.01, 8)[-1] == cadence.most
-        assert run_auto(cadence, 0.0001, 0.01, 8)[-1] == min(nodes.AUTO_LEAST, cadence.most)
+        assert run_auto(cadence, 0.0001, 0.01, 8)[-1] == min(sync_cadence.AUTO_LEAST, cadence.most)
 
 
 def test_auto_cadence_ignores_intervals_without_batches_and_reads_k_as_it_goes():
-    cadence = nodes.Cadence(0)
+    cadence = sync_cadence.Cadence(0)
     # resumed at batch 37 of an epoch starting at 0: the first boundaries pass at once
     walk = cadence.boundaries(0, 37, 200, 200)
     assert next(walk) == 10
-    assert cadence.measures(1e9)[1] == nodes.UNKNOWN  # no batch in this interval
-    cadence.agreed([0.5, nodes.UNKNOWN], 0.5)
-    cadence.agreed([0.5, nodes.UNKNOWN], 0.5)
+    assert cadence.measures(1e9)[1] == sync_cadence.UNKNOWN  # no batch in this interval
+    cadence.agreed([0.5, sync_cadence.UNKNOWN], 0.5)
+    cadence.agreed([0.5, sync_cadence.UNKNOWN], 0.5)
     assert cadence.k == 10
     cadence.k = 25  # as a sync would set it: the next boundary uses it
     assert next(walk) == 35

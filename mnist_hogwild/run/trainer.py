@@ -2,9 +2,9 @@
 workers, let them train epoch by epoch up to each boundary, evaluate, and
 checkpoint; stop cleanly on a signal, a failed worker or a lost node.
 
-Trainer.run() reads as the run's steps. The node (node.py) decides where the
-workers pause and combines models across machines; the checkpoint manager
-(checkpoint_manager.py) decides when and where to save.
+Trainer.run() reads as the run's steps. The node (cluster/nodes.py) decides
+where the workers pause and combines models across machines; the checkpoint
+manager (checkpoint_manager.py) decides when and where to save.
 """
 
 import math
@@ -20,7 +20,7 @@ from mnist_hogwild.run import checkpoint
 from mnist_hogwild.core import cpus
 from mnist_hogwild.learn import data
 from mnist_hogwild.cluster import launcher
-from mnist_hogwild.cluster import node as nodes
+from mnist_hogwild.cluster import nodes
 from mnist_hogwild.learn import optim
 from mnist_hogwild.run.checkpoint_manager import CheckpointManager
 from mnist_hogwild.core.config import RunOptions, TrainConfig
@@ -106,7 +106,7 @@ class SharedModel:
     optimizer: optim.SharedStateOptimizer
     record: checkpoint.Progress  # where training stands, and its metrics (saved)
     run_id: str
-    counters: list  # Adam's step counts: several machines add them up
+    counters: list  # optimizer state that several machines add up (optimizer.counted)
     moments: list  # the rest of the optimizer state: several machines average it
 
     @classmethod
@@ -260,14 +260,7 @@ class Trainer:
     def synchronise_at_boundary(self, at_end):
         """The workers are paused at a boundary: combine the model with the other
         nodes' (if any) and agree on stopping and saving."""
-        signum, save = self.node.synchronise(
-            list(self.model.parameters()),
-            self.shared.moments,
-            self.shared.counters,
-            self.stop.signum,
-            self.checkpoints.due(),
-            at_end,
-        )
+        signum, save = self.node.synchronise(self.stop.signum, self.checkpoints.due(), at_end)
         if signum:
             raise Stopped(signum, here=self.stop.signum is not None)
         if save and not at_end:  # (an epoch's end saves anyway)
