@@ -25,6 +25,10 @@ import tempfile
 import threading
 import time
 
+# What the scripts share with the tests (harness, procs, synthetic_data) lives in tests/.
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
 import harness
 from harness import REPO, Trainer, flags
 

@@ -27,8 +27,13 @@ import json
 import os
 import subprocess
 import tempfile
+import sys
 import time
 
+# What the scripts share with the tests (harness, procs, synthetic_data) lives in tests/.
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
 import harness
 from mnist_hogwild.core import loglines
 from harness import docker, docker_run

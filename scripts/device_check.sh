@@ -67,7 +67,7 @@ step() { # name, timeout in seconds, command...
 }
 
 # (timeout runs programs, not shell functions: the steps name the program)
-check=(python3 scripts/gpu_check.py)
+check=(python3 tests/gpu_check.py)
 on=(--data-dir "$data" --out "$out" --device "$device")
 
 : >"$out/results.jsonl"
@@ -87,7 +87,7 @@ step breakdown 60 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-ep
   --data-dir "$data" --out "$out"
 step time-to-accuracy 80 python3 scripts/benchmark.py --time-to-accuracy --processes 16 \
   --device "$device" --repeats 1 --data-dir "$data" --out "$out"
-python3 -c "import sys; sys.path.insert(0, 'scripts'); import gpu_check; gpu_check.write_markdown('$out')" || true
+python3 -c "import sys; sys.path.insert(0, 'tests'); import gpu_check; gpu_check.write_markdown('$out')" || true
 echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
 cat "$out/results.md"
 exit "$status"

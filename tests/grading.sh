@@ -67,7 +67,7 @@ fi
 
 if [ "${GRADING_DATA:-}" = synthetic ]; then
   echo "writing synthetic IDX files into ./data (GRADING_DATA=synthetic)"
-  run "$IMAGE" python /workspace/scripts/synthetic_data.py /workspace/data --train 19200 --test 1000 >/dev/null \
+  run "$IMAGE" python /workspace/tests/synthetic_data.py /workspace/data --train 19200 --test 1000 >/dev/null \
     || fail "could not write synthetic data"
 elif [ -n "${GRADING_DATA:-}" ]; then
   # A data root holding real MNIST (MNIST/raw), such as ../shared/data. The

@@ -25,7 +25,7 @@ cluster_setup() { # prefix, training images: scratch, a network, synthetic data;
   scratch "$1"
   trap cluster_cleanup EXIT
   docker network create "$net" >/dev/null
-  docker run --rm -v "$work:/w" -v "$PWD/scripts:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data \
+  docker run --rm -v "$work:/w" -v "$PWD/tests:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data \
     --train "$2" --test 1000 >/dev/null || { echo "could not write synthetic data"; exit 1; }
 }
 cluster_cleanup() { # every container named after the network, the network, the scratch directory

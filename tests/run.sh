@@ -3,7 +3,7 @@
 # container checks (tests/grading.sh), the course's Compose services
 # (tests/compose_test.sh), several nodes as containers (tests/cluster_test.sh,
 # and under network faults tests/cluster_faults.sh), the registry push test,
-# and the quick fault-injection soak (scripts/soak.py --quick).
+# and the quick fault-injection soak (tests/soak.py --quick).
 # Needs a running Docker engine; see README "Tests".
 #
 #   bash tests/run.sh
@@ -32,8 +32,8 @@ echo "=== tests/cluster_faults.sh (three nodes: stops, a partition, a slow link,
 bash tests/cluster_faults.sh || status=1
 echo "=== tests/registry_test.sh"
 SKIP_BUILD=1 bash tests/registry_test.sh || status=1
-echo "=== scripts/soak.py --quick (fault injection, the CI subset)"
-python3 scripts/soak.py --quick --image "$IMAGE" --out "${SOAK_OUT:-/tmp/mnist-hogwild-soak}" || status=1
+echo "=== tests/soak.py --quick (fault injection, the CI subset)"
+python3 tests/soak.py --quick --image "$IMAGE" --out "${SOAK_OUT:-/tmp/mnist-hogwild-soak}" || status=1
 
 [ "$status" -eq 0 ] && echo "=== all test suites passed" || echo "=== some test suites FAILED"
 exit "$status"

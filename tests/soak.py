@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Fault-injection soak: stops, kills, full disks, bad inputs, and nothing lost.
 
-    python scripts/soak.py            # full soak: 20 of each, Fashion-MNIST if installed
-    python scripts/soak.py --quick    # the CI subset: 3 of each, small synthetic data
-    python scripts/soak.py --host     # without Docker: runs the trainer directly
+    python tests/soak.py            # full soak: 20 of each, Fashion-MNIST if installed
+    python tests/soak.py --quick    # the CI subset: 3 of each, small synthetic data
+    python tests/soak.py --host     # without Docker: runs the trainer directly
 
 Runs real containers (or the host trainer) through faults. After each one it
 checks that the checkpoint loads, that progress never went backwards, and at
@@ -804,7 +804,7 @@ def table(r, args):
     )
     lines = [
         f"Soak of {r['date']}: {r['mode']}, data {r['data']}, {r['k']} stops and {r['k']} kills, "
-        f"seed {r['seed']}, {r['minutes']:.0f} min (`python scripts/soak.py{' --quick' if args.quick else ''}"
+        f"seed {r['seed']}, {r['minutes']:.0f} min (`python tests/soak.py{' --quick' if args.quick else ''}"
         f"{' --host' if args.host else ''}`).",
         "",
         "| measure | result | goal |",

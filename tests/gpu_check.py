@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The GPU checks, one step per call, for scripts/device_check.sh.
 
-    python scripts/gpu_check.py STEP --data-dir DIR --out DIR [--device cuda|cpu]
+    python tests/gpu_check.py STEP --data-dir DIR --out DIR [--device cuda|cpu]
 
 DIR holds MNIST/raw. Each step appends its results to OUT/results.jsonl the
 moment each is known and rewrites OUT/results.md from everything there, so
