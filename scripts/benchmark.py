@@ -351,10 +351,15 @@ def markdown(result):
             f"memory with it until they write to it, and the data set is memory-mapped and "
             f"counted once.",
         ]
+    return "\n".join(lines + timing_rows(result)) + "\n"
+
+
+def timing_rows(result):
+    """The benchmark's second table: start, stop, save, accuracy and Docker rows."""
     s = result["stop"]
     acc = result["accuracy"]
     reached = acc["reached"]
-    lines += [
+    lines = [
         "",
         "| what | value |",
         "| --- | ---: |",
@@ -383,7 +388,7 @@ def markdown(result):
             f"| autograder flow (`train.py`, then `train.py --resume`, {d['autograder_epochs']} epochs) | "
             f"{d['autograder_s']:.0f} s, test accuracy {d['autograder_accuracy']:.2f}% |",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_scaling(result, path):
