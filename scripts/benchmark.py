@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 
+import psutil
+
 # What the scripts share with the tests (harness, procs, synthetic_data) lives in tests/.
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
@@ -54,13 +56,9 @@ def choose_data(work, smoke):
 def pss_kb(pid):
     """Proportional set size: shared pages (torch libraries, the mapped data) count once overall."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+        return psutil.Process(pid).memory_full_info().pss // 1024
+    except psutil.Error:
         return 0
-    return 0
 
 
 def shm_used():
@@ -140,9 +138,8 @@ class MemorySampler:
 
 def _cmdline(pid):
     try:
-        with open(f"/proc/{pid}/cmdline") as f:
-            return f.read()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 

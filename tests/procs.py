@@ -6,10 +6,11 @@ nothing, so a deadline checked between lines is no deadline. LineReader reads
 in a thread and hands lines over through a queue, so every wait ends on time.
 """
 
-import os
 import queue
 import threading
 import time
+
+import psutil
 
 
 class Timeout(AssertionError):
@@ -73,24 +74,17 @@ class LineReader:
 
 def descendants(pid):
     """Every process below PID (children, grandchildren, ...)."""
-    found, todo = [], [pid]
-    while todo:
-        try:
-            with open(f"/proc/{todo[0]}/task/{todo[0]}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-        except OSError:
-            kids = []
-        found += kids
-        todo = todo[1:] + kids
-    return found
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def comm(pid):
     """The process name (ps's comm), or None if PID is gone."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.Error:
         return None
 
 
@@ -99,13 +93,16 @@ def worker_pids(pid):
     return sorted(p for p in descendants(pid) if comm(p) == "hogwild-worker")
 
 
+def _status(pid):
+    try:
+        return psutil.Process(pid).status()
+    except psutil.Error:
+        return None
+
+
 def alive(pid):
     """PID exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _status(pid) not in (None, psutil.STATUS_ZOMBIE)
 
 
 def wait_until(condition, timeout, poll=0.02):
@@ -130,28 +127,18 @@ def handles_signal(pid, signum):
     return False
 
 
-def environ_of(pid):
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    except OSError:
-        return {}
-
-
 def pids_with_env(name, value):
-    """Every live process whose environment has NAME=VALUE (bytes compared)."""
+    """Every live process whose environment has NAME=VALUE."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and environ_of(int(entry)).get(name.encode()) == value.encode():
-            if alive(int(entry)):
-                found.append(int(entry))
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(name) == value and alive(proc.pid):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
     return found
 
 
 def asleep(pid):
     """PID sleeps in the kernel (state S): waiting, not computing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "S"
-    except OSError:
-        return False
+    return _status(pid) == psutil.STATUS_SLEEPING
