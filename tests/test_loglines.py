@@ -15,7 +15,7 @@ SAMPLES = {
         batch_size=64,
         optimizer="sgd",
         lr=0.01,
-        momentum=0.5,
+        optimizer_settings="momentum 0.5",
         lr_schedule="constant",
     ),
     "ready": dict(workers=2, seconds=1.94),

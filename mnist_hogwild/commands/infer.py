@@ -21,10 +21,14 @@ from mnist_hogwild.run import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.core.errors import InputError
 from mnist_hogwild.commands import flags
+from mnist_hogwild.core.config import POSITIVE_INT
 from mnist_hogwild.commands.evaluate import write_output
 from mnist_hogwild.core.loglines import say
 
 INK = 0.3  # a pixel is ink above this share of the brightest pixel
+# An image whose lightest and darkest pixels differ by less than this share of
+# the full range has nothing drawn on it (a blank page, a transparent image).
+NO_INK = 0.1
 
 
 def add_arguments(p):
@@ -33,7 +37,7 @@ def add_arguments(p):
     )
     p.add_argument(
         "--num-samples",
-        type=int,
+        type=POSITIVE_INT,
         default=5,
         metavar="N",
         help="without IMAGE: how many random test images (default: 5)",
@@ -101,6 +105,8 @@ def prepare_image(path, dataset):
         image = Image.alpha_composite(background, image.convert("RGBA"))
     grey = torch.frombuffer(bytearray(image.convert("L").tobytes()), dtype=torch.uint8)
     grey = grey.view(image.size[1], image.size[0]).float()
+    if float(grey.max() - grey.min()) < NO_INK * 255:
+        raise InputError(f"{path}: no digit found (the image is blank: no ink on it)")
     border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
         grey = 255 - grey
@@ -140,7 +146,7 @@ def classify_test_images(model, dataset, args):
     files = data.prepare(args.data_dir, dataset, log=lambda message: None)
     test = data.load_split(files["test"])
     generator = torch.Generator().manual_seed(args.seed)
-    count = max(0, min(args.num_samples, len(test)))
+    count = min(args.num_samples, len(test))
     chosen = torch.randperm(len(test), generator=generator)[:count]
     images = test.images.index_select(0, chosen)
     digits, probabilities = predict(model, images, dataset)

@@ -59,7 +59,21 @@ POSITIVE_INT = int_in(1, 2**31 - 1)
 POSITIVE_FLOAT = float_in(0, float("inf"), False, "more than 0")
 NON_NEGATIVE_FLOAT = float_in(0, float("inf"), True, "0 or more")
 UNIT_FRACTION = float_in(0, 1, True, "in [0, 1)")
-PERCENT = float_in(0, 100, False, "a percentage in (0, 100]")
+
+
+def target_percent(text):
+    """--target-accuracy: a percentage in (1, 100]. A fraction such as 0.98
+    (as many libraries write accuracy) is refused, naming the percentage
+    meant: read as a percentage it would end a run at under 1%."""
+    value = float_in(0, float("inf"), False, "a percentage in (1, 100]")(text)
+    if value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"is a percentage, and {text} looks like a fraction: for {100 * value:g}% pass "
+            f"{100 * value:g}"
+        )
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in (1, 100], got {text}")
+    return value
 
 
 def sync_every_batches(text):
@@ -243,9 +257,10 @@ class RunOptions:
     )
     target_accuracy: float = flag(
         0.0,  # 0: train every epoch
-        "stop (saved, exit 0) after the first epoch whose test accuracy reaches PERCENT",
+        "stop (saved, exit 0) after the first epoch whose test accuracy reaches PERCENT, a "
+        "percentage such as 98 (0.98 is refused as a fraction)",
         shown="train every epoch",
-        type=PERCENT,
+        type=target_percent,
         metavar="PERCENT",
     )
     sync_every: int = flag(

@@ -69,6 +69,12 @@ class SharedStateOptimizer:
     def hyperparameters(self):
         raise NotImplementedError
 
+    @classmethod
+    def settings(cls, config):
+        """The settings of CONFIG this optimizer uses besides the rate, for the
+        start line (--momentum means nothing to Adam)."""
+        raise NotImplementedError
+
     def counters(self):
         """The state tensors that nodes add up at a sync (see COUNTED)."""
         return [t for s in self.state for k, t in s.items() if k in self.counted]
@@ -120,6 +126,10 @@ class MomentumSGD(SharedStateOptimizer):
     name = "sgd"
 
     @classmethod
+    def settings(cls, config):
+        return f"momentum {config.momentum}"
+
+    @classmethod
     def new_state(cls, params):
         return [{"momentum_buffer": torch.zeros_like(p)} for p in params]
 
@@ -152,6 +162,10 @@ class Adam(SharedStateOptimizer):
 
     name = "adam"
     counted = ("step",)
+
+    @classmethod
+    def settings(cls, config):
+        return f"betas {ADAM_BETAS[0]}/{ADAM_BETAS[1]}, eps {ADAM_EPS:g}"
 
     @classmethod
     def new_state(cls, params):

@@ -190,7 +190,8 @@ class Trainer:
             fields = dict(path=self.options.checkpoint, per_epoch=self.per_epoch)
             log(line("resuming", epoch=self.first_epoch + 1, step=self.record.step, **fields))
         processes = dict(processes=self.options.num_processes, threads=self.threads)
-        log(line("training", **processes, **self.config.as_dict()))
+        settings = optim.OPTIMIZERS[self.config.optimizer].settings(self.config)
+        log(line("training", **processes, optimizer_settings=settings, **self.config.as_dict()))
         self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
         if self.stop.signum is not None and self.node.pauses_anywhere:
             raise Stopped(self.stop.signum, during_start_up=True)
