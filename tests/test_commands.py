@@ -92,7 +92,9 @@ def test_infer_writes_test_images_named_by_their_digit(trained, data_dir, tmp_pa
 
 def test_infer_answers_every_file_and_fails_for_the_bad_ones(trained, tmp_path):
     good = tmp_path / "digit.png"
-    Image.new("L", (50, 80), 255).save(good)
+    image = Image.new("L", (50, 80), 255)
+    ImageDraw.Draw(image).line([(25, 10), (25, 70)], fill=0, width=6)  # a 1
+    image.save(good)
     (tmp_path / "text.png").write_text("not an image")
     proc = command("infer", good, tmp_path / "text.png", tmp_path / "missing.jpg", cwd=trained)
     assert proc.returncode == 1
@@ -100,6 +102,19 @@ def test_infer_answers_every_file_and_fails_for_the_bad_ones(trained, tmp_path):
     errors = proc.stderr.strip().splitlines()
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "mode, colour", [("L", 255), ("RGBA", (0, 0, 0, 0)), ("RGB", (90, 90, 90))]
+)
+def test_infer_says_no_digit_for_an_image_with_no_ink(trained, tmp_path, mode, colour):
+    blank = tmp_path / "blank.png"
+    Image.new(mode, (40, 40), colour).save(blank)
+    proc = command("infer", blank, cwd=trained)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert (
+        proc.stderr.strip() == f"error: {blank}: no digit found (the image is blank: no ink on it)"
+    )
 
 
 def test_infer_reads_real_test_digits_in_any_size_and_colour(mnist_model, mnist_dir, tmp_path):

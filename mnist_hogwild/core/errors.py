@@ -35,7 +35,8 @@ class ClusterError(Exception):
 
 
 class Diverged(Exception):
-    """The training loss is no longer a finite number."""
+    """Training diverged: the loss is no longer finite, or exploded, or the
+    accuracy fell to chance."""
 
 
 def one_line(error, limit=240):

@@ -126,8 +126,10 @@ class ProgressLog:
         self.trained_batches += done - self.done0
 
     def tick(self, done, loss_sum):
+        """Print a progress line once an interval of batches is done since the
+        last; returns that interval's mean training loss (else None)."""
         if done - self.last_done < self.interval:
-            return
+            return None
         c, s = self.config, self.schedule
         seconds = self.trained_seconds + time.perf_counter() - self.t0
         rate = (self.trained_batches + done - self.done0) * c.batch_size / max(seconds, 1e-9)
@@ -139,3 +141,4 @@ class ProgressLog:
         fields.update(total=self.num_samples, percent=100 * samples / self.num_samples)
         eta = format_seconds(remaining / max(rate, 1e-9))
         say(line("progress", samples_per_s=rate, eta=eta, **fields))
+        return loss

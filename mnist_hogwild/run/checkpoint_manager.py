@@ -3,10 +3,18 @@
 Files beside --checkpoint PATH (STEM is PATH without its extension):
     PATH                    the checkpoint (checkpoint.py has its format)
     STEM.metrics.jsonl      one JSON line per evaluated epoch
-    STEM.best.pth           the checkpoint of this run's best evaluated epoch
+    STEM.best.pth           the best model ever trained at PATH (on its data
+                            set): replaced only by an epoch that scores as
+                            well or better, whichever run it is in
     STEM.prev.pth           what PATH held before a fresh run (no --resume)
-                            replaced it; STEM.prev.best.pth likewise
+                            replaced it
+    STEM.prev.best.pth      the best model of another data set, kept when a
+                            fresh run trains PATH on a new one
     .NAME.lock              held (flock) by the run that uses PATH
+So a run keeps at most five model files per PATH, whatever the sequence of
+runs: the best ever trained there survives any number of fresh runs.
+
+A dry run writes only where PATH does not exist yet, and then only PATH.
 
 The trainer asks due() whether a periodic save is due, and hands over
 snapshots to save(); everything else (the lock, keeping the previous model,
@@ -23,6 +31,7 @@ from mnist_hogwild.run import checkpoint
 from mnist_hogwild.core import processes
 from mnist_hogwild.run.checkpoint import Progress
 from mnist_hogwild.core.errors import CheckpointError, UsageError
+from model import Net
 
 MAX_NAME = 255  # NAME_MAX on Linux file systems, where pathconf cannot tell
 
@@ -45,7 +54,8 @@ class CheckpointManager:
         self.writes = True  # False: a dry run over an existing checkpoint
         self.keep_previous = False  # move the existing files aside at the first save
         self.last_save = time.monotonic()
-        self.best = None  # best accuracy so far, from the checkpoint's metrics
+        # What STEM.best.pth holds: {"accuracy", "epoch", "dataset", "run_id"}, or None.
+        self.best = None
 
     # ----- start ---------------------------------------------------------
     def open(self):
@@ -55,14 +65,31 @@ class CheckpointManager:
         self.take_lock()
         for name in self.remove_stale_temps():
             self.warn(f"removed {name}, left by an interrupted save")
-        if os.path.exists(self.path) and not self.resume:
-            if self.dry_run:
-                self.writes = False
-                self.log(f"dry run: {self.path} exists and is kept as it is; nothing is saved")
-            else:
-                self.keep_previous = True
+        if os.path.exists(self.path) and self.dry_run:
+            self.writes = False
+            self.log(f"dry run: {self.path} exists and is kept as it is; nothing is saved")
+        elif os.path.exists(self.path) and not self.resume:
+            self.keep_previous = True
+        self.best = self.read_best()
+
+    def read_best(self):
+        """What STEM.best.pth holds, or None if it is missing or unreadable
+        (then the next evaluated epoch writes it)."""
+        if not os.path.exists(self.best_path):
+            return None
+        try:
+            state = checkpoint.load(self.best_path, Net().state_dict())
+        except CheckpointError as e:
+            self.warn(f"{e}; it will be replaced by this run's best model")
+            return None
+        return best_record(state)
 
     def check_paths(self):
+        if not self.path.strip():
+            raise UsageError(
+                "--checkpoint is empty (an unset variable?): name the file, e.g. "
+                "--checkpoint model_checkpoint.pth"
+            )
         if os.path.isdir(self.path):
             raise CheckpointError(f"--checkpoint {self.path} is a directory")
         if os.path.exists(self.path) and not os.path.isfile(self.path):
@@ -177,7 +204,10 @@ class CheckpointManager:
             raise CheckpointError(f"{self.path} has an unusable optimizer state ({e})") from None
         progress.metrics = list(progress.metrics)
         progress.partial_epoch = dict(progress.partial_epoch)
-        self.best = max((row["accuracy_percent"] for row in progress.metrics), default=None)
+        if self.best is None and progress.metrics and self.writes:
+            # A checkpoint copied or moved without its best model: the model
+            # loaded is the best known, so it is kept before training changes it.
+            self.keep_best(self.path, best_record(state))
         return progress
 
     # ----- saving --------------------------------------------------------
@@ -196,43 +226,60 @@ class CheckpointManager:
         return time.perf_counter() - started
 
     def save_epoch(self, state):
-        """An evaluated epoch: the checkpoint, the metrics file, and the best model."""
+        """An evaluated epoch: the checkpoint, the metrics file, and the best
+        model if this epoch is the best ever trained at PATH. A dry run
+        writes neither the metrics nor a best model."""
         seconds = self.save(state)
-        if not self.writes:
+        if not self.writes or self.dry_run:
             return seconds
         checkpoint.write_metrics(self.path, state["metrics"])
-        accuracy = state["metrics"][-1]["accuracy_percent"]
-        if self.best is None or accuracy >= self.best:
-            self.best = accuracy
+        record = best_record(state)
+        if self.best is not None and self.best["dataset"] != record["dataset"]:
+            self.keep_aside(self.best_path, sibling(self.path, ".prev.best.pth"))
+            self.best = None
+        if self.best is None or record["accuracy"] >= self.best["accuracy"]:
             # The checkpoint just written is the best: a hard link to it costs
             # no space and no time (a copy where links are not possible).
-            try:
-                keep_copy(self.path, self.best_path)
-            except OSError as e:
-                raise CheckpointError(
-                    f"could not write {self.best_path}: {e.strerror or e}; the checkpoint "
-                    f"{self.path} is saved"
-                ) from None
+            self.keep_best(self.path, record)
         return seconds
 
+    def keep_best(self, path, record):
+        try:
+            keep_copy(path, self.best_path)
+        except OSError as e:
+            raise CheckpointError(
+                f"could not write {self.best_path}: {e.strerror or e}; the checkpoint "
+                f"{self.path} is saved"
+            ) from None
+        self.best = record
+
+    def best_elsewhere(self, run_id):
+        """What STEM.best.pth holds if another run trained it, else None."""
+        if self.best is None or self.best["run_id"] == run_id:
+            return None
+        return self.best
+
+    def saved_where(self):
+        """What a line that says "saved ..." names."""
+        return self.path if self.writes else "nothing (a dry run over an existing checkpoint)"
+
     def move_previous_aside(self):
-        """Before a fresh run's first save: PATH (and its best model) become
-        STEM.prev.pth (and STEM.prev.best.pth), so a trained model is never lost."""
+        """Before a fresh run's first save: PATH becomes STEM.prev.pth, so the
+        model it held is kept (the best ever trained stays STEM.best.pth)."""
         self.keep_previous = False
-        pairs = [
-            (self.path, self.prev_path),
-            (self.best_path, sibling(self.path, ".prev.best.pth")),
-        ]
-        for path, kept in pairs:
-            if os.path.exists(path):
-                try:
-                    keep_copy(path, kept)
-                except OSError as e:
-                    raise CheckpointError(
-                        f"could not keep the previous {path} as {kept}: {e.strerror or e}; "
-                        f"nothing was overwritten"
-                    ) from None
-                self.log(f"kept the previous {path} as {kept}")
+        self.keep_aside(self.path, self.prev_path)
+
+    def keep_aside(self, path, kept):
+        if not os.path.exists(path):
+            return
+        try:
+            keep_copy(path, kept)
+        except OSError as e:
+            raise CheckpointError(
+                f"could not keep the previous {path} as {kept}: {e.strerror or e}; "
+                f"nothing was overwritten"
+            ) from None
+        self.log(f"kept the previous {path} as {kept}")
 
     # ----- end -----------------------------------------------------------
     def close(self):
@@ -241,6 +288,17 @@ class CheckpointManager:
             self.write_lock("ended")
             os.close(self.lock_fd)
             self.lock_fd = None
+
+
+def best_record(state):
+    """What a best model is compared by: its last evaluated epoch's accuracy."""
+    row = state["metrics"][-1] if state.get("metrics") else {}
+    return {
+        "accuracy": row.get("accuracy_percent", 0.0),
+        "epoch": row.get("epoch", state.get("epoch", 0)),
+        "dataset": state.get("config", {}).get("dataset"),
+        "run_id": state.get("run_id"),
+    }
 
 
 def keep_copy(path, kept):

@@ -33,6 +33,7 @@ from mnist_hogwild.core.errors import (
     WorkerDied,
     cuda_memory_error,
 )
+from mnist_hogwild.learn.data import NUM_CLASSES
 from mnist_hogwild.learn.evaluation import evaluate
 from mnist_hogwild.core.loglines import ProgressLog, format_seconds, line, say
 from model import Net
@@ -44,6 +45,14 @@ from mnist_hogwild.learn.schedule import (
 )
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.hogwild.worker import WorkerSetup
+
+# Divergence that is still finite. A model that guesses uniformly has a loss
+# of ln(10), about 2.3, and a healthy run only falls from there; a log
+# interval averaging ten times that is confidently wrong on nearly every
+# sample: its weights exploded. And an epoch at chance (1.5x a tenth) after a
+# learnt one (half right or better) lost what it had learnt.
+EXPLODED_LOSS = 10 * math.log(NUM_CLASSES)
+CHANCE_PERCENT, LEARNT_PERCENT = 1.5 * 100 / NUM_CLASSES, 50.0
 
 
 def log(message):
@@ -255,7 +264,14 @@ class Trainer:
         if not math.isfinite(loss_sum):
             self.shared_progress.pause(self.pool.check)
             raise Diverged(f"the training loss became {loss_sum} in epoch {self.epoch + 1}")
-        self.log.tick(done, loss_sum)
+        interval_loss = self.log.tick(done, loss_sum)
+        if interval_loss is not None and interval_loss > EXPLODED_LOSS:
+            self.shared_progress.pause(self.pool.check)
+            raise Diverged(
+                f"the training loss exploded to {interval_loss:.3g} in epoch {self.epoch + 1} "
+                f"(a model that guesses scores {math.log(NUM_CLASSES):.2f}): the learning rate "
+                f"is too high"
+            )
         return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
 
     def synchronise_at_boundary(self, at_end):
@@ -297,6 +313,12 @@ class Trainer:
             raise Diverged(
                 f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
             )
+        before = self.record.metrics[-1]["accuracy_percent"] if self.record.metrics else 0.0
+        if row["accuracy_percent"] <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
+            raise Diverged(
+                f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
+                f"from {before:.2f}%: the learning rate is too high"
+            )
         self.record.metrics.append(row)
         done = self.shared_progress.done.value
         finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
@@ -305,8 +327,9 @@ class Trainer:
             self.record.partial_epoch = checkpoint.empty_partial()
         self.checkpoints.save_epoch(self.snapshot(*((epoch + 1, 0) if finished else (epoch, step))))
         fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
-        fields.update(epoch=epoch + 1, epochs=self.config.epochs, path=self.options.checkpoint)
-        log(line("epoch", accuracy=row["accuracy_percent"], **fields))
+        fields.update(epoch=epoch + 1, epochs=self.config.epochs)
+        path = self.checkpoints.saved_where()
+        log(line("epoch", accuracy=row["accuracy_percent"], path=path, **fields))
 
     def finish(self):
         self.pool.stop(graceful=True)
@@ -320,7 +343,7 @@ class Trainer:
                 **fields,
             )
         )
-        log_summary(self.record.metrics, self.checkpoints)
+        log_summary(self.record.metrics, self.checkpoints, self.shared.run_id)
         log_syncs(self.node, self.log.trained_seconds)
         return 0
 
@@ -335,7 +358,7 @@ class Trainer:
         partial = self.record.partial_epoch if self.epoch_trained else self.epoch_partial()
         seconds = self.checkpoints.save(self.snapshot(self.epoch, step, partial))
         fields = dict(
-            path=self.options.checkpoint, epoch=self.epoch + 1, step=step, ms=seconds * 1000
+            path=self.checkpoints.saved_where(), epoch=self.epoch + 1, step=step, ms=seconds * 1000
         )
         fields.update(per_epoch=self.per_epoch, batches=self.shared_progress.done.value)
         log(line("stopped", signal=name if stopped.here else f"{name} on another node", **fields))
@@ -400,8 +423,22 @@ def reached_target(row, target):
     return True
 
 
-def log_summary(rows, checkpoints):
-    """The run's last line: final and best accuracy, and where the files are."""
+def log_summary(rows, checkpoints, run_id):
+    """The run's last lines: final and best accuracy, and where the files are
+    (and, if an earlier run trained a better model here, where it is kept)."""
+    if not checkpoints.writes:
+        log(f"dry run: nothing saved; {checkpoints.path} is as it was")
+        return
+    if checkpoints.dry_run:
+        log(f"dry run: saved {checkpoints.path} only (no metrics, no best model)")
+        return
+    kept = checkpoints.best_elsewhere(run_id)
+    if kept is not None:
+        log(
+            f"note: {checkpoints.best_path} keeps the best model trained at {checkpoints.path}, "
+            f"{kept['accuracy']:.2f}% (epoch {kept['epoch']} of an earlier run); a later "
+            f"epoch replaces it only by scoring as well"
+        )
     if rows:
         best = max(rows, key=lambda r: r["accuracy_percent"])
         fields = dict(final=rows[-1]["accuracy_percent"], best=best["accuracy_percent"])
