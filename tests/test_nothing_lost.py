@@ -1,0 +1,125 @@
+"""Nothing lost, whatever the sequence of runs: the best model ever trained at
+a path survives fresh runs, dry runs and divergence, and flags mean what
+users mean. Real trainers on small synthetic data."""
+
+import shutil
+
+import pytest
+from conftest import load_checkpoint, run_trainer
+
+from mnist_hogwild.core import loglines
+
+
+def accuracy_of(path):
+    return load_checkpoint(path)["metrics"][-1]["accuracy_percent"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """A folder with ck.pth trained to a high accuracy, and its best model."""
+    work = tmp_path_factory.mktemp("trained")
+    proc = run_trainer(
+        "--data-dir", data_dir, "--recipe", "fast", "--epochs", "2", "--checkpoint", "ck.pth",
+        cwd=work,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert accuracy_of(work / "ck.pth") >= 90  # the premise: a model worth keeping
+    return work
+
+
+def test_the_best_model_survives_three_fresh_runs_and_the_output_names_it(
+    trained, data_dir, tmp_path
+):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    best = accuracy_of(work / "ck.best.pth")
+    for _ in range(3):  # a user trying a setting, then trying again
+        proc = run_trainer(
+            "--data-dir", data_dir, "--epochs", "1", "--lr", "0.0001", "--checkpoint", "ck.pth",
+            cwd=work,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert accuracy_of(work / "ck.pth") < best - 20  # the premise: a worse model
+    assert accuracy_of(work / "ck.best.pth") == best
+    assert f"ck.best.pth keeps the best model trained at ck.pth, {best:.2f}%" in proc.stdout
+    (summary,) = loglines.parse_lines("summary", proc.stdout)
+    assert summary["best_path"] == "ck.best.pth"
+    assert sorted(p.name for p in work.glob("ck*.pth")) == ["ck.best.pth", "ck.prev.pth", "ck.pth"]
+
+
+@pytest.mark.parametrize("flags", [("--dry-run",), ("--resume", "--dry-run", "--epochs", "5")])
+def test_a_dry_run_over_a_checkpoint_changes_no_file(trained, data_dir, tmp_path, flags):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    proc = run_trainer("--data-dir", data_dir, *flags, "--checkpoint", "ck.pth", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    after = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    lock = ".ck.pth.lock"  # the lock records who held it last
+    assert {k: v for k, v in after.items() if k != lock} == {
+        k: v for k, v in before.items() if k != lock
+    }
+    assert proc.stdout.strip().splitlines()[-1] == "dry run: nothing saved; ck.pth is as it was"
+    assert "saved ck.pth" not in proc.stdout
+
+
+def test_a_fresh_dry_run_writes_only_the_checkpoint(data_dir, tmp_path):
+    proc = run_trainer("--data-dir", data_dir, "--dry-run", "--checkpoint", "ck.pth", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.pth.lock", "ck.pth"]
+
+
+def test_an_explosion_of_a_copied_checkpoint_stops_the_run_and_keeps_the_model(
+    trained, data_dir, tmp_path
+):
+    # A user copies a trained model (without its best model) and resumes it
+    # with a learning rate far too high: the loss explodes but stays finite.
+    shutil.copy(trained / "ck.pth", tmp_path / "d.pth")
+    before = (tmp_path / "d.pth").read_bytes()
+    proc = run_trainer(
+        "--data-dir", data_dir, "--resume", "--more-epochs", "1", "--lr", "1e6",
+        "--checkpoint", "d.pth", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    (error,) = proc.stderr.strip().splitlines()
+    assert error.startswith("error: the training loss ") and "kept" in error, error
+    assert (tmp_path / "d.pth").read_bytes() == before
+    assert accuracy_of(tmp_path / "d.best.pth") == accuracy_of(trained / "ck.pth")
+
+
+def test_an_empty_checkpoint_name_is_refused_before_training(data_dir, tmp_path):
+    proc = run_trainer("--data-dir", data_dir, "--checkpoint", "", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --checkpoint is empty (an unset variable?): name the file, e.g. "
+        "--checkpoint model_checkpoint.pth"
+    ]
+    assert "training" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, suggestion", [("0.98", "98"), ("0.5", "50"), ("1", "100")])
+def test_a_target_accuracy_written_as_a_fraction_is_refused_naming_the_percentage(
+    data_dir, tmp_path, value, suggestion
+):
+    proc = run_trainer("--data-dir", data_dir, "--target-accuracy", value, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(f"pass {suggestion}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_target_of_100_percent_is_allowed(data_dir, tmp_path):
+    proc = run_trainer(
+        "--data-dir", data_dir, "--target-accuracy", "100", "--epochs", "1", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_start_line_shows_the_settings_the_optimizer_uses(data_dir, tmp_path):
+    proc = run_trainer(
+        "--data-dir", data_dir, "--optimizer", "adam", "--dry-run", "--checkpoint", "a.pth",
+        cwd=tmp_path,
+    )  # fmt: skip
+    (start,) = loglines.parse_lines("training", proc.stdout)
+    assert start["optimizer_settings"].startswith("betas 0.9/0.999")
+    assert "momentum" not in proc.stdout
