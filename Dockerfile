@@ -52,8 +52,8 @@ RUN set -eu; \
 #   (torch_shm_manager stays: torch looks for it at import);
 # - every package's own tests/ and benchmarks/ folders (46 MB in sympy and
 #   networkx), type stubs (*.pyi) and C headers (*.h);
-# - pip and setuptools (installers, not run time); networkx (only torch.compile's
-#   graph partitioners use it; this image trains eagerly);
+# - pip and setuptools (installers, not run time); networkx stays: torch.export
+#   (the export command's default format) imports it;
 # - Pillow's AVIF codec and Tk bridge (the commands read PNG, JPEG and the like;
 #   Pillow imports each codec only when a file needs it);
 # - the symbol tables of the shared libraries (about 90 MB of libtorch_cpu.so);
@@ -66,8 +66,7 @@ RUN set -eu; \
         "$site/torchgen/packaged" "$site"/torch/lib/*test*.so \
         "$site"/torch/lib/libbackend_with_compiler.so "$site"/torch/lib/libaoti_custom_ops.so \
         "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* \
-        "$site"/_distutils_hack "$site"/distutils-precedence.pth \
-        "$site"/networkx "$site"/networkx-* /opt/venv/bin/pip* \
+        "$site"/_distutils_hack "$site"/distutils-precedence.pth /opt/venv/bin/pip* \
         "$site"/PIL/_avif.* "$site"/PIL/_imagingtk.* "$site"/pillow.libs/libavif-*; \
     find "$site" -depth -type d \( -name tests -o -name benchmarks \) -exec rm -rf {} +; \
     find "$site" -type f \( -name '*.pyi' -o -name '*.h' \) -delete; \
@@ -78,6 +77,7 @@ RUN set -eu; \
     /opt/venv/bin/python -c 'import torch; m = torch.nn.Conv2d(1, 2, 3); \
         o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.5); \
         m(torch.zeros(1, 1, 5, 5)).sum().backward(); o.step(); \
+        torch.export.export(m.eval(), (torch.zeros(1, 1, 5, 5),)); \
         from PIL import Image, ImageDraw; i = Image.new("L", (9, 9)); \
         ImageDraw.Draw(i).text((0, 0), "1"); import io; i.save(io.BytesIO(), "PNG"); \
         i.convert("RGB").save(io.BytesIO(), "JPEG")'

@@ -6,24 +6,28 @@
 # Uses `docker compose` where it exists, else docker-compose (Debian's 1.29).
 # Prints ✅/❌; exits non-zero on any ❌.
 #
-#   bash tests/compose_test.sh    # needs ./data/MNIST/raw (tests/grading.sh links it)
+#   bash tests/compose_test.sh    # ./data/MNIST/raw, or GRADING_DATA as tests/grading.sh takes it
 #
 # Environment: IMAGE (default mnist-hogwild:grading), BASE_IMAGE, BUILDER_IMAGE,
 # MIN_ACCURACY (default 94 on real MNIST, 90 on the synthetic data).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-export IMAGE=${IMAGE:-mnist-hogwild:grading} COMPOSE_PROJECT_NAME=mnist
+# shellcheck source=tests/lib.sh
+source tests/lib.sh
+in_scratch_checkout "$@"
+# The grader's project name is mnist; a user's own Compose volume (mnist_mnist)
+# must survive the test, so the test's project has a name of its own.
+export IMAGE=${IMAGE:-mnist-hogwild:grading} COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mnisttest$$}
 export BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 export BUILDER_IMAGE=${BUILDER_IMAGE:-$BASE_IMAGE}
-failures=0
-pass() { echo "✅ $*"; }
-fail() { echo "❌ $*"; failures=$((failures + 1)); }
+run() { docker run --rm -v "$PWD:/workspace" "$@"; }
+prepare_grading_data run
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 echo "compose: ${compose[*]} ($("${compose[@]}" version --short 2>/dev/null || true))"
-volume=mnist_mnist
+volume=${COMPOSE_PROJECT_NAME}_mnist
 in_volume() { docker run --rm -v "$volume:/mnist" --entrypoint sh "$IMAGE" -c "$1"; }
 cleanup() {
-  docker ps -aq --filter label=com.docker.compose.project=mnist | xargs -r docker rm -f >/dev/null 2>&1
+  docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" | xargs -r docker rm -f >/dev/null 2>&1
   "${compose[@]}" down -v >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -69,5 +73,4 @@ else
   fail "accuracy did not improve: ${first}% -> ${second}%"
 fi
 
-echo
-[ "$failures" -eq 0 ] && echo "✅ all compose checks passed" || { echo "❌ $failures compose check(s) failed"; exit 1; }
+report compose

@@ -20,6 +20,16 @@ if [ "${SLOW:-0}" = 1 ]; then
   echo "=== SLOW=1: pytest under taskset -c 0, containers with --cpus $DOCKER_CPUS"
 fi
 
+# No suite may touch the user's files: everything in the checkout (a trained
+# model_checkpoint.pth, data/, metrics included; caches of compiled Python
+# aside) and git's view of it must be the same after the run as before.
+checkout_state() {
+  git status --porcelain --ignored --untracked-files=all 2>/dev/null | grep -v __pycache__
+  find . -path ./.git -prune -o -name __pycache__ -prune -o -type f -print0 \
+    | sort -z | xargs -0 sha1sum
+}
+checkout_before=$(checkout_state)
+
 echo "=== pytest"
 "${prefix[@]}" python3 -m pytest -v -p no:cacheprovider tests || status=1
 echo "=== tests/grading.sh"
@@ -34,6 +44,15 @@ echo "=== tests/registry_test.sh"
 SKIP_BUILD=1 bash tests/registry_test.sh || status=1
 echo "=== tests/soak.py --quick (fault injection, the CI subset)"
 python3 tests/soak.py --quick --image "$IMAGE" --out "${SOAK_OUT:-/tmp/mnist-hogwild-soak}" || status=1
+
+echo "=== the checkout is as it was before the tests"
+if [ "$(checkout_state)" = "$checkout_before" ]; then
+  echo "✅ no file in the checkout changed"
+else
+  diff <(echo "$checkout_before") <(checkout_state) | head -20
+  echo "❌ the tests changed files in the checkout"
+  status=1
+fi
 
 [ "$status" -eq 0 ] && echo "=== all test suites passed" || echo "=== some test suites FAILED"
 exit "$status"

@@ -123,3 +123,36 @@ def test_the_start_line_shows_the_settings_the_optimizer_uses(data_dir, tmp_path
     (start,) = loglines.parse_lines("training", proc.stdout)
     assert start["optimizer_settings"].startswith("betas 0.9/0.999")
     assert "momentum" not in proc.stdout
+
+
+def command(*args, cwd):
+    return run_trainer(*args, cwd=cwd)  # main.py COMMAND ...
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (("export", "--format", "torchscript"), 0),  # its default name was the checkpoint's
+        (("export", "--format", "pt2", "--out", "mnist_cnn.pt"), 2),
+        (("evaluate", "--out", "mnist_cnn.pt"), 2),
+        (("evaluate", "--out", "e.json", "--plot", "mnist_cnn.best.pth"), 2),
+        (("export", "--out", "other.pth"), 2),  # another trained model
+    ],
+    ids=["export-default", "export-out", "evaluate-out", "evaluate-plot", "another-model"],
+)
+def test_no_command_writes_over_a_trained_model(trained, data_dir, tmp_path, args, code):
+    # Compose's checkpoint name: mnist_cnn.pt, the extension TorchScript uses.
+    shutil.copy(trained / "ck.pth", tmp_path / "mnist_cnn.pt")
+    shutil.copy(trained / "ck.best.pth", tmp_path / "mnist_cnn.best.pth")
+    shutil.copy(trained / "ck.pth", tmp_path / "other.pth")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    proc = command(*args, "--checkpoint", "mnist_cnn.pt", cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before}
+    assert after == before
+    if code:
+        (error,) = proc.stderr.strip().splitlines()
+        assert error.startswith("error: ") and "choose another path" in error
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # nothing half done
+    else:
+        assert (tmp_path / "mnist_cnn.export.pt").exists()

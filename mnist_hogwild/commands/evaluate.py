@@ -2,12 +2,12 @@
 out, JSON with per-class accuracy and the confusion matrix (and a picture)."""
 
 import json
-import os
 
 from mnist_hogwild.commands import flags
+from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core import config
 from mnist_hogwild.core.config import RunOptions
-from mnist_hogwild.core.errors import InputError, UsageError
+from mnist_hogwild.core.errors import UsageError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn.evaluation import evaluate
@@ -41,6 +41,8 @@ def add_arguments(p):
 def run_command(args):
     """Evaluate a checkpoint on the test split; one line out, JSON (and a
     picture) written. Returns the exit code."""
+    for path in filter(None, (args.out, args.plot)):
+        check_output(path, args.checkpoint)
     model, state = checkpoint.load_model(args.checkpoint)
     dataset = state["config"].get("dataset", config.MNIST)
     if args.dataset is not None and args.dataset != dataset:
@@ -62,24 +64,16 @@ def run_command(args):
         "epoch": state["epoch"],
     }
     payload = (json.dumps(report, indent=2) + "\n").encode()
-    write_output(args.out, lambda f: f.write(payload))
+    write_output(args.out, lambda f: f.write(payload), args.checkpoint)
     if args.plot:
-        write_output(args.plot, lambda f: confusion_picture(result.confusion).save(f, "PNG"))
+        picture = confusion_picture(result.confusion)
+        write_output(args.plot, lambda f: picture.save(f, "PNG"), args.checkpoint)
     say(
         f"{args.checkpoint} (epoch {state['epoch']}): test loss {result.test_loss:.4f}, "
         f"accuracy {100 * result.accuracy:.2f}% on {len(test)} {dataset} test images; "
         f"wrote {args.out}" + (f" and {args.plot}" if args.plot else "")
     )
     return 0
-
-
-def write_output(path, write):
-    """Write a command's output file atomically; one clear error if it cannot be."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        checkpoint.atomic_write(path, write)
-    except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def confusion_picture(confusion, cell=40):

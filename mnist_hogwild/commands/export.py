@@ -16,7 +16,7 @@ import torch
 
 from mnist_hogwild.run import checkpoint
 from mnist_hogwild.learn import data
-from mnist_hogwild.commands.evaluate import write_output
+from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.loglines import say
 
 FORMATS = {"pt2": ".pt2", "torchscript": ".pt"}
@@ -29,7 +29,12 @@ def add_arguments(p):
         default="pt2",
         help="pt2: torch.export (torch.export.load); torchscript: torch.jit.load (default: pt2)",
     )
-    p.add_argument("--out", metavar="FILE", help="(default: the checkpoint's name, .pt2 or .pt)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="(default: the checkpoint's name, .pt2 or .pt; STEM.export.pt where that is the "
+        "checkpoint itself)",
+    )
 
 
 def metadata(state):
@@ -46,9 +51,17 @@ def metadata(state):
     }
 
 
+def default_out(model, fmt):
+    """The checkpoint's name with the format's extension; STEM.export.EXT where
+    that is the checkpoint itself (Compose's mnist_cnn.pt, as TorchScript)."""
+    stem, ext = os.path.splitext(model)[0], FORMATS[fmt]
+    return stem + (".export" if stem + ext == model else "") + ext
+
+
 def run_command(args):
+    out = args.out or default_out(args.checkpoint, args.format)
+    check_output(out, args.checkpoint)
     model, state = checkpoint.load_model(args.checkpoint)
-    out = args.out or os.path.splitext(args.checkpoint)[0] + FORMATS[args.format]
     extra = {"mnist_hogwild.json": json.dumps(metadata(state))}
     buffer = io.BytesIO()
     example = torch.zeros(2, 1, 28, 28)
@@ -59,6 +72,6 @@ def run_command(args):
     else:
         torch.jit.save(torch.jit.trace(model, example), buffer, _extra_files=extra)
     payload = buffer.getvalue()
-    write_output(out, lambda f: f.write(payload))
+    write_output(out, lambda f: f.write(payload), args.checkpoint)
     say(f"exported {args.checkpoint} (epoch {state['epoch']}) as {args.format} to {out}")
     return 0

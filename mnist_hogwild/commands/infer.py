@@ -22,7 +22,7 @@ from mnist_hogwild.learn import data
 from mnist_hogwild.core.errors import InputError
 from mnist_hogwild.commands import flags
 from mnist_hogwild.core.config import POSITIVE_INT
-from mnist_hogwild.commands.evaluate import write_output
+from mnist_hogwild.commands.output import write_output
 from mnist_hogwild.core.loglines import say
 
 INK = 0.3  # a pixel is ink above this share of the brightest pixel
@@ -157,7 +157,7 @@ def classify_test_images(model, dataset, args):
         taken[digit] = taken.get(digit, 0) + 1
         name = f"{digit}.png" if taken[digit] == 1 else f"{digit}-{taken[digit]}.png"
         path = os.path.join(args.out_dir, name)
-        write_output(path, lambda f, image=image: _png(image).save(f, "PNG"))
+        write_output(path, lambda f, image=image: _png(image).save(f, "PNG"), args.checkpoint)
         truth = int(test.labels[index])
         say(f"{path}: {digit} ({100 * probability:.1f}%), test image {index}, labelled {truth}")
     return 0

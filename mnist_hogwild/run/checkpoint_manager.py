@@ -40,6 +40,18 @@ def sibling(path, suffix):
     return os.path.splitext(path)[0] + suffix
 
 
+def run_files(path):
+    """Every file a run on checkpoint PATH owns (see the module docstring)."""
+    directory, name = os.path.split(path)
+    siblings = [sibling(path, s) for s in (".metrics.jsonl", ".best.pth", ".prev.pth")]
+    return [
+        path,
+        *siblings,
+        sibling(path, ".prev.best.pth"),
+        os.path.join(directory, f".{name}.lock"),
+    ]
+
+
 class CheckpointManager:
     def __init__(self, options, log, warn):
         self.path, self.interval = options.checkpoint, options.checkpoint_interval
