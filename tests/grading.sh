@@ -190,6 +190,17 @@ echo "$err" | tail -1
 [ $rc -eq 1 ] && echo "$err" | grep "cannot write checkpoints to /out" >/dev/null && ! echo "$err" | grep Traceback >/dev/null \
   && pass "read-only checkpoint volume: one clear error, exit 1" || fail "read-only checkpoint volume not reported clearly (exit $rc)"
 
+# A run as root, then one as another uid on the same volume (README's examples
+# mostly omit --user): the lock file root left must not stop it with a traceback.
+mkdir -p "$OUT/uid" && chmod 777 "$OUT/uid"
+run "$IMAGE" --dry-run --checkpoint "$OUT/uid/ck.pth" >/dev/null 2>&1
+chmod 644 "$OUT/uid/.ck.pth.lock"  # as a lock file made under another umask is
+err=$(run --user 1000:1000 "$IMAGE" --resume --more-epochs 1 --checkpoint "$OUT/uid/ck.pth" 2>&1 >/dev/null)
+rc=$?
+[ $rc -eq 0 ] && ! echo "$err" | grep Traceback >/dev/null \
+  && pass "root, then --user 1000:1000 --resume on one volume: resumed" \
+  || { echo "$err" | tail -3; fail "root, then --user 1000:1000 --resume (exit $rc)"; }
+
 # Docker's default 64 MB /dev/shm, up to 8 workers.
 for n in 1 8; do
   if run "$IMAGE" --num-processes "$n" --dry-run --checkpoint "$OUT/shm$n.pth" >/dev/null 2>"$OUT/shm.err"; then

@@ -213,6 +213,36 @@ def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
 
 
 @pytest.mark.slow
+def test_nodes_sharing_one_folder_share_its_checkpoint_stop_and_resume_together(
+    tmp_path, big_data_dir
+):
+    # The usual cluster set-up: one shared folder (an NFS home, a ReadWriteMany
+    # volume), every node with README's command and the default --checkpoint.
+    def start(*flags):
+        port = free_port()
+        common = ["--data-dir", big_data_dir, "--sync-every", "10", "--epochs", "2", *flags]
+        return [start_node(tmp_path, "shared", port, *common) for _ in range(2)]
+
+    nodes = start()
+    nodes[0].out.wait_for(lambda line: line.startswith("epoch 1/2 ["), 120)
+    os.killpg(nodes[0].pid, signal.SIGINT)
+    outs = finish(nodes, timeout=60)
+    assert [p.returncode for p in nodes] == [130, 130], outs
+    assert sum("node 0 writes model_checkpoint.pth (a folder they share)" in o for o in outs) == 1
+    assert all("Traceback" not in out and "in use by another run" not in out for out in outs)
+    saved = load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")
+    assert saved["epoch"] == 0 and 0 < saved["step"] < 313
+    resumed = start("--resume")
+    outs = finish(resumed)
+    assert [p.returncode for p in resumed] == [0, 0], outs
+    assert all(f"at epoch 1, batch {saved['step']}/313" in out for out in outs), outs
+    assert load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")["epoch"] == 2
+    names = sorted(p.name for p in (tmp_path / "shared").iterdir())
+    assert names == [".model_checkpoint.pth.lock", "model_checkpoint.best.pth",
+                     "model_checkpoint.metrics.jsonl", "model_checkpoint.pth"]  # fmt: skip
+
+
+@pytest.mark.slow
 def test_a_lost_node_leaves_an_elastic_job_to_finish_on_the_survivor(tmp_path, job):
     nodes = job("--epochs", "3", "--resume", "--max-restarts", "2", nnodes="1:2")
     nodes[0].out.wait_for(lambda line: line.startswith("epoch 1/3: test loss"), 180)

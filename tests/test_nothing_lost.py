@@ -156,3 +156,14 @@ def test_no_command_writes_over_a_trained_model(trained, data_dir, tmp_path, arg
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # nothing half done
     else:
         assert (tmp_path / "mnist_cnn.export.pt").exists()
+
+
+def test_a_wrapped_error_keeps_whole_sentences_or_whole_words():
+    from mnist_hogwild.core.errors import one_line
+
+    torch_text = (
+        "[c10d.cpp:12] Connection closed by peer [172.27.0.2]:60803. This is typically caused "
+        "by a remote worker crashing. Check the logs of the remote worker before reporting an error"
+    )
+    assert one_line(RuntimeError(torch_text), 160) == "Connection closed by peer [172.27.0.2]:60803"
+    assert one_line(RuntimeError("word " * 100), 48) == "word " * 9 + "..."

@@ -1,10 +1,12 @@
-"""What the nodes agree on before training: that they run the same job, and
-which checkpoint to resume from (the newest any node holds, sent to those
-whose disk lacks it). Plain functions of (rank, world) over gloo."""
+"""What the nodes agree on before training: that they run the same job, which
+node writes the checkpoint in a folder several share, and which checkpoint
+to resume from (the newest any node holds, sent to those whose disk lacks
+it). Plain functions of (rank, world) over gloo."""
 
 import io
 import json
 import os
+import secrets
 
 from mnist_hogwild.cluster.wire import all_gather_objects, broadcast_bytes
 from mnist_hogwild.core.errors import CheckpointError, ClusterError, UsageError
@@ -29,6 +31,38 @@ def same_job(settings, stop_signum, world):
                 f"node with the same flags"
             )
     return max(signums)
+
+
+def checkpoint_writer(path, rank, world):
+    """The node that writes checkpoint PATH for this one: the lowest rank whose
+    PATH is the same file as this node's (a shared folder: an NFS home, a
+    ReadWriteMany volume), else this node itself. The nodes' checkpoints are
+    bitwise the same at every save, so one file serves all that share it.
+
+    Found out, not configured: each node leaves a marker named by a token new
+    to this job beside PATH, and reports which nodes' markers it sees. A name
+    never looked up before is not in any client's cache, so a shared folder
+    shows every marker at once, NFS included."""
+    token = all_gather_objects(secrets.token_hex(8) if rank == 0 else None, world)[0]
+    directory = os.path.dirname(os.path.abspath(path))
+
+    def marker(r):
+        return os.path.join(directory, f".{os.path.basename(path)}.{token}.node{r}")
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(marker(rank), "w"):
+            pass
+    except OSError:
+        pass  # an unwritable folder is this node's own to report (the checkpoint manager)
+    all_gather_objects(None, world)  # every node has left its marker
+    seen = [r for r in range(world) if os.path.exists(marker(r))]
+    all_gather_objects(None, world)  # every node has looked
+    try:
+        os.unlink(marker(rank))
+    except OSError:
+        pass
+    return min(seen, default=rank) if rank in seen else rank
 
 
 def newest_checkpoint(path, load, warn, rank, world):

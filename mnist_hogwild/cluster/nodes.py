@@ -75,6 +75,9 @@ class LocalNode:
     def share_evaluation(self, row, stop_signum):
         return row, stop_signum or 0
 
+    def checkpoint_writer(self, path):
+        return 0
+
     def newest_checkpoint(self, path, load, warn):
         return load(path) if os.path.exists(path) else None
 
@@ -124,6 +127,11 @@ class ClusterNode:
         """See agreement.same_job."""
         return agreement.same_job(settings, stop_signum, self.world)
 
+    @collective("the agreement on who writes the checkpoint")
+    def checkpoint_writer(self, path):
+        """See agreement.checkpoint_writer."""
+        return agreement.checkpoint_writer(path, self.rank, self.world)
+
     @collective("the agreement on a checkpoint")
     def newest_checkpoint(self, path, load, warn):
         """See agreement.newest_checkpoint."""
@@ -151,7 +159,7 @@ class ClusterNode:
         first = schedule.local_start(epoch)
         return self.cadence.boundaries(first, done, schedule.common_count(epoch), end)
 
-    @collective("a sync")
+    @collective("a sync", training=True)
     def synchronise(self, stop_signum, save_due, at_end):
         """Combine the nodes' models (the tensors given to begin) in place; agree on stopping and saving.
 
@@ -201,17 +209,17 @@ class ClusterNode:
         self.cadence.agreed(agreed[2:].tolist(), seconds)
         return int(agreed[0]), bool(agreed[1])
 
-    @collective("the end of an epoch")
+    @collective("the end of an epoch", training=True)
     def sum_and_max(self, total, longest):
         return shares.sum_and_max(total, longest, self.sync_group)
 
     def shard(self, split):
         return shares.shard(split, self.rank, self.world)
 
-    @collective("the evaluation")
+    @collective("the evaluation", training=True)
     def combine_evaluation(self, result, stop_signum):
         return shares.combine_evaluation(result, stop_signum, self.sync_group)
 
-    @collective("the evaluation")
+    @collective("the evaluation", training=True)
     def share_evaluation(self, row, stop_signum):
         return shares.share_evaluation(row, stop_signum, self.rank, self.sync_group)

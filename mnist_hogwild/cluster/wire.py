@@ -11,18 +11,21 @@ import torch.distributed as dist
 from mnist_hogwild.core.errors import ClusterError, one_line
 
 
-def collective(what):
+def collective(what, training=False):
     """Turn a failed collective into one ClusterError line (node killed, cut
-    off, timed out). The decorated method's object has .rank and .options."""
+    off, timed out). The decorated method's object has .rank and .options.
+    TRAINING: a collective of the training itself, not of the start."""
 
     def wrap(function):
         def run(self, *args, **kwargs):
             try:
                 return function(self, *args, **kwargs)
             except (RuntimeError, dist.DistError) as e:
+                hint = "" if training else "; a node that failed at start says why in its log"
                 raise ClusterError(
                     f"node {self.rank}: lost contact with the other nodes during {what} "
-                    f"({one_line(e, 160)}; --sync-timeout is {self.options.sync_timeout:g} s)"
+                    f"({one_line(e, 160)}; --sync-timeout is {self.options.sync_timeout:g} s"
+                    f"{hint})"
                 ) from None
 
         return run

@@ -41,12 +41,17 @@ class Diverged(Exception):
 
 def one_line(error, limit=240):
     """The informative first line of ERROR's message, without source paths,
-    C++ frame prefixes or the advice that libraries append after the fact."""
+    C++ frame prefixes or the advice that libraries append after the fact;
+    past LIMIT characters its first sentence, else cut at a word."""
     text = str(error).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__
     first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # c10d's "[file.cpp:123] "
-    return first[:limit].rstrip(" .")
+    if len(first) > limit:  # whole sentences, or whole words: never cut mid-word
+        first = re.split(r"(?<=\w)\. (?=[A-Z])", first, maxsplit=1)[0]
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return first.rstrip(" .") if not first.endswith("...") else first
 
 
 def cuda_memory_error(error):

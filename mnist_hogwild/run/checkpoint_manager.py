@@ -54,7 +54,12 @@ def run_files(path):
 
 class CheckpointManager:
     def __init__(self, options, log, warn):
-        self.path, self.interval = options.checkpoint, options.checkpoint_interval
+        # A checkpoint name that is a symlink stands for the file it points at:
+        # saves update that file (not the link), and its lock is that file's,
+        # so two names for one checkpoint are one run's.
+        path = options.checkpoint
+        self.path = os.path.realpath(path) if os.path.islink(path) else path
+        self.interval = options.checkpoint_interval
         self.dry_run, self.resume = options.dry_run, options.resume
         self.log, self.warn = log, warn
         self.directory = os.path.dirname(os.path.abspath(self.path))
@@ -63,16 +68,27 @@ class CheckpointManager:
         self.lock_path = os.path.join(self.directory, f".{os.path.basename(self.path)}.lock")
         self.metrics_path = checkpoint.metrics_path(self.path)
         self.lock_fd = None
-        self.writes = True  # False: a dry run over an existing checkpoint
+        self.writes = True  # False: a dry run over an existing checkpoint, or a follower
+        self.writer = None  # the node that writes PATH for this one (see follow)
         self.keep_previous = False  # move the existing files aside at the first save
         self.last_save = time.monotonic()
         # What STEM.best.pth holds: {"accuracy", "epoch", "dataset", "run_id"}, or None.
         self.best = None
 
     # ----- start ---------------------------------------------------------
+    def follow(self, writer):
+        """Node WRITER of this job writes PATH (a folder both nodes share, and
+        their checkpoints are the same at every save): this node writes
+        nothing and takes no lock (the writer holds it for the job). Call
+        before open()."""
+        self.writer, self.writes = writer, False
+
     def open(self):
         """Check, before any training, that the run can write what it will
         write; take the path's lock; clear what killed saves left behind."""
+        if self.writer is not None:
+            self.best = self.read_best()
+            return
         self.check_paths()
         self.take_lock()
         for name in self.remove_stale_temps():
@@ -142,7 +158,7 @@ class CheckpointManager:
         """One run per checkpoint path: an advisory lock that the kernel drops
         when the process dies, so a crash never leaves a stale lock. Where the
         file system has no locks (some network ones) the run goes on, warned."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = self.open_lock_file()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -167,6 +183,27 @@ class CheckpointManager:
             )
         self.lock_fd = fd
         self.write_lock("running")
+
+    def open_lock_file(self):
+        """The lock file, made writable by any uid (a run as root, then one with
+        docker run --user, share a volume). One left read-only by another
+        uid still locks (flock needs only an open file); its record of who
+        holds it is then not updated."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            try:
+                return os.open(self.lock_path, os.O_RDONLY)
+            except OSError as e:
+                raise CheckpointError(
+                    f"cannot open the lock file {self.lock_path} ({e.strerror}, uid "
+                    f"{os.getuid()}): remove it, or run as its owner"
+                ) from None
+        try:
+            os.fchmod(fd, 0o666)
+        except OSError:
+            pass  # another uid's file: it was made writable when it was created
+        return fd
 
     @staticmethod
     def read_lock(fd):
@@ -218,8 +255,10 @@ class CheckpointManager:
         progress.partial_epoch = dict(progress.partial_epoch)
         if self.best is None and progress.metrics and self.writes:
             # A checkpoint copied or moved without its best model: the model
-            # loaded is the best known, so it is kept before training changes it.
-            self.keep_best(self.path, best_record(state))
+            # loaded is the best known, so it is kept before training changes
+            # it. Written from what was loaded (on several machines it may be
+            # another node's, and the file here unreadable).
+            self.keep_best(lambda: checkpoint.save(state, self.best_path), best_record(state))
         return progress
 
     # ----- saving --------------------------------------------------------
@@ -252,16 +291,17 @@ class CheckpointManager:
         if self.best is None or record["accuracy"] >= self.best["accuracy"]:
             # The checkpoint just written is the best: a hard link to it costs
             # no space and no time (a copy where links are not possible).
-            self.keep_best(self.path, record)
+            self.keep_best(lambda: keep_copy(self.path, self.best_path), record)
         return seconds
 
-    def keep_best(self, path, record):
+    def keep_best(self, write, record):
+        """WRITE() writes STEM.best.pth; it then holds RECORD's model."""
         try:
-            keep_copy(path, self.best_path)
-        except OSError as e:
+            write()
+        except (OSError, CheckpointError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
             raise CheckpointError(
-                f"could not write {self.best_path}: {e.strerror or e}; the checkpoint "
-                f"{self.path} is saved"
+                f"could not write {self.best_path}: {reason}; the checkpoint {self.path} is saved"
             ) from None
         self.best = record
 
@@ -273,7 +313,9 @@ class CheckpointManager:
 
     def saved_where(self):
         """What a line that says "saved ..." names."""
-        return self.path if self.writes else "nothing (a dry run over an existing checkpoint)"
+        if self.writes or self.writer is not None:
+            return self.path  # (a follower's: saved by the writer, the same file)
+        return "nothing (a dry run over an existing checkpoint)"
 
     def move_previous_aside(self):
         """Before a fresh run's first save: PATH becomes STEM.prev.pth, so the

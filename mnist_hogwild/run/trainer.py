@@ -426,7 +426,7 @@ def reached_target(row, target):
 def log_summary(rows, checkpoints, run_id):
     """The run's last lines: final and best accuracy, and where the files are
     (and, if an earlier run trained a better model here, where it is kept)."""
-    if not checkpoints.writes:
+    if checkpoints.dry_run and not checkpoints.writes:
         log(f"dry run: nothing saved; {checkpoints.path} is as it was")
         return
     if checkpoints.dry_run:
@@ -523,6 +523,10 @@ def start(args, options, stop, started, pool, closing):
         log(node.describe())
     for caution in node.cautions():
         warn(caution)
+    writer = node.checkpoint_writer(checkpoints.path)
+    if writer != node.rank:
+        checkpoints.follow(writer)
+        log(f"node {node.rank}: node {writer} writes {options.checkpoint} (a folder they share)")
     checkpoints.open()
     state = load_state(options, node)
     if getattr(args, "more_epochs", None):
