@@ -21,8 +21,6 @@ snapshots to save(); everything else (the lock, keeping the previous model,
 the best model, dry runs that must not replace anything) is decided here.
 """
 
-import fcntl
-import json
 import os
 import shutil
 import time
@@ -30,6 +28,7 @@ import time
 from mnist_hogwild.run import checkpoint
 from mnist_hogwild.core import processes
 from mnist_hogwild.run.checkpoint import Progress
+from mnist_hogwild.run.lock import PathLock
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 from model import Net
 
@@ -65,9 +64,8 @@ class CheckpointManager:
         self.directory = os.path.dirname(os.path.abspath(self.path))
         self.best_path = sibling(self.path, ".best.pth")
         self.prev_path = sibling(self.path, ".prev.pth")
-        self.lock_path = os.path.join(self.directory, f".{os.path.basename(self.path)}.lock")
+        self.lock = PathLock(os.path.join(self.directory, f".{os.path.basename(self.path)}.lock"))
         self.metrics_path = checkpoint.metrics_path(self.path)
-        self.lock_fd = None
         self.writes = True  # False: a dry run over an existing checkpoint, or a follower
         self.writer = None  # the node that writes PATH for this one (see follow)
         self.keep_previous = False  # move the existing files aside at the first save
@@ -90,7 +88,7 @@ class CheckpointManager:
             self.best = self.read_best()
             return
         self.check_paths()
-        self.take_lock()
+        self.lock.take(self.path, self.warn)
         for name in self.remove_stale_temps():
             self.warn(f"removed {name}, left by an interrupted save")
         if os.path.exists(self.path) and self.dry_run:
@@ -153,72 +151,6 @@ class CheckpointManager:
 
     def owned_paths(self):
         return [self.path, self.metrics_path, self.best_path, self.prev_path]
-
-    def take_lock(self):
-        """One run per checkpoint path: an advisory lock that the kernel drops
-        when the process dies, so a crash never leaves a stale lock. Where the
-        file system has no locks (some network ones) the run goes on, warned."""
-        fd = self.open_lock_file()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.read_lock(fd)
-            os.close(fd)
-            who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
-            raise UsageError(
-                f"{self.path} is in use by another run ({who}); wait for it to end, or "
-                f"pass another --checkpoint"
-            ) from None
-        except OSError as e:
-            self.warn(
-                f"cannot lock {self.lock_path} ({e.strerror}): this file system has no "
-                f"locks, so nothing stops two runs from sharing {self.path}"
-            )
-        previous = self.read_lock(fd)
-        if previous.get("state") == "running":
-            self.warn(
-                f"the previous run on {self.path} (pid {previous.get('pid')} on host "
-                f"{previous.get('host')}) did not end: it was killed (out of memory, SIGKILL, "
-                f"or its machine went down); its last checkpoint is intact"
-            )
-        self.lock_fd = fd
-        self.write_lock("running")
-
-    def open_lock_file(self):
-        """The lock file, made writable by any uid (a run as root, then one with
-        docker run --user, share a volume). One left read-only by another
-        uid still locks (flock needs only an open file); its record of who
-        holds it is then not updated."""
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:
-            try:
-                return os.open(self.lock_path, os.O_RDONLY)
-            except OSError as e:
-                raise CheckpointError(
-                    f"cannot open the lock file {self.lock_path} ({e.strerror}, uid "
-                    f"{os.getuid()}): remove it, or run as its owner"
-                ) from None
-        try:
-            os.fchmod(fd, 0o666)
-        except OSError:
-            pass  # another uid's file: it was made writable when it was created
-        return fd
-
-    @staticmethod
-    def read_lock(fd):
-        try:
-            return json.loads(os.pread(fd, 4096, 0) or b"{}")
-        except (OSError, ValueError):
-            return {}
-
-    def write_lock(self, state):
-        record = {"pid": os.getpid(), "host": checkpoint.host(), "state": state}
-        try:
-            os.ftruncate(self.lock_fd, 0)
-            os.pwrite(self.lock_fd, json.dumps(record).encode(), 0)
-        except OSError:
-            pass  # only the next run's diagnosis gets less specific
 
     def remove_stale_temps(self):
         """Temp files of this path's saves whose writer is provably gone (its
@@ -338,10 +270,7 @@ class CheckpointManager:
     # ----- end -----------------------------------------------------------
     def close(self):
         """The run ended (finished, stopped or failed, but not killed)."""
-        if self.lock_fd is not None:
-            self.write_lock("ended")
-            os.close(self.lock_fd)
-            self.lock_fd = None
+        self.lock.release()
 
 
 def best_record(state):

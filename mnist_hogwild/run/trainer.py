@@ -53,6 +53,7 @@ from mnist_hogwild.hogwild.worker import WorkerSetup
 # learnt one (half right or better) lost what it had learnt.
 EXPLODED_LOSS = 10 * math.log(NUM_CLASSES)
 CHANCE_PERCENT, LEARNT_PERCENT = 1.5 * 100 / NUM_CLASSES, 50.0
+TOO_HIGH = "the learning rate is too high"
 
 
 def log(message):
@@ -154,17 +155,18 @@ class Trainer:
         self.test_set = data.to_device(data.load_split(self.files["test"]), device)
         self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
         self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
-        self.model, self.optimizer = self.shared.model, self.shared.optimizer
-        self.record = self.shared.record
+        self.model, self.optimizer, self.record = (
+            self.shared.model,
+            self.shared.optimizer,
+            self.shared.record,
+        )
         node.begin(self.model.parameters(), self.shared.moments, self.shared.counters)
         self.first_epoch = self.record.epoch
         # Not divmod(start, per_epoch) later: a checkpoint saved while the last
         # epoch's evaluation was interrupted holds step == per_epoch, and that
         # epoch must still be evaluated on resume.
         self.start = self.first_epoch * self.per_epoch + self.record.step
-        usable = cpus.usable_cpus()
-        self.threads = options.threads_per_process or max(1, usable // options.num_processes)
-        self.eval_threads = max(self.threads, usable)
+        self.threads, self.eval_threads = thread_counts(options)
         self.schedule = Schedule(self.per_epoch, self.start, node.rank, node.world)
         self.log = ProgressLog(options.log_interval, config, self.schedule, len(self.train_set))
         # --dry-run: the same loop, one batch per worker of the first epoch.
@@ -219,10 +221,8 @@ class Trainer:
         how to train. On the CPU the workers map the data file themselves (page
         cache, no copy); on a GPU they get the split already there."""
         on_cpu = self.device.type == "cpu"
-        setup = WorkerSetup(
-            self.threads, str(self.device), self.options.deterministic,
-            report_every=1 if on_cpu else self.options.log_interval,
-        )  # fmt: skip
+        every = 1 if on_cpu else self.options.log_interval
+        setup = WorkerSetup(self.threads, str(self.device), self.options.deterministic, every)
         train = self.files["train"] if on_cpu else self.train_set
         return dict(model=self.model, state=self.optimizer.state, config=self.config, train=train,
                     setup=setup, schedule=self.schedule)  # fmt: skip
@@ -261,17 +261,10 @@ class Trainer:
     def between_batches(self, done):
         """Called by the wait loop about every 0.1 s: log; True to pause now."""
         loss_sum = self.shared_progress.loss_sum.value
-        if not math.isfinite(loss_sum):
+        why = divergence(loss_sum, self.log.tick(done, loss_sum) if math.isfinite(loss_sum) else 0)
+        if why:
             self.shared_progress.pause(self.pool.check)
-            raise Diverged(f"the training loss became {loss_sum} in epoch {self.epoch + 1}")
-        interval_loss = self.log.tick(done, loss_sum)
-        if interval_loss is not None and interval_loss > EXPLODED_LOSS:
-            self.shared_progress.pause(self.pool.check)
-            raise Diverged(
-                f"the training loss exploded to {interval_loss:.3g} in epoch {self.epoch + 1} "
-                f"(a model that guesses scores {math.log(NUM_CLASSES):.2f}): the learning rate "
-                f"is too high"
-            )
+            raise Diverged(f"{why} in epoch {self.epoch + 1}")
         return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
 
     def synchronise_at_boundary(self, at_end):
@@ -317,7 +310,7 @@ class Trainer:
         if row["accuracy_percent"] <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
             raise Diverged(
                 f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
-                f"from {before:.2f}%: the learning rate is too high"
+                f"from {before:.2f}%: {TOO_HIGH}"
             )
         self.record.metrics.append(row)
         done = self.shared_progress.done.value
@@ -382,22 +375,36 @@ class Trainer:
     def snapshot(self, epoch, step, partial=None):
         """The whole checkpoint dict for (EPOCH, STEP); call only while the
         workers are paused. PARTIAL defaults to the run's current one."""
+        metrics, partial = list(self.record.metrics), dict(partial or self.record.partial_epoch)
         progress = checkpoint.Progress(
-            epoch=epoch,
-            step=step,
-            batches_per_epoch=self.per_epoch,
-            seed=self.config.seed,
-            metrics=list(self.record.metrics),
-            partial_epoch=dict(partial or self.record.partial_epoch),
+            epoch, step, self.per_epoch, self.config.seed, metrics, partial
         )
+        config, options = self.config.as_dict(), self.options.as_dict()
+        optimizer = self.optimizer.state_dict()
         return checkpoint.make_state(
-            self.model,
-            self.optimizer.state_dict(),
-            progress,
-            self.config.as_dict(),
-            self.options.as_dict(),
-            self.shared.run_id,
+            self.model, optimizer, progress, config, options, self.shared.run_id
         )
+
+
+def thread_counts(options):
+    """(torch threads per worker, the parent's for evaluation, when the workers are idle)."""
+    usable = cpus.usable_cpus()
+    threads = options.threads_per_process or max(1, usable // options.num_processes)
+    return threads, max(threads, usable)
+
+
+def divergence(loss_sum, interval_loss):
+    """Why training diverged, from the summed loss and the last log
+    interval's mean loss (None: not known yet), or None if it did not."""
+    if not math.isfinite(loss_sum):
+        return f"the training loss became {loss_sum}"
+    if interval_loss is not None and interval_loss > EXPLODED_LOSS:
+        guess = math.log(NUM_CLASSES)
+        return (
+            f"the training loss exploded to {interval_loss:.3g} (a model that guesses scores "
+            f"{guess:.2f}): {TOO_HIGH}"
+        )
+    return None
 
 
 def metrics_row(epoch, batches, result, eval_seconds, partial, config, num_samples, per_epoch):
