@@ -167,3 +167,28 @@ def test_a_wrapped_error_keeps_whole_sentences_or_whole_words():
     )
     assert one_line(RuntimeError(torch_text), 160) == "Connection closed by peer [172.27.0.2]:60803"
     assert one_line(RuntimeError("word " * 100), 48) == "word " * 9 + "..."
+
+
+def test_a_stopped_worker_is_named_once_the_run_stalls_and_the_run_goes_on(tmp_path, big_data_dir):
+    import os
+    import signal
+
+    from conftest import finish, start_trainer, stop_group
+    from procs import asleep, wait_until, worker_pids
+
+    proc = start_trainer(
+        "--data-dir", big_data_dir, "--epochs", "2", "--num-processes", "2", cwd=tmp_path
+    )  # fmt: skip
+    try:
+        proc.out.wait_for(lambda line: line.startswith("epoch 1/2 ["), 120)
+        victim = worker_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGSTOP)
+        line = proc.err.wait_for(lambda text: "is stopped" in text, 120)
+        assert f"(pid {victim}) is stopped" in line and f"kill -CONT {victim}" in line
+        assert wait_until(lambda: asleep(proc.pid), 10)  # the premise: the run waits
+        os.kill(victim, signal.SIGCONT)
+        out, err = finish(proc, timeout=120)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, err
+    assert err.count("is stopped") == 1

@@ -110,3 +110,13 @@ def pid_alive(pid):
     except (PermissionError, OverflowError):
         return True  # someone else's process (or no pid at all: assume alive)
     return True
+
+
+def state_of(pid):
+    """PID's scheduling state as ps shows it ("R", "S", "D", "T" stopped, "Z"
+    ...), or None if it is gone (or this is not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

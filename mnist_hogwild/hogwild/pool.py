@@ -15,8 +15,12 @@ from contextlib import contextmanager
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core import processes
 from mnist_hogwild.core.errors import WorkerDied
+from mnist_hogwild.core.processes import state_of
 
 POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
+# No batch finished for this long while a worker is stopped (SIGSTOP, a
+# debugger, a terminal's Ctrl-Z of one process): say so once, naming it.
+STALL_SECONDS = 10.0
 
 
 class SharedProgress:
@@ -255,6 +259,7 @@ class WorkerPool:
         self.errors = self.ctx.SimpleQueue()
         self.processes, self.pipes = [], []
         self.oom_kills = cpus.cgroup_oom_kills()
+        self.stall = (None, 0.0, False)  # (batches done, since when, said so)
 
     def start(self):
         """Fork the worker processes (once): call it before this process
@@ -306,6 +311,24 @@ class WorkerPool:
                     if failed_rank == rank:
                         cause = f"failed: {message}"
                 raise WorkerDied(f"worker {rank} (pid {p.pid}) {cause}")
+
+    def watch_stall(self, done, warn):
+        """Called while the workers train, with the batches DONE: one warning per
+        stall if no batch finished for STALL_SECONDS and a worker is stopped
+        (the others then wait for the batch it holds)."""
+        last, since, said = self.stall
+        now = time.monotonic()
+        if done != last:
+            self.stall = (done, now, False)
+        elif not said and now - since >= STALL_SECONDS:
+            stopped = [(r, p.pid) for r, p in enumerate(self.processes) if state_of(p.pid) == "T"]
+            for rank, pid in stopped:
+                warn(
+                    f"worker {rank} (pid {pid}) is stopped (SIGSTOP, a debugger or Ctrl-Z) and "
+                    f"no batch finished for {now - since:.0f} s: the run waits for it; "
+                    f"kill -CONT {pid} lets it go on"
+                )
+            self.stall = (done, since, bool(stopped))
 
     def stop(self, graceful):
         """Graceful: tell idle workers to exit and wait up to 1.5 s; then kill what is left."""

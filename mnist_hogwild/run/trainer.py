@@ -265,6 +265,7 @@ class Trainer:
         if why:
             self.shared_progress.pause(self.pool.check)
             raise Diverged(f"{why} in epoch {self.epoch + 1}")
+        self.pool.watch_stall(done, warn)
         return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
 
     def synchronise_at_boundary(self, at_end):
