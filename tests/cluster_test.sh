@@ -7,8 +7,9 @@
 # both finishes), docker kill of a node (the survivor's one error line, its
 # checkpoint intact), the plain torchrun form, compose.cluster.yaml with
 # docker-compose, and docs/kubernetes.yaml's command line in containers named
-# like its pods, and two containers that share the machine's network (the
-# second must say that its node id would be the first's). Prints ✅/❌; exits non-zero on any ❌.
+# like its pods, two containers that share the machine's network (the
+# second must say that its node id would be the first's), and two nodes
+# sharing one folder with README's command and the default --checkpoint. Prints ✅/❌; exits non-zero on any ❌.
 #
 #   bash tests/cluster_test.sh     # IMAGE (default mnist-hogwild:grading) must be built
 set -uo pipefail
@@ -76,6 +77,44 @@ c0=$(exit_code node0) c1=$(exit_code node1)
 docker logs "$net-node1" 2>&1 | grep -E "^resuming" || true
 [ "$c0:$c1" = 0:0 ] && [ "$(field /workspace/node1/model_checkpoint.pth "s['epoch']")" = 3 ] \
   && pass "--resume on both nodes finished the job" || fail "resume: exit codes $c0 and $c1"
+remove
+
+echo "== 2b. one folder shared by both nodes (an NFS home): README's command, default --checkpoint"
+mkdir -p "$work/shared" && cp -r "$work/data" "$work/shared/"
+shared_node() { # name, then flags: README's several-machines command on the shared folder
+  local name=$1
+  shift
+  docker run -d --name "$net-$name" --hostname "$name" --network "$net" --cpus "${DOCKER_CPUS:-1}" \
+    -v "$work/shared:/workspace" "$IMAGE" --nnodes 2 --rdzv-endpoint node0:29400 --rdzv-id shared \
+    --resume --num-processes 1 --sync-every 20 --log-interval 20 "$@" >/dev/null
+}
+shared_field() { field /workspace/shared/model_checkpoint.pth "$1"; }
+shared_node node0 --epochs 1
+shared_node node1 --epochs 1
+c0=$(exit_code node0) c1=$(exit_code node1)
+[ "$c0:$c1" = 0:0 ] && [ "$(shared_field "s['epoch']")" = 1 ] \
+  && pass "a whole job on one shared folder: both exit 0, one checkpoint" \
+  || { docker logs "$net-node1" 2>&1 | tail -3; fail "shared folder: exit codes $c0 and $c1"; }
+docker logs "$net-node1" 2>&1 | grep "writes model_checkpoint.pth (a folder they share)" || true
+remove
+shared_node node0 --epochs 3
+shared_node node1 --epochs 3
+wait_log node1 "epoch 2/3 \[" 120 || fail "the shared job never trained its second epoch"
+docker stop "$net-node1" >/dev/null &
+c1=$(exit_code node1) c0=$(exit_code node0)
+wait
+[ "$c0:$c1" = 130:130 ] && pass "docker stop of one node sharing the folder: both exit 130" \
+  || fail "shared folder, docker stop: exit codes $c0 and $c1"
+remove
+shared_node node0 --epochs 3
+shared_node node1 --epochs 3
+c0=$(exit_code node0) c1=$(exit_code node1)
+[ "$c0:$c1" = 0:0 ] && [ "$(shared_field "s['epoch']")" = 3 ] \
+  && pass "both restarted with --resume on the shared folder finished the job" \
+  || fail "shared folder, resume: exit codes $c0 and $c1"
+files=$(find "$work/shared" -mindepth 1 -maxdepth 1 ! -name data -printf '%f\n' | LC_ALL=C sort | tr '\n' ' ')
+[ "$files" = ".model_checkpoint.pth.lock model_checkpoint.best.pth model_checkpoint.metrics.jsonl model_checkpoint.pth " ] \
+  && pass "one set of files in the shared folder: $files" || fail "files in the shared folder: $files"
 remove
 
 echo "== 3. docker kill of node1: the survivor says so and keeps its checkpoint"
