@@ -192,3 +192,21 @@ def test_a_stopped_worker_is_named_once_the_run_stalls_and_the_run_goes_on(tmp_p
         stop_group(proc)
     assert proc.returncode == 0, err
     assert err.count("is stopped") == 1
+
+
+def test_infer_refuses_a_decompression_bomb_in_one_line(trained, tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (13000, 13000), 1).save(bomb)  # tens of KB on disk, 169 million pixels
+    assert bomb.stat().st_size < 100_000
+    proc = command("infer", bomb, "--checkpoint", trained / "ck.pth", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bomb}: too large an image (at most 50 million pixels)"
+    ]
+
+
+def test_infer_refuses_fewer_than_one_sample(trained, tmp_path):
+    proc = command("infer", "--num-samples", "0", "--checkpoint", trained / "ck.pth", cwd=tmp_path)
+    assert proc.returncode == 2 and "--num-samples: must be in [1," in proc.stderr

@@ -14,6 +14,7 @@ turned grey, inverted if light, and scaled to 28x28.
 
 import os
 import sys
+import warnings
 
 import torch
 
@@ -26,6 +27,8 @@ from mnist_hogwild.commands.output import write_output
 from mnist_hogwild.core.loglines import say
 
 INK = 0.3  # a pixel is ink above this share of the brightest pixel
+# The largest image read (a phone photo has about 12 million pixels).
+MAX_PIXELS = 50 * 10**6
 # An image whose lightest and darkest pixels differ by less than this share of
 # the full range has nothing drawn on it (a blank page, a transparent image).
 NO_INK = 0.1
@@ -94,10 +97,20 @@ def prepare_image(path, dataset):
     from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
 
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice that: refuse it all,
+            # before a small file decompresses into gigabytes.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        millions = MAX_PIXELS // 10**6
+        raise InputError(
+            f"{path}: too large an image (at most {millions} million pixels)"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise InputError(f"{path}: not a readable image ({reason})") from None
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -147,6 +160,8 @@ def classify_test_images(model, dataset, args):
     test = data.load_split(files["test"])
     generator = torch.Generator().manual_seed(args.seed)
     count = min(args.num_samples, len(test))
+    if count < args.num_samples:
+        say(f"note: the test set has {len(test)} images: writing all of them", sys.stderr)
     chosen = torch.randperm(len(test), generator=generator)[:count]
     images = test.images.index_select(0, chosen)
     digits, probabilities = predict(model, images, dataset)

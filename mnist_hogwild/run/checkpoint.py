@@ -31,6 +31,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import zipfile
@@ -191,7 +192,10 @@ def _reason(error):
     elif "Weights only load failed" in text:
         text = text.split("trusted source.", 1)[-1]
     # torch's messages go on with advice after the first sentence; keep the fact.
-    return one_line(text or type(error).__name__, 200).split(". ")[0]
+    reason = one_line(text or type(error).__name__, 200).split(". ")[0]
+    if not re.search(r"[A-Za-z]{3}", reason):  # a bare key or code, such as () or 101
+        reason = f"{type(error).__name__} {reason}".strip()
+    return reason
 
 
 def load(source, model_state, name=None):
