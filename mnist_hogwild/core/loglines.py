@@ -6,6 +6,7 @@ Torch-free, so that the scripts can parse a trainer's output without torch.
 
 import os
 import re
+import shutil
 import string
 import sys
 import time
@@ -72,13 +73,25 @@ def format_seconds(seconds):
 
 
 _broken = set()  # id() of the streams whose reader has gone
+_bar = None  # the progress bar drawn on the terminal, if any (BarDisplay)
 
 
 def say(text, stream=None):
     """Print one line and flush it. A reader that went away (`| tee` or `| head`
     ended, a closed terminal) must never cost training or a save: a broken
     stream is pointed at /dev/null (so that nothing fails on it again, at exit
-    included), and its lines go to the other stream while that one works."""
+    included), and its lines go to the other stream while that one works. A
+    progress bar on the terminal is cleared for the line, then drawn below it."""
+    if _bar is not None:
+        _bar.clear()
+    try:
+        _print(text, stream)
+    finally:
+        if _bar is not None:
+            _bar.refresh()
+
+
+def _print(text, stream):
     first = stream or sys.stdout
     other = sys.stderr if first is sys.stdout else sys.stdout
     for target in (first, other):
@@ -101,13 +114,87 @@ def _silence(stream):
         pass
 
 
-class ProgressLog:
-    """The progress lines of one run: owns the counters they are computed from.
-    DONE counts this node's batches (all of them on a single machine)."""
+class LineDisplay:
+    """Progress as lines, one every --log-interval batches: for a pipe, a log
+    file, `docker logs` and CI, and for the scripts and tests that parse them."""
 
-    def __init__(self, interval, config, schedule, num_samples):
+    def begin(self, epoch, epochs, total):
+        pass
+
+    def advance(self, samples):
+        pass
+
+    def report(self, fields):
+        say(line("progress", **fields))
+
+    def end(self):
+        pass
+
+
+class BarDisplay(LineDisplay):
+    """Progress on a terminal: one bar per epoch, redrawn in place (tqdm: the
+    samples, their rate, the epoch's time left; the last interval's loss
+    beside it), gone at the epoch's end, where the epoch's line stays."""
+
+    def begin(self, epoch, epochs, total):
+        global _bar
+        from tqdm import tqdm  # noqa: PLC0415 - only on a terminal
+
+        close_bar()
+        # A terminal that reports no size (a pty nobody sized, as `script`
+        # makes) would get no bar at all: then COLUMNS and LINES, else 80x24.
+        sized = _width(sys.stdout) > 0
+        fallback = None if sized else shutil.get_terminal_size()
+        _bar = tqdm(
+            total=total, desc=f"epoch {epoch}/{epochs}", unit="sample", unit_scale=True,
+            leave=False, file=sys.stdout, mininterval=0.2, dynamic_ncols=sized,
+            ncols=fallback and fallback.columns, nrows=fallback and fallback.lines,
+        )  # fmt: skip
+
+    def advance(self, samples):
+        if _bar is not None:
+            _bar.update(samples - _bar.n)
+
+    def report(self, fields):
+        if _bar is not None:
+            _bar.set_postfix_str(f"loss {fields['loss']:.4f}", False)
+
+    def end(self):
+        close_bar()
+
+
+def close_bar():
+    """Clear the progress bar from the terminal, if one is drawn."""
+    global _bar
+    if _bar is not None:
+        bar, _bar = _bar, None
+        bar.close()
+
+
+def _width(stream):
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
+def progress_display(leader, stream=None):
+    """A bar where a person watches (a terminal; on several machines, the
+    leader's), else lines. TERM=dumb (a bare console, an editor's shell) gets lines."""
+    stream = stream or sys.stdout
+    terminal = stream.isatty() and os.environ.get("TERM", "") != "dumb"
+    return BarDisplay() if leader and terminal else LineDisplay()
+
+
+class ProgressLog:
+    """The progress of one run, as DISPLAY shows it (lines or a bar): owns the
+    counters it is computed from. DONE counts this node's batches (all of
+    them on a single machine)."""
+
+    def __init__(self, interval, config, schedule, num_samples, display=None):
         self.interval, self.config = interval, config
         self.schedule, self.num_samples = schedule, num_samples
+        self.display = display or LineDisplay()
         self.trained_seconds, self.trained_batches = 0.0, 0
         self.epoch = self.done0 = self.last_done = 0
         self.loss0 = self.last_loss = 0.0
@@ -116,6 +203,7 @@ class ProgressLog:
     def begin_epoch(self, epoch, done, loss_sum):
         self.epoch, self.done0, self.loss0, self.t0 = epoch, done, loss_sum, time.perf_counter()
         self.last_done, self.last_loss = done, loss_sum
+        self.display.begin(epoch + 1, self.config.epochs, self.num_samples)
 
     def epoch_totals(self, loss_sum):
         """(training loss summed, seconds) since begin_epoch."""
@@ -124,21 +212,24 @@ class ProgressLog:
     def end_epoch(self, done):
         self.trained_seconds += time.perf_counter() - self.t0
         self.trained_batches += done - self.done0
+        self.display.end()
 
     def tick(self, done, loss_sum):
-        """Print a progress line once an interval of batches is done since the
-        last; returns that interval's mean training loss (else None)."""
+        """Show the progress; once an interval of batches is done since the
+        last, report it (a line, or the bar's loss and ETA) and return that
+        interval's mean training loss (else None)."""
+        c, s = self.config, self.schedule
+        samples = min(s.step(self.epoch, done) * c.batch_size, self.num_samples)
+        self.display.advance(samples)
         if done - self.last_done < self.interval:
             return None
-        c, s = self.config, self.schedule
         seconds = self.trained_seconds + time.perf_counter() - self.t0
         rate = (self.trained_batches + done - self.done0) * c.batch_size / max(seconds, 1e-9)
-        samples = min(s.step(self.epoch, done) * c.batch_size, self.num_samples)
         loss = (loss_sum - self.last_loss) / max(1, done - self.last_done)
         self.last_done, self.last_loss = done, loss_sum
         remaining = (s.local_start(c.epochs) - done) * c.batch_size
         fields = dict(epoch=self.epoch + 1, epochs=c.epochs, samples=samples, loss=loss)
         fields.update(total=self.num_samples, percent=100 * samples / self.num_samples)
         eta = format_seconds(remaining / max(rate, 1e-9))
-        say(line("progress", samples_per_s=rate, eta=eta, **fields))
+        self.display.report(dict(samples_per_s=rate, eta=eta, **fields))
         return loss

@@ -35,7 +35,14 @@ from mnist_hogwild.core.errors import (
 )
 from mnist_hogwild.learn.data import NUM_CLASSES
 from mnist_hogwild.learn.evaluation import evaluate
-from mnist_hogwild.core.loglines import ProgressLog, format_seconds, line, say
+from mnist_hogwild.core.loglines import (
+    ProgressLog,
+    format_seconds,
+    line,
+    close_bar,
+    progress_display,
+    say,
+)
 from model import Net
 from mnist_hogwild.learn.schedule import (
     Schedule,
@@ -168,7 +175,10 @@ class Trainer:
         self.start = self.first_epoch * self.per_epoch + self.record.step
         self.threads, self.eval_threads = thread_counts(options)
         self.schedule = Schedule(self.per_epoch, self.start, node.rank, node.world)
-        self.log = ProgressLog(options.log_interval, config, self.schedule, len(self.train_set))
+        display = progress_display(node.leader)
+        self.log = ProgressLog(
+            options.log_interval, config, self.schedule, len(self.train_set), display
+        )
         # --dry-run: the same loop, one batch per worker of the first epoch.
         self.batch_limit = options.num_processes if options.dry_run else None
         self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
@@ -510,6 +520,7 @@ def run(args, stop, started, pool):
             raise
         return fail(memory, 1)
     finally:
+        close_bar()  # (a progress bar on the terminal, cleared)
         closing["checkpoints"].close()
         closing["node"].close()
 
