@@ -72,20 +72,22 @@ class LineReader:
         return "".join(self.lines)
 
 
+def _ask(pid, question, otherwise=None, **options):
+    """psutil's answer to QUESTION (a method name) about PID, or OTHERWISE if it is gone."""
+    try:
+        return getattr(psutil.Process(pid), question)(**options)
+    except psutil.Error:
+        return otherwise
+
+
 def descendants(pid):
     """Every process below PID (children, grandchildren, ...)."""
-    try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []
+    return [p.pid for p in _ask(pid, "children", [], recursive=True)]
 
 
 def comm(pid):
     """The process name (ps's comm), or None if PID is gone."""
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return None
+    return _ask(pid, "name")
 
 
 def worker_pids(pid):
@@ -93,16 +95,9 @@ def worker_pids(pid):
     return sorted(p for p in descendants(pid) if comm(p) == "hogwild-worker")
 
 
-def _status(pid):
-    try:
-        return psutil.Process(pid).status()
-    except psutil.Error:
-        return None
-
-
 def alive(pid):
     """PID exists and is not a zombie."""
-    return _status(pid) not in (None, psutil.STATUS_ZOMBIE)
+    return _ask(pid, "status") not in (None, psutil.STATUS_ZOMBIE)
 
 
 def wait_until(condition, timeout, poll=0.02):
@@ -141,4 +136,4 @@ def pids_with_env(name, value):
 
 def asleep(pid):
     """PID sleeps in the kernel (state S): waiting, not computing."""
-    return _status(pid) == psutil.STATUS_SLEEPING
+    return _ask(pid, "status") == psutil.STATUS_SLEEPING
