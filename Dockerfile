@@ -95,9 +95,12 @@ LABEL org.opencontainers.image.title="mnist-hogwild" \
 # every import, so that one warning is silenced.
 # NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA Container Toolkit mounts from the
 # host's driver under --gpus (compute: CUDA; utility: nvidia-smi). Inert without it.
+# MNIST_HOGWILD_IMAGE: `serve` listens on 0.0.0.0 here (docker run -p reaches it),
+# on 127.0.0.1 outside the image.
 # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: plain torchrun in this image restarts
 # leaders as main.py --nnodes does, in a fresh store each round (launcher.py).
 ENV PATH=/opt/venv/bin:$PATH \
+    MNIST_HOGWILD_IMAGE=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 \
     PYTHONUNBUFFERED=1 \

@@ -25,6 +25,8 @@ COMMANDS = {
     "accuracy and the confusion matrix",
     "infer": "the digit in image files, or in random test images saved as DIGIT.png",
     "export": "the model as one file that plain torch loads (torch.export or TorchScript)",
+    "serve": "a web page to draw a digit and watch training, and POST /predict (no "
+    "authentication: a trusted network only)",
 }
 
 # Flags that are not fields of TrainConfig or RunOptions: name -> (help, options).

@@ -66,13 +66,17 @@ def run_command(args):
     return classify_test_images(model, dataset, args)
 
 
-def predict(model, images, dataset):
-    """(digits, probabilities) for uint8 IMAGES [N, 28, 28], MNIST's way up."""
+def class_probabilities(model, images, dataset):
+    """[N, 10] probabilities for uint8 IMAGES [N, 28, 28], normalised as in training."""
     scale, shift = data.normalizer(dataset)
     x = images.unsqueeze(1).float().mul_(scale).sub_(shift)
     with torch.no_grad():
-        probabilities = model(x).exp()
-    best = probabilities.max(dim=1)
+        return model(x).exp()
+
+
+def predict(model, images, dataset):
+    """(digits, probabilities) for uint8 IMAGES [N, 28, 28]."""
+    best = class_probabilities(model, images, dataset).max(dim=1)
     return best.indices.tolist(), best.values.tolist()
 
 
@@ -92,8 +96,9 @@ def classify_files(model, dataset, paths):
     return 1 if failed else 0
 
 
-def prepare_image(path, dataset):
-    """PATH as a uint8 [28, 28] tensor, light on dark (see the module docstring)."""
+def prepare_image(path, dataset, source=None):
+    """PATH as a uint8 [28, 28] tensor, light on dark (see the module docstring).
+    SOURCE: the image's bytes as a binary file (serve's uploads), named PATH."""
     from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
 
     try:
@@ -102,7 +107,7 @@ def prepare_image(path, dataset):
             # before a small file decompresses into gigabytes.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as opened:
+            with Image.open(path if source is None else source) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -112,6 +117,8 @@ def prepare_image(path, dataset):
         ) from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        if source is not None and isinstance(e, UnidentifiedImageError):
+            reason = "not a format Pillow knows: PNG, JPEG, GIF, BMP, WebP, TIFF, ..."
         raise InputError(f"{path}: not a readable image ({reason})") from None
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         background = Image.new("RGBA", image.size, "white")
