@@ -3,6 +3,7 @@
 # COMPOSE_PROJECT_NAME=mnist, `compose build`, `compose run train`,
 # `... evaluate`, `... infer`, then mnist_cnn.pt, eval_results.json and 5
 # results/*.png in the volume. Then `train` again: it must resume and improve.
+# Last, `compose up serve`: the page and POST /predict on the published port.
 # Uses `docker compose` where it exists, else docker-compose (Debian's 1.29).
 # Prints ✅/❌; exits non-zero on any ❌.
 #
@@ -72,5 +73,23 @@ elif [ "$real" = 0 ] && python3 -c "import sys; sys.exit(not float('${first:-0}'
 else
   fail "accuracy did not improve: ${first}% -> ${second}%"
 fi
+
+# The pipeline ends with a page to try the model: `compose up serve`.
+SERVE_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export SERVE_PORT
+"${compose[@]}" up -d serve >/tmp/compose-serve.log 2>&1 || fail "compose up serve"
+page=""
+for _ in $(seq 300); do
+  page=$(curl -fs "http://127.0.0.1:$SERVE_PORT/" 2>/dev/null) && break
+  sleep 0.2
+done
+echo "$page" | grep "<canvas" >/dev/null && pass "compose up serve: the page at :$SERVE_PORT has a canvas" \
+  || { "${compose[@]}" logs serve | tail -5; fail "compose up serve: no page at :$SERVE_PORT"; }
+python3 -c 'from PIL import Image, ImageDraw; i = Image.new("L", (200, 200), 255)
+ImageDraw.Draw(i).line([(100, 20), (100, 180)], fill=0, width=14); i.save("/tmp/compose-one.png")'
+answer=$(curl -fs -H "Content-Type: image/png" --data-binary @/tmp/compose-one.png "http://127.0.0.1:$SERVE_PORT/predict")
+echo "$answer" | python3 -c 'import json, sys; a = json.load(sys.stdin); assert len(a["probabilities"]) == 10; print("predict:", a["digit"])' \
+  && pass "compose serve: POST /predict answers" || fail "compose serve: POST /predict: $answer"
+"${compose[@]}" stop serve >/dev/null 2>&1
 
 report compose

@@ -119,6 +119,17 @@ readme export --format torchscript && in_image "import torch
 m = torch.jit.load('/workspace/model_checkpoint.pt')
 assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)" \
   && pass "export --format torchscript: loads with torch.jit.load and runs" || fail "export (torchscript)"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+docker run -d --name "$name_prefix-serve" -p "127.0.0.1:$port:8000" -v "$PWD:/workspace" "$IMAGE" serve >/dev/null
+for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.2; done
+answer=$(curl -fs -H "Content-Type: image/png" --data-binary @my7.png "http://127.0.0.1:$port/predict")
+echo "serve: $(echo "$answer" | cut -c1-60)..."
+echo "$answer" | grep '"probabilities"' >/dev/null && pass "docker run -p $port:8000 IMAGE serve: POST /predict answers" \
+  || { docker logs "$name_prefix-serve" 2>&1 | tail -3; fail "serve in the image"; }
+docker stop "$name_prefix-serve" >/dev/null
+[ "$(docker inspect --format '{{.State.ExitCode}}' "$name_prefix-serve")" = 0 ] \
+  && pass "docker stop ends serve with exit 0" || fail "serve exited $(docker inspect --format '{{.State.ExitCode}}' "$name_prefix-serve")"
+docker rm "$name_prefix-serve" >/dev/null
 [ "$(sha1sum model_checkpoint.pth)" = "$before" ] && pass "the commands left the checkpoint as it was" \
   || fail "a command changed model_checkpoint.pth"
 

@@ -5,6 +5,7 @@ when a run saves beside it, and a real browser drawing on the canvas."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,10 +49,10 @@ def server(model, tmp_path):
         [sys.executable, MAIN, "serve", "--checkpoint", served, "--port", str(port)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    out = LineReader(proc.stdout)
+    proc.out = LineReader(proc.stdout)
     try:
-        out.wait_for(lambda line: line.startswith("serving "), 60)
-        yield f"http://127.0.0.1:{port}", served
+        proc.out.wait_for(lambda line: line.startswith("serving "), 60)
+        yield f"http://127.0.0.1:{port}", served, proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -81,7 +82,7 @@ def redrawn(pixels):
 
 
 def test_the_page_has_a_canvas_and_the_curves_come_from_the_metrics(server):
-    url, _ = server
+    url, _, _ = server
     with urllib.request.urlopen(url + "/", timeout=30) as answer:
         page = answer.read().decode()
     assert "<canvas" in page and 'id="pad"' in page
@@ -92,7 +93,7 @@ def test_the_page_has_a_canvas_and_the_curves_come_from_the_metrics(server):
 
 
 def test_predict_reads_redrawn_test_digits(server, mnist_dir):
-    url, _ = server
+    url, _, _ = server
     test = data.load_split(data.prepare(mnist_dir, "mnist")["test"])
     right = 0
     for i in range(5):
@@ -115,14 +116,14 @@ def test_predict_reads_redrawn_test_digits(server, mnist_dir):
     ids=["not-an-image-type", "not-an-image", "no-ink", "too-large"],
 )
 def test_bad_bodies_get_400_with_one_sentence(server, body, kind, says):
-    url, _ = server
+    url, _, _ = server
     code, answer = post(url, body, kind)
     assert code == 400 and list(answer) == ["error"]
     assert says in answer["error"] and "\n" not in answer["error"]
 
 
 def test_a_run_training_beside_it_is_served_at_its_next_save(server, mnist_dir):
-    url, served = server
+    url, served, _ = server
     stroke = Image.new("L", (200, 200), 255)
     ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
     assert post(url, png(stroke))[1]["epoch"] == 1
@@ -136,6 +137,20 @@ def test_a_run_training_beside_it_is_served_at_its_next_save(server, mnist_dir):
         assert [r["epoch"] for r in json.loads(answer.read())["metrics"]] == [1, 2]
 
 
+def test_a_stop_ends_serving_with_exit_0_and_a_taken_port_is_one_line(server, tmp_path):
+    url, served, proc = server
+    taken = subprocess.run(
+        [sys.executable, MAIN, "serve", "--checkpoint", served, "--port", url.rsplit(":", 1)[1]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert taken.returncode == 1
+    assert taken.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:")
+    assert "Traceback" not in taken.stderr
+    proc.send_signal(signal.SIGINT)  # Ctrl-C; docker stop sends the image's STOPSIGNAL, SIGINT
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in proc.out.rest(10)
+
+
 @pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("chromedriver")) and not os.getenv("CI"),
     reason="needs Debian's chromium and chromium-driver (CI installs them)",
@@ -147,7 +162,7 @@ def test_a_browser_draws_a_digit_on_the_canvas_and_reads_the_answer(server, tmp_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, _ = server
+    url, _, _ = server
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

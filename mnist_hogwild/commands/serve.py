@@ -15,6 +15,7 @@ beside it): saves are atomic, so a reload never sees half a file.
 import io
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -23,6 +24,7 @@ from mnist_hogwild.commands.infer import class_probabilities, prepare_image
 from mnist_hogwild.core.config import int_in
 from mnist_hogwild.core.errors import CheckpointError, InputError
 from mnist_hogwild.core.loglines import say
+from mnist_hogwild.core.processes import STOP_SIGNALS
 from mnist_hogwild.run import checkpoint
 from mnist_hogwild.run.checkpoint_manager import run_files
 
@@ -158,5 +160,9 @@ def run_command(args):
         f"http://{args.host}:{args.port}/ (no authentication: a trusted network only)"
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    # uvicorn stops gracefully on SIGINT/SIGTERM (docker stop), then raises the
+    # signal again for the handler it found: a stop is the end of serving, exit 0.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda *_: None)
     server.run(sockets=[listener])
     return 0
