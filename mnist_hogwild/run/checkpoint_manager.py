@@ -11,7 +11,7 @@ Files beside --checkpoint PATH (STEM is PATH without its extension):
     STEM.prev.best.pth      the best model of another data set, kept when a
                             fresh run trains PATH on a new one
     .NAME.lock              held (flock) by the run that uses PATH
-So a run keeps at most five model files per PATH, whatever the sequence of
+So a run keeps at most four model files per PATH, whatever the sequence of
 runs: the best ever trained there survives any number of fresh runs.
 
 A dry run writes only where PATH does not exist yet, and then only PATH.
