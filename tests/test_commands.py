@@ -1,6 +1,7 @@
 """After training: the evaluate, infer and export commands, through real processes."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -99,6 +100,9 @@ def test_infer_answers_every_file_and_fails_for_the_bad_ones(trained, tmp_path):
     proc = command("infer", good, tmp_path / "text.png", tmp_path / "missing.jpg", cwd=trained)
     assert proc.returncode == 1
     assert proc.stdout.startswith(f"{good}: ")
+    assert re.fullmatch(
+        r"\S+: \d \(\d+\.\d%\); then \d \(\d+\.\d%\), \d \(\d+\.\d%\)\n", proc.stdout
+    )
     errors = proc.stderr.strip().splitlines()
     assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
     assert "Traceback" not in proc.stderr

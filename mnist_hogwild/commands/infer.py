@@ -1,7 +1,7 @@
 """The `infer` command: what digit does the model see?
 
 With image files (PNG, JPEG, ... any size, colour or grey, dark or light
-background), it prints each file's digit and probability. Without, it picks
+background), it prints each file's digit and probability, and the next two. Without, it picks
 --num-samples random test images and writes each as a PNG named by its
 predicted digit into --out-dir (the course's next assignment).
 
@@ -91,8 +91,13 @@ def classify_files(model, dataset, paths):
             say(f"error: {e}", sys.stderr)
             failed += 1
             continue
-        (digit,), (probability,) = predict(model, image.unsqueeze(0), dataset)
-        say(f"{path}: {digit} ({100 * probability:.1f}%)")
+        probabilities = class_probabilities(model, image.unsqueeze(0), dataset)[0]
+        top = probabilities.topk(3)
+        (digit, *others), (chance, *chances) = top.indices.tolist(), top.values.tolist()
+        runners_up = ", ".join(
+            f"{d} ({100 * p:.1f}%)" for d, p in zip(others, chances, strict=True)
+        )
+        say(f"{path}: {digit} ({100 * chance:.1f}%); then {runners_up}")
     return 1 if failed else 0
 
 
