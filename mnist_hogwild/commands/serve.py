@@ -81,18 +81,18 @@ class Model:
 
 
 def metrics(path):
-    """The run's metrics rows: the metrics file beside the checkpoint (written at
-    every epoch of a run going on), else the checkpoint's own."""
+    """The run's metrics rows, from the metrics file beside the checkpoint
+    (written at every epoch of a run going on); none if it is missing."""
     rows = []
     try:
         with open(run_files(path)[1]) as f:
-            rows = [checkpoint_row(line) for line in f if line.strip()]
+            rows = [metrics_row(line) for line in f if line.strip()]
     except OSError:
         pass
     return [r for r in rows if r is not None]
 
 
-def checkpoint_row(text):
+def metrics_row(text):
     try:
         row = json.loads(text)
     except ValueError:
