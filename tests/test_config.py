@@ -20,6 +20,8 @@ def test_fresh_run_takes_the_defaults():
         "epochs": 10,
         "lr": 0.01,
         "momentum": 0.5,
+        "betas": (0.9, 0.999),
+        "dropout": 0.5,
         "seed": 1,
         "dataset": "mnist",
         "optimizer": "sgd",

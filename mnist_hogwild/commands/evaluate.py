@@ -2,8 +2,9 @@
 out, JSON with per-class accuracy and the confusion matrix (and a picture)."""
 
 import json
+import os
 
-from mnist_hogwild.commands import flags
+from mnist_hogwild.commands import figures, flags
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core import config
 from mnist_hogwild.core.config import RunOptions
@@ -34,7 +35,8 @@ def add_arguments(p):
     p.add_argument(
         "--plot",
         metavar="FILE",
-        help="also draw the confusion matrix as a PNG (default: no picture)",
+        help="also draw the confusion matrix as a PNG, with each class's accuracy (default: no "
+        "picture)",
     )
 
 
@@ -66,37 +68,15 @@ def run_command(args):
     payload = (json.dumps(report, indent=2) + "\n").encode()
     write_output(args.out, lambda f: f.write(payload), args.checkpoint)
     if args.plot:
-        picture = confusion_picture(result.confusion)
-        write_output(args.plot, lambda f: picture.save(f, "PNG"), args.checkpoint)
+        title = (
+            f"{os.path.basename(args.checkpoint)} (epoch {state['epoch']}): "
+            f"{100 * result.accuracy:.2f}% of {len(test)} {dataset} test images"
+        )
+        picture = figures.confusion_figure(result.confusion, dataset, title)
+        write_output(args.plot, lambda f: figures.save_png(picture, f), args.checkpoint)
     say(
         f"{args.checkpoint} (epoch {state['epoch']}): test loss {result.test_loss:.4f}, "
         f"accuracy {100 * result.accuracy:.2f}% on {len(test)} {dataset} test images; "
         f"wrote {args.out}" + (f" and {args.plot}" if args.plot else "")
     )
     return 0
-
-
-def confusion_picture(confusion, cell=40):
-    """The confusion matrix as a picture (Pillow: no plotting library needed):
-    rows are the true classes, columns the predicted ones, darker = more."""
-    from PIL import Image, ImageDraw  # noqa: PLC0415 - only the commands need Pillow
-
-    n = confusion.shape[0]
-    margin = cell
-    image = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
-    draw = ImageDraw.Draw(image)
-    rows = confusion.sum(dim=1).clamp(min=1)
-    for t in range(n):
-        draw.text((margin // 3, margin + t * cell + cell // 3), str(t), fill="black")
-        draw.text((margin + t * cell + cell // 3, margin // 3), str(t), fill="black")
-        for p in range(n):
-            share = float(confusion[t, p]) / float(rows[t])
-            shade = int(255 * (1 - share))
-            box = [margin + p * cell, margin + t * cell, margin + (p + 1) * cell - 1]
-            box.append(margin + (t + 1) * cell - 1)
-            draw.rectangle(box, fill=(shade, shade, 255) if t == p else (255, shade, shade))
-            text = str(int(confusion[t, p]))
-            draw.text(
-                (box[0] + 3, box[1] + cell // 3), text, fill="black" if share < 0.6 else "white"
-            )
-    return image

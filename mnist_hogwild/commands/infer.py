@@ -32,6 +32,12 @@ MAX_PIXELS = 50 * 10**6
 # An image whose lightest and darkest pixels differ by less than this share of
 # the full range has nothing drawn on it (a blank page, a transparent image).
 NO_INK = 0.1
+ZOOM = 8  # the pictures infer writes: each of the 28x28 pixels as 8x8
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # grey from RGB, as Pillow's "L" mode
+# A photo is shrunk to at most this many pixels on a side before it is read.
+MAX_SIDE = 2048
+# The share of the picture's shorter side, at each edge, taken as paper.
+BORDER = 0.03
 
 
 def add_arguments(p):
@@ -55,6 +61,12 @@ def add_arguments(p):
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="which test images (default: 0)"
     )
+    p.add_argument(
+        "--show",
+        metavar="DIR",
+        help="with IMAGE: also write what the model saw, its 28x28 input enlarged with the "
+        "answer, as DIR/NAME.seen.png (default: write nothing)",
+    )
     flags.data_dir_flag(p)
 
 
@@ -62,7 +74,7 @@ def run_command(args):
     model, state = checkpoint.load_model(args.checkpoint)
     dataset = state["config"].get("dataset", "mnist")
     if args.images:
-        return classify_files(model, dataset, args.images)
+        return classify_files(model, dataset, args.images, args.show, args.checkpoint)
     return classify_test_images(model, dataset, args)
 
 
@@ -80,9 +92,10 @@ def predict(model, images, dataset):
     return best.indices.tolist(), best.values.tolist()
 
 
-def classify_files(model, dataset, paths):
+def classify_files(model, dataset, paths, show, model_path):
     """Print each file's digit; a file that cannot be read is one error line,
-    and the others are still answered. Exit 1 if any failed."""
+    and the others are still answered. Exit 1 if any failed. With SHOW (a
+    folder), also write what the model saw there."""
     failed = 0
     for path in paths:
         try:
@@ -92,13 +105,38 @@ def classify_files(model, dataset, paths):
             failed += 1
             continue
         probabilities = class_probabilities(model, image.unsqueeze(0), dataset)[0]
-        top = probabilities.topk(3)
-        (digit, *others), (chance, *chances) = top.indices.tolist(), top.values.tolist()
-        runners_up = ", ".join(
-            f"{d} ({100 * p:.1f}%)" for d, p in zip(others, chances, strict=True)
-        )
-        say(f"{path}: {digit} ({100 * chance:.1f}%); then {runners_up}")
+        answer, runners_up = top_three(probabilities)
+        shown = ""
+        if show:
+            name = os.path.splitext(os.path.basename(path))[0] + ".seen.png"
+            seen = os.path.join(show, name)
+            picture = labelled(image, answer, f"then {runners_up}")
+            write_output(seen, lambda f, picture=picture: picture.save(f, "PNG"), model_path)
+            shown = f" (seen: {seen})"
+        say(f"{path}: {answer}; then {runners_up}{shown}")
     return 1 if failed else 0
+
+
+def top_three(probabilities):
+    """("7 (98.1%)", "1 (1.2%), 2 (0.3%)"): the answer, and the next two."""
+    top = probabilities.topk(3)
+    pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    answers = [f"{d} ({100 * p:.1f}%)" for d, p in pairs]
+    return answers[0], ", ".join(answers[1:])
+
+
+def labelled(image, answer, detail):
+    """The 28x28 IMAGE enlarged (each pixel a square, as the model sees it),
+    over a caption: ANSWER large, DETAIL below."""
+    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
+
+    side = 28 * ZOOM
+    picture = Image.new("RGB", (side, side + 56), "white")
+    picture.paste(_png(image).resize((side, side), Image.Resampling.NEAREST).convert("RGB"))
+    draw = ImageDraw.Draw(picture)
+    draw.text((8, side + 4), answer, fill="black", font=ImageFont.load_default(24))
+    draw.text((8, side + 34), detail, fill="#444", font=ImageFont.load_default(14))
+    return picture
 
 
 def prepare_image(path, dataset, source=None):
@@ -128,16 +166,56 @@ def prepare_image(path, dataset, source=None):
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    grey = torch.frombuffer(bytearray(image.convert("L").tobytes()), dtype=torch.uint8)
-    grey = grey.view(image.size[1], image.size[0]).float()
-    if float(grey.max() - grey.min()) < NO_INK * 255:
-        raise InputError(f"{path}: no digit found (the image is blank: no ink on it)")
-    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if border.mean() > 127:  # dark ink on light paper: MNIST is the other way round
-        grey = 255 - grey
+    # A phone photo has far more pixels than a digit needs: the work and memory
+    # below then stay bounded, and a digit a hundredth of the photo wide still
+    # keeps the 20 pixels it is scaled to.
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+    rgb = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+    rgb = rgb.view(image.size[1], image.size[0], 3).permute(2, 0, 1).float()
     if dataset != "mnist":
+        grey = torch.tensordot(LUMA, rgb, dims=1)
+        if float(grey.max() - grey.min()) < NO_INK * 255:
+            raise InputError(f"{path}: nothing found (the image is blank: no ink on it)")
+        border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+        if border.mean() > 127:  # a light background: Fashion-MNIST's is black
+            grey = 255 - grey
         return _resize(grey, (28, 28)).round().clamp(0, 255).to(torch.uint8)
-    return _mnist_digit(grey)
+    ink = ink_map(rgb)
+    if float(ink.max()) < NO_INK * 255:
+        raise InputError(f"{path}: no digit found (the image is blank: no ink on it)")
+    return _mnist_digit(ink * (255 / float(ink.max())))
+
+
+def ink_map(rgb):
+    """How far each pixel of RGB (float [3, H, W]) stands out from the paper,
+    light on dark as MNIST's digits are: 0 on the background, more on the ink.
+
+    The paper is a plane per colour channel fitted to the picture's border (the
+    digit is assumed not to touch it), so an even page, a page in shade and a
+    colour gradient are all taken away; a pixel's ink is its largest difference
+    from that plane over the three channels, so blue ink on red paper counts as
+    much as black ink on white. The border's own differences are the photo's
+    noise: the ink is what lies beyond them."""
+    h, w = rgb.shape[1:]
+    blur = max(1, round(min(h, w) / 100)) | 1  # grain smaller than a stroke
+    if blur > 1:
+        padded = torch.nn.functional.pad(rgb[None], [blur // 2] * 4, mode="replicate")
+        rgb = torch.nn.functional.avg_pool2d(padded, blur, stride=1)[0]
+    band = max(1, round(BORDER * min(h, w)))
+    edge = torch.ones(h, w, dtype=torch.bool)
+    edge[band:-band, band:-band] = False
+    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    basis = torch.stack([torch.ones(h, w), x, y], dim=-1)  # [H, W, 3]: a plane a + bx + cy
+    known, values = basis[edge], rgb[:, edge].T  # [B, 3] each
+    keep = torch.ones(len(known), dtype=torch.bool)
+    for _ in range(2):  # fit, then again without the border pixels the fit missed by far
+        fit = torch.linalg.lstsq(known[keep], values[keep]).solution
+        miss = (known @ fit - values).abs().amax(dim=1)
+        keep = miss <= miss.median() + 3 * (miss - miss.median()).abs().median() + 1
+    paper = (basis @ fit).permute(2, 0, 1)
+    ink = (rgb - paper).abs().amax(dim=0)
+    noise = float(torch.quantile(ink[edge], 0.99))
+    return (ink - noise).clamp(min=0)
 
 
 def _resize(grey, size):
@@ -184,8 +262,9 @@ def classify_test_images(model, dataset, args):
         taken[digit] = taken.get(digit, 0) + 1
         name = f"{digit}.png" if taken[digit] == 1 else f"{digit}-{taken[digit]}.png"
         path = os.path.join(args.out_dir, name)
-        write_output(path, lambda f, image=image: _png(image).save(f, "PNG"), args.checkpoint)
         truth = int(test.labels[index])
+        picture = labelled(image, f"{digit} ({100 * probability:.1f}%)", f"labelled {truth}")
+        write_output(path, lambda f, picture=picture: picture.save(f, "PNG"), args.checkpoint)
         say(f"{path}: {digit} ({100 * probability:.1f}%), test image {index}, labelled {truth}")
     return 0
 

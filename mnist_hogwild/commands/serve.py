@@ -13,7 +13,6 @@ beside it): saves are atomic, so a reload never sees half a file.
 """
 
 import io
-import json
 import os
 import signal
 import socket
@@ -26,7 +25,6 @@ from mnist_hogwild.core.errors import CheckpointError, InputError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import STOP_SIGNALS
 from mnist_hogwild.run import checkpoint
-from mnist_hogwild.run.checkpoint_manager import run_files
 
 MAX_BODY = 4 * 2**20  # bytes: a drawing is a few KB, a phone photo a few MB
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "index.html")
@@ -80,27 +78,6 @@ class Model:
             return self.model, self.state
 
 
-def metrics(path):
-    """The run's metrics rows, from the metrics file beside the checkpoint
-    (written at every epoch of a run going on); none if it is missing."""
-    rows = []
-    try:
-        with open(run_files(path)[1]) as f:
-            rows = [metrics_row(line) for line in f if line.strip()]
-    except OSError:
-        pass
-    return [r for r in rows if r is not None]
-
-
-def metrics_row(text):
-    try:
-        row = json.loads(text)
-    except ValueError:
-        return None
-    keys = ("epoch", "train_loss", "test_loss", "accuracy_percent")
-    return {k: row.get(k) for k in keys} if isinstance(row, dict) else None
-
-
 def make_app(model):
     from starlette.applications import Starlette  # noqa: PLC0415 - only serve needs them
     from starlette.responses import FileResponse, JSONResponse  # noqa: PLC0415
@@ -136,7 +113,9 @@ def make_app(model):
         )
 
     async def rows(request):
-        return JSONResponse({"checkpoint": model.path, "metrics": metrics(model.path)})
+        return JSONResponse(
+            {"checkpoint": model.path, "metrics": checkpoint.read_metrics(model.path)}
+        )
 
     async def page(request):
         return FileResponse(PAGE, media_type="text/html")

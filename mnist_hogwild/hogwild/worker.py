@@ -98,7 +98,7 @@ def train_loop(progress, parent_alive, model, state, train, config, setup, sched
         torch.use_deterministic_algorithms(True)
     train_set = data.map_split(train) if isinstance(train, data.SplitFiles) else train
     scale, shift = data.normalizer(config.dataset)
-    optimizer = optim.make(config.optimizer, model.parameters(), config.lr, config.momentum, state)
+    optimizer = optim.from_config(config, model.parameters(), state)
     generator = dropout_generator(device)
     model.train()
     order_epoch, order = None, None

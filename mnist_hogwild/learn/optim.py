@@ -6,7 +6,7 @@ Adam's two moments and its step counts) in shared memory, and every worker's
 optimizer points at those very tensors, so all workers update one state
 racily, without locks, exactly as they update the weights. The state stays
 a single thing the parent can checkpoint and restore; races cost only noise
-(once Adam reads each moment once per step: ADAM_SQ_FLOOR says why).
+(once Adam reads each moment once per step: adam_sq_floor says why).
 
 Why not torch.optim itself: its first use imports torch._dynamo, which adds
 seconds to every process's start (scripts/optim_import_cost.py measures it;
@@ -20,19 +20,21 @@ import torch
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
+
 # Written by one process, Adam's moments obey exp_avg_sq >= exp_avg**2 * bound
-# (Cauchy-Schwarz on their two exponential sums), so a step moves a weight by a
-# few lr at most. Racing workers break it. They start in step and update the
-# same tensor at the same moment: a worker whose own gradient is 0 at a weight
-# (a dropped-out channel) reads exp_avg_sq there as 0 for its denominator, then
-# reads exp_avg after another worker's gradient has landed in it, and divides
-# by eps: the weight moves by about lr * 1e7 and training diverges in its
-# first batches (1 run in 4 with Adam on 2 processes). So a step reads
-# exp_avg once, and floors exp_avg_sq at half the bound from that same read:
-# where the moments agree nothing changes (torch's arithmetic, bitwise), and
-# a racy step stays a few lr.
-_B1, _B2 = ADAM_BETAS
-ADAM_SQ_FLOOR = 0.5 * (1 - _B2) * (1 - _B1**2 / _B2) / (1 - _B1) ** 2
+# (Cauchy-Schwarz on their two exponential sums, for beta1^2 < beta2), so a
+# step moves a weight by a few lr at most. Racing workers break it. They start
+# in step and update the same tensor at the same moment: a worker whose own
+# gradient is 0 at a weight (a dropped-out channel) reads exp_avg_sq there as
+# 0 for its denominator, then reads exp_avg after another worker's gradient
+# has landed in it, and divides by eps: the weight moves by about lr * 1e7 and
+# training diverges in its first batches (1 run in 4 with Adam on 2
+# processes). So a step reads exp_avg once, and floors exp_avg_sq at half the
+# bound from that same read: where the moments agree nothing changes (torch's
+# arithmetic, bitwise), and a racy step stays a few lr.
+def adam_sq_floor(betas):
+    b1, b2 = betas
+    return 0.5 * (1 - b2) * (1 - b1**2 / b2) / (1 - b1) ** 2
 
 
 class SharedStateOptimizer:
@@ -45,9 +47,9 @@ class SharedStateOptimizer:
     # happened), the rest are state and are averaged over the nodes.
     counted = ()
 
-    def __init__(self, params, lr, momentum, state):
+    def __init__(self, params, lr, momentum, state, betas=ADAM_BETAS):
         self.params = list(params)
-        self.lr, self.momentum = lr, momentum
+        self.lr, self.momentum, self.betas = lr, momentum, tuple(betas)
         self.state = state
         if len(self.state) != len(self.params):
             raise ValueError("one state dict per parameter")
@@ -156,16 +158,16 @@ class MomentumSGD(SharedStateOptimizer):
 
 
 class Adam(SharedStateOptimizer):
-    """torch.optim.Adam's single-tensor arithmetic (betas 0.9/0.999, eps 1e-8,
-    no weight decay, no AMSGrad), with exp_avg_sq floored where racing
-    workers left it short (ADAM_SQ_FLOOR). --momentum does not apply to it."""
+    """torch.optim.Adam's single-tensor arithmetic (eps 1e-8, no weight decay,
+    no AMSGrad), with exp_avg_sq floored where racing
+    workers left it short (adam_sq_floor). --momentum does not apply to it."""
 
     name = "adam"
     counted = ("step",)
 
     @classmethod
     def settings(cls, config):
-        return f"betas {ADAM_BETAS[0]}/{ADAM_BETAS[1]}, eps {ADAM_EPS:g}"
+        return f"betas {config.betas[0]}/{config.betas[1]}, eps {ADAM_EPS:g}"
 
     @classmethod
     def new_state(cls, params):
@@ -180,7 +182,8 @@ class Adam(SharedStateOptimizer):
 
     @torch.no_grad()
     def step(self):
-        beta1, beta2 = ADAM_BETAS
+        beta1, beta2 = self.betas
+        floor = adam_sq_floor(self.betas)
         for p, s in zip(self.params, self.state, strict=True):
             if p.grad is None:
                 continue
@@ -194,14 +197,14 @@ class Adam(SharedStateOptimizer):
             step_size = self.lr / bias_correction1
             # One read of each moment: the other workers write them meanwhile.
             first = exp_avg.clone()
-            second = torch.maximum(exp_avg_sq, first.square().mul_(ADAM_SQ_FLOOR))
+            second = torch.maximum(exp_avg_sq, first.square().mul_(floor))
             denom = second.sqrt_().div_(bias_correction2**0.5).add_(ADAM_EPS)
             p.addcdiv_(first, denom, value=-step_size)
 
     def hyperparameters(self):
         return {
             "lr": self.lr,
-            "betas": ADAM_BETAS,
+            "betas": self.betas,
             "eps": ADAM_EPS,
             "weight_decay": 0,
             "amsgrad": False,
@@ -220,8 +223,15 @@ class Adam(SharedStateOptimizer):
 OPTIMIZERS = {cls.name: cls for cls in (MomentumSGD, Adam)}
 
 
-def make(name, params, lr, momentum, state=None):
-    """The NAME optimizer over PARAMS, on STATE (fresh if None)."""
+def make(name, params, lr, momentum, state=None, betas=ADAM_BETAS):
+    """The NAME optimizer over PARAMS, on STATE (fresh if None). Each uses its
+    own settings: SGD MOMENTUM, Adam's BETAS."""
     cls = OPTIMIZERS[name]
     params = list(params)
-    return cls(params, lr, momentum, cls.new_state(params) if state is None else state)
+    state = cls.new_state(params) if state is None else state
+    return cls(params, lr, momentum, state, betas)
+
+
+def from_config(config, params, state=None):
+    """The optimizer CONFIG names, with its settings, over PARAMS."""
+    return make(config.optimizer, params, config.lr, config.momentum, state, config.betas)

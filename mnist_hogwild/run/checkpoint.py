@@ -172,6 +172,31 @@ def metrics_path(checkpoint_path):
     return os.path.splitext(checkpoint_path)[0] + ".metrics.jsonl"
 
 
+METRICS_KEYS = ("epoch", "train_loss", "test_loss", "accuracy_percent")
+
+
+def read_metrics(checkpoint_path):
+    """The run's epochs from the metrics file beside CHECKPOINT_PATH (written at
+    every epoch of a run going on): dicts of METRICS_KEYS, lines that are not
+    such a row skipped; none if the file is missing."""
+    try:
+        with open(metrics_path(checkpoint_path)) as f:
+            rows = [_metrics_row(line) for line in f if line.strip()]
+    except OSError:
+        return []
+    return [r for r in rows if r is not None]
+
+
+def _metrics_row(text):
+    try:
+        row = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or not all(_number(row.get(k)) for k in METRICS_KEYS):
+        return None
+    return {k: row[k] for k in METRICS_KEYS}
+
+
 def write_metrics(checkpoint_path, metrics):
     """Rewrite the JSON-lines file beside the checkpoint from its list, atomically:
     it then always agrees with the checkpoint, even after a crash between the two."""
@@ -279,11 +304,20 @@ def _number(value, integer=False):
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _betas_ok(value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_number, value)):
+        return False
+    b1, b2 = value
+    return 0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2
+
+
 CONFIG_CHECKS = {
     "batch_size": (lambda v: _number(v, True) and v > 0, "a whole number above 0"),
     "epochs": (lambda v: _number(v, True) and v > 0, "a whole number above 0"),
     "lr": (lambda v: _number(v) and v > 0, "a finite number above 0"),
     "momentum": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "betas": (_betas_ok, "two numbers B1, B2 with 0 <= B1 < 1, 0 < B2 < 1 and B1^2 < B2"),
+    "dropout": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     "seed": (lambda v: _number(v, True) and 0 <= v < MAX_SEED, "in [0, 2^63)"),
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),

@@ -130,9 +130,9 @@ class SharedModel:
     def build(cls, config, device, state, checkpoints, per_epoch):
         """Fresh (seeded), or restored from STATE, then shared."""
         torch.manual_seed(config.seed)
-        model = Net().to(device)
+        model = Net(config.dropout).to(device)
         params = list(model.parameters())
-        optimizer = optim.make(config.optimizer, params, config.lr, config.momentum)
+        optimizer = optim.from_config(config, params)
         if state is None:
             record, run_id = checkpoint.Progress(0, 0, per_epoch, config.seed), None
         else:

@@ -1,0 +1,129 @@
+"""The pictures the commands draw: a confusion matrix (evaluate --plot) and the
+training curves of a run (plot), as PNG, with matplotlib.
+
+matplotlib is imported here only, when a picture is asked for: training and
+the other commands never load it (it and numpy would add to every start).
+Figures are made with matplotlib.figure.Figure, not pyplot: no global state,
+no GUI backend to pick, and savefig draws PNG with Agg.
+"""
+
+from mnist_hogwild.core.config import MNIST
+
+# Fashion-MNIST's ten classes, in label order (its README's names).
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+DPI = 100
+
+
+def class_names(dataset):
+    """(what a class is called, the ten names) for DATASET."""
+    if dataset == MNIST:
+        return "digit", [str(d) for d in range(10)]
+    return "class", list(FASHION_CLASSES)
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure  # noqa: PLC0415 - only pictures need matplotlib
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def confusion_figure(confusion, dataset, title):
+    """The confusion matrix CONFUSION (a 10x10 tensor: rows true, columns
+    predicted) with each cell's count, and each true class's accuracy at the
+    right. The diagonal is blue by the share of its class it got right; the
+    mistakes are red by their count against the largest mistake, so that a
+    handful of errors shows (on one scale they would be as white as zero)."""
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    what, names = class_names(dataset)
+    counts = confusion.tolist()
+    n = len(names)
+    totals = [max(1, sum(row)) for row in counts]
+    worst = max([counts[t][p] for t in range(n) for p in range(n) if t != p] + [1])
+    right, wrong = colormaps["Blues"], colormaps["Reds"]
+    colours = [
+        [
+            (
+                right(counts[t][p] / totals[t])
+                if t == p
+                else (wrong(0.75 * counts[t][p] / worst) if counts[t][p] else (1.0, 1.0, 1.0, 1.0))
+            )
+            for p in range(n)
+        ]
+        for t in range(n)
+    ]
+    fig = _figure(6.4 if dataset == MNIST else 8.4, 6.0 if dataset == MNIST else 7.2)
+    ax = fig.add_subplot()
+    ax.imshow(colours)
+    for t in range(n):
+        for p in range(n):
+            count = counts[t][p]
+            dark = t == p and count / totals[t] > 0.5
+            colour = "white" if dark else ("black" if count else "0.7")
+            ax.text(p, t, str(count), ha="center", va="center", color=colour, fontsize=9)
+        accuracy = 100 * counts[t][t] / totals[t]
+        ax.text(n - 0.3, t, f"{accuracy:.1f}%", ha="left", va="center", fontsize=9)
+    ax.text(n - 0.3, -0.7, "accuracy", ha="left", va="bottom", fontsize=9, weight="bold")
+    ax.set_xticks(
+        range(n),
+        names,
+        rotation=0 if dataset == MNIST else 40,
+        ha="right" if dataset != MNIST else "center",
+    )
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel(f"predicted {what}", weight="bold")
+    ax.set_ylabel(f"true {what}", weight="bold")
+    ax.tick_params(length=0)
+    ax.set_xlim(-0.5, n + 1.2)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.spines["bottom"].set_bounds(-0.5, n - 0.5)
+    fig.suptitle(title)
+    return fig
+
+
+def curves_figure(rows, title):
+    """Loss (training and test) and test accuracy per epoch, from a run's
+    metrics rows (STEM.metrics.jsonl)."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    epochs = [r["epoch"] for r in rows]
+    fig = _figure(9, 3.8)
+    loss, accuracy = fig.subplots(1, 2)
+    loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training")
+    loss.plot(epochs, [r["test_loss"] for r in rows], "o-", label="test")
+    loss.set_ylabel("loss (negative log-likelihood)")
+    loss.legend()
+    accuracy.plot(epochs, [r["accuracy_percent"] for r in rows], "o-", color="tab:green")
+    accuracy.set_ylabel("test accuracy (%)")
+    best = max(rows, key=lambda r: r["accuracy_percent"])
+    accuracy.annotate(
+        f"best {best['accuracy_percent']:.2f}%",
+        (best["epoch"], best["accuracy_percent"]),
+        textcoords="offset points",
+        xytext=(0, -16),
+        ha="center",
+    )
+    for ax in (loss, accuracy):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    return fig
+
+
+def save_png(fig, f):
+    """Write FIG to the open binary file F as PNG."""
+    fig.savefig(f, format="png")

@@ -1,0 +1,36 @@
+"""The `plot` command: a run's training curves (loss and test accuracy per
+epoch) as a PNG, from the metrics file beside its checkpoint."""
+
+import os
+
+from mnist_hogwild.commands import figures
+from mnist_hogwild.commands.output import check_output, write_output
+from mnist_hogwild.core.errors import InputError
+from mnist_hogwild.core.loglines import say
+from mnist_hogwild.run import checkpoint
+
+
+def add_arguments(p):
+    p.add_argument(
+        "--out", default="curves.png", metavar="FILE", help="the PNG to write (default: curves.png)"
+    )
+
+
+def run_command(args):
+    """Draw the curves of the run on args.checkpoint; one line out."""
+    check_output(args.out, args.checkpoint)
+    metrics = checkpoint.metrics_path(args.checkpoint)
+    rows = checkpoint.read_metrics(args.checkpoint)
+    if not rows:
+        why = "has no epochs yet" if os.path.exists(metrics) else "does not exist"
+        raise InputError(f"{metrics} {why}: train at least one epoch on {args.checkpoint}")
+    epochs = f"{len(rows)} epoch" + ("s" if len(rows) > 1 else "")
+    title = f"training of {os.path.basename(args.checkpoint)}: {epochs}"
+    picture = figures.curves_figure(rows, title)
+    write_output(args.out, lambda f: figures.save_png(picture, f), args.checkpoint)
+    best = max(rows, key=lambda r: r["accuracy_percent"])
+    say(
+        f"{metrics}: {epochs}, best test accuracy {best['accuracy_percent']:.2f}% "
+        f"(epoch {best['epoch']}); wrote {args.out}"
+    )
+    return 0
