@@ -56,7 +56,13 @@ RUN set -eu; \
 #   (the export command's default format) imports it;
 # - Pillow's AVIF codec and Tk bridge (the commands read PNG, JPEG and the like;
 #   Pillow imports each codec only when a file needs it);
-# - the symbol tables of the shared libraries (about 90 MB of libtorch_cpu.so);
+# - matplotlib (evaluate --plot and plot draw PNG with Agg, in DejaVu Sans):
+#   its other fonts (STIX, Computer Modern, Serif, Mono), the fontTools
+#   subpackages that only font editing and PDF/PS output use (Agg loads
+#   fontTools.agl and fontTools.misc), and numpy's f2py and distutils (build
+#   tools); mpl_toolkits stays: matplotlib warns at every figure without it;
+# - the symbol tables of the shared libraries (about 90 MB of libtorch_cpu.so),
+#   but numpy's OpenBLAS, which no longer loads once stripped;
 #   cpu only: the CUDA variant's libraries are left as NVIDIA and PyPI ship them.
 # The .pyc files stay: without them every start compiles torch again, and
 # importing torch took 3.4 s instead of 2.1 s here.
@@ -67,20 +73,29 @@ RUN set -eu; \
         "$site"/torch/lib/libbackend_with_compiler.so "$site"/torch/lib/libaoti_custom_ops.so \
         "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* \
         "$site"/_distutils_hack "$site"/distutils-precedence.pth /opt/venv/bin/pip* \
-        "$site"/PIL/_avif.* "$site"/PIL/_imagingtk.* "$site"/pillow.libs/libavif-*; \
+        "$site"/PIL/_avif.* "$site"/PIL/_imagingtk.* "$site"/pillow.libs/libavif-* \
+        "$site"/numpy/f2py "$site"/numpy/distutils /opt/venv/bin/f2py; \
+    find "$site/matplotlib/mpl-data/fonts" -type f ! -name 'DejaVuSans.ttf' \
+        ! -name 'DejaVuSans-*.ttf' ! -name 'LastResort*' ! -name 'LICENSE*' -delete; \
+    find "$site/fontTools" -mindepth 1 -maxdepth 1 ! -name __init__.py ! -name agl.py \
+        ! -name misc ! -name __pycache__ -exec rm -rf {} +; \
     find "$site" -depth -type d \( -name tests -o -name benchmarks \) -exec rm -rf {} +; \
     find "$site" -type f \( -name '*.pyi' -o -name '*.h' \) -delete; \
     find "$site/torch/bin" -type f ! -name torch_shm_manager -delete; \
     if [ "$TORCH_VARIANT" = cpu ]; then \
-        find /opt/venv -name '*.so*' -type f -exec strip --strip-unneeded {} +; \
+        find /opt/venv -name '*.so*' -type f ! -path '*/numpy.libs/*' \
+            -exec strip --strip-unneeded {} +; \
     fi; \
-    /opt/venv/bin/python -c 'import torch; m = torch.nn.Conv2d(1, 2, 3); \
+    MPLCONFIGDIR=/opt/venv/mplconfig /opt/venv/bin/python -c 'import torch; m = torch.nn.Conv2d(1, 2, 3); \
         o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.5); \
         m(torch.zeros(1, 1, 5, 5)).sum().backward(); o.step(); \
         torch.export.export(m.eval(), (torch.zeros(1, 1, 5, 5),)); \
         from PIL import Image, ImageDraw; i = Image.new("L", (9, 9)); \
         ImageDraw.Draw(i).text((0, 0), "1"); import io; i.save(io.BytesIO(), "PNG"); \
-        i.convert("RGB").save(io.BytesIO(), "JPEG")'
+        i.convert("RGB").save(io.BytesIO(), "JPEG"); \
+        from matplotlib.figure import Figure; f = Figure(); a = f.add_subplot(); \
+        a.imshow([[0, 1], [1, 0]]); a.plot([1, 2], [3, 4], "o-"); a.set_xlabel("x"); \
+        a.text(0, 0, "7", weight="bold"); f.savefig(io.BytesIO(), format="png")'
 
 # ---------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE}
@@ -91,8 +106,9 @@ LABEL org.opencontainers.image.title="mnist-hogwild" \
       org.opencontainers.image.source="https://github.com/mnist-hogwild/mnist-hogwild" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="BSD-3-Clause"
-# numpy is not installed (nothing here needs it); torch warns about that at
-# every import, so that one warning is silenced.
+# MPLCONFIGDIR: matplotlib's font list, made once at build time (the sanity
+# check draws a figure) instead of at every picture; writable by any uid
+# (docker run --user), since matplotlib warns where it cannot write there.
 # NVIDIA_DRIVER_CAPABILITIES: what the NVIDIA Container Toolkit mounts from the
 # host's driver under --gpus (compute: CUDA; utility: nvidia-smi). Inert without it.
 # MNIST_HOGWILD_IMAGE: `serve` listens on 0.0.0.0 here (docker run -p reaches it),
@@ -105,7 +121,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONWARNINGS="ignore:Failed to initialize NumPy"
+    MPLCONFIGDIR=/opt/venv/mplconfig
 COPY --from=builder /opt/venv /opt/venv
 COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 # The code lives in /opt/mnist-hogwild (the default command), and also in
@@ -121,7 +137,7 @@ RUN python -m compileall -q /opt/mnist-hogwild
 COPY *.py /workspace/
 COPY mnist_hogwild/ /workspace/mnist_hogwild/
 # Any uid may write here when no volume is mounted (docker run --user).
-RUN chmod 1777 /workspace
+RUN chmod 1777 /workspace /opt/venv/mplconfig
 WORKDIR /workspace
 # Python gets SIGINT (exec'd by the entrypoint, PID 1): it saves a checkpoint.
 STOPSIGNAL SIGINT

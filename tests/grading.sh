@@ -59,9 +59,10 @@ if [ -n "${BASE_IMAGE:-}" ] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&
   added=$(((size - base) / 1000000))
   echo "base image $BASE_IMAGE: $((base / 1000000)) MB; added by this image: $added MB"
   # 524 MB before Pillow (the commands' image library) was added; it may add 20 MB;
-  # networkx, which torch.export imports, about 10 MB.
-  [ "$added" -le "${MAX_ADDED:-555}" ] && pass "added over the base: $added MB <= ${MAX_ADDED:-555} MB" \
-    || fail "added over the base: $added MB > ${MAX_ADDED:-555} MB"
+  # networkx, which torch.export imports, about 10 MB; matplotlib and numpy (the
+  # pictures), trimmed, about 82 MB. The whole image stays under 800 MB.
+  [ "$added" -le "${MAX_ADDED:-640}" ] && pass "added over the base: $added MB <= ${MAX_ADDED:-640} MB" \
+    || fail "added over the base: $added MB > ${MAX_ADDED:-640} MB"
 fi
 [ "$size" -le "$MAX_SIZE" ] && pass "size $((size / 1000000)) MB <= $((MAX_SIZE / 1000000)) MB" \
   || fail "size $((size / 1000000)) MB > $((MAX_SIZE / 1000000)) MB"
