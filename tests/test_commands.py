@@ -1,6 +1,5 @@
 """After training: the evaluate, infer and export commands, through real processes."""
 
-import importlib.util
 import json
 import re
 import os
@@ -14,6 +13,7 @@ from PIL import Image, ImageDraw
 from mnist_hogwild.run import checkpoint
 from mnist_hogwild.learn import data
 from conftest import MAIN, run_trainer
+import photo_digits
 
 pytestmark = pytest.mark.slow
 
@@ -147,10 +147,9 @@ def test_infer_reads_real_test_digits_in_any_size_and_colour(mnist_model, mnist_
 def test_infer_reads_photo_like_digits_and_shows_what_it_saw(
     mnist_model, mnist_dir, tmp_path, kind
 ):
-    """Real test digits redrawn as photos (scripts/photo_digits.py): paper in
+    """Real test digits redrawn as photos (tests/photo_digits.py): paper in
     shade, a noisy colour gradient, a blue pen. Before the paper was modelled
     as a plane, infer read a third to two thirds of these right."""
-    photo_digits = load_script("photo_digits")
     test = data.load_split(data.prepare(mnist_dir, "mnist")["test"])
     g = torch.Generator().manual_seed(1)
     paths, labels = [], []
@@ -166,14 +165,6 @@ def test_infer_reads_photo_like_digits_and_shows_what_it_saw(
     assert sum(d == t for d, t in zip(digits, labels, strict=True)) >= 9, proc.stdout
     assert sorted(os.listdir(seen)) == sorted(f"{i}.seen.png" for i in range(10))
     assert Image.open(seen / "0.seen.png").size == (224, 280)
-
-
-def load_script(name):
-    path = os.path.join(os.path.dirname(MAIN), "scripts", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_infer_reads_a_digit_drawn_dark_on_light(mnist_model, tmp_path):

@@ -34,9 +34,9 @@ def collective(what, training=False):
 
 
 # Objects between nodes. Not torch's all_gather_object/broadcast_object_list:
-# they read the bytes back with tensor.numpy(), and the image has no numpy
-# (it would add tens of MB for this alone). These send pickles as uint8
-# tensors and read them back with ctypes, nothing else.
+# they read the bytes back with tensor.numpy(), so training across machines
+# would need numpy, which only the pictures use (torch does not require it).
+# These send pickles as uint8 tensors and read them back with ctypes.
 def _bytes_tensor(payload):
     return (
         torch.frombuffer(bytearray(payload), dtype=torch.uint8)

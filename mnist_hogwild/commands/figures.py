@@ -2,7 +2,7 @@
 training curves of a run (plot), as PNG, with matplotlib.
 
 matplotlib is imported here only, when a picture is asked for: training and
-the other commands never load it (it and numpy would add to every start).
+the other commands never load it (it would add to every start).
 Figures are made with matplotlib.figure.Figure, not pyplot: no global state,
 no GUI backend to pick, and savefig draws PNG with Agg.
 """
