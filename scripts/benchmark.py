@@ -656,7 +656,8 @@ def plot_time_to_accuracy(result, path):
     colours = {"sample": "tab:blue", "fast": "tab:orange", "fast --epochs 3": "tab:green"}
     for r in result["time_to_accuracy"]:
         for i, curve in enumerate(r["curves"]):
-            label = f"{r['recipe']}, {r['processes']} processes" if i == 0 else None
+            many = "es" if r["processes"] > 1 else ""
+            label = f"{r['recipe']}, {r['processes']} process{many}" if i == 0 else None
             style = {1: ":", 2: "-", 4: "--"}.get(r["processes"], "-.")
             ax.plot(
                 [c[0] for c in curve],
@@ -668,7 +669,8 @@ def plot_time_to_accuracy(result, path):
                 label=label,
                 alpha=0.8,
             )
-    ax.axhline(98, color="gray", linewidth=0.8)
+    for target in TTA_TARGETS:
+        ax.axhline(target, color="gray", linewidth=0.8)
     ax.set_ylim(90, 100)
     ax.set_xlabel("seconds since the command")
     ax.set_ylabel("test accuracy (%)")

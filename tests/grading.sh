@@ -105,8 +105,14 @@ in_image() { run "$IMAGE" python -c "$1"; }
 python3 -c 'from PIL import Image, ImageDraw; i = Image.new("L", (60, 80), 255)
 ImageDraw.Draw(i).line([(10, 12), (50, 12), (26, 72)], fill=0, width=7); i.save("my7.png")'
 before=$(sha1sum model_checkpoint.pth)
-out=$(readme evaluate) && echo "$out" && grep '"Accuracy"' eval_results.json >/dev/null \
-  && pass "evaluate wrote eval_results.json" || fail "evaluate (exit $?)"
+png_size() { python3 -c 'import sys; from PIL import Image; print("%dx%d" % Image.open(sys.argv[1]).size)' "$1"; }
+out=$(readme evaluate --plot cm.png 2>&1) && echo "$out" && grep '"Accuracy"' eval_results.json >/dev/null \
+  && [ "$(png_size cm.png)" = 640x600 ] && ! grep -qi warn <<<"$out" \
+  && pass "evaluate --plot cm.png wrote eval_results.json and a 640x600 confusion matrix, no warning" \
+  || fail "evaluate --plot (exit $?): $out"
+out=$(readme plot 2>&1) && echo "$out" && [ "$(png_size curves.png)" = 900x380 ] \
+  && ! grep -qi warn <<<"$out" && pass "plot wrote curves.png (900x380), no warning" \
+  || fail "plot: $out"
 out=$(readme infer my7.png) && echo "$out" && echo "$out" | grep -E '^my7.png: [0-9] \(' >/dev/null \
   && pass "infer my7.png answered" || fail "infer my7.png: $out"
 rm -rf results

@@ -112,9 +112,10 @@ def curves_figure(rows, title):
         f"best {best['accuracy_percent']:.2f}%",
         (best["epoch"], best["accuracy_percent"]),
         textcoords="offset points",
-        xytext=(0, -16),
+        xytext=(0, 8),
         ha="center",
     )
+    accuracy.margins(y=0.15)  # room above the best point for its label
     for ax in (loss, accuracy):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -108,11 +108,11 @@ def flag(default, help, shown=None, **argparse_options):
 # epoch enough, measured one change at a time: dropout 0.1 instead of the
 # network's 0.5 (the largest gain: one epoch is too short to overfit), and
 # Adam's betas 0.7/0.9, whose shorter memory follows the one-cycle rate within
-# the epoch. Batches of 128, not 64: with several Hogwild processes, half as
-# many updates, each from a less noisy gradient, kept every measured seed on
-# course. A peak rate of 0.01 was as good at one and two processes, but at
-# eight processes on two cores (each update computed from weights up to seven
-# updates old) it killed the network in 6 runs of 7; 0.005 stays clear.
+# the epoch, and keeps eight racing processes on course. Batches of 128, not
+# 64: with several Hogwild processes, half as many updates, each from a less
+# noisy gradient. A peak rate of 0.01 was slightly better at two processes,
+# but at eight processes on two cores (each update computed from weights up
+# to seven updates old) it killed the network in some runs; 0.005 stays clear.
 RECIPES = {
     "sample": {},
     "fast": {
