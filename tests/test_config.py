@@ -82,6 +82,16 @@ def test_a_recipe_sets_defaults_and_explicit_flags_still_win():
     assert TrainConfig.resolve(flags("--lr-schedule", "onecycle")).warmup == 0.3
 
 
+def test_the_fast_recipe_and_a_checkpoint_without_betas_or_dropout():
+    fast = TrainConfig.resolve(flags("--recipe", "fast"))
+    assert (fast.betas, fast.dropout, fast.epochs) == ((0.7, 0.9), 0.1, 1)
+    # A checkpoint written before --betas and --dropout existed trained with
+    # torch's betas and the network's dropout: a resume keeps them.
+    saved = {k: v for k, v in TrainConfig().as_dict().items() if k not in ("betas", "dropout")}
+    resumed = TrainConfig.resolve(flags(), saved)
+    assert (resumed.betas, resumed.dropout) == ((0.9, 0.999), 0.5)
+
+
 def test_on_resume_the_checkpoint_wins_over_the_recipe():
     saved = TrainConfig(epochs=4).as_dict()
     assert TrainConfig.resolve(flags("--recipe", "fast"), saved) == TrainConfig(epochs=4)

@@ -37,11 +37,12 @@ def test_momentum_sgd_is_bitwise_torch_sgd():
         assert torch.equal(s["momentum_buffer"], ref.state[p]["momentum_buffer"])
 
 
-def test_adam_is_bitwise_torch_adam():
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.7, 0.9)], ids=["torch's", "fast recipe's"])
+def test_adam_is_bitwise_torch_adam(betas):
     ours_model, ours, ref_model, ref = train_both(
         "adam",
-        dict(lr=0.005, momentum=0.0),
-        lambda p: torch.optim.Adam(p, lr=0.005, foreach=False),
+        dict(lr=0.005, momentum=0.0, betas=betas),
+        lambda p: torch.optim.Adam(p, lr=0.005, betas=betas, foreach=False),
         steps=40,  # long enough for the moments' history to matter to the floor
     )
     for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
@@ -49,6 +50,7 @@ def test_adam_is_bitwise_torch_adam():
     for s, p in zip(ours.state, ref_model.parameters(), strict=True):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(s[key], ref.state[p][key]), key
+    assert ours.state_dict()["param_groups"][0]["betas"] == betas
 
 
 def one_adam_step(grad, exp_avg, exp_avg_sq, lr=0.001):
@@ -136,3 +138,10 @@ def test_state_that_does_not_fit_is_refused():
     bad["state"][0]["momentum_buffer"] = torch.zeros(3)
     with pytest.raises(ValueError, match="does not match"):
         sgd.load_state(bad)
+
+
+def test_net_dropout_rate_holds_no_weights():
+    assert Net(0.1).state_dict().keys() == Net().state_dict().keys()
+    net = Net(0.0).train()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(net(x), net(x))  # no dropout at rate 0, even in training
