@@ -33,7 +33,6 @@ MAX_PIXELS = 50 * 10**6
 # the full range has nothing drawn on it (a blank page, a transparent image).
 NO_INK = 0.1
 ZOOM = 8  # the pictures infer writes: each of the 28x28 pixels as 8x8
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # grey from RGB, as Pillow's "L" mode
 # A photo is shrunk to at most this many pixels on a side before it is read.
 MAX_SIDE = 2048
 # The share of the picture's shorter side, at each edge, taken as paper.
@@ -170,20 +169,24 @@ def prepare_image(path, dataset, source=None):
     # below then stay bounded, and a digit a hundredth of the photo wide still
     # keeps the 20 pixels it is scaled to.
     image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
-    rgb = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-    rgb = rgb.view(image.size[1], image.size[0], 3).permute(2, 0, 1).float()
     if dataset != "mnist":
-        grey = torch.tensordot(LUMA, rgb, dims=1)
+        grey = _pixels(image.convert("L"), 1)[0]
         if float(grey.max() - grey.min()) < NO_INK * 255:
             raise InputError(f"{path}: nothing found (the image is blank: no ink on it)")
         border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
         if border.mean() > 127:  # a light background: Fashion-MNIST's is black
             grey = 255 - grey
         return _resize(grey, (28, 28)).round().clamp(0, 255).to(torch.uint8)
-    ink = ink_map(rgb)
+    ink = ink_map(_pixels(image.convert("RGB"), 3))
     if float(ink.max()) < NO_INK * 255:
         raise InputError(f"{path}: no digit found (the image is blank: no ink on it)")
     return _mnist_digit(ink * (255 / float(ink.max())))
+
+
+def _pixels(image, channels):
+    """A Pillow IMAGE's pixels as a float [CHANNELS, H, W] tensor."""
+    values = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return values.view(image.size[1], image.size[0], channels).permute(2, 0, 1).float()
 
 
 def ink_map(rgb):

@@ -165,6 +165,10 @@ class Adam(SharedStateOptimizer):
     name = "adam"
     counted = ("step",)
 
+    def __init__(self, params, lr, momentum, state, betas=ADAM_BETAS):
+        super().__init__(params, lr, momentum, state, betas)
+        self.sq_floor = adam_sq_floor(self.betas)  # once, not at every step
+
     @classmethod
     def settings(cls, config):
         return f"betas {config.betas[0]}/{config.betas[1]}, eps {ADAM_EPS:g}"
@@ -183,7 +187,6 @@ class Adam(SharedStateOptimizer):
     @torch.no_grad()
     def step(self):
         beta1, beta2 = self.betas
-        floor = adam_sq_floor(self.betas)
         for p, s in zip(self.params, self.state, strict=True):
             if p.grad is None:
                 continue
@@ -197,7 +200,7 @@ class Adam(SharedStateOptimizer):
             step_size = self.lr / bias_correction1
             # One read of each moment: the other workers write them meanwhile.
             first = exp_avg.clone()
-            second = torch.maximum(exp_avg_sq, first.square().mul_(floor))
+            second = torch.maximum(exp_avg_sq, first.square().mul_(self.sq_floor))
             denom = second.sqrt_().div_(bias_correction2**0.5).add_(ADAM_EPS)
             p.addcdiv_(first, denom, value=-step_size)
 
