@@ -1,12 +1,11 @@
 """mnist-hogwild: train an MNIST classifier on every CPU core with Hogwild.
 
 Command line and start-up. The flags are made in mnist_hogwild/commands/flags.py,
-the parent's training loop is mnist_hogwild/run/trainer.py, the workers' is
+the parent's training loop is mnist_hogwild/training/trainer.py, the workers' is
 mnist_hogwild/hogwild/worker.py, the network model.py; docs/design.md maps
 the package.
 """
 
-import importlib
 import os
 import sys
 import time
@@ -14,21 +13,41 @@ import time
 from mnist_hogwild.cluster import launcher
 from mnist_hogwild.hogwild import pool
 from mnist_hogwild.core import processes
-from mnist_hogwild.commands.flags import COMMANDS, build_parser, command_parser
+from mnist_hogwild.commands.flags import (
+    COMMANDS,
+    build_parser,
+    command_parser,
+    leader_argv,
+    settings,
+)
 from mnist_hogwild.core.errors import CheckpointError, DataError, InputError, UsageError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import exit_now
 from mnist_hogwild.hogwild.signals import StopRequest
 
 
+def command_function(name):
+    """The function that runs command NAME: imported only when that command
+    runs (after its flags are parsed, so --help answers before torch loads),
+    and named here, where static tools see every import."""
+    if name == "evaluate":
+        from mnist_hogwild.commands.evaluate import run_command
+    elif name == "infer":
+        from mnist_hogwild.commands.infer import run_command
+    elif name == "export":
+        from mnist_hogwild.commands.export import run_command
+    elif name == "plot":
+        from mnist_hogwild.commands.plot import run_command
+    else:
+        from mnist_hogwild.commands.serve import run_command
+    return run_command
+
+
 def run_command(name, argv):
-    """evaluate, infer or export: parse their flags, run, one line per error."""
-    module = importlib.import_module(f"mnist_hogwild.commands.{name}")  # its module holds it
-    parser = command_parser(name)
-    module.add_arguments(parser)
-    args = parser.parse_args(argv)
+    """evaluate, infer, export, plot or serve: parse their flags, run, one line per error."""
+    args = command_parser(name).parse_args(argv)
     try:
-        return module.run_command(args)
+        return command_function(name)(args)
     except UsageError as e:
         say(f"error: {e}", sys.stderr)
         return 2
@@ -46,15 +65,39 @@ def main(argv=None):
         return run_command(argv[0], argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
-    if args.nnodes or (os.environ.get("PET_NNODES") and not os.environ.get("TORCHELASTIC_RUN_ID")):
+    request, options, launch = settings(build_parser().parse_args(argv))
+    if launch.nnodes or (
+        os.environ.get("PET_NNODES") and not os.environ.get("TORCHELASTIC_RUN_ID")
+    ):
         try:
-            return launcher.launch(args, argv, main)
+            return launcher.launch(launch, options.start_timeout, leader_argv(argv), main)
         except UsageError as e:
             say(f"error: {e}", sys.stderr)
             return 2
     if launcher.stop_before_start():
         return 0  # the launcher got a stop signal before this leader started: nothing to do
+    code = leader_checks(options)
+    if code:
+        return code
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        stop.unwind = False  # several nodes: a stop during start-up travels with the first sync
+    # The workers' counters; startup.train forks the workers as its first step.
+    workers = pool.WorkerPool(options.num_processes, options.log_interval)
+    try:
+        # Imported here, after the handlers are in place and the flags are valid:
+        # --help or a bad flag should not wait for torch.
+        from mnist_hogwild.training import startup
+
+        if stop.signum is not None:  # a SystemExit from the handler was swallowed by an import
+            return 128 + stop.signum
+        return startup.train(request, options, stop, started, workers)
+    finally:
+        workers.stop(graceful=False)
+
+
+def leader_checks(options):
+    """This process is a node's leader (or the only one): refuse what cannot
+    work, and set what must be set before anything starts. An exit code or 0."""
     if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         say(
             "error: one leader per node: start torchrun with --nproc-per-node 1 "
@@ -66,23 +109,10 @@ def main(argv=None):
         # A leader started by torchrun's agent: if the agent is killed (SIGKILL,
         # OOM), the leader and its workers must not run on for ever.
         processes.die_with_parent(os.getppid())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        stop.unwind = False  # several nodes: a stop during start-up travels with the first sync
-    if args.deterministic:
+    if options.deterministic:
         # cuBLAS reads it when it starts, in every process: set before any starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # The workers' counters; trainer.run forks the workers as its first step.
-    workers = pool.WorkerPool(args.num_processes, args.log_interval)
-    try:
-        # Imported here, after the handlers are in place and the flags are valid:
-        # --help or a bad flag should not wait for torch.
-        from mnist_hogwild.run import trainer
-
-        if stop.signum is not None:  # a SystemExit from the handler was swallowed by an import
-            return 128 + stop.signum
-        return trainer.run(args, stop, started, workers)
-    finally:
-        workers.stop(graceful=False)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What torch.optim's first use costs a fresh process, against optim.py's own
+"""What torch.optim's first use costs a fresh process, against optimizers.py's own
 optimizers: the reason this project does not use torch.optim in its workers.
 
     python scripts/optim_import_cost.py [--repeats N]
@@ -22,7 +22,7 @@ PROBE = """
 import json, sys, time
 import torch
 sys.path.insert(0, sys.argv[2])
-from mnist_hogwild.learn import optim
+from mnist_hogwild.learn import optimizers
 model = torch.nn.Linear(4, 2)
 started = time.perf_counter()
 params = list(model.parameters())
@@ -32,7 +32,7 @@ elif sys.argv[1] == "torch.optim.Adam":
     opt = torch.optim.Adam(params, lr=0.1)
 else:
     name = "adam" if sys.argv[1].split(".")[-1].lower() == "adam" else "sgd"
-    opt = optim.make(name, params, 0.1, 0.5)
+    opt = optimizers.make(name, params, 0.1, 0.5)
 model(torch.zeros(1, 4)).sum().backward()
 opt.step()
 print(json.dumps({"seconds": time.perf_counter() - started, "dynamo": "torch._dynamo" in sys.modules}))
@@ -55,7 +55,7 @@ def main():
     args = p.parse_args()
     print("| optimizer | first step in a fresh process (median) | imports torch._dynamo |")
     print("| --- | ---: | --- |")
-    for kind in ("optim.MomentumSGD", "torch.optim.SGD", "optim.Adam", "torch.optim.Adam"):
+    for kind in ("optimizers.MomentumSGD", "torch.optim.SGD", "optimizers.Adam", "torch.optim.Adam"):
         seconds, dynamo = measure(kind, args.repeats)
         print(f"| `{kind}` | {seconds:.3f} s | {'yes' if dynamo else 'no'} |", flush=True)
 

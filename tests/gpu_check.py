@@ -38,7 +38,7 @@ import time
 import harness
 from harness import Trainer, flags
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn.evaluation import evaluate
 

@@ -7,8 +7,8 @@ import signal
 
 import torch
 
-from mnist_hogwild.run import checkpoint
-from mnist_hogwild.learn import optim
+from mnist_hogwild.training import checkpoint
+from mnist_hogwild.learn import optimizers
 from mnist_hogwild.core.config import TrainConfig
 from model import Net
 
@@ -29,9 +29,9 @@ def assert_same_weights(a, b):
 def valid_state(**changes):
     """A complete, loadable checkpoint dict for a fresh Net (with CHANGES)."""
     net = Net()
-    progress = checkpoint.Progress(epoch=1, step=0, batches_per_epoch=10, seed=1)
-    optimizer = optim.MomentumSGD(
-        net.parameters(), 0.1, 0.5, optim.OPTIMIZERS["sgd"].new_state(list(net.parameters()))
+    progress = checkpoint.Record(epoch=1, step=0, batches_per_epoch=10, seed=1)
+    optimizer = optimizers.MomentumSGD(
+        net.parameters(), 0.1, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(list(net.parameters()))
     )
     config = TrainConfig().as_dict()
     state = checkpoint.make_state(net, optimizer.state_dict(), progress, config, {}, "run")
@@ -57,7 +57,7 @@ BAD_CHECKPOINTS = [
         lambda p: torch.save(
             {**valid_state(), "model_state": torch.nn.Linear(2, 2).state_dict()}, p
         ),
-        "different model",
+        "another network than this model.py's Net",
     ),
     ("runs-code", lambda p: torch.save({**valid_state(), "x": RunsCode()}, p), "could run code"),
 ]

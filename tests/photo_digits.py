@@ -22,7 +22,7 @@ sys.path.insert(0, REPO)
 from mnist_hogwild.commands.infer import class_probabilities, prepare_image  # noqa: E402
 from mnist_hogwild.core.errors import InputError  # noqa: E402
 from mnist_hogwild.learn import data  # noqa: E402
-from mnist_hogwild.run import checkpoint  # noqa: E402
+from mnist_hogwild.training import checkpoint  # noqa: E402
 
 SIZE = 224  # pixels on a side, about a cropped phone photo of one digit
 

@@ -29,7 +29,7 @@ import procs
 from harness import MAIN, docker, docker_run
 from procs import LineReader
 
-from mnist_hogwild.run import checkpoint  # (found through the path harness sets)
+from mnist_hogwild.training import checkpoint  # (found through the path harness sets)
 from model import Net
 
 

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import torch
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.core import processes
 from helpers import BAD_CHECKPOINTS, fail_writes_with, valid_state, wrapped_fdopen
 from model import Net
@@ -68,7 +68,7 @@ def test_process_killed_mid_save_leaves_the_old_file(tmp_path):
     before = open(path, "rb").read()
     script = (
         "import torch, helpers\n"
-        "from mnist_hogwild.run import checkpoint\n"
+        "from mnist_hogwild.training import checkpoint\n"
         "checkpoint.os.fdopen = helpers.wrapped_fdopen(helpers.die_halfway)\n"
         f"checkpoint.save({{'x': torch.zeros(3)}}, {path!r})\n"
     )
@@ -155,3 +155,16 @@ def test_a_version_1_checkpoint_still_loads(tmp_path):
     loaded = checkpoint.load(path, expected())
     assert loaded["config"]["batch_size"] == 64 and "num_processes" not in loaded["config"]
     assert loaded["metrics"][0]["accuracy_percent"] == pytest.approx(97.12)
+
+
+def test_a_checkpoint_of_an_edited_network_names_both_shapes_and_the_way_out(tmp_path):
+    """model.py edited (a wider first layer), then a command run with the old one."""
+    wider = Net()
+    wider.conv1 = torch.nn.Conv2d(1, 32, kernel_size=5)
+    path = str(tmp_path / "wide.pth")
+    checkpoint.save(valid_state(model_state=wider.state_dict()), path)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(path, expected())
+    message = str(err.value)
+    assert "its conv1.weight is 32x1x5x5, this Net's 10x1x5x5" in message
+    assert "rebuild it after editing model.py" in message and "/workspace/train.py" in message

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from mnist_hogwild.run import checkpoint
-from mnist_hogwild.run.checkpoint_manager import CheckpointManager
+from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training.checkpoint_manager import CheckpointManager
 from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 from helpers import valid_state
@@ -66,7 +66,7 @@ def test_the_lock_goes_with_a_killed_process_and_the_next_run_says_it_was_killed
     path = tmp_path / "ck.pth"
     script = (
         "import os, signal, sys\n"
-        "from mnist_hogwild.run.checkpoint_manager import CheckpointManager\n"
+        "from mnist_hogwild.training.checkpoint_manager import CheckpointManager\n"
         "from mnist_hogwild.core.config import RunOptions\n"
         "m = CheckpointManager(RunOptions(checkpoint=sys.argv[1]), print, print)\n"
         "m.open()\n"

@@ -13,10 +13,11 @@ import time
 import pytest
 import torch
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn import evaluation
 from mnist_hogwild.cluster import launcher
+from mnist_hogwild.commands import flags
 from mnist_hogwild.core import loglines
 from mnist_hogwild.cluster import cadence as sync_cadence
 from mnist_hogwild.cluster import nodes
@@ -28,7 +29,9 @@ from procs import LineReader, Timeout
 
 def test_launch_flags_are_not_passed_to_the_leaders():
     argv = ["--nnodes", "2", "--epochs", "3", "--rdzv-endpoint=h:1", "--max-restarts", "1", "-x"]
-    assert launcher.leader_argv(argv) == ["--epochs", "3", "-x"]
+    assert flags.leader_argv(argv) == ["--epochs", "3", "-x"]
+    argv = ["--verbose", "--rdzv-id", "j", "--local-addr=a", "--rdzv-conf", "k=v", "--resume"]
+    assert flags.leader_argv(argv) == ["--resume"]
 
 
 def free_port():

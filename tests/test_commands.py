@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from conftest import MAIN, run_trainer
 import photo_digits

@@ -1,16 +1,24 @@
 """Resolving the training config from flags and a checkpoint, in process."""
 
 import dataclasses
+import re
 
 import pytest
+import torch
 
 import main
+from mnist_hogwild.commands.flags import settings
 from mnist_hogwild.core.config import DATASETS, RunOptions, TrainConfig
-from mnist_hogwild.core.errors import UsageError
+from mnist_hogwild.core.errors import CheckpointError, UsageError
 
 
 def flags(*argv):
-    return main.build_parser().parse_args(list(argv))
+    """The ConfigRequest that ARGV makes."""
+    return settings(main.build_parser().parse_args(list(argv)))[0]
+
+
+def options(*argv):
+    return settings(main.build_parser().parse_args(list(argv)))[1]
 
 
 def test_fresh_run_takes_the_defaults():
@@ -66,10 +74,10 @@ def test_config_is_frozen_and_every_name_the_flags_offer_has_its_implementation(
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().lr = 1.0
     from mnist_hogwild.core import config
-    from mnist_hogwild.learn import data, optim, schedule
+    from mnist_hogwild.learn import data, optimizers, schedule
 
     assert set(DATASETS) == set(data.DATASET_INFO)
-    assert list(config.OPTIMIZERS) == list(optim.OPTIMIZERS)
+    assert list(config.OPTIMIZER_NAMES) == list(optimizers.OPTIMIZERS)
     assert list(config.LR_SCHEDULES) == list(schedule.SHAPES)
     assert main.build_parser().get_default("dataset") is None  # None means "not given"
 
@@ -98,6 +106,52 @@ def test_on_resume_the_checkpoint_wins_over_the_recipe():
 
 
 def test_run_options_take_the_flags_and_their_defaults():
-    options = RunOptions.from_args(flags("--num-processes", "3", "--target-accuracy", "98"))
-    assert (options.num_processes, options.target_accuracy) == (3, 98.0)
-    assert options.checkpoint == "model_checkpoint.pth" and options.threads_per_process == 0
+    chosen = options("--num-processes", "3", "--target-accuracy", "98")
+    assert (chosen.num_processes, chosen.target_accuracy) == (3, 98.0)
+    assert chosen.checkpoint == "model_checkpoint.pth" and chosen.threads_per_process == 0
+
+
+def test_one_field_definition_is_its_flag_its_help_and_its_check_everywhere():
+    """Adding a setting is one edit: a field with flag() yields the flag, its
+    help with the default, and one range check at parse time and at load."""
+    import argparse  # noqa: PLC0415
+
+    from mnist_hogwild.commands.flags import add_field_flag  # noqa: PLC0415
+    from mnist_hogwild.core.config import Whole, flag  # noqa: PLC0415
+
+    width = flag(50, "hidden units", Whole(1, 4096), metavar="N")
+    Wider = dataclasses.make_dataclass(
+        "Wider", [("width", int, width)], bases=(TrainConfig,), frozen=True
+    )
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_field_flag(parser, Wider, dataclasses.fields(Wider)[-1])
+    assert "* hidden units (default: 50)" in parser.format_help()
+    assert parser.parse_args(["--width", "64"]).width == 64
+    with pytest.raises(argparse.ArgumentError, match=r"must be in \[1, 4096\], got 0"):
+        parser.parse_args(["--width", "0"])
+    assert list(Wider.invalid({"width": 0, "lr": 0.1})) == [
+        ("width", 0, "a whole number in [1, 4096]")
+    ]
+    assert list(Wider.invalid({"width": 64})) == []
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
+def test_every_saved_setting_is_checked_at_load_as_its_flag_checks_it(field, tmp_path):
+    """A value the flag refuses is refused in a checkpoint too, naming the same range."""
+    from helpers import valid_state  # noqa: PLC0415
+
+    from mnist_hogwild.training import checkpoint  # noqa: PLC0415
+    from model import Net  # noqa: PLC0415
+
+    bad = {"betas": (0.99, 0.5), "dataset": "cifar", "optimizer": "lbfgs"}.get(field.name, -5)
+    bad = {"lr_schedule": "step"}.get(field.name, bad)
+    kind = field.metadata["kind"]
+    assert not kind.accepts(bad)
+    state = valid_state()
+    state["config"] = {**state["config"], field.name: bad}
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=re.escape(kind.expected)):
+        checkpoint.load(str(path), Net().state_dict())
+    with pytest.raises(SystemExit):
+        main.build_parser().parse_args([f"--{field.name.replace('_', '-')}", str(bad)])

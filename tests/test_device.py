@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 import main
-from mnist_hogwild.learn import optim
-from mnist_hogwild.run import trainer
+from mnist_hogwild.learn import optimizers
+from mnist_hogwild.learn import device
 from mnist_hogwild.core.config import TrainConfig
 from mnist_hogwild.core.errors import UsageError
 from helpers import valid_state
@@ -34,34 +34,34 @@ def test_device_flags_default_to_auto_and_cuda_is_the_samples_spelling():
 
 def test_auto_picks_the_gpu_when_torch_sees_one(monkeypatch):
     fake_gpu(monkeypatch, available=True)
-    device, why = trainer.choose_device("auto")
-    assert device == torch.device("cuda", 0) and "Fake GPU" in why
+    chosen, why = device.choose_device("auto")
+    assert chosen == torch.device("cuda", 0) and "Fake GPU" in why
 
 
 def test_auto_falls_back_to_the_cpu_and_says_why(monkeypatch):
     fake_gpu(monkeypatch, available=False, cuda_version=None)
-    device, why = trainer.choose_device("auto")
-    assert device.type == "cpu" and "CPU-only build" in why
+    chosen, why = device.choose_device("auto")
+    assert chosen.type == "cpu" and "CPU-only build" in why
     fake_gpu(monkeypatch, available=False, cuda_version="13.0")
-    assert "--gpus all" in trainer.choose_device("auto")[1]
+    assert "--gpus all" in device.choose_device("auto")[1]
 
 
 @pytest.mark.parametrize("cuda_version", [None, "13.0"])
 def test_cuda_without_a_gpu_is_a_usage_error(monkeypatch, cuda_version):
     fake_gpu(monkeypatch, available=False, cuda_version=cuda_version)
     with pytest.raises(UsageError, match="--device cuda: no usable GPU"):
-        trainer.choose_device("cuda")
+        device.choose_device("cuda")
 
 
 def test_cpu_is_always_the_cpu(monkeypatch):
     fake_gpu(monkeypatch, available=True)
-    assert trainer.choose_device("cpu")[0].type == "cpu"
+    assert device.choose_device("cpu")[0].type == "cpu"
 
 
 def snapshot_of(model):
     params = list(model.parameters())
-    opt = optim.MomentumSGD(params, 0.01, 0.5, optim.OPTIMIZERS["sgd"].new_state(params))
-    progress = checkpoint.Progress(epoch=0, step=3, batches_per_epoch=10, seed=1)
+    opt = optimizers.MomentumSGD(params, 0.01, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(params))
+    progress = checkpoint.Record(epoch=0, step=3, batches_per_epoch=10, seed=1)
     state = checkpoint.make_state(
         model, opt.state_dict(), progress, TrainConfig().as_dict(), {}, "r"
     )
@@ -123,9 +123,9 @@ def test_gpu_checkpoint_holds_cpu_copies_and_loads_on_the_cpu(tmp_path):
 
 def test_expandable_segments_are_turned_off_for_the_shared_tensors_only():
     env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64, expandable_segments:True"}
-    assert trainer.shareable_cuda_allocations(env)
+    assert device.shareable_cuda_allocations(env)
     assert env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64,expandable_segments:False"
-    assert not trainer.shareable_cuda_allocations(
+    assert not device.shareable_cuda_allocations(
         {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}
     )
-    assert not trainer.shareable_cuda_allocations({})
+    assert not device.shareable_cuda_allocations({})

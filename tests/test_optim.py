@@ -1,10 +1,10 @@
-"""optim.py against torch.optim, bitwise, in process."""
+"""optimizers.py against torch.optim, bitwise, in process."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_hogwild.learn import optim
+from mnist_hogwild.learn import optimizers
 from model import Net
 
 
@@ -13,7 +13,7 @@ def train_both(name, ours_kwargs, reference, steps=6):
     ours_model, ref_model = Net(), Net()
     ref_model.load_state_dict(ours_model.state_dict())
     params = list(ours_model.parameters())
-    ours = optim.make(name, params, state=optim.OPTIMIZERS[name].new_state(params), **ours_kwargs)
+    ours = optimizers.make(name, params, state=optimizers.OPTIMIZERS[name].new_state(params), **ours_kwargs)
     ref = reference(ref_model.parameters())
     for step in range(steps):
         x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
@@ -58,7 +58,7 @@ def one_adam_step(grad, exp_avg, exp_avg_sq, lr=0.001):
     gradient and the shared moments as they are when the step starts."""
     p = torch.zeros_like(grad, requires_grad=True)
     state = [{"step": torch.zeros(()), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}]
-    adam = optim.make("adam", [p], lr, 0.0, state)
+    adam = optimizers.make("adam", [p], lr, 0.0, state)
     p.grad = grad
     adam.step()
     return p.detach().abs().max().item() / lr
@@ -107,7 +107,7 @@ def test_adam_step_stays_a_few_lr_when_a_write_to_exp_avg_sq_was_lost():
 def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
     model = Net()
     params = list(model.parameters())
-    opt = optim.make(name, params, 0.1, 0.9, optim.OPTIMIZERS[name].new_state(params))
+    opt = optimizers.make(name, params, 0.1, 0.9, optimizers.OPTIMIZERS[name].new_state(params))
     for t in opt.tensors():
         t.uniform_(0.1, 1.0)
     state = opt.state_dict()
@@ -116,7 +116,7 @@ def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
     for s, p in zip(opt.state, params, strict=True):
         for key, tensor in s.items():
             assert torch.equal(ref.state[p][key], tensor), key
-    other = optim.make(name, params, 0.1, 0.9, optim.OPTIMIZERS[name].new_state(params))
+    other = optimizers.make(name, params, 0.1, 0.9, optimizers.OPTIMIZERS[name].new_state(params))
     shared = other.tensors()[0]
     other.load_state(state)
     assert other.tensors()[0] is shared  # loaded in place: workers may already hold it
@@ -125,8 +125,8 @@ def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
 
 def test_state_that_does_not_fit_is_refused():
     params = list(Net().parameters())
-    sgd = optim.make("sgd", params, 0.1, 0.5, optim.OPTIMIZERS["sgd"].new_state(params))
-    adam = optim.make("adam", params, 0.1, 0.5, optim.OPTIMIZERS["adam"].new_state(params))
+    sgd = optimizers.make("sgd", params, 0.1, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(params))
+    adam = optimizers.make("adam", params, 0.1, 0.5, optimizers.OPTIMIZERS["adam"].new_state(params))
     with pytest.raises(ValueError, match="no adam state"):
         adam.load_state(sgd.state_dict())
     bad = sgd.state_dict()

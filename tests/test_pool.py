@@ -57,7 +57,7 @@ def test_describe_exit_names_the_signal_and_the_cause():
 
 def progress_and_ctx():
     ctx = multiprocessing.get_context("spawn")
-    return pool.SharedProgress(ctx, log_interval=10, workers=2), ctx
+    return pool.SharedCounters(ctx, log_interval=10, workers=2), ctx
 
 
 def no_workers_died():
@@ -185,7 +185,7 @@ def _orphaned_worker():
         def recv(self):
             raise FileNotFoundError(2, "No such file or directory")  # the fd server's socket
 
-    worker.run(0, None, Gone(), multiprocessing.SimpleQueue(), parent_alive=lambda: False)
+    worker.worker_main(0, None, Gone(), multiprocessing.SimpleQueue(), parent_alive=lambda: False)
 
 
 def test_a_worker_orphaned_mid_hand_over_exits_without_a_traceback():
@@ -226,24 +226,25 @@ def test_the_workers_are_forked_before_the_device_the_node_or_any_thread_starts(
     tmp_path, monkeypatch
 ):
     import main  # noqa: PLC0415
-    from mnist_hogwild.run import trainer  # noqa: PLC0415
+    from mnist_hogwild.commands.flags import settings  # noqa: PLC0415
+    from mnist_hogwild.training import startup  # noqa: PLC0415
     from mnist_hogwild.hogwild.signals import StopRequest  # noqa: PLC0415
 
     seen = []
 
     class Pool:
-        progress = None
+        counters = None
 
         def start(self):
             seen.append(("fork", threading.active_count()))
 
-    def choose_device(requested):
+    def choose_device(requested, note):
         seen.append(("device", requested))
-        raise trainer.UsageError("stop here")
+        raise startup.UsageError("stop here")
 
-    monkeypatch.setattr(trainer, "choose_device", choose_device)
-    monkeypatch.setattr(trainer.nodes, "from_env", lambda *a: seen.append(("node",)))
+    monkeypatch.setattr(startup, "choose_device", choose_device)
+    monkeypatch.setattr(startup.nodes, "from_env", lambda *a: seen.append(("node",)))
     monkeypatch.chdir(tmp_path)
-    args = main.build_parser().parse_args(["--epochs", "1"])
-    assert trainer.run(args, StopRequest(), 0.0, Pool()) == 2
+    request, options, _ = settings(main.build_parser().parse_args(["--epochs", "1"]))
+    assert startup.train(request, options, StopRequest(), 0.0, Pool()) == 2
     assert seen == [("fork", 1), ("device", "auto")]

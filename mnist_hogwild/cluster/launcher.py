@@ -30,15 +30,6 @@ from mnist_hogwild.core.errors import UsageError, one_line
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import STOP_SIGNALS
 
-LAUNCH_FLAGS = (
-    "--nnodes",
-    "--rdzv-endpoint",
-    "--rdzv-id",
-    "--rdzv-conf",
-    "--local-addr",
-    "--max-restarts",
-)
-LAUNCH_SWITCHES = ("--verbose",)
 # main.py at the top of the checkout, above the package: for torchrun's flags.
 MAIN = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "main.py"
@@ -57,21 +48,6 @@ _PRINTING = threading.Lock()
 os.register_at_fork(
     before=_PRINTING.acquire, after_in_parent=_PRINTING.release, after_in_child=_PRINTING.release
 )
-
-
-def leader_argv(argv):
-    """ARGV without the launch flags (and their values): what each node's leader gets."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in LAUNCH_FLAGS:
-            skip = True
-        elif arg not in LAUNCH_SWITCHES and not arg.startswith(
-            tuple(f + "=" for f in LAUNCH_FLAGS)
-        ):
-            out.append(arg)
-    return out
 
 
 def leader_pids():
@@ -329,54 +305,45 @@ def prompt_rendezvous():
     return True
 
 
-def torchrun_argv(args, nnodes, endpoint, job):
-    """torchrun's flags: one leader per node, c10d, our restarts; torchrun
-    handles only SIGQUIT itself (the stop signals are ours, see Forwarder)."""
-    conf = ",".join(c for c in (LAST_CALL, args.rdzv_conf or os.environ.get("PET_RDZV_CONF")) if c)
+def torchrun_argv(options, nnodes):
+    """torchrun's flags (OPTIONS: LaunchOptions): one leader per node, c10d,
+    our restarts; torchrun handles only SIGQUIT itself (the stop signals are
+    ours, see Forwarder)."""
+    conf = ",".join(c for c in (LAST_CALL, options.rdzv_conf) if c)
     argv = ["--nnodes", nnodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
-    argv += ["--rdzv-endpoint", endpoint, "--rdzv-id", job, "--rdzv-conf", conf]
-    argv += ["--max-restarts", str(args.max_restarts), "--signals-to-handle", "SIGQUIT"]
-    return argv + (["--local-addr", args.local_addr] if args.local_addr else [])
+    argv += ["--rdzv-endpoint", options.rdzv_endpoint, "--rdzv-id", options.rdzv_id]
+    argv += ["--rdzv-conf", conf, "--max-restarts", str(options.max_restarts)]
+    argv += ["--signals-to-handle", "SIGQUIT"]
+    return argv + (["--local-addr", options.local_addr] if options.local_addr else [])
 
 
-def launch(args, argv, leader):
-    """Run this node's torchrun agent, which forks LEADER(ARGV without the
-    launch flags) as the node's leader; returns the process exit code."""
+def launch(options, start_timeout, leader_args, leader):
+    """Run this node's torchrun agent (OPTIONS: LaunchOptions), which forks
+    LEADER(LEADER_ARGS: the flags less the launch flags) as the node's
+    leader; returns the process exit code."""
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         raise UsageError(
             "--nnodes inside torchrun: torchrun already started this process as a leader; "
             "run either main.py --nnodes or torchrun, not both"
         )
-    nnodes = args.nnodes or os.environ.get("PET_NNODES")
-    endpoint = args.rdzv_endpoint or os.environ.get("PET_RDZV_ENDPOINT")
+    # (--nnodes has no $PET_NNODES default in the flags: a leader that torchrun
+    # started inherits the variable, and is no launcher.)
+    nnodes = options.nnodes or os.environ.get("PET_NNODES")
+    endpoint, job = options.rdzv_endpoint, options.rdzv_id
     if not endpoint:
         raise UsageError("--nnodes needs --rdzv-endpoint HOST:PORT")
-    job = args.rdzv_id or os.environ.get("PET_RDZV_ID") or "mnist-hogwild"
-    quiet_torch(args.verbose)
+    quiet_torch(options.verbose)
     fresh_store_each_round()
-    stop_file = tempfile.NamedTemporaryFile(prefix="mnist-hogwild-stop-", delete=False)
-    stop_file.close()
-    os.environ[STOP_FILE_ENV] = stop_file.name
-    forwarder = Forwarder(stop_file.name)
-    host, port = resolve_endpoint(endpoint, args.start_timeout, args.verbose)
-    check_port(host, port)
-    from torch.distributed import run as torchrun  # noqa: PLC0415 - only when launching
+    stop_file, forwarder = forward_stops()
+    check_port(*resolve_endpoint(endpoint, start_timeout, options.verbose))
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415
     from torch.distributed.elastic.rendezvous import RendezvousError  # noqa: PLC0415
 
-    quiet_agent_logs(args.verbose)
-    prompt_rendezvous()
+    config = agent_config(options, nnodes, leader_args)
+    from torch.distributed.launcher.api import (
+        elastic_launch,
+    )  # noqa: PLC0415 - after the logs are quiet
 
-    from torch.distributed.launcher.api import elastic_launch  # noqa: PLC0415
-
-    leader_args = leader_argv(sys.argv[1:] if argv is None else argv)
-    config, _, _ = torchrun.config_from_args(
-        torchrun.parse_args(torchrun_argv(args, nnodes, endpoint, job) + [MAIN] + leader_args)
-    )
-    # The leader is forked from this process, which has torch loaded already:
-    # a fresh interpreter would import it again on the node's critical path,
-    # after the rendezvous, on a core that its workers are waiting for.
-    config.start_method = "fork"
     done = threading.Event()
     threading.Thread(
         target=say_while_waiting, args=(forwarder, endpoint, nnodes, job, done), daemon=True
@@ -394,10 +361,35 @@ def launch(args, argv, leader):
         return 1
     finally:
         done.set()
-        stopped = read_stop_file(stop_file.name)
+        stopped = read_stop_file(stop_file)
     if stopped:
         return 128 + stopped
     return 128 + forwarder.received[0] if forwarder.received else 0
+
+
+def forward_stops():
+    """(the file where a leader records a coordinated stop, the Forwarder that
+    hands the stop signals to the leader)."""
+    stop_file = tempfile.NamedTemporaryFile(prefix="mnist-hogwild-stop-", delete=False)
+    stop_file.close()
+    os.environ[STOP_FILE_ENV] = stop_file.name
+    return stop_file.name, Forwarder(stop_file.name)
+
+
+def agent_config(options, nnodes, leader_args):
+    """torchrun's launch config for this node, its agent logs quiet unless --verbose."""
+    from torch.distributed import run as torchrun  # noqa: PLC0415 - only when launching
+
+    quiet_agent_logs(options.verbose)
+    prompt_rendezvous()
+    config, _, _ = torchrun.config_from_args(
+        torchrun.parse_args(torchrun_argv(options, nnodes) + [MAIN] + leader_args)
+    )
+    # The leader is forked from this process, which has torch loaded already:
+    # a fresh interpreter would import it again on the node's critical path,
+    # after the rendezvous, on a core that its workers are waiting for.
+    config.start_method = "fork"
+    return config
 
 
 def lead(leader, argv):

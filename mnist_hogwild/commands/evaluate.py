@@ -4,40 +4,14 @@ out, JSON with per-class accuracy and the confusion matrix (and a picture)."""
 import json
 import os
 
-from mnist_hogwild.commands import figures, flags
+from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core import config
-from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import UsageError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn.evaluation import evaluate
-from mnist_hogwild.run import checkpoint
-
-
-def add_arguments(p):
-    flags.data_dir_flag(p)
-    flags.dataset_flag(
-        p,
-        "the test set to use; must be the one the model was trained on (default: the "
-        "checkpoint's)",
-    )
-    default = RunOptions.test_batch_size
-    p.add_argument(
-        "--batch-size", type=int, default=default, metavar="N", help=f"(default: {default})"
-    )
-    p.add_argument(
-        "--out",
-        default="eval_results.json",
-        metavar="FILE",
-        help="where the metrics go, as JSON (default: eval_results.json)",
-    )
-    p.add_argument(
-        "--plot",
-        metavar="FILE",
-        help="also draw the confusion matrix as a PNG, with each class's accuracy (default: no "
-        "picture)",
-    )
+from mnist_hogwild.training import checkpoint
 
 
 def run_command(args):
@@ -54,7 +28,7 @@ def run_command(args):
         )
     files = data.prepare(args.data_dir, dataset, log=lambda message: None)
     test = data.load_split(files["test"])
-    result = evaluate(model, test, dataset, max(1, args.batch_size))
+    result = evaluate(model, test, dataset, args.test_batch_size)
     report = {
         "Test loss": round(result.test_loss, 6),
         "Accuracy": round(100 * result.accuracy, 4),

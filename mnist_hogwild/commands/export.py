@@ -14,27 +14,13 @@ import os
 
 import torch
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.loglines import say
 
+# flags.EXPORT_FORMATS -> the file extension (tests/test_commands.py checks they agree).
 FORMATS = {"pt2": ".pt2", "torchscript": ".pt"}
-
-
-def add_arguments(p):
-    p.add_argument(
-        "--format",
-        choices=sorted(FORMATS),
-        default="pt2",
-        help="pt2: torch.export (torch.export.load); torchscript: torch.jit.load (default: pt2)",
-    )
-    p.add_argument(
-        "--out",
-        metavar="FILE",
-        help="(default: the checkpoint's name, .pt2 or .pt; STEM.export.pt where that is the "
-        "checkpoint itself)",
-    )
 
 
 def metadata(state):

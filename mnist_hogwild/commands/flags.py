@@ -1,7 +1,11 @@
-"""The command line: every command's flags, made from the config dataclasses
-(core/config.py: each field's default, type and help) and, for what is not a
-setting of the run (--recipe, --more-epochs, the launcher's flags), from the
-small table below. Torch-free, so that --help and a bad flag answer at once.
+"""The command line: every command's flags, in one torch-free module, so that
+--help and a bad flag answer at once (the command's own module, and torch,
+are imported only when it runs).
+
+The train command's flags are made from the settings dataclasses
+(core/config.py: each field's default, kind and help, written once); the
+flags become settings here, once (settings()), and nothing below main.py
+sees the argparse namespace.
 """
 
 import argparse
@@ -11,12 +15,11 @@ from dataclasses import fields
 
 from mnist_hogwild.core.config import (
     DATASETS,
-    LAST_CALL,
-    POSITIVE_INT,
-    RECIPES,
+    ConfigRequest,
+    LaunchOptions,
     RunOptions,
     TrainConfig,
-    int_in,
+    Whole,
 )
 
 COMMANDS = {
@@ -30,58 +33,10 @@ COMMANDS = {
     "serve": "a web page to draw a digit and watch training, and POST /predict (no "
     "authentication: a trusted network only)",
 }
+EXPORT_FORMATS = ("pt2", "torchscript")
 
-# Flags that are not fields of TrainConfig or RunOptions: name -> (help, options).
-EXTRA = {
-    "recipe": (
-        "a named set of the * defaults: sample (pytorch/examples' settings) or fast (Adam, "
-        "one-cycle, dropout 0.1, batch 128, 1 epoch: 98%% on MNIST soonest); explicit flags "
-        "override it (default: sample)",
-        dict(choices=sorted(RECIPES)),
-    ),
-    "more_epochs": (
-        "train N epochs beyond what the checkpoint holds (with --resume; from scratch without "
-        "one), instead of up to --epochs (default: up to --epochs)",
-        dict(type=POSITIVE_INT, metavar="N"),
-    ),
-    "cuda": (
-        "the same as --device cuda (the pytorch/examples spelling)",
-        dict(dest="device", action="store_const", const="cuda"),
-    ),
-    "nnodes": (
-        "how many nodes; MIN:MAX lets the job go on with fewer after a node is lost "
-        "(default: one machine, no torchrun)",
-        dict(metavar="N|MIN:MAX"),
-    ),
-    "rdzv_endpoint": (
-        "where the nodes meet (c10d rendezvous; hosted by the node whose address it is)",
-        dict(metavar="HOST:PORT"),
-    ),
-    "rdzv_id": (
-        "the job's id, the same on every node and new for every job (default: $PET_RDZV_ID, "
-        "else mnist-hogwild)",
-        dict(metavar="ID"),
-    ),
-    "rdzv_conf": (
-        "c10d rendezvous settings passed to torchrun, e.g. join_timeout=900 (default: "
-        f"{LAST_CALL})",
-        dict(metavar="K=V,..."),
-    ),
-    "local_addr": (
-        "this node's address as the other nodes reach it (torchrun's --local-addr; default: "
-        "its host name)",
-        dict(metavar="ADDR"),
-    ),
-    "verbose": (
-        "keep torch's own launcher and rendezvous logs (default: errors as one line)",
-        dict(action="store_true"),
-    ),
-    "max_restarts": (
-        "restarts of the whole job after a failure, e.g. a lost node (default: 0); pass "
-        "--resume too, so that a restart continues from the checkpoint",
-        dict(type=int_in(0, 1000), default=0, metavar="M"),
-    ),
-}
+SETTINGS = (TrainConfig, ConfigRequest, RunOptions, LaunchOptions)
+FIELDS = {f.name: (cls, f) for cls in SETTINGS for f in fields(cls) if "kind" in f.metadata}
 
 # The train command's groups, in --help's order: (title, description, flags).
 GROUPS = (
@@ -100,44 +55,58 @@ GROUPS = (
         "several machines",
         "run this on every node, the same flags everywhere: it starts torchrun's own elastic "
         "launcher with one leader per node (the plain torchrun command works too)",
-        "nnodes rdzv_endpoint rdzv_id rdzv_conf local_addr verbose max_restarts sync_every "
-        "node_updates sync_timeout start_timeout".split(),
+        [f.name for f in fields(LaunchOptions)]
+        + "sync_every node_updates sync_timeout start_timeout".split(),
     ),
 )
 
-FIELDS = {f.name: (cls, f) for cls in (TrainConfig, RunOptions) for f in fields(cls)}
+
+def flag_name(name):
+    return "--" + name.replace("_", "-")
 
 
-def option(name):
-    """(help, argparse options) of the flag for NAME (a field or an EXTRA)."""
-    if name in EXTRA:
-        return EXTRA[name]
-    cls, f = FIELDS[name]
-    meta, options = f.metadata, dict(f.metadata["options"])
-    shown = meta["shown"] or (f"{f.default:g}" if isinstance(f.default, float) else f.default)
-    text = meta["help"] if isinstance(f.default, bool) else f"{meta['help']} (default: {shown})"
-    if cls is TrainConfig:
+def add_field_flag(group, cls, f, environ=os.environ):
+    """Add the flag of dataclass field F (of CLS) to GROUP: its kind's type or
+    choices, its help with the default, its argparse default."""
+    meta = f.metadata
+    options = {**meta["kind"].argparse_options(), **meta["options"]}
+    shown = meta["shown"]
+    if issubclass(cls, TrainConfig):
         # None means "not given": --resume then takes the checkpoint's value.
-        return f"* {text}", options
-    if not isinstance(f.default, bool):
-        options["default"] = f.default
-    return text, options
+        shown = shown or (f"{f.default:g}" if isinstance(f.default, float) else f.default)
+        text = f"* {meta['help']} (default: {shown})"
+    else:
+        options["default"] = (meta["env"] and environ.get(meta["env"])) or f.default
+        if meta["env"] and not meta["shown"]:
+            shown = f"${meta['env']}, else %(default)s"
+        text = (
+            meta["help"]
+            if f.default is False
+            else f"{meta['help']} (default: {shown or '%(default)s'})"
+        )
+    group.add_argument(flag_name(f.name), help=text, **options)
 
 
-def add_flag(group, name, help_text=None, **overrides):
-    """Add NAME's flag (--kebab-case) to GROUP, its help and options from option()."""
-    text, options = option(name)
-    group.add_argument(
-        "--" + name.replace("_", "-"), help=help_text or text, **options, **overrides
-    )
+def add_flag(group, name):
+    """Add NAME's flag (a settings field, or --cuda) to GROUP."""
+    if name == "cuda":
+        group.add_argument(
+            "--cuda",
+            dest="device",
+            action="store_const",
+            const="cuda",
+            help="the same as --device cuda (the pytorch/examples spelling)",
+        )
+        return
+    add_field_flag(group, *FIELDS[name])
 
 
 def build_parser():
     """The train command's parser (`main.py [train] [flags]`)."""
     p = argparse.ArgumentParser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py",
-        description="Train the MNIST Net with Hogwild: N processes share one model's "
-        "memory. Checkpoints survive SIGINT/SIGTERM/SIGHUP (docker stop); --resume "
+        description="Train the MNIST Net (model.py) with Hogwild: N processes share one "
+        "model's memory. Checkpoints survive SIGINT/SIGTERM/SIGHUP (docker stop); --resume "
         "continues exactly where training stopped. Other commands: "
         + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items() if name != "train")
         + " (main.py COMMAND --help).",
@@ -152,25 +121,153 @@ def build_parser():
     return p
 
 
+def settings(args):
+    """The train flags as settings: (ConfigRequest, RunOptions, LaunchOptions)."""
+    given = vars(args)
+    return (
+        ConfigRequest.from_flags(given),
+        RunOptions.from_flags(given),
+        LaunchOptions.from_flags(given),
+    )
+
+
+def leader_argv(argv):
+    """ARGV without the launch flags (LaunchOptions' fields, with their values):
+    what each node's leader gets."""
+    launch = {flag_name(f.name): f.default is not False for f in fields(LaunchOptions)}
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in launch:
+            skip = launch[name] and "=" not in arg  # the value follows as the next word
+        else:
+            out.append(arg)
+    return out
+
+
+# ----- the commands on a trained checkpoint ---------------------------------
 def command_parser(name):
-    """The parser of command NAME (evaluate, infer or export), with the flags
-    they share; each command's module adds its own (add_arguments)."""
+    """The parser of command NAME (evaluate, infer, export, plot or serve)."""
     parser = argparse.ArgumentParser(
         prog=f"main.py {name}", description=COMMANDS[name], allow_abbrev=False
     )
-    add_flag(
-        parser,
-        "checkpoint",
-        f"the trained model (default: {RunOptions.checkpoint}; STEM.best.pth is the best "
-        "epoch's)",
+    parser.add_argument(
+        "--checkpoint",
+        default=RunOptions.checkpoint,
+        metavar="PATH",
+        help="the trained model (default: %(default)s; STEM.best.pth is the best epoch's)",
     )
+    COMMAND_FLAGS[name](parser)
     return parser
 
 
-def data_dir_flag(parser):
+def data_dir_flag(p):
     """--data-dir for a command: the same default as training's."""
-    add_flag(parser, "data_dir", f"data root (default: {RunOptions.data_dir})")
+    p.add_argument("--data-dir", default=RunOptions.data_dir, metavar="DIR",
+                   help="data root (default: %(default)s)")  # fmt: skip
 
 
-def dataset_flag(parser, help_text):
-    parser.add_argument("--dataset", choices=DATASETS, help=help_text)
+def evaluate_flags(p):
+    data_dir_flag(p)
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="the test set to use; must be the one the model was trained on (default: the "
+        "checkpoint's)",
+    )
+    p.add_argument(
+        "--test-batch-size",
+        "--batch-size",  # (its name before 0.2: the training flag means the training batch)
+        dest="test_batch_size",
+        type=Whole(1).parse_flag,
+        default=RunOptions.test_batch_size,
+        metavar="N",
+        help="images evaluated at a time (default: %(default)s)",
+    )
+    p.add_argument("--out", default="eval_results.json", metavar="FILE",
+                   help="where the metrics go, as JSON (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the confusion matrix as a PNG, with each class's accuracy (default: no "
+        "picture)",
+    )
+
+
+def infer_flags(p):
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files to classify (default: test images)")  # fmt: skip
+    p.add_argument("--num-samples", type=Whole(1).parse_flag, default=5, metavar="N",
+                   help="without IMAGE: how many random test images (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--out-dir",
+        default="results",
+        metavar="DIR",
+        help="without IMAGE: where the PNGs go, named DIGIT.png, then DIGIT-2.png, DIGIT-3.png "
+        "... when several share a digit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sample-seed",
+        "--seed",  # (its name before 0.2: the training flag means the training seed)
+        dest="sample_seed",
+        type=Whole(0, 2**63 - 1).parse_flag,
+        default=0,
+        metavar="S",
+        help="without IMAGE: which random test images (default: %(default)s)",
+    )
+    p.add_argument(
+        "--show",
+        metavar="DIR",
+        help="with IMAGE: also write what the model saw, its 28x28 input enlarged with the "
+        "answer, as DIR/NAME.seen.png (default: write nothing)",
+    )
+    data_dir_flag(p)
+
+
+def export_flags(p):
+    p.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="pt2",
+        help="pt2: torch.export (torch.export.load); torchscript: torch.jit.load "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="(default: the checkpoint's name, .pt2 or .pt; STEM.export.pt where that is the "
+        "checkpoint itself)",
+    )
+
+
+def plot_flags(p):
+    p.add_argument("--out", default="curves.png", metavar="FILE",
+                   help="the PNG to write (default: %(default)s)")  # fmt: skip
+
+
+def in_container():
+    """Running in this project's image (its Dockerfile sets the variable)."""
+    return bool(os.environ.get("MNIST_HOGWILD_IMAGE"))
+
+
+def serve_flags(p):
+    host = "0.0.0.0" if in_container() else "127.0.0.1"
+    p.add_argument(
+        "--host",
+        default=host,
+        help="the address to listen on (default: 127.0.0.1, and 0.0.0.0 in a container, "
+        f"so that docker run -p reaches it: here {host})",
+    )
+    p.add_argument("--port", type=Whole(1, 65535).parse_flag, default=8000, metavar="PORT",
+                   help="(default: %(default)s)")  # fmt: skip
+
+
+COMMAND_FLAGS = {
+    "evaluate": evaluate_flags,
+    "infer": infer_flags,
+    "export": export_flags,
+    "plot": plot_flags,
+    "serve": serve_flags,
+}

@@ -18,11 +18,9 @@ import warnings
 
 import torch
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.core.errors import InputError
-from mnist_hogwild.commands import flags
-from mnist_hogwild.core.config import POSITIVE_INT
 from mnist_hogwild.commands.output import write_output
 from mnist_hogwild.core.loglines import say
 
@@ -37,36 +35,6 @@ ZOOM = 8  # the pictures infer writes: each of the 28x28 pixels as 8x8
 MAX_SIDE = 2048
 # The share of the picture's shorter side, at each edge, taken as paper.
 BORDER = 0.03
-
-
-def add_arguments(p):
-    p.add_argument(
-        "images", nargs="*", metavar="IMAGE", help="image files to classify (default: test images)"
-    )
-    p.add_argument(
-        "--num-samples",
-        type=POSITIVE_INT,
-        default=5,
-        metavar="N",
-        help="without IMAGE: how many random test images (default: 5)",
-    )
-    p.add_argument(
-        "--out-dir",
-        default="results",
-        metavar="DIR",
-        help="without IMAGE: where the PNGs go, named DIGIT.png, then DIGIT-2.png, DIGIT-3.png "
-        "... when several share a digit (default: results)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="which test images (default: 0)"
-    )
-    p.add_argument(
-        "--show",
-        metavar="DIR",
-        help="with IMAGE: also write what the model saw, its 28x28 input enlarged with the "
-        "answer, as DIR/NAME.seen.png (default: write nothing)",
-    )
-    flags.data_dir_flag(p)
 
 
 def run_command(args):
@@ -251,7 +219,7 @@ def _mnist_digit(grey):
 def classify_test_images(model, dataset, args):
     files = data.prepare(args.data_dir, dataset, log=lambda message: None)
     test = data.load_split(files["test"])
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.sample_seed)
     count = min(args.num_samples, len(test))
     if count < args.num_samples:
         say(f"note: the test set has {len(test)} images: writing all of them", sys.stderr)

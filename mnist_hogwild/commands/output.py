@@ -5,8 +5,8 @@ training run owns beside it)."""
 import os
 
 from mnist_hogwild.core.errors import CheckpointError, InputError, UsageError
-from mnist_hogwild.run import checkpoint
-from mnist_hogwild.run.checkpoint_manager import run_files
+from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training.checkpoint_manager import run_files
 from model import Net
 
 

@@ -7,13 +7,7 @@ from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.errors import InputError
 from mnist_hogwild.core.loglines import say
-from mnist_hogwild.run import checkpoint
-
-
-def add_arguments(p):
-    p.add_argument(
-        "--out", default="curves.png", metavar="FILE", help="the PNG to write (default: curves.png)"
-    )
+from mnist_hogwild.training import checkpoint
 
 
 def run_command(args):

@@ -20,32 +20,13 @@ import sys
 import threading
 
 from mnist_hogwild.commands.infer import class_probabilities, prepare_image
-from mnist_hogwild.core.config import int_in
 from mnist_hogwild.core.errors import CheckpointError, InputError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import STOP_SIGNALS
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 
 MAX_BODY = 4 * 2**20  # bytes: a drawing is a few KB, a phone photo a few MB
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "index.html")
-
-
-def in_container():
-    """Running in this project's image (its Dockerfile sets the variable)."""
-    return bool(os.environ.get("MNIST_HOGWILD_IMAGE"))
-
-
-def add_arguments(p):
-    host = "0.0.0.0" if in_container() else "127.0.0.1"
-    p.add_argument(
-        "--host",
-        default=host,
-        help="the address to listen on (default: 127.0.0.1, and 0.0.0.0 in a container, "
-        f"so that docker run -p reaches it: here {host})",
-    )
-    p.add_argument(
-        "--port", type=int_in(1, 65535), default=8000, metavar="PORT", help="(default: 8000)"
-    )
 
 
 class Model:

@@ -6,6 +6,7 @@ torch is imported; the workers receive the resolved TrainConfig as it is.
 """
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
@@ -13,9 +14,9 @@ from mnist_hogwild.core.errors import UsageError
 
 MNIST, FASHION_MNIST = "mnist", "fashion-mnist"
 DATASETS = (MNIST, FASHION_MNIST)
-# The names the flags offer (torch-free); what each does is learn/optim.py's
+# The names the flags offer (torch-free); what each does is learn/optimizers.py's
 # OPTIMIZERS and learn/schedule.py's SHAPES, keyed by the same names.
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZER_NAMES = ("sgd", "adam")
 # --lr-schedule NAME -> its default --warmup (onecycle: torch's OneCycleLR pct_start).
 LR_SCHEDULES = {"constant": 0.0, "onecycle": 0.3, "cosine": 0.0}
 NODE_UPDATES = ("sum", "average")
@@ -25,80 +26,185 @@ LAST_CALL = "last_call_timeout=5"
 MAX_PROCESSES, MAX_THREADS = 512, 1024  # beyond these, thread or process creation fails
 
 
-def int_in(low, high):
-    """An argparse type: a whole number in [LOW, HIGH]."""
+class Kind:
+    """What values a setting takes, written once: argparse parses a flag with
+    it (parse_flag, through argparse_options) and a checkpoint's copy of the
+    setting is checked with it (accepts), both against the same words
+    (expected)."""
 
-    def parse(text):
+    expected = "a value"
+
+    def accepts(self, value):
+        raise NotImplementedError
+
+    def convert(self, text):
+        raise NotImplementedError
+
+    def parse_flag(self, text):
         try:
-            value = int(text)
+            value = self.convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+            raise argparse.ArgumentTypeError(f"expected {self.expected}, got {text!r}") from None
+        if not self.accepts(value):
+            must = getattr(self, "range_text", self.expected)
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
         return value
 
-    return parse
+    def argparse_options(self):
+        return {"type": self.parse_flag}
 
 
-def float_in(low, high, low_ok, what):
-    """An argparse type: a float in (LOW, HIGH), LOW itself allowed if LOW_OK."""
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (low <= value if low_ok else low < value) or not value < high:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    return parse
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-POSITIVE_INT = int_in(1, 2**31 - 1)
-POSITIVE_FLOAT = float_in(0, float("inf"), False, "more than 0")
-NON_NEGATIVE_FLOAT = float_in(0, float("inf"), True, "0 or more")
-UNIT_FRACTION = float_in(0, 1, True, "in [0, 1)")
+class Whole(Kind):
+    """A whole number in [LOW, HIGH]."""
+
+    def __init__(self, low, high=2**31 - 1):
+        self.low, self.high = low, high
+        self.range_text = f"in [{low}, {high}]"
+        self.expected = f"a whole number {self.range_text}"
+
+    def convert(self, text):
+        return int(text)
+
+    def accepts(self, value):
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+        )
 
 
-def target_percent(text):
+class Real(Kind):
+    """A finite number above LOW (or LOW itself, if LOW_OK) and below HIGH."""
+
+    def __init__(self, low, high=math.inf, low_ok=False, expected=None):
+        self.low, self.high, self.low_ok = low, high, low_ok
+        self.expected = expected or (f"{low} or more" if low_ok else f"more than {low}")
+
+    def convert(self, text):
+        return float(text)
+
+    def accepts(self, value):
+        return (
+            _number(value)
+            and (self.low <= value if self.low_ok else self.low < value)
+            and (value < self.high)
+        )
+
+
+class OneOf(Kind):
+    """One of the NAMES (argparse lists them itself)."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+        self.expected = f"one of {', '.join(self.names)}"
+
+    def accepts(self, value):
+        return value in self.names
+
+    def argparse_options(self):
+        return {"choices": self.names}
+
+
+class Betas(Kind):
+    """Adam's two decay rates B1,B2, with 0 <= B1 < 1, 0 < B2 < 1 and B1^2 <
+    B2 (the bound learn/optimizers.py's racy-step floor is made from)."""
+
+    expected = "two numbers B1,B2 with 0 <= B1 < 1, 0 < B2 < 1 and B1^2 < B2"
+
+    def convert(self, text):
+        b1, b2 = (float(part) for part in text.split(","))
+        return (b1, b2)
+
+    def accepts(self, value):
+        if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_number, value)):
+            return False
+        b1, b2 = value
+        return 0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2
+
+
+class Percent(Kind):
     """--target-accuracy: a percentage in (1, 100]. A fraction such as 0.98
     (as many libraries write accuracy) is refused, naming the percentage
     meant: read as a percentage it would end a run at under 1%."""
-    value = float_in(0, float("inf"), False, "a percentage in (1, 100]")(text)
-    if value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"is a percentage, and {text} looks like a fraction: for {100 * value:g}% pass "
-            f"{100 * value:g}"
-        )
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"must be a percentage in (1, 100], got {text}")
-    return value
+
+    expected = "a percentage in (1, 100]"
+
+    def convert(self, text):
+        return float(text)
+
+    def accepts(self, value):
+        return _number(value) and 1 < value <= 100
+
+    def parse_flag(self, text):
+        value = super().parse_flag(text) if not _fraction(text) else float(text)
+        if value <= 1:
+            raise argparse.ArgumentTypeError(
+                f"is a percentage, and {text} looks like a fraction: for {100 * value:g}% pass "
+                f"{100 * value:g}"
+            )
+        return value
 
 
-def adam_betas(text):
-    """--betas: Adam's two decay rates, B1,B2, with 0 <= B1 < 1, 0 < B2 < 1 and
-    B1^2 < B2 (the bound learn/optim.py's racy-step floor is made from)."""
+def _fraction(text):
     try:
-        b1, b2 = (float(part) for part in text.split(","))
+        return 0 < float(text) <= 1
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2, got {text!r}") from None
-    if not (0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2):
-        raise argparse.ArgumentTypeError(
-            f"must have 0 <= B1 < 1, 0 < B2 < 1 and B1^2 < B2, got {text}"
-        )
-    return (b1, b2)
+        return False
 
 
-def sync_every_batches(text):
+class SyncEvery(Whole):
     """--sync-every: a whole number of batches, or "auto" (0)."""
-    return 0 if text == "auto" else POSITIVE_INT(text)
+
+    def __init__(self):
+        super().__init__(1)
+        self.expected = f"auto or {self.expected}"
+
+    def parse_flag(self, text):
+        return 0 if text == "auto" else Whole(self.low, self.high).parse_flag(text)
+
+    def accepts(self, value):
+        return value == 0 or super().accepts(value)
 
 
-def flag(default, help, shown=None, **argparse_options):
-    """A dataclass field that is also a command-line flag: its help text, what
-    "(default: ...)" shows (SHOWN, else DEFAULT) and argparse's options."""
-    return field(default=default, metadata=dict(help=help, shown=shown, options=argparse_options))
+class Text(Kind):
+    """Any text (a path, an address): argparse passes it on as it is."""
+
+    expected = "text"
+
+    def accepts(self, value):
+        return isinstance(value, str)
+
+    def argparse_options(self):
+        return {}
+
+
+class Switch(Kind):
+    """A flag without a value: given or not."""
+
+    expected = "true or false"
+
+    def accepts(self, value):
+        return isinstance(value, bool)
+
+    def argparse_options(self):
+        return {"action": "store_true"}
+
+
+UNIT = Real(0, 1, low_ok=True, expected="in [0, 1)")
+
+
+def flag(default, help, kind, shown=None, env=None, **argparse_options):
+    """A dataclass field that is also a command-line flag: its default, its
+    help text, its KIND (which values it takes, for the flag and for a saved
+    copy alike), what "(default: ...)" shows (SHOWN, else DEFAULT), the
+    environment variable that supplies a default before DEFAULT (ENV, as
+    torchrun's PET_ variables do), and argparse's other options (metavar)."""
+    meta = dict(help=help, kind=kind, shown=shown, env=env, options=argparse_options)
+    return field(default=default, metadata=meta)
 
 
 # --recipe: named sets of TrainConfig defaults; flags given explicitly still win.
@@ -135,37 +241,37 @@ class TrainConfig:
     flag is made from its metadata (commands/flags.py); "{default}" in a help
     text is the field's default."""
 
-    batch_size: int = flag(64, "input batch size for training", type=POSITIVE_INT, metavar="N")
-    epochs: int = flag(10, "number of epochs to train in total", type=POSITIVE_INT, metavar="N")
-    lr: float = flag(
-        0.01, "learning rate; the peak rate of a schedule", type=POSITIVE_FLOAT, metavar="LR"
-    )
-    momentum: float = flag(0.5, "SGD momentum", type=UNIT_FRACTION, metavar="M")
+    batch_size: int = flag(64, "input batch size for training", Whole(1), metavar="N")
+    epochs: int = flag(10, "number of epochs to train in total", Whole(1), metavar="N")
+    lr: float = flag(0.01, "learning rate; the peak rate of a schedule", Real(0), metavar="LR")
+    momentum: float = flag(0.5, "SGD momentum", UNIT, metavar="M")
     betas: tuple = flag(
         (0.9, 0.999),
         "Adam's decay rates of its two moments",
+        Betas(),
         shown="0.9,0.999",
-        type=adam_betas,
         metavar="B1,B2",
     )
     dropout: float = flag(
-        0.5, "dropout rate of the network's two dropout layers", type=UNIT_FRACTION, metavar="P"
+        0.5, "dropout rate of the network's two dropout layers", UNIT, metavar="P"
     )
-    seed: int = flag(1, "random seed", type=int_in(0, 2**63 - 1), metavar="S")
-    dataset: str = flag(MNIST, "which data set", choices=DATASETS)
-    optimizer: str = flag("sgd", "sgd (with --momentum, the sample's) or adam", choices=OPTIMIZERS)
+    seed: int = flag(1, "random seed", Whole(0, 2**63 - 1), metavar="S")
+    dataset: str = flag(MNIST, "which data set", OneOf(DATASETS))
+    optimizer: str = flag(
+        "sgd", "sgd (with --momentum, the sample's) or adam", OneOf(OPTIMIZER_NAMES)
+    )
     lr_schedule: str = flag(
         "constant",
         "the learning rate over the planned batches: constant, onecycle (up to --lr over the "
         "warm-up, then cosine down) or cosine (down to 0)",
-        choices=LR_SCHEDULES,
+        OneOf(LR_SCHEDULES),
     )
     # The share of the planned batches with a rising rate (onecycle: up to its peak).
     warmup: float = flag(
         0.0,
         "share of the planned batches over which the rate rises",
+        UNIT,
         shown=", ".join(f"{v:g} with {k}" for k, v in LR_SCHEDULES.items() if v) + ", else 0",
-        type=UNIT_FRACTION,
         metavar="F",
     )
 
@@ -179,23 +285,31 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def resolve(cls, flags, saved=None, log=print):
-        """The config from FLAGS (an argparse namespace or dict; None = not
-        given), the --recipe they name, and SAVED (the checkpoint's config
-        dict, or None for a fresh run).
+    def resolve(cls, request, saved=None, log=print):
+        """The config from REQUEST (a ConfigRequest: the flags given and the
+        --recipe they name) and SAVED (the checkpoint's config dict, or None
+        for a fresh run).
 
         Raises UsageError when a flag contradicts a MUST_MATCH field."""
-        given = dict(flags if isinstance(flags, dict) else vars(flags))
-        recipe = RECIPES[given.get("recipe") or "sample"]
+        given = request.given
         if saved is None:
+            recipe = RECIPES[request.recipe]
             base = {**cls().as_dict(), **recipe}
             if "warmup" not in recipe:
                 base["warmup"] = LR_SCHEDULES[given.get("lr_schedule") or base["lr_schedule"]]
-            values = {n: base[n] if given.get(n) is None else given[n] for n in cls.names()}
+            values = {n: given.get(n, base[n]) for n in cls.names()}
         else:
             values = {n: _choose(n, given.get(n), saved.get(n), log) for n in cls.names()}
             values = {n: cls().as_dict()[n] if v is None else v for n, v in values.items()}
         return replace(cls(), **values)
+
+    @classmethod
+    def invalid(cls, values):
+        """(name, value, what it should be) of each setting in the dict VALUES
+        (a checkpoint's config) that its field's kind refuses."""
+        for f in fields(cls):
+            if f.name in values and not f.metadata["kind"].accepts(values[f.name]):
+                yield f.name, values[f.name], f.metadata["kind"].expected
 
     def as_dict(self):
         return asdict(self)
@@ -223,75 +337,77 @@ class RunOptions:
     the record; never resolved against it. The flags default to these values."""
 
     num_processes: int = flag(
-        2, "how many training processes to use", type=int_in(1, MAX_PROCESSES), metavar="N"
+        2, "how many training processes to use", Whole(1, MAX_PROCESSES), metavar="N"
     )
     threads_per_process: int = flag(
         0,  # 0: usable CPUs // processes
         "torch threads in each process",
+        Whole(1, MAX_THREADS),
         shown="usable CPUs // processes, at least 1; usable CPUs honour affinity and cgroup quota",
-        type=int_in(1, MAX_THREADS),
         metavar="N",
     )
     test_batch_size: int = flag(
         500,
         "input batch size for testing; above 1000 it is evaluated 1000 at a time, so memory "
         "stays bounded",
-        type=POSITIVE_INT,
+        Whole(1),
         metavar="N",
     )
     log_interval: int = flag(
         10,
         "how many batches to wait before logging training status",
-        type=POSITIVE_INT,
+        Whole(1),
         metavar="N",
     )
     dry_run: bool = flag(
         False,
         "train one batch per worker, then evaluate and checkpoint (smoke test; an existing "
         "checkpoint is never replaced)",
-        action="store_true",
+        Switch(),
     )
     resume: bool = flag(
         False,
         "continue from --checkpoint if it exists (else warn and start fresh); without it, an "
         "existing checkpoint is kept as STEM.prev.pth",
-        action="store_true",
+        Switch(),
     )
     checkpoint: str = flag(
         "model_checkpoint.pth",
         "checkpoint file; beside it go STEM.metrics.jsonl and STEM.best.pth",
+        Text(),
         metavar="PATH",
     )
     checkpoint_interval: float = flag(
         30.0,
         "also save every SECONDS while training; 0 disables",
-        type=NON_NEGATIVE_FLOAT,
+        Real(0, low_ok=True),
         metavar="SECONDS",
     )
     data_dir: str = flag(
         "./data",
         "data root, torchvision layout DIR/MNIST/raw, DIR/FashionMNIST/raw; files may be "
         "gzipped or unpacked",
+        Text(),
         metavar="DIR",
     )
     device: str = flag(
         "auto",
         "where to train: auto picks cuda when torch sees a GPU, else cpu; cuda without a "
         "usable GPU is an error",
-        choices=DEVICES,
+        OneOf(DEVICES),
     )
     deterministic: bool = flag(
         False,
         "use only deterministic algorithms (torch.use_deterministic_algorithms; on a GPU also "
         "CUBLAS_WORKSPACE_CONFIG=:4096:8), for bitwise-exact resume on a GPU",
-        action="store_true",
+        Switch(),
     )
     target_accuracy: float = flag(
         0.0,  # 0: train every epoch
         "stop (saved, exit 0) after the first epoch whose test accuracy reaches PERCENT, a "
         "percentage such as 98 (0.98 is refused as a fraction)",
+        Percent(),
         shown="train every epoch",
-        type=target_percent,
         metavar="PERCENT",
     )
     sync_every: int = flag(
@@ -300,8 +416,8 @@ class RunOptions:
         "workers train on), and at every epoch end; auto: adapt K at each sync so that syncs "
         "take about 5%% of the training time, never beyond the K measured safe for accuracy at "
         "this node count, nor below 10 unless that K is smaller",
+        SyncEvery(),
         shown="auto",
-        type=sync_every_batches,
         metavar="K",
     )
     node_updates: str = flag(
@@ -309,27 +425,125 @@ class RunOptions:
         "at a sync, add up what each node changed since the last sync (sum: every update "
         "counts, as in Hogwild; for small K) or take the mean of the models (average: local "
         "SGD, stable for any K, but it divides the step per sample by the node count)",
-        choices=NODE_UPDATES,
+        OneOf(NODE_UPDATES),
     )
     sync_timeout: float = flag(
         30.0,
         "how long a sync waits for the other nodes before this node gives up with an error",
-        type=POSITIVE_FLOAT,
+        Real(0),
         metavar="SECONDS",
     )
     start_timeout: float = flag(
         300.0,
         "how long start-up (joining, data download, CUDA start, the checkpoint agreement) "
         "waits for the other nodes",
-        type=POSITIVE_FLOAT,
+        Real(0),
         metavar="SECONDS",
     )
 
     @classmethod
-    def from_args(cls, args):
-        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-        values = {f.name: given[f.name] for f in fields(cls) if given.get(f.name) is not None}
-        return cls(**values)
+    def from_flags(cls, given):
+        """The options from GIVEN (the parsed flags, a dict), defaults for the rest."""
+        return cls(**{f.name: given[f.name] for f in fields(cls) if given.get(f.name) is not None})
 
     def as_dict(self):
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """What the train command's flags ask of the TrainConfig: the fields given
+    (a flag not given is absent, so that --resume can take the checkpoint's
+    value), the recipe that supplies the other defaults, and --more-epochs.
+    resolve() turns it into the TrainConfig, against a checkpoint if any."""
+
+    given: dict = field(default_factory=dict)
+    recipe: str = flag(
+        "sample",
+        "a named set of the * defaults: sample (pytorch/examples' settings) or fast (Adam, "
+        "one-cycle, dropout 0.1, batch 128, 1 epoch: 98%% on MNIST soonest); explicit flags "
+        "override it",
+        OneOf(RECIPES),
+    )
+    more_epochs: int = flag(
+        None,
+        "train N epochs beyond what the checkpoint holds (with --resume; from scratch without "
+        "one), instead of up to --epochs",
+        Whole(1),
+        shown="up to --epochs",
+        metavar="N",
+    )
+
+    @classmethod
+    def from_flags(cls, given):
+        names = set(TrainConfig.names())
+        chosen = {k: v for k, v in given.items() if k in names and v is not None}
+        return cls(chosen, given.get("recipe") or "sample", given.get("more_epochs"))
+
+    def resolve(self, saved=None, trained_epochs=0, log=print):
+        """The TrainConfig (see TrainConfig.resolve); --more-epochs counts from
+        TRAINED_EPOCHS, the epochs the checkpoint holds."""
+        request = self
+        if self.more_epochs:
+            given = {**self.given, "epochs": trained_epochs + self.more_epochs}
+            request = replace(self, given=given)
+        return TrainConfig.resolve(request, saved, log)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """main.py --nnodes: how this node starts torchrun's elastic launcher.
+    None of it reaches the leaders (flags.leader_argv drops these flags).
+    A default named ENV comes from that torchrun variable when it is set."""
+
+    nnodes: str = flag(
+        None,
+        "how many nodes; MIN:MAX lets the job go on with fewer after a node is lost",
+        Text(),
+        shown="one machine, no torchrun",
+        metavar="N|MIN:MAX",
+    )
+    rdzv_endpoint: str = flag(
+        None,
+        "where the nodes meet (c10d rendezvous; hosted by the node whose address it is)",
+        Text(),
+        shown="$PET_RDZV_ENDPOINT",
+        env="PET_RDZV_ENDPOINT",
+        metavar="HOST:PORT",
+    )
+    rdzv_id: str = flag(
+        "mnist-hogwild",
+        "the job's id, the same on every node and new for every job",
+        Text(),
+        env="PET_RDZV_ID",
+        metavar="ID",
+    )
+    rdzv_conf: str = flag(
+        "",
+        f"c10d rendezvous settings passed to torchrun after {LAST_CALL}, e.g. " "join_timeout=900",
+        Text(),
+        shown="nothing more",
+        env="PET_RDZV_CONF",
+        metavar="K=V,...",
+    )
+    local_addr: str = flag(
+        None,
+        "this node's address as the other nodes reach it (torchrun's --local-addr)",
+        Text(),
+        shown="its host name",
+        metavar="ADDR",
+    )
+    verbose: bool = flag(
+        False, "keep torch's own launcher and rendezvous logs (else errors as one line)", Switch()
+    )
+    max_restarts: int = flag(
+        0,
+        "restarts of the whole job after a failure, e.g. a lost node; pass --resume too, so "
+        "that a restart continues from the checkpoint",
+        Whole(0, 1000),
+        metavar="M",
+    )
+
+    @classmethod
+    def from_flags(cls, given):
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})

@@ -186,7 +186,7 @@ def progress_display(leader, stream=None):
     return BarDisplay() if leader and terminal else LineDisplay()
 
 
-class ProgressLog:
+class ProgressReport:
     """The progress of one run, as DISPLAY shows it (lines or a bar): owns the
     counters it is computed from. DONE counts this node's batches (all of
     them on a single machine)."""

@@ -23,7 +23,7 @@ POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
 STALL_SECONDS = 10.0
 
 
-class SharedProgress:
+class SharedCounters:
     """Counters shared by the parent and the workers, guarded by one lock, and
     every operation on them, for both sides.
 
@@ -188,7 +188,7 @@ def describe_exit(exitcode, oom_killed=False):
     return f"exited with code {exitcode} before training finished"
 
 
-def worker_entry(rank, progress, setup, errors, inherited):
+def worker_entry(rank, counters, setup, errors, inherited):
     """Runs first in each worker, forked from the trainer. The worker dies
     with the trainer, whatever kills it: no orphans. INHERITED are the
     parent's ends of the workers' pipes, which fork copied into this process:
@@ -206,7 +206,7 @@ def worker_entry(rank, progress, setup, errors, inherited):
     def parent_alive():
         return os.getppid() == owner
 
-    worker.run(rank, progress, setup, errors, parent_alive)
+    worker.worker_main(rank, counters, setup, errors, parent_alive)
 
 
 def condense_fd_server_errors():
@@ -255,7 +255,7 @@ class WorkerPool:
     def __init__(self, num_processes, log_interval):
         self.size = num_processes
         self.ctx = multiprocessing.get_context("fork")
-        self.progress = SharedProgress(self.ctx, log_interval, num_processes)
+        self.counters = SharedCounters(self.ctx, log_interval, num_processes)
         self.errors = self.ctx.SimpleQueue()
         self.processes, self.pipes = [], []
         self.oom_kills = cpus.cgroup_oom_kills()
@@ -271,7 +271,7 @@ class WorkerPool:
                 receiver, sender = self.ctx.Pipe(duplex=False)
                 p = self.ctx.Process(
                     target=worker_entry,
-                    args=(rank, self.progress, receiver, self.errors, [*self.pipes, sender]),
+                    args=(rank, self.counters, receiver, self.errors, [*self.pipes, sender]),
                     name=f"hogwild-worker-{rank}",
                     daemon=True,
                 )
@@ -333,7 +333,7 @@ class WorkerPool:
     def stop(self, graceful):
         """Graceful: tell idle workers to exit and wait up to 1.5 s; then kill what is left."""
         if graceful and self.processes:
-            self.progress.tell_stop()
+            self.counters.tell_stop()
             deadline = time.monotonic() + 1.5
             for p in self.processes:
                 p.join(max(0.0, deadline - time.monotonic()))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_hogwild.learn import data
-from mnist_hogwild.learn import optim
+from mnist_hogwild.learn import optimizers
 from mnist_hogwild.core.errors import cuda_memory_error
 from mnist_hogwild.learn.schedule import derived_seed, epoch_order, learning_rate
 
@@ -29,7 +29,7 @@ class WorkerSetup:
     report_every: int  # batches between reports of finished batches (see train_loop)
 
 
-def run(rank, progress, setup, errors, parent_alive):
+def worker_main(rank, counters, setup, errors, parent_alive):
     """The worker process's body: wait for the shared model, train until told
     to stop, report any failure to the parent, and exit."""
     try:
@@ -38,7 +38,7 @@ def run(rank, progress, setup, errors, parent_alive):
         except EOFError:
             payload = None  # the parent gave up before training (an error, or nothing to do)
         if payload is not None:
-            train_loop(progress, parent_alive, **payload)
+            train_loop(counters, parent_alive, **payload)
     except Exception as e:  # noqa: BLE001 - a process boundary: report any failure to the parent
         exit_code = 1
         if parent_alive():
@@ -82,7 +82,7 @@ def dropout_generator(device):
     return torch.default_generator
 
 
-def train_loop(progress, parent_alive, model, state, train, config, setup, schedule):
+def train_loop(counters, parent_alive, model, state, train, config, setup, schedule):
     """Claim batches and train until told to stop.
 
     Finished batches are reported every setup.report_every batches, and always
@@ -98,13 +98,13 @@ def train_loop(progress, parent_alive, model, state, train, config, setup, sched
         torch.use_deterministic_algorithms(True)
     train_set = data.map_split(train) if isinstance(train, data.SplitFiles) else train
     scale, shift = data.normalizer(config.dataset)
-    optimizer = optim.from_config(config, model.parameters(), state)
+    optimizer = optimizers.from_config(config, model.parameters(), state)
     generator = dropout_generator(device)
     model.train()
     order_epoch, order = None, None
     pending, loss_sum = 0, torch.zeros((), device=device)
-    progress.set_ready(parent_alive)
-    local = progress.claim(parent_alive)
+    counters.set_ready(parent_alive)
+    local = counters.claim(parent_alive)
     while local is not None:
         g = schedule.global_batch(local)
         epoch, k = divmod(g, schedule.per_epoch)
@@ -118,10 +118,10 @@ def train_loop(progress, parent_alive, model, state, train, config, setup, sched
             model, optimizer, x, y, generator, derived_seed(config.seed, "dropout", g)
         )
         pending += 1
-        local = progress.claim(parent_alive, block=False)
+        local = counters.claim(parent_alive, block=False)
         if local is None or pending >= setup.report_every:
-            progress.complete(parent_alive, pending, loss_sum.item())
+            counters.complete(parent_alive, pending, loss_sum.item())
             pending = 0
             loss_sum.zero_()
         if local is None:
-            local = progress.claim(parent_alive)
+            local = counters.claim(parent_alive)

@@ -25,10 +25,10 @@ import os
 import shutil
 import time
 
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.core import processes
-from mnist_hogwild.run.checkpoint import Progress
-from mnist_hogwild.run.lock import PathLock
+from mnist_hogwild.training.checkpoint import Record
+from mnist_hogwild.training.lock import PathLock
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 from model import Net
 
@@ -171,11 +171,11 @@ class CheckpointManager:
 
     # ----- resume --------------------------------------------------------
     def restore(self, state, model, optimizer, per_epoch):
-        """Load the checkpoint's weights and optimizer state in place; its Progress."""
-        progress = Progress.from_state(state)
-        if progress.batches_per_epoch != per_epoch:
+        """Load the checkpoint's weights and optimizer state in place; its Record."""
+        record = Record.from_state(state)
+        if record.batches_per_epoch != per_epoch:
             raise CheckpointError(
-                f"{self.path} was saved with {progress.batches_per_epoch} batches per "
+                f"{self.path} was saved with {record.batches_per_epoch} batches per "
                 f"epoch, but this data set gives {per_epoch}: different training data"
             )
         model.load_state_dict(state["model_state"])
@@ -183,15 +183,15 @@ class CheckpointManager:
             optimizer.load_state(state["optimizer_state"])
         except ValueError as e:
             raise CheckpointError(f"{self.path} has an unusable optimizer state ({e})") from None
-        progress.metrics = list(progress.metrics)
-        progress.partial_epoch = dict(progress.partial_epoch)
-        if self.best is None and progress.metrics and self.writes:
+        record.metrics = list(record.metrics)
+        record.partial_epoch = dict(record.partial_epoch)
+        if self.best is None and record.metrics and self.writes:
             # A checkpoint copied or moved without its best model: the model
             # loaded is the best known, so it is kept before training changes
             # it. Written from what was loaded (on several machines it may be
             # another node's, and the file here unreadable).
             self.keep_best(lambda: checkpoint.save(state, self.best_path), best_record(state))
-        return progress
+        return record
 
     # ----- saving --------------------------------------------------------
     def due(self):

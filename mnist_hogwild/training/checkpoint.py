@@ -11,7 +11,7 @@ Keys (FORMAT_VERSION 2):
     options           dict, the RunOptions of the run that saved it (a record)
     run_id            str, made at a fresh start and kept by every resume: the
                       run's identity (several nodes break ties with it)
-and the fields of Progress, flat beside them:
+and the fields of Record, flat beside them:
     epoch             int, epochs fully trained *and* evaluated
     step              int, batches of epoch `epoch + 1` already trained
                       (equal to the batches per epoch when the training of that
@@ -39,12 +39,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from mnist_hogwild.core.config import DATASETS, LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from mnist_hogwild.core.config import TrainConfig
 from mnist_hogwild.core.errors import CheckpointError, one_line
 from model import Net
 
 FORMAT_VERSION = 2
-MAX_SEED = 2**63
+SEED = TrainConfig.__dataclass_fields__["seed"].metadata["kind"]  # the --seed flag's range
 
 
 def empty_partial():
@@ -52,7 +52,7 @@ def empty_partial():
 
 
 @dataclass
-class Progress:
+class Record:
     """Where training stands: the part of the checkpoint besides the tensors."""
 
     epoch: int
@@ -69,7 +69,7 @@ class Progress:
 
 OPTIONAL_KEYS = ("partial_epoch", "options", "run_id")
 REQUIRED_KEYS = ("format_version", "model", "model_state", "optimizer_state", "config") + tuple(
-    f.name for f in fields(Progress) if f.name not in OPTIONAL_KEYS
+    f.name for f in fields(Record) if f.name not in OPTIONAL_KEYS
 )
 
 
@@ -304,28 +304,6 @@ def _number(value, integer=False):
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _betas_ok(value):
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_number, value)):
-        return False
-    b1, b2 = value
-    return 0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2
-
-
-CONFIG_CHECKS = {
-    "batch_size": (lambda v: _number(v, True) and v > 0, "a whole number above 0"),
-    "epochs": (lambda v: _number(v, True) and v > 0, "a whole number above 0"),
-    "lr": (lambda v: _number(v) and v > 0, "a finite number above 0"),
-    "momentum": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
-    "betas": (_betas_ok, "two numbers B1, B2 with 0 <= B1 < 1, 0 < B2 < 1 and B1^2 < B2"),
-    "dropout": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
-    "seed": (lambda v: _number(v, True) and 0 <= v < MAX_SEED, "in [0, 2^63)"),
-    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
-    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-    "lr_schedule": (lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
-    "warmup": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
-}
-
-
 def _check(condition, name, message):
     if not condition:
         raise CheckpointError(f"{name} is damaged: {message}")
@@ -344,33 +322,47 @@ def validate(state, model_state, name):
 def _validate_model(state, model_state, name):
     saved = state["model_state"]
     _check(isinstance(saved, dict), name, "model_state is not a dict")
-    if set(saved) != set(model_state) or any(
-        not isinstance(saved[k], torch.Tensor) or saved[k].shape != model_state[k].shape
-        for k in model_state
-    ):
+    difference = network_difference(saved, model_state)
+    if difference:
         raise CheckpointError(
-            f"{name} is from a different model ({state.get('model')!r}): its weights do "
-            f"not match this Net's layers"
+            f"{name} holds another network than this model.py's Net ({difference}): use the "
+            f"model.py it was trained with (an image runs the copy it was built with: rebuild "
+            f"it after editing model.py, or run python /workspace/train.py on the mounted one)"
         )
     bad = [k for k, t in saved.items() if t.is_floating_point() and not bool(t.isfinite().all())]
     _check(not bad, name, f"weights {', '.join(bad)} are not finite (a diverged run?)")
 
 
+def network_difference(saved, expected):
+    """The first way the weights SAVED differ in shape from EXPECTED (a
+    state_dict), both shapes named; "" if they match."""
+    for key, tensor in expected.items():
+        if key not in saved:
+            return f"it has no {key}, this Net's is {_shape(tensor)}"
+        if not isinstance(saved[key], torch.Tensor):
+            return f"its {key} is a {type(saved[key]).__name__}, not a tensor"
+        if saved[key].shape != tensor.shape:
+            return f"its {key} is {_shape(saved[key])}, this Net's {_shape(tensor)}"
+    extra = sorted(set(saved) - set(expected))
+    return f"it has {extra[0]}, which this Net lacks" if extra else ""
+
+
+def _shape(tensor):
+    return "x".join(map(str, tensor.shape)) or "a scalar"
+
+
 def _validate_progress(state, name):
     config = state["config"]
     _check(isinstance(config, dict), name, f"config is a {type(config).__name__}, not a dict")
-    for key, (ok, expected) in CONFIG_CHECKS.items():
-        if key in config:
-            _check(ok(config[key]), name, f"config {key} is {config[key]!r}, expected {expected}")
+    for key, value, expected in TrainConfig.invalid(config):
+        raise CheckpointError(f"{name} is damaged: config {key} is {value!r}, expected {expected}")
     per_epoch, epoch, step = state["batches_per_epoch"], state["epoch"], state["step"]
     _check(_number(per_epoch, True) and per_epoch > 0, name, f"batches_per_epoch {per_epoch!r}")
     _check(_number(epoch, True) and epoch >= 0, name, f"epoch {epoch!r} is not a count")
     if _number(config.get("epochs"), True):
         _check(epoch <= config["epochs"], name, f"epoch {epoch} is past its {config['epochs']}")
     _check(_number(step, True) and 0 <= step <= per_epoch, name, f"step {step!r} is impossible")
-    _check(
-        _number(state["seed"], True) and 0 <= state["seed"] < MAX_SEED, name, "seed out of range"
-    )
+    _check(SEED.accepts(state["seed"]), name, "seed out of range")
     metrics = state["metrics"]
     _check(
         isinstance(metrics, list) and all(isinstance(m, dict) for m in metrics),

@@ -7,7 +7,7 @@ import json
 import os
 
 from mnist_hogwild.core.errors import CheckpointError, UsageError
-from mnist_hogwild.run import checkpoint
+from mnist_hogwild.training import checkpoint
 
 
 class PathLock:

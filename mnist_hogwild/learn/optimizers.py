@@ -221,7 +221,7 @@ class Adam(SharedStateOptimizer):
 
 
 # --optimizer NAME: the class that trains with it. A new optimizer is a
-# subclass above, one entry here and its name in config.OPTIMIZERS (which
+# subclass above, one entry here and its name in config.OPTIMIZER_NAMES (which
 # the flags read without importing torch; tests/test_config.py checks both).
 OPTIMIZERS = {cls.name: cls for cls in (MomentumSGD, Adam)}
 

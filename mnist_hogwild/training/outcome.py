@@ -1,0 +1,152 @@
+"""What the parent concludes, and says, at an epoch's end and the run's end:
+the epoch's metrics row, whether training diverged, whether the target is
+reached, and the run's closing lines."""
+
+import math
+import sys
+
+from mnist_hogwild.cluster import launcher
+from mnist_hogwild.core.errors import Diverged
+from mnist_hogwild.core.loglines import format_seconds, line, say
+from mnist_hogwild.learn.data import NUM_CLASSES
+from mnist_hogwild.learn.optimizers import OPTIMIZERS
+from mnist_hogwild.learn.schedule import learning_rate
+
+# Divergence that is still finite. A model that guesses uniformly has a loss
+# of ln(10), about 2.3, and a healthy run only falls from there; a log
+# interval averaging ten times that is confidently wrong on nearly every
+# sample: its weights exploded. And an epoch at chance (1.5x a tenth) after a
+# learnt one (half right or better) lost what it had learnt.
+EXPLODED_LOSS = 10 * math.log(NUM_CLASSES)
+CHANCE_PERCENT, LEARNT_PERCENT = 1.5 * 100 / NUM_CLASSES, 50.0
+TOO_HIGH = "the learning rate is too high"
+
+
+def warn(message):
+    say(f"warning: {message}", sys.stderr)
+
+
+def say_start(config, options, threads, record, resuming):
+    """The run's first lines: where it resumes (if RESUMING), and how it trains."""
+    if resuming:
+        fields = dict(path=options.checkpoint, per_epoch=record.batches_per_epoch)
+        say(line("resuming", epoch=record.epoch + 1, step=record.step, **fields))
+    processes = dict(processes=options.num_processes, threads=threads)
+    settings = OPTIMIZERS[config.optimizer].settings(config)
+    say(line("training", **processes, optimizer_settings=settings, **config.as_dict()))
+
+
+def say_stopped(stopped, path, **fields):
+    """The line of a run stopped by a signal, here or on another node, and saved at PATH."""
+    name = stopped.name()
+    say(line("stopped", signal=name if stopped.here else f"{name} on another node", path=path,
+             **fields))  # fmt: skip
+
+
+def say_epoch(row, epochs, path):
+    """The line of an epoch evaluated (ROW) and saved at PATH."""
+    fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
+    fields.update(epoch=row["epoch"], epochs=epochs)
+    say(line("epoch", accuracy=row["accuracy_percent"], path=path, **fields))
+
+
+def say_done(elapsed, batches, rows, path):
+    """The line of a run that trained all its epochs (ROWS) in ELAPSED seconds."""
+    say(line("done", elapsed=format_seconds(elapsed), batches=batches, epochs=len(rows),
+             path=path))  # fmt: skip
+
+
+def check_epoch(epoch, row, rows):
+    """Diverged if EPOCH's metrics ROW shows a diverged model (ROWS: the
+    earlier epochs')."""
+    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+        raise Diverged(
+            f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
+        )
+    before = rows[-1]["accuracy_percent"] if rows else 0.0
+    if row["accuracy_percent"] <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
+        raise Diverged(
+            f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
+            f"from {before:.2f}%: {TOO_HIGH}"
+        )
+
+
+def divergence(loss_sum, interval_loss):
+    """Why training diverged, from the summed loss and the last log
+    interval's mean loss (None: not known yet), or None if it did not."""
+    if not math.isfinite(loss_sum):
+        return f"the training loss became {loss_sum}"
+    if interval_loss is not None and interval_loss > EXPLODED_LOSS:
+        guess = math.log(NUM_CLASSES)
+        return (
+            f"the training loss exploded to {interval_loss:.3g} (a model that guesses scores "
+            f"{guess:.2f}): {TOO_HIGH}"
+        )
+    return None
+
+
+def metrics_row(epoch, batches, result, eval_seconds, partial, config, num_samples, per_epoch):
+    """EPOCH's row in the metrics (BATCHES of it trained, PARTIAL its loss and seconds)."""
+    samples = min(batches * config.batch_size, num_samples)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": partial["loss_sum"] / max(1, batches),
+        "test_loss": result.test_loss,
+        "accuracy_percent": 100 * result.accuracy,
+        "lr": learning_rate(config, epoch * per_epoch + batches - 1, per_epoch),
+        "samples_per_s": samples / max(partial["seconds"], 1e-9),
+        "seconds": partial["seconds"],
+        "eval_seconds": eval_seconds,
+    }
+
+
+def reached_target(row, target):
+    """--target-accuracy: True (and one line) once an epoch reaches it."""
+    if not target or row["accuracy_percent"] < target:
+        return False
+    say(line("target", target=target, epoch=row["epoch"], accuracy=row["accuracy_percent"]))
+    return True
+
+
+def log_summary(rows, checkpoints, run_id):
+    """The run's last lines: final and best accuracy, and where the files are
+    (and, if an earlier run trained a better model here, where it is kept)."""
+    if checkpoints.dry_run and not checkpoints.writes:
+        say(f"dry run: nothing saved; {checkpoints.path} is as it was")
+        return
+    if checkpoints.dry_run:
+        say(f"dry run: saved {checkpoints.path} only (no metrics, no best model)")
+        return
+    kept = checkpoints.best_elsewhere(run_id)
+    if kept is not None:
+        say(
+            f"note: {checkpoints.best_path} keeps the best model trained at {checkpoints.path}, "
+            f"{kept['accuracy']:.2f}% (epoch {kept['epoch']} of an earlier run); a later "
+            f"epoch replaces it only by scoring as well"
+        )
+    if rows:
+        best = max(rows, key=lambda r: r["accuracy_percent"])
+        fields = dict(final=rows[-1]["accuracy_percent"], best=best["accuracy_percent"])
+        fields.update(best_epoch=best["epoch"], path=checkpoints.path)
+        say(
+            line(
+                "summary",
+                best_path=checkpoints.best_path,
+                metrics=checkpoints.metrics_path,
+                **fields,
+            )
+        )
+
+
+def log_syncs(node, trained_seconds):
+    if node.syncs:
+        percent = 100 * node.sync_seconds / max(trained_seconds, 1e-9)
+        fields = dict(rank=node.rank, world=node.world, syncs=node.syncs)
+        say(line("syncs", seconds=node.sync_seconds, percent=percent, **fields))
+        if node.cadence.auto:
+            say(line("cadence", k=node.cadence.k, **fields))
+
+
+def stopped_before_training(stopped):
+    say(f"stopped by {stopped.name()} during start-up; nothing to save")
+    return 0 if launcher.hand_over_stop(stopped.signum) else 128 + stopped.signum

@@ -1,0 +1,149 @@
+"""A training run's start-up, before the loop: the device, the node and its
+agreement with the others, the checkpoint to resume, the resolved config;
+then the Trainer (trainer.py) runs the loop. Every failure, start-up's or
+the loop's, becomes one `error:` line and an exit code here."""
+
+import os
+import sys
+
+import torch
+
+from mnist_hogwild.cluster import nodes
+from mnist_hogwild.core.config import TrainConfig
+from mnist_hogwild.core.errors import (
+    CheckpointError,
+    ClusterError,
+    DataError,
+    Diverged,
+    UsageError,
+    WorkerDied,
+    cuda_memory_error,
+)
+from mnist_hogwild.core.loglines import close_bar, say
+from mnist_hogwild.hogwild.signals import Stopped
+from mnist_hogwild.learn.device import choose_device
+from mnist_hogwild.learn.schedule import follows_the_plan, learning_rate
+from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training.checkpoint_manager import CheckpointManager
+from mnist_hogwild.training.outcome import stopped_before_training, warn
+from mnist_hogwild.training.trainer import Trainer
+from model import Net
+
+
+def train(request, options, stop, started, pool):
+    """Train as REQUEST (the ConfigRequest) and OPTIONS (the RunOptions) say;
+    returns the process exit code. Every failure is one `error:` line here.
+
+    STARTED is time.monotonic() at the start of main(), for the start-up time;
+    POOL holds the workers, already starting; the caller stops it on every exit.
+    """
+    closing = {"node": nodes.LocalNode(), "checkpoints": CheckpointManager(options, say, warn)}
+    try:
+        return prepare(request, options, stop, started, pool, closing)
+    except UsageError as e:
+        return fail(e, 2)
+    except (CheckpointError, DataError) as e:
+        return fail(e, 1)
+    except (WorkerDied, ClusterError, Diverged) as e:
+        kept = (
+            f"the last good checkpoint {options.checkpoint} is kept"
+            if os.path.exists(options.checkpoint)
+            else "no checkpoint had been written yet"
+        )
+        code = nodes.EXIT_PEER_LOST if isinstance(e, ClusterError) else 1
+        return fail(f"{e}; training stopped, {kept}", code)
+    except Exception as e:  # noqa: BLE001 - one line for a GPU out of memory, else re-raised
+        memory = cuda_memory_error(e)
+        if memory is None:
+            raise
+        return fail(memory, 1)
+    finally:
+        close_bar()  # (a progress bar on the terminal, cleared)
+        closing["checkpoints"].close()
+        closing["node"].close()
+
+
+def prepare(request, options, stop, started, pool, closing):
+    """The steps before the Trainer: device, node, agreement, checkpoint, config.
+    CLOSING holds what train() must close whatever happens."""
+    pool.start()  # first: before CUDA, gloo or any thread exists (see pool.WorkerPool)
+    checkpoints = closing["checkpoints"]
+    device, why = choose_device(options.device, say)  # a usage error writes nothing
+    node = closing["node"] = nodes.from_env(options)
+    if options.dry_run and node.world > 1:
+        raise UsageError("--dry-run is for one machine, not a torchrun job")
+    node.start()
+    signum = node.agree_on_job(job_settings(request, options), stop.signum)
+    if signum:
+        return stopped_before_training(Stopped(signum, here=stop.signum is not None))
+    if node.describe():
+        say(node.describe())
+    for caution in node.cautions():
+        warn(caution)
+    writer = node.checkpoint_writer(checkpoints.path)
+    if writer != node.rank:
+        checkpoints.follow(writer)
+        say(f"node {node.rank}: node {writer} writes {options.checkpoint} (a folder they share)")
+    checkpoints.open()
+    state = load_state(options, node)
+    config = request.resolve(
+        state["config"] if state else None, state["epoch"] if state else 0, log=say
+    )
+    if state is not None:
+        note_schedule_change(state, config)
+        if state["epoch"] >= config.epochs:
+            say(
+                f"training already complete: {options.checkpoint} holds {state['epoch']} of "
+                f"{config.epochs} epochs; pass a larger --epochs to train further"
+            )
+            return 0
+    say(f"device: {device} ({why})")
+    if options.deterministic:
+        torch.use_deterministic_algorithms(True)
+    return Trainer(config, options, device, node, stop, checkpoints, state, started, pool).run()
+
+
+def job_settings(request, options):
+    """What every node of a job must agree on before the first collective:
+    the flags as given (a checkpoint resolves the rest the same everywhere)."""
+    given = {f"--{n.replace('_', '-')}": request.given.get(n) for n in TrainConfig.names()}
+    given["--recipe"] = request.recipe
+    given["--more-epochs"] = request.more_epochs
+    given["--resume"] = options.resume
+    given["--sync-every"] = options.sync_every or "auto"
+    given["--node-updates"] = options.node_updates
+    return given
+
+
+def note_schedule_change(state, config):
+    """A resume with another --epochs (or --lr) replans a schedule: say how, once."""
+    saved = TrainConfig(**{**config.as_dict(), **state["config"]})
+    if saved == config or not follows_the_plan(config):
+        return
+    per_epoch = state["batches_per_epoch"]
+    batch = state["epoch"] * per_epoch + state["step"]
+    was, now = learning_rate(saved, batch, per_epoch), learning_rate(config, batch, per_epoch)
+    say(
+        f"note: the {config.lr_schedule} schedule is now planned over {config.epochs} epochs "
+        f"(was {saved.epochs}) with peak {config.lr}: at batch {batch} the rate is {now:.3g} "
+        f"(was {was:.3g}), and it follows the new plan from there"
+    )
+
+
+def load_state(options, node):
+    """The checkpoint to resume from, or None for a fresh run. On several
+    machines: the newest that any node holds, the same on every node."""
+    if not options.resume:
+        return None
+    expected = Net().state_dict()
+    state = node.newest_checkpoint(
+        options.checkpoint, lambda source, name=None: checkpoint.load(source, expected, name), warn
+    )
+    if state is None:
+        warn(f"--resume: no checkpoint at {options.checkpoint}; starting fresh")
+    return state
+
+
+def fail(error, code):
+    say(f"error: {error}", sys.stderr)
+    return code

@@ -1,0 +1,315 @@
+"""The parent's side of a training run: build the shared model, hand it to the
+workers, let them train epoch by epoch up to each boundary, evaluate, and
+checkpoint; stop cleanly on a signal, a failed worker or a lost node.
+
+Trainer.run() reads as the run's steps. The node (cluster/nodes.py) decides
+where the workers pause and combines models across machines; the checkpoint
+manager (checkpoint_manager.py) decides when and where to save; outcome.py
+judges each epoch and writes the closing lines; startup.py comes before.
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
+
+from mnist_hogwild.cluster import launcher
+from mnist_hogwild.core import cpus
+from mnist_hogwild.core.errors import Diverged, WorkerDied
+from mnist_hogwild.core.loglines import ProgressReport, line, progress_display, say
+from mnist_hogwild.hogwild.signals import Stopped
+from mnist_hogwild.hogwild.worker import WorkerSetup
+from mnist_hogwild.learn import data, optimizers
+from mnist_hogwild.learn.evaluation import evaluate
+from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch
+from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training.outcome import (
+    check_epoch,
+    divergence,
+    log_summary,
+    log_syncs,
+    metrics_row,
+    reached_target,
+    say_done,
+    say_epoch,
+    say_start,
+    say_stopped,
+    stopped_before_training,
+    warn,
+)
+from model import Net
+
+
+@dataclass
+class SharedModel:
+    """The model and optimizer state the workers train together (Hogwild:
+    without locks, in shared memory on the CPU; on a GPU the workers reach
+    these very tensors by CUDA IPC), and where training stands."""
+
+    model: Net
+    optimizer: optimizers.SharedStateOptimizer
+    record: checkpoint.Record  # where training stands, and its metrics (saved)
+    run_id: str
+    summed: list  # optimizer state that several machines add up (optimizer.counted)
+    averaged: list  # the rest of the optimizer state: several machines average it
+
+    @classmethod
+    def build(cls, config, device, state, checkpoints, per_epoch):
+        """Fresh (seeded), or restored from STATE, then shared."""
+        torch.manual_seed(config.seed)
+        model = Net(config.dropout).to(device)
+        params = list(model.parameters())
+        optimizer = optimizers.from_config(config, params)
+        if state is None:
+            record, run_id = checkpoint.Record(0, 0, per_epoch, config.seed), None
+        else:
+            record = checkpoints.restore(state, model, optimizer, per_epoch)
+            run_id = state.get("run_id")
+        model.share_memory()
+        for tensor in optimizer.tensors():
+            tensor.share_memory_()
+        summed, averaged = optimizer.counters(), optimizer.moments()
+        run_id = run_id or checkpoint.new_run_id()
+        return cls(model, optimizer, record, run_id, summed, averaged)
+
+    def payload(self, config, schedule, train, setup):
+        """What every worker gets: the shared tensors (by fd, or CUDA IPC), and
+        how to train. On the CPU TRAIN is the data files, which the workers map
+        themselves (page cache, no copy); on a GPU the split already there."""
+        return dict(model=self.model, state=self.optimizer.state, config=config, train=train,
+                    setup=setup, schedule=schedule)  # fmt: skip
+
+    def snapshot(self, config, options, epoch, step, partial):
+        """The whole checkpoint dict for (EPOCH, STEP), PARTIAL the unfinished
+        epoch's loss and seconds; call only while the workers are paused."""
+        record = checkpoint.Record(epoch, step, self.record.batches_per_epoch, config.seed,
+                                   list(self.record.metrics), dict(partial))  # fmt: skip
+        return checkpoint.make_state(self.model, self.optimizer.state_dict(), record,
+                                     config.as_dict(), options.as_dict(), self.run_id)  # fmt: skip
+
+
+class Trainer:
+    """The parent's side of a run: owns the shared model and the loop; reads
+    the workers' SharedCounters, keeps the Record a checkpoint saves (see
+    docs/design.md's glossary); asks the node where to pause and the
+    checkpoint manager when to save."""
+
+    def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool):
+        self.config, self.options, self.device, self.node = config, options, device, node
+        self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
+        self.counters = pool.counters
+        self.files, self.train_set, self.test_set = load_splits(options, config.dataset, device)
+        self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
+        self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
+        self.model, self.record = self.shared.model, self.shared.record
+        node.begin(self.model.parameters(), self.shared.averaged, self.shared.summed)
+        self.first_epoch = self.record.epoch
+        # Not divmod(start, per_epoch) later: a checkpoint saved while the last
+        # epoch's evaluation was interrupted holds step == per_epoch, and that
+        # epoch must still be evaluated on resume.
+        self.start_batch = self.first_epoch * self.per_epoch + self.record.step
+        self.threads, self.eval_threads = thread_counts(options)
+        self.schedule = Schedule(self.per_epoch, self.start_batch, node.rank, node.world)
+        self.report = ProgressReport(options.log_interval, config, self.schedule,
+                                     len(self.train_set), progress_display(node.leader))  # fmt: skip
+        # --dry-run: the same loop, one batch per worker of the first epoch.
+        self.batch_limit = options.num_processes if options.dry_run else None
+        self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
+        self.epoch, self.epoch_trained = self.first_epoch, False
+        self.run_started = time.perf_counter()
+        self.counters.reset(0)  # the shared counters count this node's batches of this run
+
+    # ----- the run -------------------------------------------------------
+    def run(self):
+        """The whole run; returns the process exit code."""
+        try:
+            self.start_workers()
+            for epoch in range(self.first_epoch, self.last_epoch):
+                self.train_epoch(epoch)
+                row = self.evaluate_epoch(epoch)
+                self.end_epoch(epoch, row)
+                if reached_target(row, self.options.target_accuracy):
+                    break
+        except Stopped as stopped:
+            return self.stopped(stopped)
+        except WorkerDied as e:
+            changed = data.changed_files(self.files)
+            raise (WorkerDied(f"{e}; {changed[0]}") if changed else e) from None
+        return self.finish()
+
+    def start_workers(self):
+        """Hand the workers (forked at start-up, waiting) the shared model and
+        wait until they are ready."""
+        say_start(self.config, self.options, self.threads, self.record, resuming=self.start_batch)
+        self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
+        if self.stop.signum is not None and self.node.pauses_anywhere:
+            raise Stopped(self.stop.signum, during_start_up=True)
+        torch.set_num_threads(self.threads)
+        self.run_started = time.perf_counter()
+        self.pool.send_setup(self.worker_payload())
+        # One machine stops at once; several stop together, at the first sync.
+        give_up = self.stop_requested if self.node.pauses_anywhere else None
+        if not self.counters.wait("ready", len(self.pool), self.pool.check, give_up):
+            raise Stopped(self.stop.signum, during_start_up=True)
+        self.stop.starting = False  # from here a signal means "save, then stop"
+        say(line("ready", workers=len(self.pool), seconds=time.monotonic() - self.started))
+
+    def worker_payload(self):
+        """What every worker gets (see SharedModel.payload)."""
+        every = 1 if self.device.type == "cpu" else self.options.log_interval
+        setup = WorkerSetup(self.threads, str(self.device), self.options.deterministic, every)
+        train = self.files["train"] if self.device.type == "cpu" else self.train_set
+        return self.shared.payload(self.config, self.schedule, train, setup)
+
+    def train_epoch(self, epoch):
+        """Train this node's batches of EPOCH, pausing at each of the node's
+        boundaries (and, on one machine, wherever a save or stop is due)."""
+        self.epoch, self.epoch_trained = epoch, False
+        end = self.schedule.local_end(epoch)
+        if self.batch_limit is not None:
+            end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
+        self.report.begin_epoch(epoch, self.counters.done.value, self.counters.loss_sum.value)
+        for boundary in self.node.boundaries(self.schedule, epoch, self.counters.done.value, end):
+            while not self.run_to(boundary):
+                self.synchronise_at_boundary(at_end=False)
+            self.synchronise_at_boundary(at_end=boundary == end)
+        self.report.end_epoch(self.counters.done.value)
+        self.record.partial_epoch = self.epoch_partial()
+        self.epoch_trained = True
+
+    def run_to(self, boundary):
+        """Let the workers train up to this node's batch BOUNDARY: True there;
+        False if they were paused before it (a save or a stop is due)."""
+        shared, check = self.counters, self.pool.check
+        if shared.done.value < boundary:
+            shared.set_limit(boundary, check)
+            if not shared.wait("done", boundary, check, self.between_batches):
+                shared.pause(check)
+                return False
+        return True
+
+    def between_batches(self, done):
+        """Called by the wait loop about every 0.1 s: log; True to pause now."""
+        loss_sum = self.counters.loss_sum.value
+        why = divergence(
+            loss_sum, self.report.tick(done, loss_sum) if math.isfinite(loss_sum) else 0
+        )
+        if why:
+            self.counters.pause(self.pool.check)
+            raise Diverged(f"{why} in epoch {self.epoch + 1}")
+        self.pool.watch_stall(done, warn)
+        return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
+
+    def synchronise_at_boundary(self, at_end):
+        """The workers are paused at a boundary: combine the model with the other
+        nodes' (if any) and agree on stopping and saving."""
+        signum, save = self.node.synchronise(self.stop.signum, self.checkpoints.due(), at_end)
+        if signum:
+            raise Stopped(signum, here=self.stop.signum is not None)
+        if save and not at_end:  # (an epoch's end saves anyway)
+            step = self.schedule.step(self.epoch, self.counters.done.value)
+            self.checkpoints.save(self.snapshot(self.epoch, step, self.epoch_partial()))
+
+    def evaluate_epoch(self, epoch):
+        """EPOCH's metrics row. The workers are idle, so the parent may use
+        every core. On several machines each node evaluates its share of the
+        test set; the first makes the row from everyone's sums and tells the others."""
+        split = self.node.shard(self.test_set)
+        result, seconds = evaluate_on_every_core(self.model, split, self.config.dataset,
+                                                 self.options.test_batch_size, self.eval_threads,
+                                                 self.stop_requested)  # fmt: skip
+        result, signum = self.node.combine_evaluation(result, self.stop.signum)
+        row = None
+        if result is not None and self.node.leader:
+            batches = self.schedule.step(epoch, self.counters.done.value)
+            row = metrics_row(epoch, batches, result, seconds, self.record.partial_epoch,
+                              self.config, len(self.train_set), self.per_epoch)  # fmt: skip
+        row, signum = self.node.share_evaluation(row, signum)
+        if row is None:
+            raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
+        return row
+
+    def end_epoch(self, epoch, row):
+        """Judge EPOCH's metrics ROW, keep it, save, and say so."""
+        check_epoch(epoch, row, self.record.metrics)
+        self.record.metrics.append(row)
+        done = self.counters.done.value
+        finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
+        step = self.schedule.step(epoch, done)
+        if finished:
+            self.record.partial_epoch = checkpoint.empty_partial()
+        self.checkpoints.save_epoch(self.snapshot(*((epoch + 1, 0) if finished else (epoch, step))))
+        say_epoch(row, self.config.epochs, self.checkpoints.saved_where())
+
+    def finish(self):
+        self.pool.stop(graceful=True)
+        elapsed = time.perf_counter() - self.run_started
+        say_done(elapsed, self.counters.done.value, self.record.metrics, self.options.checkpoint)
+        log_summary(self.record.metrics, self.checkpoints, self.shared.run_id)
+        log_syncs(self.node, self.report.trained_seconds)
+        return 0
+
+    def stopped(self, stopped):
+        """Graceful stop: the workers are paused (on every node, at the same
+        boundary); save, then let them exit."""
+        if stopped.during_start_up:
+            self.pool.stop(graceful=False)
+            return stopped_before_training(stopped)
+        step = self.schedule.step(self.epoch, self.counters.done.value)
+        partial = self.record.partial_epoch if self.epoch_trained else self.epoch_partial()
+        seconds = self.checkpoints.save(self.snapshot(self.epoch, step, partial))
+        fields = dict(epoch=self.epoch + 1, step=step, ms=seconds * 1000, per_epoch=self.per_epoch)
+        say_stopped(
+            stopped, self.checkpoints.saved_where(), batches=self.counters.done.value, **fields
+        )
+        log_syncs(self.node, self.report.trained_seconds)
+        self.pool.stop(graceful=True)
+        return 0 if launcher.hand_over_stop(stopped.signum) else 128 + stopped.signum
+
+    # ----- helpers -------------------------------------------------------
+    def stop_requested(self, *_):
+        return self.stop.signum is not None
+
+    def epoch_partial(self):
+        """The unfinished epoch's loss sum and seconds, those of earlier runs
+        included; on several machines summed over the nodes (a collective: every
+        node calls this at the same points)."""
+        loss, seconds = self.report.epoch_totals(self.counters.loss_sum.value)
+        loss, seconds = self.node.sum_and_max(loss, seconds)
+        base = self.record.partial_epoch
+        return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
+
+    def snapshot(self, epoch, step, partial=None):
+        """The checkpoint dict for (EPOCH, STEP); PARTIAL defaults to the run's."""
+        partial = partial or self.record.partial_epoch
+        return self.shared.snapshot(self.config, self.options, epoch, step, partial)
+
+
+def thread_counts(options):
+    """(torch threads per worker, the parent's for evaluation, when the workers are idle)."""
+    usable = cpus.usable_cpus()
+    threads = options.threads_per_process or max(1, usable // options.num_processes)
+    return threads, max(threads, usable)
+
+
+def load_splits(options, dataset, device):
+    """(the data files, the training split, the test split) on DEVICE."""
+    files = data.prepare(options.data_dir, dataset, log=say)
+    train_set = data.to_device(data.map_split(files["train"]), device)
+    return files, train_set, data.to_device(data.load_split(files["test"]), device)
+
+
+def evaluate_on_every_core(model, split, dataset, batch_size, threads, stop_requested):
+    """(evaluation of MODEL on SPLIT, seconds) with THREADS torch threads: the
+    workers are idle meanwhile, so the parent may use every core."""
+    before, started = torch.get_num_threads(), time.perf_counter()
+    torch.set_num_threads(threads)
+    try:
+        return (
+            evaluate(model, split, dataset, batch_size, stop_requested),
+            time.perf_counter() - started,
+        )
+    finally:
+        torch.set_num_threads(before)
