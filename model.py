@@ -1,4 +1,6 @@
-"""The network: only the nn.Module (training code lives in train.py)."""
+"""The network, Net: only the nn.Module. Training, evaluate, infer, export and
+serve all build it from this file; the training loop is in the package
+(mnist_hogwild/training/). An image holds the copy it was built with."""
 
 import torch.nn as nn
 import torch.nn.functional as F

@@ -27,12 +27,12 @@ import time
 
 import psutil
 
-# What the scripts share with the tests (harness, procs, synthetic_data) lives in tests/.
+# What the scripts share with the tests (harness, procs, synthetic_data) lives in tools/.
 sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
 import harness
-from harness import REPO, Trainer, flags
+from harness import REPO, TrainerProcess, flags
 
 from mnist_hogwild.core import cpus  # (found through the path harness sets)
 
@@ -73,7 +73,7 @@ def one_epoch(data_dir, dataset, workers, threads, work, measure_memory=False):
     machine (a run that ends before the sampler looks would read as 0 MB)."""
     ckpt = os.path.join(work, f"bench-{workers}x{threads}.pth")
     harness.remove_run_files(ckpt)
-    t = Trainer(
+    t = TrainerProcess(
         flags(
             data_dir=data_dir,
             dataset=dataset,
@@ -155,7 +155,7 @@ def busy_loop():
 def stop_timing(data_dir, dataset, work):
     ckpt = os.path.join(work, "bench-stop.pth")
     harness.remove_run_files(ckpt)
-    t = Trainer(
+    t = TrainerProcess(
         # Many epochs: the stop must land mid-training even on tiny smoke data.
         flags(data_dir=data_dir, dataset=dataset, epochs=100, checkpoint=ckpt, log_interval=5),
         cwd=work,
@@ -182,7 +182,7 @@ def full_run(data_dir, dataset, label, work, epochs, processes=2, device="cpu"):
     harness.remove_run_files(ckpt)
     options = dict(data_dir=data_dir, dataset=dataset, epochs=epochs, num_processes=processes)
     options.update(device=device, checkpoint=ckpt, log_interval=10**9)
-    t = Trainer(flags(**options), cwd=work)
+    t = TrainerProcess(flags(**options), cwd=work)
     target, reached, seen = TARGETS[label], None, {}
     while "done" not in seen:
         elapsed, kind, fields = t.wait_for("ready", "epoch", "done", timeout=1800)
@@ -554,7 +554,7 @@ def accuracy_curve(data_dir, dataset, work, recipe, processes, seed, device):
     options = dict(data_dir=data_dir, dataset=dataset, seed=seed, **recipe_options(recipe))
     options.update(num_processes=processes, device=device, checkpoint=ckpt, log_interval=10**9)
     options.update(target_accuracy=max(TTA_TARGETS), checkpoint_interval=0)
-    t = Trainer(flags(**options), cwd=work)
+    t = TrainerProcess(flags(**options), cwd=work)
     curve = []
     while True:
         elapsed, kind, fields = t.wait_for("epoch", "done", timeout=3600)

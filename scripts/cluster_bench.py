@@ -30,9 +30,9 @@ import tempfile
 import sys
 import time
 
-# What the scripts share with the tests (harness, procs, synthetic_data) lives in tests/.
+# What the scripts share with the tests (harness, procs, synthetic_data) lives in tools/.
 sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
 import harness
 from mnist_hogwild.core import loglines

@@ -97,7 +97,7 @@ EOF
 }
 [ -f "$out/time_to_accuracy.json" ] && record time-to-accuracy \
   "seconds from the command to the epoch line at 98% and 99%, 1 and 16 processes" "$(tta_summary)" null
-python3 -c "import sys; sys.path.insert(0, 'tests'); import gpu_check; gpu_check.write_markdown('$out')" || true
+python3 -c "import sys; sys.path[:0] = ['tests', 'tools']; import gpu_check; gpu_check.write_markdown('$out')" || true
 echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
 cat "$out/results.md"
 exit "$status"

@@ -55,7 +55,12 @@ def main():
     args = p.parse_args()
     print("| optimizer | first step in a fresh process (median) | imports torch._dynamo |")
     print("| --- | ---: | --- |")
-    for kind in ("optimizers.MomentumSGD", "torch.optim.SGD", "optimizers.Adam", "torch.optim.Adam"):
+    for kind in (
+        "optimizers.MomentumSGD",
+        "torch.optim.SGD",
+        "optimizers.Adam",
+        "torch.optim.Adam",
+    ):
         seconds, dynamo = measure(kind, args.repeats)
         print(f"| `{kind}` | {seconds:.3f} s | {'yes' if dynamo else 'no'} |", flush=True)
 

@@ -35,8 +35,12 @@ import sys
 import tempfile
 import time
 
+# harness and procs, shared with the scripts, live in tools/.
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+)
 import harness
-from harness import Trainer, flags
+from harness import TrainerProcess, flags
 
 from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
@@ -85,7 +89,9 @@ def run(args, work, name, epochs, env=None, **options):
     ckpt = os.path.join(work, f"{name}.pth")
     harness.remove_run_files(ckpt)
     options.setdefault("device", args.device)
-    t = Trainer(flags(data_dir=args.data_dir, epochs=epochs, checkpoint=ckpt, **options), work, env)
+    t = TrainerProcess(
+        flags(data_dir=args.data_dir, epochs=epochs, checkpoint=ckpt, **options), work, env
+    )
     ready = t.wait_for("ready", timeout=240)[2]
     t.wait_for("done", timeout=600)
     t.finish(ok=(0,))
@@ -126,11 +132,11 @@ def stop_and_resume(args, work, name, epochs, **options):
     harness.remove_run_files(ckpt)
     options.setdefault("device", args.device)
     argv = flags(data_dir=args.data_dir, epochs=epochs, checkpoint=ckpt, **options)
-    t = Trainer(argv, work)
+    t = TrainerProcess(argv, work)
     t.wait_for("progress", timeout=240)
     t.proc.send_signal(signal.SIGINT)
     first = t.finish(ok=(130,))
-    t = Trainer([*argv, "--resume"], work)
+    t = TrainerProcess([*argv, "--resume"], work)
     second = t.finish(ok=(0,))
     return harness.parse_lines("stopped", first), first, second, ckpt
 

@@ -47,7 +47,7 @@ in_scratch_checkout() { # "$@" of the calling script: re-runs it from a scratch 
 prepare_grading_data() { # run: the function that runs the image with . at /workspace
   if [ "${GRADING_DATA:-}" = synthetic ]; then
     echo "writing synthetic IDX files into ./data (GRADING_DATA=synthetic)"
-    "$1" "$IMAGE" python /workspace/tests/synthetic_data.py /workspace/data --train 19200 \
+    "$1" "$IMAGE" python /workspace/tools/synthetic_data.py /workspace/data --train 19200 \
       --test 1000 >/dev/null || fail "could not write synthetic data"
   elif [ -n "${GRADING_DATA:-}" ]; then
     echo "using MNIST from $GRADING_DATA (linked into ./data/MNIST/raw)"
@@ -72,7 +72,7 @@ cluster_setup() { # prefix, training images: scratch, a network, synthetic data;
   scratch "$1"
   trap cluster_cleanup EXIT
   docker network create "$net" >/dev/null
-  docker run --rm -v "$work:/w" -v "$PWD/tests:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data \
+  docker run --rm -v "$work:/w" -v "$PWD/tools:/t:ro" "$IMAGE" python /t/synthetic_data.py /w/data \
     --train "$2" --test 1000 >/dev/null || { echo "could not write synthetic data"; exit 1; }
 }
 cluster_cleanup() { # every container named after the network, the network, the scratch directory

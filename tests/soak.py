@@ -24,6 +24,10 @@ import sys
 import tempfile
 import time
 
+# harness and procs, shared with the scripts, live in tools/.
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+)
 import harness
 import procs
 from harness import MAIN, docker, docker_run
@@ -555,6 +559,10 @@ class Soak:
             )
 
     # ----- faults on the host (a user's terminal, not a container) --------
+    # A run that a fault must find still training: more epochs than any fault
+    # test waits for, so that it is still going however slow the machine.
+    LONG = ("--log-interval", "5", "--epochs", "1000")
+
     def host_trainer(self, ckpt, *flags, tag=None, stdout=subprocess.PIPE):
         env = {**os.environ, "MNIST_HOGWILD_SOAK": tag} if tag else None
         argv = [sys.executable, MAIN, *self.host_common, "--checkpoint", ckpt, *map(str, flags)]
@@ -572,7 +580,7 @@ class Soak:
         head = subprocess.Popen(
             ["head", "-n", "3"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
         )
-        proc = self.host_trainer(ckpt, "--log-interval", "5", stdout=head.stdin)
+        proc = self.host_trainer(ckpt, *self.LONG, stdout=head.stdin)
         head.stdin.close()
         try:
             head.wait(timeout=300)  # the reader is gone...
@@ -596,7 +604,7 @@ class Soak:
         """SIGKILL of the trainer mid-training: no process of the run may be left."""
         ckpt = self.fresh("orphans")
         tag = f"soak-{os.getpid()}-{time.monotonic_ns()}"
-        proc = self.host_trainer(ckpt, "--log-interval", "5", tag=tag)
+        proc = self.host_trainer(ckpt, *self.LONG, tag=tag)
         try:
             proc.out.wait_for(lambda line: harness.parse_line("progress", line), 300)
             os.kill(proc.pid, signal.SIGKILL)
@@ -611,15 +619,24 @@ class Soak:
             self.problem("parent SIGKILL left processes of the run alive")
 
     def concurrent_run(self):
-        """A second run on a checkpoint in use: refused with one line; the first goes on."""
+        """A second run on a checkpoint in use: refused with one line; the first goes on.
+
+        The premise (the first run holds the lock while the second starts) is
+        held, not hoped for: the first run is paused (SIGSTOP to its process
+        group) for as long as the second takes, however slow the machine."""
         ckpt = self.fresh("concurrent")
         first = self.host_trainer(ckpt, "--log-interval", "5")
+        paused = False
         try:
             first.out.wait_for(lambda line: harness.parse_line("progress", line), 300)
+            os.killpg(first.pid, signal.SIGSTOP)
+            paused = first.poll() is None  # still running, now paused: it holds the lock
             second = subprocess.run(
                 [sys.executable, MAIN, *self.host_common, "--checkpoint", ckpt],
                 cwd=self.work, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
+            paused = paused and first.poll() is None
+            os.killpg(first.pid, signal.SIGCONT)
             first.wait(timeout=900)
         finally:
             if first.poll() is None:
@@ -628,15 +645,18 @@ class Soak:
         errors = second.stderr.strip().splitlines()
         ok = second.returncode == 2 and len(errors) == 1 and "in use by another run" in errors[0]
         print(
-            f"  concurrent run: second exit {second.returncode}, first exit {first.returncode}",
+            f"  concurrent run: second exit {second.returncode} while the first was paused "
+            f"({paused}), first exit {first.returncode}",
             flush=True,
         )
-        if not ok or first.returncode != 0:
+        if not paused:
+            self.problem("concurrent run: the first run ended before the second tried the lock")
+        elif not ok or first.returncode != 0:
             self.problem(f"concurrent run: {second.returncode} {errors} / first {first.returncode}")
 
     def sighup(self):
         ckpt = self.fresh("sighup")
-        proc = self.host_trainer(ckpt, "--log-interval", "5")
+        proc = self.host_trainer(ckpt, *self.LONG)
         try:
             proc.out.wait_for(lambda line: harness.parse_line("progress", line), 300)
             os.kill(proc.pid, signal.SIGHUP)

@@ -8,7 +8,7 @@ import torch
 
 import main
 from mnist_hogwild.commands.flags import settings
-from mnist_hogwild.core.config import DATASETS, RunOptions, TrainConfig
+from mnist_hogwild.core.config import DATASETS, TrainConfig
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 
 

@@ -13,7 +13,9 @@ def train_both(name, ours_kwargs, reference, steps=6):
     ours_model, ref_model = Net(), Net()
     ref_model.load_state_dict(ours_model.state_dict())
     params = list(ours_model.parameters())
-    ours = optimizers.make(name, params, state=optimizers.OPTIMIZERS[name].new_state(params), **ours_kwargs)
+    ours = optimizers.make(
+        name, params, state=optimizers.OPTIMIZERS[name].new_state(params), **ours_kwargs
+    )
     ref = reference(ref_model.parameters())
     for step in range(steps):
         x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
@@ -126,7 +128,9 @@ def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
 def test_state_that_does_not_fit_is_refused():
     params = list(Net().parameters())
     sgd = optimizers.make("sgd", params, 0.1, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(params))
-    adam = optimizers.make("adam", params, 0.1, 0.5, optimizers.OPTIMIZERS["adam"].new_state(params))
+    adam = optimizers.make(
+        "adam", params, 0.1, 0.5, optimizers.OPTIMIZERS["adam"].new_state(params)
+    )
     with pytest.raises(ValueError, match="no adam state"):
         adam.load_state(sgd.state_dict())
     bad = sgd.state_dict()

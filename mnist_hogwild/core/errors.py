@@ -3,7 +3,7 @@ exception's message one line. Torch-free: main.py reports usage errors
 before torch is imported.
 
 Every error here ends the run with one `error: ...` line (main.run_command for
-the commands, trainer.run for training) and a non-zero exit: 2 for usage (as
+the commands, startup.train for training) and a non-zero exit: 2 for usage (as
 argparse), 1 for the rest.
 """
 

@@ -25,14 +25,11 @@ import os
 import shutil
 import time
 
-from mnist_hogwild.training import checkpoint
-from mnist_hogwild.core import processes
+from mnist_hogwild.training import checkpoint, paths
 from mnist_hogwild.training.checkpoint import Record
 from mnist_hogwild.training.lock import PathLock
-from mnist_hogwild.core.errors import CheckpointError, UsageError
+from mnist_hogwild.core.errors import CheckpointError
 from model import Net
-
-MAX_NAME = 255  # NAME_MAX on Linux file systems, where pathconf cannot tell
 
 
 def sibling(path, suffix):
@@ -87,9 +84,9 @@ class CheckpointManager:
         if self.writer is not None:
             self.best = self.read_best()
             return
-        self.check_paths()
+        paths.check_writable(self.path, self.directory, self.owned_paths())
         self.lock.take(self.path, self.warn)
-        for name in self.remove_stale_temps():
+        for name in paths.remove_stale_temps(self.directory, self.owned_paths()):
             self.warn(f"removed {name}, left by an interrupted save")
         if os.path.exists(self.path) and self.dry_run:
             self.writes = False
@@ -110,64 +107,8 @@ class CheckpointManager:
             return None
         return best_record(state)
 
-    def check_paths(self):
-        if not self.path.strip():
-            raise UsageError(
-                "--checkpoint is empty (an unset variable?): name the file, e.g. "
-                "--checkpoint model_checkpoint.pth"
-            )
-        if os.path.isdir(self.path):
-            raise CheckpointError(f"--checkpoint {self.path} is a directory")
-        if os.path.exists(self.path) and not os.path.isfile(self.path):
-            raise CheckpointError(f"--checkpoint {self.path} is not a regular file")
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            limit = os.pathconf(self.directory, "PC_NAME_MAX")
-        except OSError as e:
-            raise CheckpointError(self.unwritable(e)) from None
-        # The longest names a save will write: temp files carry host, pid and
-        # a random part; check them, not a shorter stand-in.
-        longest = max(
-            (checkpoint.temp_name(p, pid=4194304, token="f" * 8) for p in self.owned_paths()),
-            key=len,
-        )
-        if len(longest) > min(limit, MAX_NAME):
-            raise CheckpointError(
-                f"--checkpoint {os.path.basename(self.path)!r} is too long: its saves write "
-                f"temp files of {len(longest)} characters, over this file system's {limit}"
-            )
-        probe = os.path.join(self.directory, longest)
-        try:
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            os.unlink(probe)
-        except OSError as e:
-            raise CheckpointError(self.unwritable(e)) from None
-
-    def unwritable(self, error):
-        return (
-            f"cannot write checkpoints to {self.directory}: {error.strerror or error} "
-            f"(uid {os.getuid()}); mount a writable volume or pass --checkpoint"
-        )
-
     def owned_paths(self):
         return [self.path, self.metrics_path, self.best_path, self.prev_path]
-
-    def remove_stale_temps(self):
-        """Temp files of this path's saves whose writer is provably gone (its
-        pid is not alive on this host); another host's are left alone."""
-        removed = []
-        here = checkpoint.host()
-        for path in self.owned_paths():
-            for name in os.listdir(self.directory):
-                owner = checkpoint.parse_temp_name(path, name)
-                if owner is None or owner[0] != here or processes.pid_alive(owner[1]):
-                    continue
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                    removed.append(name)
-                except FileNotFoundError:
-                    pass  # its owner finished or another run removed it meanwhile
-        return removed
 
     # ----- resume --------------------------------------------------------
     def restore(self, state, model, optimizer, per_epoch):

@@ -2,7 +2,7 @@
 photos (enlarged, on paper, on colour gradients, with noise, in shade) and
 read back through infer's own preparation of image files.
 
-    python tests/photo_digits.py --checkpoint model_checkpoint.pth [--count 200]
+    python tools/photo_digits.py --checkpoint model_checkpoint.pth [--count 200]
 
 Prints one row per kind of photo: how many were read right, and how many got
 "no digit found" (all of them, for photos with no digit). --examples DIR also writes each kind's first photo there.

@@ -91,7 +91,7 @@ def remove_run_files(checkpoint_path):
             os.unlink(path)
 
 
-class Trainer:
+class TrainerProcess:
     """One trainer process on the host; its output is read as it arrives, and
     every wait has a deadline that holds even when the trainer prints nothing."""
 

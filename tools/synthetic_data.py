@@ -3,7 +3,7 @@
 Each class c draws a bright 7x7 block at a class-specific place on a noisy
 background, so a few hundred batches reach high accuracy.
 
-    python tests/synthetic_data.py DATA_DIR [--train N] [--test N] [--gzip]
+    python tools/synthetic_data.py DATA_DIR [--train N] [--test N] [--gzip]
         [--dataset mnist|fashion-mnist]
 """
 
