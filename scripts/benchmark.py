@@ -16,6 +16,7 @@ Writes docs/benchmark.json, docs/benchmark.md and docs/scaling.png.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -225,26 +226,11 @@ def docker_numbers(data_dir, dataset, image, work):
         (os.path.join(work, "docker"), "/workspace"),
     ]
     started = time.monotonic()
-    subprocess.run(
-        harness.docker_run(
-            image,
-            *flags(data_dir="/data", dataset=dataset, epochs=1, log_interval=20),
-            volumes=volumes,
-            name=name,
-            detach=True,
-        ),
-        check=True,
-        capture_output=True,
-    )
+    argv = flags(data_dir="/data", dataset=dataset, epochs=1, log_interval=20)
+    start_detached(image, argv, volumes, name)
     try:
-        first_batch = None
-        while time.monotonic() - started < 120:
-            logs = harness.docker("logs", name).stdout
-            if first_batch is None and harness.parse_lines("ready", logs):
-                first_batch = time.monotonic() - started
-            if harness.parse_lines("progress", logs):
-                break
-            time.sleep(0.05)
+        first_batch = seconds_until(name, "ready", started)
+        seconds_until(name, "progress", started)
         t = time.monotonic()
         harness.docker("stop", name, check=True)
         stop_s = time.monotonic() - t
@@ -260,30 +246,32 @@ def docker_numbers(data_dir, dataset, image, work):
     }
 
 
+def start_detached(image, argv, volumes, name, docker_args=()):
+    run = harness.docker_run(image, *argv, volumes=volumes, name=name, detach=True,
+                             docker_args=list(docker_args))  # fmt: skip
+    subprocess.run(run, check=True, capture_output=True)
+
+
+def seconds_until(name, kind, started, timeout=120):
+    """Seconds from STARTED until container NAME's log holds a KIND line; None
+    if it does not within TIMEOUT."""
+    while time.monotonic() - started < timeout:
+        if harness.parse_lines(kind, harness.docker("logs", name).stdout):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
 def one_core_first_batch(image, volumes, dataset):
     """docker run to the first batch in a one-core container (`--cpus 1`, one
     process), as a one-CPU pod or each node of cluster_bench.py starts."""
     name = f"bench-one-core-{os.getpid()}"
     started = time.monotonic()
-    subprocess.run(
-        harness.docker_run(
-            image,
-            *flags(data_dir="/data", dataset=dataset, epochs=1, num_processes=1,
-                   checkpoint="/workspace/one-core.pth"),
-            volumes=volumes,
-            name=name,
-            detach=True,
-            docker_args=["--cpus", "1"],
-        ),
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    argv = flags(data_dir="/data", dataset=dataset, epochs=1, num_processes=1,
+                 checkpoint="/workspace/one-core.pth")  # fmt: skip
+    start_detached(image, argv, volumes, name, ["--cpus", "1"])
     try:
-        while time.monotonic() - started < 120:
-            if harness.parse_lines("ready", harness.docker("logs", name).stdout):
-                return time.monotonic() - started
-            time.sleep(0.05)
-        return None
+        return seconds_until(name, "ready", started)
     finally:
         harness.docker("rm", "-f", name)
 
@@ -388,15 +376,19 @@ def timing_rows(result):
     return lines
 
 
+def new_figure(width, height):
+    """(figure, axes) of WIDTH x HEIGHT inches, drawn with Agg: matplotlib is a
+    development dependency, imported only for the plots."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(width, height), layout="tight")
+    return fig, fig.subplots()
+
+
 def plot_scaling(result, path):
-    import matplotlib  # noqa: PLC0415 - a development dependency, only for the plot
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     rows = [r for r in result["throughput"] if r["threads"] == 1]
     xs = [r["processes"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(5, 3.5)
     ax.plot(xs, [r["samples_per_s"] for r in rows], "o-", label="measured")
     ax.plot(
         xs,
@@ -410,9 +402,7 @@ def plot_scaling(result, path):
     ax.set_xticks(xs)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def breakdown_markdown(rows, result):
@@ -436,15 +426,10 @@ def breakdown_markdown(rows, result):
 
 def plot_breakdown(rows, path):
     """A stacked bar per process count: start-up, training, evaluation, the rest."""
-    import matplotlib  # noqa: PLC0415 - a development dependency, only for the plot
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     parts = [("startup_s", "start-up"), ("training_s", "training"), ("evaluation_s", "evaluation")]
     parts += [("boundaries_s", "epoch boundaries"), ("exit_s", "exit")]
     labels = [str(r["processes"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 2.2))
+    fig, ax = new_figure(7, 0.6 * len(rows) + 2.2)
     left = [0.0] * len(rows)
     for key, name in parts:
         values = [max(r[key], 0.0) for r in rows]
@@ -454,9 +439,7 @@ def plot_breakdown(rows, path):
     ax.set_ylabel("--num-processes")
     ax.set_title(f"Where a {rows[0]['epochs']}-epoch run's time goes")
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=5)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def readme_summary(result):
@@ -536,25 +519,29 @@ TTA_TARGETS = (98.0, 99.0)
 
 
 def recipe_options(spec):
-    """--recipes entry SPEC: a recipe name, or NAME:EPOCHS for it with --epochs EPOCHS."""
-    name, _, epochs = spec.partition(":")
-    return dict(recipe=name, epochs=int(epochs) if epochs else None)
+    """--recipes entry SPEC: "NAME[:EPOCHS] [FLAG VALUE ...]": the recipe, with
+    --epochs EPOCHS if given, and any train flags after it (an ablation)."""
+    head, *extra = shlex.split(spec)
+    name, _, epochs = head.partition(":")
+    return dict(recipe=name, epochs=int(epochs) if epochs else None), extra
 
 
 def recipe_label(spec):
-    options = recipe_options(spec)
-    return options["recipe"] + (f" --epochs {options['epochs']}" if options["epochs"] else "")
+    options, extra = recipe_options(spec)
+    epochs = f" --epochs {options['epochs']}" if options["epochs"] else ""
+    return " ".join([options["recipe"] + epochs, *extra])
 
 
 def accuracy_curve(data_dir, dataset, work, recipe, processes, seed, device):
     """One run of RECIPE (a --recipes entry), to the end of its planned epochs or
     the last target: [(seconds since the command, epoch, accuracy %)]."""
-    ckpt = os.path.join(work, f"tta-{recipe}-{processes}-{seed}.pth".replace(":", "-"))
+    ckpt = os.path.join(work, f"tta-{processes}-{seed}.pth")
     harness.remove_run_files(ckpt)
-    options = dict(data_dir=data_dir, dataset=dataset, seed=seed, **recipe_options(recipe))
+    chosen, extra = recipe_options(recipe)
+    options = dict(data_dir=data_dir, dataset=dataset, seed=seed, **chosen)
     options.update(num_processes=processes, device=device, checkpoint=ckpt, log_interval=10**9)
     options.update(target_accuracy=max(TTA_TARGETS), checkpoint_interval=0)
-    t = TrainerProcess(flags(**options), cwd=work)
+    t = TrainerProcess(flags(**options) + extra, cwd=work)
     curve = []
     while True:
         elapsed, kind, fields = t.wait_for("epoch", "done", timeout=3600)
@@ -581,6 +568,7 @@ def tta_row(recipe, processes, curves):
             "seconds": [round(h[1], 1) for h in reached],
         }
     row["best"] = [max(a for _, _, a in c) for c in curves]
+    row["epoch_1"] = [c[0][2] if c else None for c in curves]  # per seed: None if it stopped
     return row
 
 
@@ -597,7 +585,7 @@ def add_ratios(rows):
 
 def measure_time_to_accuracy(args, data_dir, dataset, work):
     rows = []
-    for recipe in args.recipes.split(","):
+    for recipe in recipe_specs(args.recipes):
         for processes in (int(n) for n in args.processes.split(",")):
             curves = []
             for seed in range(1, args.repeats + 1):
@@ -610,12 +598,23 @@ def measure_time_to_accuracy(args, data_dir, dataset, work):
     return {"time_to_accuracy": add_ratios(rows), "device": args.device}
 
 
+def recipe_specs(given):
+    """--recipes' entries: several words, or one comma-separated word."""
+    return given[0].split(",") if len(given) == 1 and " " not in given[0] else given
+
+
 def _spread(values, unit=""):
     if not values:
         return "-"
     med = statistics.median(values)
     text = f"{med:g}{unit}"
     return text if min(values) == max(values) else f"{text} ({min(values):g}-{max(values):g})"
+
+
+def per_seed(row):
+    """Accuracy after the first epoch, seed by seed ("stopped": the run ended first)."""
+    seeds = row.get("epoch_1", [])
+    return " / ".join("stopped" if a is None else f"{a:.2f}" for a in seeds) or "-"
 
 
 def _times(row):
@@ -630,14 +629,15 @@ def tta_markdown(result):
         f"recipe's median seconds to 98% over this row's, at the same process count, in the "
         f"same run (`python scripts/benchmark.py --time-to-accuracy`).",
         "",
-        "| recipe | processes | runs | reached 98% | epochs to 98% | seconds to 98% | faster "
-        "| reached 99% | epochs to 99% | seconds to 99% | best accuracy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| recipe | processes | runs | after epoch 1, per seed | reached 98% | epochs to 98% "
+        "| seconds to 98% | faster | reached 99% | epochs to 99% | seconds to 99% | best accuracy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["time_to_accuracy"]:
         a, b = r["to_98"], r["to_99"]
         lines.append(
-            f"| {r['recipe']} | {r['processes']} | {r['runs']} | {a['reached']}/{r['runs']} | "
+            f"| {r['recipe']} | {r['processes']} | {r['runs']} | {per_seed(r)} | "
+            f"{a['reached']}/{r['runs']} | "
             f"{_spread(a['epochs'])} | {_spread(a['seconds'], ' s')} | {_times(r)} | "
             f"{b['reached']}/{r['runs']} | "
             f"{_spread(b['epochs'])} | {_spread(b['seconds'], ' s')} | "
@@ -647,12 +647,7 @@ def tta_markdown(result):
 
 
 def plot_time_to_accuracy(result, path):
-    import matplotlib  # noqa: PLC0415 - a development dependency, only for the plot
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_figure(6.5, 4)
     colours = {"sample": "tab:blue", "fast": "tab:orange", "fast --epochs 3": "tab:green"}
     for r in result["time_to_accuracy"]:
         for i, curve in enumerate(r["curves"]):
@@ -677,9 +672,7 @@ def plot_time_to_accuracy(result, path):
     ax.set_title(f"Time to accuracy, {result['data']}")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def publish_time_to_accuracy(result, args):
@@ -716,58 +709,39 @@ def recipes_summary(result):
     return "\n".join(lines) + "\n"
 
 
+# (flag, argparse options): every flag's default is in its help as %(default)s.
+FLAGS = (
+    ("--repeats", dict(type=int, default=3, help="runs per measurement (default: %(default)s)")),
+    ("--smoke", dict(action="store_true", help="tiny synthetic data, 1 repeat, no Docker")),
+    ("--out", dict(default=os.path.join(REPO, "docs"), help="output folder (default: docs/)")),
+    ("--image", dict(default="mnist-hogwild:grading", help="image for the Docker numbers")),
+    ("--accuracy-epochs", dict(type=int, default=10, help="epochs of the whole run that finds "
+                               "the time to the target accuracy (default: %(default)s)")),
+    ("--breakdown", dict(metavar="N,N,...", help="measure only whole runs at these process "
+                         "counts (e.g. 1,2,4,8,16 on a 16-core machine) and write "
+                         "breakdown.md/json/png; no Docker, no matplotlib needed but for the plot")),
+    ("--breakdown-epochs", dict(type=int, default=16,
+                                help="epochs per --breakdown run (default: %(default)s)")),
+    ("--device", dict(default="cpu", choices=("cpu", "cuda"), help="--device of the --breakdown "
+                      "runs (default: %(default)s, also on a machine with a GPU)")),
+    ("--data-dir", dict(metavar="DIR", help="MNIST data root (default: found as documented)")),
+    ("--update-docs", dict(action="store_true", help="rewrite the tables in docs/performance.md")),
+    ("--time-to-accuracy", dict(action="store_true", help="measure only epochs and seconds to "
+                                "98%% and 99%% for --recipes at --processes, --repeats seeds "
+                                "each; writes time_to_accuracy.md/json/png")),
+    ("--recipes", dict(nargs="+", default=["sample,fast,fast:3"], help="recipes to run: NAME, "
+                       "NAME:N for --epochs N, and train flags after it, as one word each "
+                       "('fast --dropout 0.5'); or NAME,NAME:N,... (default: %(default)s)")),
+    ("--processes", dict(default="1,2,4", help="(default: %(default)s)")),
+    ("--from-json", dict(metavar="FILE", help="measure nothing: redraw the table, plot and "
+                         "README sections from a saved benchmark.json")),
+)  # fmt: skip
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
-    p.add_argument("--smoke", action="store_true", help="tiny synthetic data, 1 repeat, no Docker")
-    p.add_argument(
-        "--out", default=os.path.join(REPO, "docs"), help="output folder (default: docs/)"
-    )
-    p.add_argument("--image", default="mnist-hogwild:grading", help="image for the Docker numbers")
-    p.add_argument(
-        "--accuracy-epochs",
-        type=int,
-        default=10,
-        help="epochs of the whole run that finds the time to the target accuracy (default: 10)",
-    )
-    p.add_argument(
-        "--breakdown",
-        metavar="N,N,...",
-        help="measure only whole runs at these process counts (e.g. 1,2,4,8,16 on a 16-core "
-        "machine) and write breakdown.md/json/png; no Docker, no matplotlib needed but for the plot",
-    )
-    p.add_argument(
-        "--breakdown-epochs", type=int, default=16, help="epochs per --breakdown run (default: 16)"
-    )
-    p.add_argument(
-        "--device",
-        default="cpu",
-        choices=("cpu", "cuda"),
-        help="--device of the --breakdown runs (default: cpu, also on a machine with a GPU)",
-    )
-    p.add_argument(
-        "--data-dir", metavar="DIR", help="MNIST data root to use (default: found as documented)"
-    )
-    p.add_argument(
-        "--update-docs", action="store_true", help="rewrite the tables in docs/performance.md"
-    )
-    p.add_argument(
-        "--time-to-accuracy",
-        action="store_true",
-        help="measure only epochs and seconds to 98%% and 99%% for --recipes at --processes, "
-        "--repeats seeds each; writes time_to_accuracy.md/json/png",
-    )
-    p.add_argument(
-        "--recipes",
-        default="sample,fast,fast:3",
-        help="recipes to run; NAME:N runs NAME with --epochs N (default: sample,fast,fast:3)",
-    )
-    p.add_argument("--processes", default="1,2,4", help="(default: 1,2,4)")
-    p.add_argument(
-        "--from-json",
-        metavar="FILE",
-        help="measure nothing: redraw the table, plot and README sections from a saved benchmark.json",
-    )
+    for name, options in FLAGS:
+        p.add_argument(name, **options)
     return p.parse_args()
 
 

@@ -97,9 +97,10 @@ def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, process
         raise SystemExit(f"a node failed (exit codes {codes}):\n{logs[-2000:]}")
     stamped = [line.split(" ", 1) for line in logs.splitlines() if " " in line]
     ready = [s for s, text in stamped if loglines.parse_line("ready", text)]
-    rows = [r for r in (loglines.parse_line("epoch", text) for _, text in stamped) if r]
-    syncs = [r for r in (loglines.parse_line("syncs", text) for _, text in stamped) if r]
-    cadence = [r for r in (loglines.parse_line("cadence", text) for _, text in stamped) if r]
+    text = "\n".join(text for _, text in stamped)  # (without the time stamps)
+    rows, syncs, cadence = (
+        loglines.parse_lines(kind, text) for kind in ("epoch", "syncs", "cadence")
+    )
     return {
         "nodes": nodes,
         "cpus_per_node": cpus,
@@ -173,38 +174,30 @@ def prepare_data(work, dataset):
     return data, "synthetic (60k/10k)"
 
 
+RUNS = "sum:5,sum:10,sum:50,sum:auto,average:5,average:10,average:50"
+# (flag, argparse options): every default is in its help as %(default)s.
+FLAGS = (
+    ("--image", dict(default="mnist-hogwild:grading", help="image to run (default: %(default)s)")),
+    ("--nodes", dict(default="2,3,4", help="node counts (default: %(default)s)")),
+    ("--runs", dict(default=RUNS, help="--node-updates:--sync-every pairs (default: %(default)s)")),
+    ("--dataset", dict(default="mnist", choices=("mnist", "fashion-mnist"))),
+    ("--epochs", dict(type=int, default=3, help="(default: %(default)s)")),
+    ("--seed", dict(type=int, help="every job's --seed (default: the trainer's)")),
+    ("--cores", dict(type=int, default=os.cpu_count(), help="(default: all)")),
+    ("--out", dict(default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")),
+    ("--render", dict(action="store_true", help="write the tables again from OUT/cluster.json, "
+                      "without running anything")),
+    ("--update-docs", dict(action="store_true",
+                           help="rewrite the cluster table in docs/performance.md")),
+    ("--wall-pairs", dict(type=int, default=0, metavar="N", help="only N pairs: the reference, "
+                          "then 2 nodes with the defaults (default: %(default)s)")),
+)  # fmt: skip
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--image", default="mnist-hogwild:grading", help="image to run")
-    p.add_argument("--nodes", default="2,3,4", help="node counts (default: 2,3,4)")
-    p.add_argument(
-        "--runs",
-        default="sum:5,sum:10,sum:50,sum:auto,average:5,average:10,average:50",
-        help="--node-updates:--sync-every pairs (default: sum:5,sum:10,sum:50,sum:auto,"
-        "average:5,average:10,average:50)",
-    )
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
-    p.add_argument("--epochs", type=int, default=3, help="(default: 3)")
-    p.add_argument("--seed", type=int, help="every job's --seed (default: the trainer's)")
-    p.add_argument("--cores", type=int, default=os.cpu_count(), help="(default: all)")
-    p.add_argument("--out", default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")
-    p.add_argument(
-        "--render",
-        action="store_true",
-        help="write the tables again from OUT/cluster.json, without running anything",
-    )
-    p.add_argument(
-        "--update-docs",
-        action="store_true",
-        help="rewrite the cluster table in docs/performance.md",
-    )
-    p.add_argument(
-        "--wall-pairs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="only N pairs: the reference, then 2 nodes with the defaults (default: 0)",
-    )
+    for name, options in FLAGS:
+        p.add_argument(name, **options)
     args = p.parse_args()
     if args.wall_pairs:
         return wall_pairs(args)

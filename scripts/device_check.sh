@@ -85,18 +85,7 @@ step oom 30 "${check[@]}" oom "${on[@]}"
 step expandable 25 "${check[@]}" expandable "${on[@]}"
 step breakdown 60 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-epochs 2 \
   --data-dir "$data" --out "$out"
-step time-to-accuracy 80 python3 scripts/benchmark.py --time-to-accuracy --recipes fast,fast:3 \
-  --processes 1,16 --device "$device" --repeats 1 --data-dir "$data" --out "$out"
-tta_summary() {
-  python3 - "$out/time_to_accuracy.json" <<'EOF'
-import json, sys
-for r in json.load(open(sys.argv[1]))["time_to_accuracy"]:
-    a, b = r["to_98"]["seconds"], r["to_99"]["seconds"]
-    print(f"{r['recipe']} x{r['processes']}: 98% at {a} s, 99% at {b} s, best {r['best']};", end=" ")
-EOF
-}
-[ -f "$out/time_to_accuracy.json" ] && record time-to-accuracy \
-  "seconds from the command to the epoch line at 98% and 99%, 1 and 16 processes" "$(tta_summary)" null
+step time-to-accuracy 80 "${check[@]}" time-to-accuracy "${on[@]}"
 python3 -c "import sys; sys.path[:0] = ['tests', 'tools']; import gpu_check; gpu_check.write_markdown('$out')" || true
 echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
 cat "$out/results.md"

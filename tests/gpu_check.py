@@ -23,6 +23,9 @@ Steps:
   oom          another process holds nearly all GPU memory: the trainer exits 1
                with one error line naming CUDA out of memory
   expandable   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: training works
+  time-to-accuracy
+               scripts/benchmark.py --time-to-accuracy, fast and fast:3 at 1 and
+               16 processes: seconds from the command to 98% and 99%
 """
 
 import argparse
@@ -46,7 +49,8 @@ from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn.evaluation import evaluate
 
-STEPS = ("throughput", "accuracy", "resume", "bitwise", "cpu-eval", "oom", "expandable")
+STEPS = ("throughput", "accuracy", "resume", "bitwise", "cpu-eval", "oom", "expandable",
+         "time-to-accuracy")  # fmt: skip
 
 
 class Results:
@@ -232,6 +236,19 @@ def step_expandable(args, work, results):
         rows[-1]["accuracy_percent"],
         rows[-1]["accuracy_percent"] > 90,
     )
+
+
+def step_time_to_accuracy(args, work, results):
+    bench = os.path.join(harness.REPO, "scripts", "benchmark.py")
+    subprocess.run([sys.executable, bench, "--time-to-accuracy", "--recipes", "fast,fast:3",
+                    "--processes", "1,16", "--device", args.device, "--repeats", "1",
+                    "--data-dir", args.data_dir, "--out", args.out], check=True)  # fmt: skip
+    with open(os.path.join(args.out, "time_to_accuracy.json")) as f:
+        rows = json.load(f)["time_to_accuracy"]
+    for r in rows:
+        a, b = r["to_98"]["seconds"], r["to_99"]["seconds"]
+        what = f"{r['recipe']} x{r['processes']}: seconds from the command to 98% and 99%"
+        results.add(what, f"98% at {a} s, 99% at {b} s, best {r['best']}")
 
 
 def main():

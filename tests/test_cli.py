@@ -1,11 +1,13 @@
 """Command-line behaviour, through real processes."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import MAIN, TRAIN, load_checkpoint, run_trainer
+from conftest import MAIN, REPO, TRAIN, load_checkpoint, run_trainer
 
 
 @pytest.mark.parametrize(
@@ -176,3 +178,30 @@ def test_launch_mistakes_are_one_line(tmp_path, env, flags, message):
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_evaluate_and_infer_flags_say_what_they_mean_and_keep_their_old_names():
+    from mnist_hogwild.commands.flags import command_parser  # noqa: PLC0415
+
+    evaluate = command_parser("evaluate")
+    assert evaluate.parse_args(["--test-batch-size", "7"]).test_batch_size == 7
+    assert evaluate.parse_args(["--batch-size", "7"]).test_batch_size == 7
+    infer = command_parser("infer")
+    assert infer.parse_args(["--sample-seed", "3"]).sample_seed == 3
+    assert infer.parse_args(["--seed", "3"]).sample_seed == 3
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--test-batch-size", "0"])
+
+
+def test_command_help_answers_without_importing_torch():
+    for name in ("evaluate", "infer", "export", "plot", "serve"):
+        code = (
+            "import sys, main\n"
+            f"try: main.main(['{name}', '--help'])\n"
+            "except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, (name, proc.stderr[-500:])

@@ -44,25 +44,11 @@ def confusion_figure(confusion, dataset, title):
     right. The diagonal is blue by the share of its class it got right; the
     mistakes are red by their count against the largest mistake, so that a
     handful of errors shows (on one scale they would be as white as zero)."""
-    from matplotlib import colormaps  # noqa: PLC0415
-
     what, names = class_names(dataset)
     counts = confusion.tolist()
     n = len(names)
     totals = [max(1, sum(row)) for row in counts]
-    worst = max([counts[t][p] for t in range(n) for p in range(n) if t != p] + [1])
-    right, wrong = colormaps["Blues"], colormaps["Reds"]
-    colours = [
-        [
-            (
-                right(counts[t][p] / totals[t])
-                if t == p
-                else (wrong(0.75 * counts[t][p] / worst) if counts[t][p] else (1.0, 1.0, 1.0, 1.0))
-            )
-            for p in range(n)
-        ]
-        for t in range(n)
-    ]
+    colours = cell_colours(counts, totals)
     fig = _figure(6.4 if dataset == MNIST else 8.4, 6.0 if dataset == MNIST else 7.2)
     ax = fig.add_subplot()
     ax.imshow(colours)
@@ -91,6 +77,23 @@ def confusion_figure(confusion, dataset, title):
     ax.spines["bottom"].set_bounds(-0.5, n - 0.5)
     fig.suptitle(title)
     return fig
+
+
+def cell_colours(counts, totals):
+    """Each cell's colour: the diagonal blue by its class's share, mistakes red
+    by their count against the largest mistake, zeros white."""
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    n = len(counts)
+    worst = max([counts[t][p] for t in range(n) for p in range(n) if t != p] + [1])
+    right, wrong = colormaps["Blues"], colormaps["Reds"]
+
+    def colour(t, p):
+        if t == p:
+            return right(counts[t][p] / totals[t])
+        return wrong(0.75 * counts[t][p] / worst) if counts[t][p] else (1.0, 1.0, 1.0, 1.0)
+
+    return [[colour(t, p) for p in range(n)] for t in range(n)]
 
 
 def curves_figure(rows, title):

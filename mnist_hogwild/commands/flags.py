@@ -179,7 +179,7 @@ def evaluate_flags(p):
     )
     p.add_argument(
         "--test-batch-size",
-        "--batch-size",  # (its name before 0.2: the training flag means the training batch)
+        "--batch-size",  # (its earlier name, kept: in train it means the training batch)
         dest="test_batch_size",
         type=Whole(1).parse_flag,
         default=RunOptions.test_batch_size,
@@ -210,7 +210,7 @@ def infer_flags(p):
     )
     p.add_argument(
         "--sample-seed",
-        "--seed",  # (its name before 0.2: the training flag means the training seed)
+        "--seed",  # (its earlier name, kept: in train it means the training seed)
         dest="sample_seed",
         type=Whole(0, 2**63 - 1).parse_flag,
         default=0,
