@@ -20,7 +20,8 @@ LINES = {
     "progress": "epoch {epoch}/{epochs} [{samples}/{total} ({percent:.0f}%)] loss {loss:.4f} "
     "{samples_per_s:.0f} samples/s ETA {eta}",
     "epoch": "epoch {epoch}/{epochs}: test loss {test_loss:.4f}, accuracy {accuracy:.2f}%, "
-    "{samples_per_s:.0f} samples/s, {seconds:.1f}s training; saved {path}",
+    "{samples_per_s:.0f} samples/s, {seconds:.1f}s training, staleness {staleness:.1f} "
+    "(p99 {staleness_p99}); saved {path}",
     "stopped": "stopped by {signal}: saved {path} at epoch {epoch}, batch {step}/{per_epoch} "
     "in {ms:.0f} ms ({batches} batches this run); continue with --resume",
     "done": "done in {elapsed} ({batches} batches this run): {epochs} epochs in {path}",

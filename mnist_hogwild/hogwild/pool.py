@@ -21,6 +21,8 @@ POLL_SECONDS = 0.1  # how often a waiting parent looks at signals and workers
 # No batch finished for this long while a worker is stopped (SIGSTOP, a
 # debugger, a terminal's Ctrl-Z of one process): say so once, naming it.
 STALL_SECONDS = 10.0
+# Staleness counted exactly up to this many updates; more land in the last bucket.
+STALENESS_BUCKETS = 1024
 
 
 class SharedCounters:
@@ -32,6 +34,9 @@ class SharedCounters:
     raises it to the next boundary to run); stop: workers exit; ready:
     workers set up and waiting for batches. The numbers count this node's
     batches of this run; schedule.Schedule maps them to global batches.
+    staleness: how many updates had staleness S, for each S: the updates of
+    other workers that landed between a worker's claim of a batch (it then
+    reads the weights) and its own update (see the worker's train_loop).
 
     No multiprocessing.Condition: a process killed inside Condition.wait
     makes every later notify() block for ever, and one killed while holding
@@ -52,7 +57,9 @@ class SharedCounters:
         self.stop = ctx.RawValue("b", 0)
         self.loss_sum = ctx.RawValue("d", 0.0)
         self.ready = ctx.RawValue("q", 0)
+        self.staleness = ctx.RawArray("q", STALENESS_BUCKETS)
         self.log_interval, self.workers = log_interval, workers
+        self.seen = 0  # (a worker's own) batches done when it last claimed or completed
 
     # ----- worker side ---------------------------------------------------
     # PARENT_ALIVE is the worker's check that the processes above it still
@@ -76,6 +83,7 @@ class SharedCounters:
             with self._held(parent_alive) as held:
                 if not held or self.stop.value:
                     return None
+                self.seen = self.done.value
                 if self.claimed.value < self.limit.value:
                     self.claimed.value += 1
                     return self.claimed.value - 1
@@ -91,12 +99,15 @@ class SharedCounters:
                 self.ready.value += 1
         self.to_parent.release()
 
-    def complete(self, parent_alive, count, loss_sum):
-        """COUNT more batches are done (their updates in the weights), with these losses."""
+    def complete(self, parent_alive, count, loss_sum, staleness=()):
+        """COUNT more batches are done (their updates in the weights), with these
+        losses and each one's STALENESS."""
         with self._held(parent_alive):
             before = self.done.value
-            self.done.value = done = before + count
+            self.done.value = self.seen = done = before + count
             self.loss_sum.value += loss_sum
+            for value in staleness:
+                self.staleness[min(value, STALENESS_BUCKETS - 1)] += 1
             wake = (
                 done == self.limit.value or done // self.log_interval > before // self.log_interval
             )
@@ -156,12 +167,33 @@ class SharedCounters:
                 return False
             self.to_parent.acquire(timeout=POLL_SECONDS)
 
+    def staleness_counts(self, check):
+        """A copy of the staleness histogram (see the class docstring)."""
+        with self.locked(check):
+            return list(self.staleness)
+
     def tell_stop(self, timeout=1.0):
         """Ask idle workers to exit (best effort: skipped if the lock stays busy)."""
         if self.lock.acquire(timeout=timeout):
             self.stop.value = 1
             self.lock.release()
         self._wake_workers()
+
+
+def staleness_summary(before, after):
+    """(mean, 99th percentile) of the staleness of the updates counted between
+    two copies of the histogram (SharedCounters.staleness_counts); (0, 0) if none."""
+    counts = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(counts)
+    if not total:
+        return 0.0, 0
+    mean = sum(value * n for value, n in enumerate(counts)) / total
+    seen = 0
+    for value, n in enumerate(counts):
+        seen += n
+        if seen >= 0.99 * total:
+            return mean, value
+    return mean, len(counts) - 1
 
 
 def describe_exit(exitcode, oom_killed=False):

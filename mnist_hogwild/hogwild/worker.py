@@ -102,10 +102,11 @@ def train_loop(counters, parent_alive, model, state, train, config, setup, sched
     generator = dropout_generator(device)
     model.train()
     order_epoch, order = None, None
-    pending, loss_sum = 0, torch.zeros((), device=device)
+    pending, loss_sum, staleness = 0, torch.zeros((), device=device), []
     counters.set_ready(parent_alive)
     local = counters.claim(parent_alive)
     while local is not None:
+        read_mark = counters.seen  # the updates in the weights this batch reads
         g = schedule.global_batch(local)
         epoch, k = divmod(g, schedule.per_epoch)
         if epoch != order_epoch:
@@ -119,9 +120,12 @@ def train_loop(counters, parent_alive, model, state, train, config, setup, sched
         )
         pending += 1
         local = counters.claim(parent_alive, block=False)
+        # Others' updates that landed while this batch was computed. (On a GPU,
+        # where a worker reports every log interval, those reported by then.)
+        staleness.append(counters.seen - read_mark)
         if local is None or pending >= setup.report_every:
-            counters.complete(parent_alive, pending, loss_sum.item())
-            pending = 0
+            counters.complete(parent_alive, pending, loss_sum.item(), staleness)
+            pending, staleness = 0, []
             loss_sum.zero_()
         if local is None:
             local = counters.claim(parent_alive)

@@ -45,7 +45,8 @@ def say_stopped(stopped, path, **fields):
 
 def say_epoch(row, epochs, path):
     """The line of an epoch evaluated (ROW) and saved at PATH."""
-    fields = {k: row[k] for k in ("test_loss", "samples_per_s", "seconds")}
+    fields = {k: row.get(k, 0) for k in ("test_loss", "samples_per_s", "seconds")}
+    fields.update(staleness=row.get("staleness", 0.0), staleness_p99=row.get("staleness_p99", 0))
     fields.update(epoch=row["epoch"], epochs=epochs)
     say(line("epoch", accuracy=row["accuracy_percent"], path=path, **fields))
 

@@ -19,12 +19,14 @@ from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import Diverged, WorkerDied
 from mnist_hogwild.core.loglines import ProgressReport, line, progress_display, say
+from mnist_hogwild.hogwild.pool import staleness_summary
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.hogwild.worker import WorkerSetup
 from mnist_hogwild.learn import data, optimizers
 from mnist_hogwild.learn.evaluation import evaluate
 from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch
 from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training.collapse import CollapseWatch
 from mnist_hogwild.training.outcome import (
     check_epoch,
     divergence,
@@ -118,6 +120,8 @@ class Trainer:
         self.batch_limit = options.num_processes if options.dry_run else None
         self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
         self.epoch, self.epoch_trained = self.first_epoch, False
+        self.staleness_before = self.counters.staleness_counts(pool.check)
+        self.collapse = CollapseWatch(config, options, self.per_epoch)
         self.run_started = time.perf_counter()
         self.counters.reset(0)  # the shared counters count this node's batches of this run
 
@@ -171,6 +175,7 @@ class Trainer:
         if self.batch_limit is not None:
             end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
         self.report.begin_epoch(epoch, self.counters.done.value, self.counters.loss_sum.value)
+        self.staleness_before = self.counters.staleness_counts(self.pool.check)
         for boundary in self.node.boundaries(self.schedule, epoch, self.counters.done.value, end):
             while not self.run_to(boundary):
                 self.synchronise_at_boundary(at_end=False)
@@ -193,12 +198,13 @@ class Trainer:
     def between_batches(self, done):
         """Called by the wait loop about every 0.1 s: log; True to pause now."""
         loss_sum = self.counters.loss_sum.value
-        why = divergence(
-            loss_sum, self.report.tick(done, loss_sum) if math.isfinite(loss_sum) else 0
-        )
+        interval = self.report.tick(done, loss_sum) if math.isfinite(loss_sum) else 0
+        why = divergence(loss_sum, interval)
         if why:
             self.counters.pause(self.pool.check)
             raise Diverged(f"{why} in epoch {self.epoch + 1}")
+        batch = self.epoch * self.per_epoch + self.schedule.step(self.epoch, done)
+        self.collapse.check(batch, interval, self.epoch)
         self.pool.watch_stall(done, warn)
         return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
 
@@ -226,6 +232,8 @@ class Trainer:
             batches = self.schedule.step(epoch, self.counters.done.value)
             row = metrics_row(epoch, batches, result, seconds, self.record.partial_epoch,
                               self.config, len(self.train_set), self.per_epoch)  # fmt: skip
+            after = self.counters.staleness_counts(self.pool.check)
+            row["staleness"], row["staleness_p99"] = staleness_summary(self.staleness_before, after)
         row, signum = self.node.share_evaluation(row, signum)
         if row is None:
             raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
@@ -233,10 +241,11 @@ class Trainer:
 
     def end_epoch(self, epoch, row):
         """Judge EPOCH's metrics ROW, keep it, save, and say so."""
-        check_epoch(epoch, row, self.record.metrics)
-        self.record.metrics.append(row)
         done = self.counters.done.value
         finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
+        check_epoch(epoch, row, self.record.metrics)
+        self.collapse.check_epoch(epoch, row, whole=finished)
+        self.record.metrics.append(row)
         step = self.schedule.step(epoch, done)
         if finished:
             self.record.partial_epoch = checkpoint.empty_partial()

@@ -1,0 +1,98 @@
+"""A model that collapsed: its weights are finite and its loss is modest, but
+it predicts one class (or none better than a guess). Asynchrony does this to
+Hogwild when the updates are too large for their staleness (a high rate, many
+processes), and a run must not end such an epoch as a success.
+
+Two checks: a training loss that stays at chance (ln 10, a model that
+guesses uniformly) for a window of log intervals after the first part of
+training stops the run early; an epoch that ends at chance after a whole
+epoch of training stops it at the latest. Either is one `error:` line,
+exit 1, and no model written (the error is raised before the epoch's save).
+"""
+
+import math
+
+from mnist_hogwild.core.config import RECIPES, TrainConfig
+from mnist_hogwild.core.errors import Diverged
+from mnist_hogwild.learn.data import NUM_CLASSES
+
+CHANCE_LOSS = math.log(NUM_CLASSES)
+# A collapsed net's interval losses wander around ln 10 (measured 2.30-2.33 for
+# --recipe fast --lr 0.2); a learning one is far below by then.
+CHANCE_MARGIN = 0.1
+CHANCE_PERCENT = 1.5 * 100 / NUM_CLASSES  # an epoch at or below this is at chance
+# The peak rate each optimizer has in this project's recipes (sample, fast).
+USUAL_LR = {"sgd": TrainConfig.lr, "adam": RECIPES["fast"]["lr"]}
+
+
+# The early check needs this many batches trained before it looks, and a
+# window at least this long: a network learns little in fewer (a small data
+# set's first epoch of SGD sits near ln 10 for its first dozens of batches).
+MIN_BATCHES = 100
+WINDOW_BATCHES = 50
+# A window whose loss fell by more than this is learning, however slowly.
+LEARNING = 0.03
+
+
+class CollapseWatch:
+    """Watches the interval losses of a run (check()), and judges an epoch's
+    end (check_epoch()). PER_EPOCH batches an epoch; the watch arms after a
+    quarter of an epoch or the schedule's warm-up, whichever is longer, and
+    stops the run when every interval over a tenth of an epoch is at chance
+    and the loss did not fall over them."""
+
+    def __init__(self, config, options, per_epoch):
+        self.config, self.options, self.per_epoch = config, options, per_epoch
+        warmup = int(config.warmup * config.epochs * per_epoch)
+        self.armed_at = max(per_epoch // 4, warmup, MIN_BATCHES)
+        self.window = max(per_epoch // 10, WINDOW_BATCHES)
+        self.since = None  # (global batch, interval loss) where intervals at chance began
+        self.lowest = math.inf  # the lowest interval loss seen: did it ever learn?
+
+    def check(self, batch, interval_loss, epoch):
+        """BATCH: global batches trained; INTERVAL_LOSS: the mean loss of the
+        interval that just ended (None if none did). Diverged if collapsed."""
+        if interval_loss is None or not math.isfinite(interval_loss):
+            return
+        self.lowest = min(self.lowest, interval_loss)
+        at_chance = abs(interval_loss - CHANCE_LOSS) <= CHANCE_MARGIN
+        if batch < self.armed_at or not at_chance:
+            self.since = None
+            return
+        if self.since is None:
+            self.since = (batch, interval_loss)
+        elif batch - self.since[0] >= self.window and interval_loss > self.since[1] - LEARNING:
+            raise Diverged(
+                f"the model collapsed: its training loss stayed at chance ({interval_loss:.2f}; "
+                f"a model that guesses scores {CHANCE_LOSS:.2f}) for {batch - self.since[0]} "
+                f"batches, up to batch {batch - epoch * self.per_epoch} of epoch {epoch + 1}: "
+                f"{self.cause()}"
+            )
+
+    def check_epoch(self, epoch, row, whole):
+        """Diverged if EPOCH, trained WHOLE (not a dry run's batches), ended at chance."""
+        if whole and row["accuracy_percent"] <= CHANCE_PERCENT:
+            raise Diverged(
+                f"the model collapsed: epoch {epoch + 1} ended at "
+                f"{row['accuracy_percent']:.2f}% test accuracy, chance level for "
+                f"{NUM_CLASSES} classes: {self.cause()}"
+            )
+
+    def cause(self):
+        """The likely cause, and what to try: the rate against the one this
+        project's recipes use with this optimizer, then the process count."""
+        lr, n, name = self.config.lr, self.options.num_processes, self.config.optimizer
+        usual = USUAL_LR[name]
+        if lr > 2 * usual:
+            return (
+                f"the learning rate is too high (--lr {lr:g}; the recipes use {usual:g} with "
+                f"--optimizer {name}): try a lower --lr"
+            )
+        if lr < usual / 20 and self.lowest > CHANCE_LOSS - CHANCE_MARGIN:
+            return f"it never learnt: --lr {lr:g} is far below the recipes' {usual:g}"
+        if n > 2:
+            return (
+                f"{n} processes are too many for this rate (each update is computed from "
+                f"weights about {n - 1} updates old): try fewer --num-processes or a lower --lr"
+            )
+        return f"the learning rate (--lr {lr:g}) is too high for this run: try a lower --lr"
