@@ -48,7 +48,7 @@ GROUPS = (
     (
         "the run",
         None,
-        "num_processes threads_per_process test_batch_size log_interval dry_run resume "
+        "num_processes micro_batches threads_per_process test_batch_size log_interval dry_run resume "
         "checkpoint checkpoint_interval data_dir device cuda deterministic".split(),
     ),
     (

@@ -156,11 +156,11 @@ def _fraction(text):
         return False
 
 
-class SyncEvery(Whole):
-    """--sync-every: a whole number of batches, or "auto" (0)."""
+class AutoOrWhole(Whole):
+    """A whole number in [LOW, HIGH], or "auto" (stored as 0)."""
 
-    def __init__(self):
-        super().__init__(1)
+    def __init__(self, low=1, high=2**31 - 1):
+        super().__init__(low, high)
         self.expected = f"auto or {self.expected}"
 
     def parse_flag(self, text):
@@ -353,6 +353,14 @@ class RunOptions:
         Whole(1),
         metavar="N",
     )
+    micro_batches: int = flag(
+        0,  # 0: auto (hogwild/adapt.py)
+        "train each batch as K smaller updates; auto: 1 up to 4 processes, beyond that about "
+        "processes/4, with the rate and momentum lowered to match (the start line says so)",
+        AutoOrWhole(1, 1024),
+        shown="auto",
+        metavar="K",
+    )
     log_interval: int = flag(
         10,
         "how many batches to wait before logging training status",
@@ -416,7 +424,7 @@ class RunOptions:
         "workers train on), and at every epoch end; auto: adapt K at each sync so that syncs "
         "take about 5%% of the training time, never beyond the K measured safe for accuracy at "
         "this node count, nor below 10 unless that K is smaller",
-        SyncEvery(),
+        AutoOrWhole(),
         shown="auto",
         metavar="K",
     )

@@ -48,6 +48,11 @@ class StopRequest:
         # them could leave a worker forked but not yet recorded, and so not stopped.
         self.unwind = True
 
+    def requested(self, *_):
+        """True once a stop signal has come (any arguments are ignored: a
+        callback for waits that pass one)."""
+        return self.signum is not None
+
     def install(self):
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)

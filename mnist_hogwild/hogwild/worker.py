@@ -27,6 +27,7 @@ class WorkerSetup:
     device: str  # "cpu" or "cuda:N"
     deterministic: bool  # torch.use_deterministic_algorithms(True)
     report_every: int  # batches between reports of finished batches (see train_loop)
+    micro_batches: int = 1  # updates per batch (hogwild/adapt.py)
 
 
 def worker_main(rank, counters, setup, errors, parent_alive):
@@ -62,18 +63,24 @@ def worker_main(rank, counters, setup, errors, parent_alive):
     os._exit(exit_code)
 
 
-def train_batch(model, optimizer, x, y, generator, dropout_seed):
-    """One Hogwild step on the shared weights; returns the loss (a tensor: reading
-    it would wait for the GPU)."""
+def train_batch(model, optimizer, x, y, generator, dropout_seed, micro_batches=1):
+    """One batch of Hogwild on the shared weights, as MICRO_BATCHES updates;
+    returns the batch's mean loss (a tensor: reading it would wait for the GPU)."""
     # Dropout draws from the device's default generator; seeding it per batch
     # makes a batch's masks depend only on (seed, epoch, batch), so an
     # interrupted and resumed run is bitwise the same as an uninterrupted one.
     generator.manual_seed(dropout_seed)
-    optimizer.zero_grad()
-    loss = F.nll_loss(model(x), y)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    losses = []
+    for xs, ys in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
+        optimizer.zero_grad()
+        loss = F.nll_loss(model(xs), ys)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    if micro_batches == 1:
+        return losses[0]
+    sizes = [len(ys) for ys in y.tensor_split(micro_batches)]
+    return sum(part * n for part, n in zip(losses, sizes, strict=True)) / len(y)
 
 
 def dropout_generator(device):
@@ -115,9 +122,8 @@ def train_loop(counters, parent_alive, model, state, train, config, setup, sched
         indices = order[k * config.batch_size : (k + 1) * config.batch_size]
         x, y = data.make_batch(train_set, indices, scale, shift)
         optimizer.lr = learning_rate(config, g, schedule.per_epoch)
-        loss_sum += train_batch(
-            model, optimizer, x, y, generator, derived_seed(config.seed, "dropout", g)
-        )
+        seed = derived_seed(config.seed, "dropout", g)
+        loss_sum += train_batch(model, optimizer, x, y, generator, seed, setup.micro_batches)
         pending += 1
         local = counters.claim(parent_alive, block=False)
         # Others' updates that landed while this batch was computed. (On a GPU,

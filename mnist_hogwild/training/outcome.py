@@ -1,39 +1,30 @@
-"""What the parent concludes, and says, at an epoch's end and the run's end:
-the epoch's metrics row, whether training diverged, whether the target is
-reached, and the run's closing lines."""
+"""What the parent says at a run's start, at each epoch's end and at the
+run's end: the epoch's metrics row, whether the target is reached, and the
+run's lines. (Whether training went wrong is health.py's.)"""
 
-import math
 import sys
 
 from mnist_hogwild.cluster import launcher
-from mnist_hogwild.core.errors import Diverged
 from mnist_hogwild.core.loglines import format_seconds, line, say
-from mnist_hogwild.learn.data import NUM_CLASSES
 from mnist_hogwild.learn.optimizers import OPTIMIZERS
 from mnist_hogwild.learn.schedule import learning_rate
-
-# Divergence that is still finite. A model that guesses uniformly has a loss
-# of ln(10), about 2.3, and a healthy run only falls from there; a log
-# interval averaging ten times that is confidently wrong on nearly every
-# sample: its weights exploded. And an epoch at chance (1.5x a tenth) after a
-# learnt one (half right or better) lost what it had learnt.
-EXPLODED_LOSS = 10 * math.log(NUM_CLASSES)
-CHANCE_PERCENT, LEARNT_PERCENT = 1.5 * 100 / NUM_CLASSES, 50.0
-TOO_HIGH = "the learning rate is too high"
 
 
 def warn(message):
     say(f"warning: {message}", sys.stderr)
 
 
-def say_start(config, options, threads, record, resuming):
-    """The run's first lines: where it resumes (if RESUMING), and how it trains."""
+def say_start(config, options, threads, record, resuming, adapted=None):
+    """The run's first lines: where it resumes (if RESUMING), how it trains,
+    and what it ADAPTED to its process count (a note, if anything)."""
     if resuming:
         fields = dict(path=options.checkpoint, per_epoch=record.batches_per_epoch)
         say(line("resuming", epoch=record.epoch + 1, step=record.step, **fields))
     processes = dict(processes=options.num_processes, threads=threads)
     settings = OPTIMIZERS[config.optimizer].settings(config)
     say(line("training", **processes, optimizer_settings=settings, **config.as_dict()))
+    if adapted:
+        say(adapted)
 
 
 def say_stopped(stopped, path, **fields):
@@ -57,37 +48,11 @@ def say_done(elapsed, batches, rows, path):
              path=path))  # fmt: skip
 
 
-def check_epoch(epoch, row, rows):
-    """Diverged if EPOCH's metrics ROW shows a diverged model (ROWS: the
-    earlier epochs')."""
-    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
-        raise Diverged(
-            f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
-        )
-    before = rows[-1]["accuracy_percent"] if rows else 0.0
-    if row["accuracy_percent"] <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
-        raise Diverged(
-            f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
-            f"from {before:.2f}%: {TOO_HIGH}"
-        )
-
-
-def divergence(loss_sum, interval_loss):
-    """Why training diverged, from the summed loss and the last log
-    interval's mean loss (None: not known yet), or None if it did not."""
-    if not math.isfinite(loss_sum):
-        return f"the training loss became {loss_sum}"
-    if interval_loss is not None and interval_loss > EXPLODED_LOSS:
-        guess = math.log(NUM_CLASSES)
-        return (
-            f"the training loss exploded to {interval_loss:.3g} (a model that guesses scores "
-            f"{guess:.2f}): {TOO_HIGH}"
-        )
-    return None
-
-
-def metrics_row(epoch, batches, result, eval_seconds, partial, config, num_samples, per_epoch):
-    """EPOCH's row in the metrics (BATCHES of it trained, PARTIAL its loss and seconds)."""
+def metrics_row(
+    epoch, batches, result, eval_seconds, partial, config, num_samples, per_epoch, staleness=(0, 0)
+):
+    """EPOCH's row in the metrics (BATCHES of it trained, PARTIAL its loss and
+    seconds, STALENESS the mean and 99th percentile of its updates')."""
     samples = min(batches * config.batch_size, num_samples)
     return {
         "epoch": epoch + 1,
@@ -98,6 +63,8 @@ def metrics_row(epoch, batches, result, eval_seconds, partial, config, num_sampl
         "samples_per_s": samples / max(partial["seconds"], 1e-9),
         "seconds": partial["seconds"],
         "eval_seconds": eval_seconds,
+        "staleness": staleness[0],
+        "staleness_p99": staleness[1],
     }
 
 

@@ -20,6 +20,7 @@ from mnist_hogwild.core.errors import (
     cuda_memory_error,
 )
 from mnist_hogwild.core.loglines import close_bar, say
+from mnist_hogwild.hogwild.adapt import adapt
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.learn.device import choose_device
 from mnist_hogwild.learn.schedule import follows_the_plan, learning_rate
@@ -100,7 +101,10 @@ def prepare(request, options, stop, started, pool, closing):
     say(f"device: {device} ({why})")
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
-    return Trainer(config, options, device, node, stop, checkpoints, state, started, pool).run()
+    adaptation = adapt(config, options.num_processes, request.given, options.micro_batches)
+    trainer = Trainer(config, options, device, node, stop, checkpoints, state, started, pool,
+                      adaptation)  # fmt: skip
+    return trainer.run()
 
 
 def job_settings(request, options):

@@ -19,6 +19,7 @@ from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import Diverged, WorkerDied
 from mnist_hogwild.core.loglines import ProgressReport, line, progress_display, say
+from mnist_hogwild.hogwild.adapt import Adaptation, describe
 from mnist_hogwild.hogwild.pool import staleness_summary
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.hogwild.worker import WorkerSetup
@@ -26,10 +27,8 @@ from mnist_hogwild.learn import data, optimizers
 from mnist_hogwild.learn.evaluation import evaluate
 from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch
 from mnist_hogwild.training import checkpoint
-from mnist_hogwild.training.collapse import CollapseWatch
+from mnist_hogwild.training.health import HealthWatch
 from mnist_hogwild.training.outcome import (
-    check_epoch,
-    divergence,
     log_summary,
     log_syncs,
     metrics_row,
@@ -93,13 +92,14 @@ class SharedModel:
 
 
 class Trainer:
-    """The parent's side of a run: owns the shared model and the loop; reads
-    the workers' SharedCounters, keeps the Record a checkpoint saves (see
-    docs/design.md's glossary); asks the node where to pause and the
-    checkpoint manager when to save."""
+    """The parent's side of a run: owns the shared model and the loop, reads the
+    workers' SharedCounters, keeps the Record a checkpoint saves (docs/design.md);
+    asks the node where to pause and the checkpoint manager when to save."""
 
-    def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool):
+    def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool,
+                 adaptation=None):  # fmt: skip
         self.config, self.options, self.device, self.node = config, options, device, node
+        self.adaptation = adaptation or Adaptation(config)
         self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
         self.counters = pool.counters
         self.files, self.train_set, self.test_set = load_splits(options, config.dataset, device)
@@ -120,8 +120,7 @@ class Trainer:
         self.batch_limit = options.num_processes if options.dry_run else None
         self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
         self.epoch, self.epoch_trained = self.first_epoch, False
-        self.staleness_before = self.counters.staleness_counts(pool.check)
-        self.collapse = CollapseWatch(config, options, self.per_epoch)
+        self.health = HealthWatch(config, options, self.per_epoch)
         self.run_started = time.perf_counter()
         self.counters.reset(0)  # the shared counters count this node's batches of this run
 
@@ -146,26 +145,24 @@ class Trainer:
     def start_workers(self):
         """Hand the workers (forked at start-up, waiting) the shared model and
         wait until they are ready."""
-        say_start(self.config, self.options, self.threads, self.record, resuming=self.start_batch)
+        say_start(self.config, self.options, self.threads, self.record, resuming=self.start_batch,
+                  adapted=describe(self.adaptation, self.options.num_processes))  # fmt: skip
         self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
         if self.stop.signum is not None and self.node.pauses_anywhere:
             raise Stopped(self.stop.signum, during_start_up=True)
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
-        self.pool.send_setup(self.worker_payload())
+        setup = worker_setup(self.device, self.threads, self.options, self.adaptation)
+        train = self.files["train"] if self.device.type == "cpu" else self.train_set
+        self.pool.send_setup(
+            self.shared.payload(self.adaptation.config, self.schedule, train, setup)
+        )
         # One machine stops at once; several stop together, at the first sync.
-        give_up = self.stop_requested if self.node.pauses_anywhere else None
+        give_up = self.stop.requested if self.node.pauses_anywhere else None
         if not self.counters.wait("ready", len(self.pool), self.pool.check, give_up):
             raise Stopped(self.stop.signum, during_start_up=True)
         self.stop.starting = False  # from here a signal means "save, then stop"
         say(line("ready", workers=len(self.pool), seconds=time.monotonic() - self.started))
-
-    def worker_payload(self):
-        """What every worker gets (see SharedModel.payload)."""
-        every = 1 if self.device.type == "cpu" else self.options.log_interval
-        setup = WorkerSetup(self.threads, str(self.device), self.options.deterministic, every)
-        train = self.files["train"] if self.device.type == "cpu" else self.train_set
-        return self.shared.payload(self.config, self.schedule, train, setup)
 
     def train_epoch(self, epoch):
         """Train this node's batches of EPOCH, pausing at each of the node's
@@ -175,12 +172,13 @@ class Trainer:
         if self.batch_limit is not None:
             end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
         self.report.begin_epoch(epoch, self.counters.done.value, self.counters.loss_sum.value)
-        self.staleness_before = self.counters.staleness_counts(self.pool.check)
+        staleness = self.counters.staleness_counts(self.pool.check)
         for boundary in self.node.boundaries(self.schedule, epoch, self.counters.done.value, end):
             while not self.run_to(boundary):
                 self.synchronise_at_boundary(at_end=False)
             self.synchronise_at_boundary(at_end=boundary == end)
         self.report.end_epoch(self.counters.done.value)
+        self.stale = staleness_summary(staleness, self.counters.staleness_counts(self.pool.check))
         self.record.partial_epoch = self.epoch_partial()
         self.epoch_trained = True
 
@@ -198,15 +196,15 @@ class Trainer:
     def between_batches(self, done):
         """Called by the wait loop about every 0.1 s: log; True to pause now."""
         loss_sum = self.counters.loss_sum.value
-        interval = self.report.tick(done, loss_sum) if math.isfinite(loss_sum) else 0
-        why = divergence(loss_sum, interval)
-        if why:
-            self.counters.pause(self.pool.check)
-            raise Diverged(f"{why} in epoch {self.epoch + 1}")
+        interval = self.report.tick(done, loss_sum) if math.isfinite(loss_sum) else None
         batch = self.epoch * self.per_epoch + self.schedule.step(self.epoch, done)
-        self.collapse.check(batch, interval, self.epoch)
+        try:
+            self.health.check_interval(loss_sum, interval, batch, self.epoch)
+        except Diverged:
+            self.counters.pause(self.pool.check)
+            raise
         self.pool.watch_stall(done, warn)
-        return self.node.pauses_anywhere and (self.stop_requested() or self.checkpoints.due())
+        return self.node.pauses_anywhere and (self.stop.requested() or self.checkpoints.due())
 
     def synchronise_at_boundary(self, at_end):
         """The workers are paused at a boundary: combine the model with the other
@@ -219,21 +217,19 @@ class Trainer:
             self.checkpoints.save(self.snapshot(self.epoch, step, self.epoch_partial()))
 
     def evaluate_epoch(self, epoch):
-        """EPOCH's metrics row. The workers are idle, so the parent may use
-        every core. On several machines each node evaluates its share of the
-        test set; the first makes the row from everyone's sums and tells the others."""
+        """EPOCH's metrics row. On several machines each node evaluates its share of
+        the test set; the first makes the row from everyone's sums and tells the others."""
         split = self.node.shard(self.test_set)
         result, seconds = evaluate_on_every_core(self.model, split, self.config.dataset,
                                                  self.options.test_batch_size, self.eval_threads,
-                                                 self.stop_requested)  # fmt: skip
+                                                 self.stop.requested)  # fmt: skip
         result, signum = self.node.combine_evaluation(result, self.stop.signum)
         row = None
         if result is not None and self.node.leader:
             batches = self.schedule.step(epoch, self.counters.done.value)
             row = metrics_row(epoch, batches, result, seconds, self.record.partial_epoch,
-                              self.config, len(self.train_set), self.per_epoch)  # fmt: skip
-            after = self.counters.staleness_counts(self.pool.check)
-            row["staleness"], row["staleness_p99"] = staleness_summary(self.staleness_before, after)
+                              self.adaptation.config, len(self.train_set), self.per_epoch,
+                              self.stale)  # fmt: skip
         row, signum = self.node.share_evaluation(row, signum)
         if row is None:
             raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
@@ -243,8 +239,7 @@ class Trainer:
         """Judge EPOCH's metrics ROW, keep it, save, and say so."""
         done = self.counters.done.value
         finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
-        check_epoch(epoch, row, self.record.metrics)
-        self.collapse.check_epoch(epoch, row, whole=finished)
+        self.health.check_epoch(epoch, row, self.record.metrics, whole=finished)
         self.record.metrics.append(row)
         step = self.schedule.step(epoch, done)
         if finished:
@@ -278,9 +273,6 @@ class Trainer:
         return 0 if launcher.hand_over_stop(stopped.signum) else 128 + stopped.signum
 
     # ----- helpers -------------------------------------------------------
-    def stop_requested(self, *_):
-        return self.stop.signum is not None
-
     def epoch_partial(self):
         """The unfinished epoch's loss sum and seconds, those of earlier runs
         included; on several machines summed over the nodes (a collective: every
@@ -301,6 +293,13 @@ def thread_counts(options):
     usable = cpus.usable_cpus()
     threads = options.threads_per_process or max(1, usable // options.num_processes)
     return threads, max(threads, usable)
+
+
+def worker_setup(device, threads, options, adaptation):
+    """How every worker runs. On the CPU a worker reports every batch (there
+    is nothing to wait for), on a GPU every log interval (see the worker)."""
+    every = 1 if device.type == "cpu" else options.log_interval
+    return WorkerSetup(threads, str(device), options.deterministic, every, adaptation.micro_batches)
 
 
 def load_splits(options, dataset, device):

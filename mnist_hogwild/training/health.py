@@ -1,13 +1,14 @@
-"""A model that collapsed: its weights are finite and its loss is modest, but
-it predicts one class (or none better than a guess). Asynchrony does this to
-Hogwild when the updates are too large for their staleness (a high rate, many
-processes), and a run must not end such an epoch as a success.
+"""Whether training went wrong: a loss that became NaN or exploded, or a model
+that collapsed. A collapsed model's weights are finite and its loss modest,
+but it predicts one class (or none better than a guess). Asynchrony does this
+to Hogwild when the updates are too large for their staleness (a high rate,
+many processes), and a run must not end such an epoch as a success.
 
-Two checks: a training loss that stays at chance (ln 10, a model that
-guesses uniformly) for a window of log intervals after the first part of
-training stops the run early; an epoch that ends at chance after a whole
-epoch of training stops it at the latest. Either is one `error:` line,
-exit 1, and no model written (the error is raised before the epoch's save).
+Collapse has two checks: a training loss that stays at chance (ln 10, a model
+that guesses uniformly) for a window of log intervals after the first part
+of training stops the run early; an epoch that ends at chance after a whole
+epoch of training stops it at the latest. Every check raises Diverged: one
+`error:` line, exit 1, and no model written (it comes before the epoch's save).
 """
 
 import math
@@ -17,6 +18,14 @@ from mnist_hogwild.core.errors import Diverged
 from mnist_hogwild.learn.data import NUM_CLASSES
 
 CHANCE_LOSS = math.log(NUM_CLASSES)
+# Divergence that is still finite. A model that guesses uniformly has a loss
+# of ln(10), about 2.3, and a healthy run only falls from there; a log
+# interval averaging ten times that is confidently wrong on nearly every
+# sample: its weights exploded. And an epoch at chance after a learnt one
+# (half right or better) lost what it had learnt.
+EXPLODED_LOSS = 10 * CHANCE_LOSS
+LEARNT_PERCENT = 50.0
+TOO_HIGH = "the learning rate is too high"
 # A collapsed net's interval losses wander around ln 10 (measured 2.30-2.33 for
 # --recipe fast --lr 0.2); a learning one is far below by then.
 CHANCE_MARGIN = 0.1
@@ -34,7 +43,7 @@ WINDOW_BATCHES = 50
 LEARNING = 0.03
 
 
-class CollapseWatch:
+class HealthWatch:
     """Watches the interval losses of a run (check()), and judges an epoch's
     end (check_epoch()). PER_EPOCH batches an epoch; the watch arms after a
     quarter of an epoch or the schedule's warm-up, whichever is longer, and
@@ -49,11 +58,19 @@ class CollapseWatch:
         self.since = None  # (global batch, interval loss) where intervals at chance began
         self.lowest = math.inf  # the lowest interval loss seen: did it ever learn?
 
-    def check(self, batch, interval_loss, epoch):
-        """BATCH: global batches trained; INTERVAL_LOSS: the mean loss of the
-        interval that just ended (None if none did). Diverged if collapsed."""
-        if interval_loss is None or not math.isfinite(interval_loss):
+    def check_interval(self, loss_sum, interval_loss, batch, epoch):
+        """Diverged if LOSS_SUM (the run's summed training loss) is not finite,
+        or INTERVAL_LOSS (the mean loss of the interval that just ended; None
+        if none did) exploded or stayed at chance. BATCH: global batches trained."""
+        if not math.isfinite(loss_sum):
+            raise Diverged(f"the training loss became {loss_sum} in epoch {epoch + 1}")
+        if interval_loss is None:
             return
+        if interval_loss > EXPLODED_LOSS:
+            raise Diverged(
+                f"the training loss exploded to {interval_loss:.3g} (a model that guesses "
+                f"scores {CHANCE_LOSS:.2f}): {TOO_HIGH} in epoch {epoch + 1}"
+            )
         self.lowest = min(self.lowest, interval_loss)
         at_chance = abs(interval_loss - CHANCE_LOSS) <= CHANCE_MARGIN
         if batch < self.armed_at or not at_chance:
@@ -69,8 +86,20 @@ class CollapseWatch:
                 f"{self.cause()}"
             )
 
-    def check_epoch(self, epoch, row, whole):
-        """Diverged if EPOCH, trained WHOLE (not a dry run's batches), ended at chance."""
+    def check_epoch(self, epoch, row, rows, whole):
+        """Diverged if EPOCH's metrics ROW shows a diverged model: losses not
+        finite, a fall to chance from a learnt epoch (ROWS: the earlier ones'),
+        or an epoch trained WHOLE (not a dry run's batches) ending at chance."""
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+            raise Diverged(
+                f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
+            )
+        before = rows[-1]["accuracy_percent"] if rows else 0.0
+        if row["accuracy_percent"] <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
+            raise Diverged(
+                f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
+                f"from {before:.2f}%: {TOO_HIGH}"
+            )
         if whole and row["accuracy_percent"] <= CHANCE_PERCENT:
             raise Diverged(
                 f"the model collapsed: epoch {epoch + 1} ended at "

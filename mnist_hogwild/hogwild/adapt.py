@@ -1,0 +1,79 @@
+"""What a run changes for its process count: Hogwild's workers compute each
+update from weights that the other workers' updates have changed since they
+were read (about N-1 of them at N processes: the staleness the epoch lines
+report). That acts as extra momentum and stale steps; past a few processes it
+slows or kills training. So, beyond ADAPT_ABOVE processes, each batch is
+trained as several smaller updates (micro-batches), and the rate and the
+momentum of the optimizer shrink with them.
+
+Computed afresh at every start and --resume from the process count of the
+run in progress, never saved: the checkpoint keeps the recipe's settings, so
+a resume on a machine with another count adapts to that. A flag given
+explicitly (--lr, --momentum, --betas, --micro-batches) is used as given.
+docs/performance.md has the measurements behind each choice.
+"""
+
+import math
+from dataclasses import dataclass, field, replace
+
+from mnist_hogwild.core.config import TrainConfig
+
+# Up to this many processes the recipes run as tuned (measured: --recipe fast
+# holds 98% at 1, 2 and 4 processes).
+ADAPT_ABOVE = 4
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What the workers train with: CONFIG (the run's, with the adapted rate
+    and momentum) and MICRO_BATCHES updates per batch; NOTES say what changed."""
+
+    config: TrainConfig
+    micro_batches: int = 1
+    notes: list = field(default_factory=list)
+
+
+def micro_batches_for(processes, batch_size):
+    """Updates per batch at PROCESSES: enough that the samples in flight
+    (processes x micro-batch) stay near ADAPT_ABOVE whole batches', a power of
+    two, and never a micro-batch under 8 samples."""
+    if processes <= ADAPT_ABOVE:
+        return 1
+    k = 2 ** round(math.log2(processes / ADAPT_ABOVE))
+    return max(1, min(k, batch_size // 8))
+
+
+def adapt(config, processes, given, micro_batches=0):
+    """The Adaptation for CONFIG at PROCESSES processes; GIVEN: the names of
+    the settings given explicitly; MICRO_BATCHES: --micro-batches (0: auto)."""
+    k = micro_batches or micro_batches_for(processes, config.batch_size)
+    if k == 1 and processes <= ADAPT_ABOVE:
+        return Adaptation(config)
+    changes, notes = {}, []
+    if k > 1:
+        notes.append(f"{k} updates of {math.ceil(config.batch_size / k)} samples per batch")
+    if "lr" not in given and k > 1:
+        # Smaller batches, smaller steps: the rate falls with the square root
+        # of the micro-batches (measured against linear and none).
+        changes["lr"] = config.lr / math.sqrt(k)
+        notes.append(f"--lr {config.lr:g} -> {changes['lr']:.3g}")
+    if config.optimizer == "adam" and "betas" not in given and config.betas[0]:
+        changes["betas"] = (0.0, config.betas[1])  # the staleness is momentum enough
+        notes.append(f"beta1 {config.betas[0]:g} -> 0")
+    if config.optimizer == "sgd" and "momentum" not in given and config.momentum:
+        changes["momentum"] = 0.0
+        notes.append(f"--momentum {config.momentum:g} -> 0")
+    return Adaptation(replace(config, **changes), k, notes)
+
+
+def describe(adaptation, processes, staleness=None):
+    """The start line's note, or None when nothing was adapted."""
+    if not adaptation.notes:
+        return None
+    return (
+        f"note: {processes} processes: each update is computed from weights about "
+        f"{processes - 1} updates old, so this run trains with "
+        + ", ".join(adaptation.notes)
+        + " (computed for this process count, not saved; give --lr, --betas, --momentum or "
+        "--micro-batches to choose yourself)"
+    )
