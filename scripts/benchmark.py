@@ -45,13 +45,7 @@ def choose_data(work, smoke):
     if smoke:
         harness.write_synthetic(work, train=1280, test=200)
         return work, "mnist", "synthetic"
-    mnist = harness.real_mnist_dir()
-    if mnist:
-        return mnist, "mnist", "mnist"
-    if harness.link_fashion(work):
-        return work, "fashion-mnist", "fashion-mnist"
-    harness.write_synthetic(work, train=60000, test=10000)
-    return work, "mnist", "synthetic"
+    return harness.bench_data(work)
 
 
 def pss_kb(pid):
@@ -339,41 +333,33 @@ def markdown(result):
     return "\n".join(lines + timing_rows(result)) + "\n"
 
 
+def facts(result):
+    """(what, value) of each fixed cost the benchmark measured, in docs' words."""
+    s, acc, d = result["stop"], result["accuracy"], result["docker"]
+    hit = acc["reached"]
+    rows = [
+        ("start of run to first training batch", f"{result['first_batch_s']:.1f} s"),
+        ("SIGINT to exit (checkpoint saved)", f"{s['sigint_to_exit_s']:.2f} s"),
+        ("checkpoint save", f"{s['save_ms']:.0f} ms, {s['checkpoint_bytes'] / 1024:.0f} KiB"),
+        (f"time to {acc['target']:.0f}% test accuracy (defaults, process start to that epoch's "
+         "line)", f"epoch {hit['epoch']}, {hit['wall_s']:.0f} s wall" if hit else "not reached"),
+    ]  # fmt: skip
+    if d:
+        one = d.get("one_core_first_batch_s")
+        rows += [
+            (f"image size ({d['image']})", f"{d['image_mb']:.0f} MB"),
+            ("container start to first batch", f"{d['container_first_batch_s']:.1f} s"),
+            ("the same, one core (`--cpus 1`, 1 process)", f"{one:.1f} s" if one else "-"),
+            ("docker stop", f"{d['docker_stop_s']:.2f} s"),
+            (f"autograder flow (`train.py`, then `train.py --resume`, {d['autograder_epochs']} "
+             f"epochs)", f"{d['autograder_s']:.0f} s, test accuracy {d['autograder_accuracy']:.2f}%"),
+        ]  # fmt: skip
+    return rows
+
+
 def timing_rows(result):
     """The benchmark's second table: start, stop, save, accuracy and Docker rows."""
-    s = result["stop"]
-    acc = result["accuracy"]
-    reached = acc["reached"]
-    lines = [
-        "",
-        "| what | value |",
-        "| --- | ---: |",
-        f"| start of run to first training batch | {result['first_batch_s']:.1f} s |",
-        f"| SIGINT to exit (checkpoint saved) | {s['sigint_to_exit_s']:.2f} s |",
-        f"| checkpoint save | {s['save_ms']:.0f} ms, {s['checkpoint_bytes'] / 1024:.0f} KiB |",
-        f"| time to {acc['target']:.0f}% test accuracy (defaults, process start to that epoch's line) | "
-        + (
-            f"epoch {reached['epoch']}, {reached['wall_s']:.0f} s wall |"
-            if reached
-            else "not reached |"
-        ),
-    ]
-    d = result["docker"]
-    if d:
-        lines += [
-            f"| image size ({d['image']}) | {d['image_mb']:.0f} MB |",
-            f"| container start to first batch | {d['container_first_batch_s']:.1f} s |",
-            "| the same, one core (`--cpus 1`, 1 process) | "
-            + (
-                f"{d['one_core_first_batch_s']:.1f} s |"
-                if d.get("one_core_first_batch_s")
-                else "- |"
-            ),
-            f"| docker stop | {d['docker_stop_s']:.2f} s |",
-            f"| autograder flow (`train.py`, then `train.py --resume`, {d['autograder_epochs']} epochs) | "
-            f"{d['autograder_s']:.0f} s, test accuracy {d['autograder_accuracy']:.2f}% |",
-        ]
-    return lines
+    return ["", "| what | value |", "| --- | ---: |"] + [f"| {a} | {b} |" for a, b in facts(result)]
 
 
 def new_figure(width, height):
@@ -463,28 +449,15 @@ def readme_summary(result):
     return "\n".join(lines)
 
 
+# The facts README shows (the rest are in docs/performance.md).
+README_FACTS = ("start of run", "SIGINT", "image size", "the same, one core", "docker stop")
+
+
 def perf_summary(result):
     two = next(r for r in result["throughput"] if (r["processes"], r["threads"]) == (2, 1))
-    one = result["throughput"][0]
-    d = result["docker"] or {}
-    rows = [
-        ("training, 1 process", f"{one['samples_per_s']:.0f} samples/s"),
-        ("training, 2 processes", f"{two['samples_per_s']:.0f} samples/s"),
-        ("start to first batch", f"{result['first_batch_s']:.1f} s"),
-        ("Ctrl-C to exit, checkpoint saved", f"{result['stop']['sigint_to_exit_s']:.2f} s"),
-    ]
-    if d:
-        if d.get("one_core_first_batch_s"):
-            rows.append(
-                (
-                    "container start to first batch, `--cpus 1`",
-                    f"{d['one_core_first_batch_s']:.1f} s",
-                )
-            )
-        rows += [
-            ("`docker stop`", f"{d['docker_stop_s']:.2f} s"),
-            ("image", f"{d['image_mb']:.0f} MB"),
-        ]
+    rows = [("training, 1 process", f"{result['throughput'][0]['samples_per_s']:.0f} samples/s")]
+    rows += [("training, 2 processes", f"{two['samples_per_s']:.0f} samples/s")]
+    rows += [(a, b) for a, b in facts(result) if a.startswith(README_FACTS)]
     body = "\n".join(f"| {a} | {b} |" for a, b in rows)
     return (
         f"On {result['machine']}, {result['data']} (`python scripts/benchmark.py`; the "
@@ -534,7 +507,8 @@ def recipe_label(spec):
 
 def accuracy_curve(data_dir, dataset, work, recipe, processes, seed, device):
     """One run of RECIPE (a --recipes entry), to the end of its planned epochs or
-    the last target: [(seconds since the command, epoch, accuracy %)]."""
+    the last target: [(seconds since the command, epoch, accuracy %, staleness,
+    samples/s)], as far as it got (a collapsed run stops with exit 1)."""
     ckpt = os.path.join(work, f"tta-{processes}-{seed}.pth")
     harness.remove_run_files(ckpt)
     chosen, extra = recipe_options(recipe)
@@ -542,19 +516,23 @@ def accuracy_curve(data_dir, dataset, work, recipe, processes, seed, device):
     options.update(num_processes=processes, device=device, checkpoint=ckpt, log_interval=10**9)
     options.update(target_accuracy=max(TTA_TARGETS), checkpoint_interval=0)
     t = TrainerProcess(flags(**options) + extra, cwd=work)
-    curve = []
-    while True:
-        elapsed, kind, fields = t.wait_for("epoch", "done", timeout=3600)
-        if kind == "done":
+    curve, kind = [], None
+    while kind != "done":
+        try:
+            elapsed, kind, fields = t.wait_for("epoch", "done", timeout=3600)
+        except RuntimeError:  # it ended without "done": its error line is the last
+            print(t.tail(1), end="")
             break
-        curve.append((elapsed, fields["epoch"], fields["accuracy"]))
-    t.finish(ok=(0,))
+        if kind == "epoch":
+            f = fields
+            curve.append((elapsed, f["epoch"], f["accuracy"], f["staleness"], f["samples_per_s"]))
+    t.finish(ok=(0, 1))
     return curve
 
 
 def first_reaching(curve, target):
     """(epoch, seconds) of the first evaluation at or above TARGET, or None."""
-    return next(((e, s) for s, e, a in curve if a >= target), None)
+    return next(((e, s) for s, e, a, *_ in curve if a >= target), None)
 
 
 def tta_row(recipe, processes, curves):
@@ -567,8 +545,10 @@ def tta_row(recipe, processes, curves):
             "epochs": [h[0] for h in reached],
             "seconds": [round(h[1], 1) for h in reached],
         }
-    row["best"] = [max(a for _, _, a in c) for c in curves]
-    row["epoch_1"] = [c[0][2] if c else None for c in curves]  # per seed: None if it stopped
+    row["best"] = [max((p[2] for p in c), default=0.0) for c in curves]
+    # Per seed, after the first epoch: accuracy (None: stopped), staleness, samples/s.
+    for i, key in ((2, "epoch_1"), (3, "staleness"), (4, "samples_per_s")):
+        row[key] = [c[0][i] if c else None for c in curves]
     return row
 
 
@@ -621,29 +601,56 @@ def _times(row):
     return f"{row['vs_sample']:g}x" if "vs_sample" in row else "-"
 
 
-def tta_markdown(result):
+def reached(target):
+    """A cell: the epochs to TARGET over the seeds, and how many runs reached it."""
+
+    def cell(row):
+        hits = row[f"to_{target:g}"]
+        missed = "" if hits["reached"] == row["runs"] else f" ({hits['reached']} of {row['runs']})"
+        return _spread(hits["epochs"]) + missed
+
+    return cell
+
+
+def _seeds(key, unit="", digits=1):
+    return lambda row: _spread([round(v, digits) for v in row.get(key, []) if v is not None], unit)
+
+
+# (header, cell) of the time-to-accuracy table; README's has the ones in README_COLUMNS.
+TTA_COLUMNS = (
+    ("recipe", lambda r: r["recipe"]),
+    ("processes", lambda r: str(r["processes"])),
+    ("after epoch 1, per seed", per_seed),
+    ("staleness", _seeds("staleness")),
+    ("samples/s", _seeds("samples_per_s", digits=-2)),
+    ("epochs to 98%", reached(98)),
+    ("seconds to 98%", lambda r: _spread(r["to_98"]["seconds"], " s")),
+    ("faster", _times),
+    ("epochs to 99%", reached(99)),
+    ("seconds to 99%", lambda r: _spread(r["to_99"]["seconds"], " s")),
+    ("best", lambda r: _spread([round(x, 2) for x in r["best"]], "%")),
+)
+README_COLUMNS = ("recipe", "processes", "epochs to 98%", "seconds to 98%", "faster", "best")
+
+
+def table(rows, columns=TTA_COLUMNS):
     lines = [
+        "| " + " | ".join(h for h, _ in columns) + " |",
+        "| --- |" + " ---: |" * (len(columns) - 1),
+    ]
+    return lines + ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+
+
+def tta_markdown(result):
+    intro = (
         f"Time to accuracy on {result['machine']}, {result['data']}, --device "
         f"{result['device']}; each cell: median (min-max) over the seeds, seconds from the "
-        f"command to the epoch line; runs stop at 99% or their last epoch; faster: the sample "
-        f"recipe's median seconds to 98% over this row's, at the same process count, in the "
-        f"same run (`python scripts/benchmark.py --time-to-accuracy`).",
-        "",
-        "| recipe | processes | runs | after epoch 1, per seed | reached 98% | epochs to 98% "
-        "| seconds to 98% | faster | reached 99% | epochs to 99% | seconds to 99% | best accuracy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["time_to_accuracy"]:
-        a, b = r["to_98"], r["to_99"]
-        lines.append(
-            f"| {r['recipe']} | {r['processes']} | {r['runs']} | {per_seed(r)} | "
-            f"{a['reached']}/{r['runs']} | "
-            f"{_spread(a['epochs'])} | {_spread(a['seconds'], ' s')} | {_times(r)} | "
-            f"{b['reached']}/{r['runs']} | "
-            f"{_spread(b['epochs'])} | {_spread(b['seconds'], ' s')} | "
-            f"{_spread([round(x, 2) for x in r['best']], '%')} |"
-        )
-    return "\n".join(lines) + "\n"
+        f"command to the epoch line; runs stop at 99% or their last epoch; staleness: the "
+        f"others' batches that landed while a batch was computed, the epoch's mean; faster: the "
+        f"sample recipe's median seconds to 98% over this row's, at the same process count, in "
+        f"the same run (`python scripts/benchmark.py --time-to-accuracy`)."
+    )
+    return "\n".join([intro, "", *table(result["time_to_accuracy"])]) + "\n"
 
 
 def plot_time_to_accuracy(result, path):
@@ -654,16 +661,9 @@ def plot_time_to_accuracy(result, path):
             many = "es" if r["processes"] > 1 else ""
             label = f"{r['recipe']}, {r['processes']} process{many}" if i == 0 else None
             style = {1: ":", 2: "-", 4: "--"}.get(r["processes"], "-.")
-            ax.plot(
-                [c[0] for c in curve],
-                [c[2] for c in curve],
-                style,
-                marker="o",
-                markersize=3,
-                color=colours.get(r["recipe"], "tab:gray"),
-                label=label,
-                alpha=0.8,
-            )
+            colour = colours.get(r["recipe"], "tab:gray")
+            xs, ys = [c[0] for c in curve], [c[2] for c in curve]
+            ax.plot(xs, ys, style, marker="o", markersize=3, color=colour, label=label, alpha=0.8)
     for target in TTA_TARGETS:
         ax.axhline(target, color="gray", linewidth=0.8)
     ax.set_ylim(90, 100)
@@ -675,12 +675,39 @@ def plot_time_to_accuracy(result, path):
     fig.savefig(path, dpi=100)
 
 
+def plot_processes(result, path):
+    """Accuracy after one epoch against the process count, one line per recipe
+    (the median over the seeds; each seed a dot, a run that stopped at 10%)."""
+    fig, ax = new_figure(6.5, 4)
+    by_recipe = {}
+    for r in result["time_to_accuracy"]:
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    for recipe, rows in by_recipe.items():
+        seeds = [[10.0 if a is None else a for a in r["epoch_1"]] for r in rows]
+        xs = [r["processes"] for r in rows]
+        (line,) = ax.plot(xs, [statistics.median(v) for v in seeds], "-", label=recipe)
+        for x, values in zip(xs, seeds, strict=True):
+            ax.plot([x] * len(values), values, "o", color=line.get_color(), alpha=0.5)
+    ax.axhline(98, color="gray", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["processes"] for r in result["time_to_accuracy"]}))
+    ax.xaxis.set_major_formatter("{x:.0f}")
+    ax.set_xlabel(f"--num-processes (on {result['usable_cpus']} cores)")
+    ax.set_ylabel("test accuracy after one epoch (%)")
+    ax.set_title(f"One epoch at each process count, {result['data']}")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+
+
 def publish_time_to_accuracy(result, args):
     md = tta_markdown(result)
     with open(os.path.join(args.out, "time_to_accuracy.md"), "w") as f:
         f.write(md)
     try:
         plot_time_to_accuracy(result, os.path.join(args.out, "time_to_accuracy.png"))
+        if len({r["processes"] for r in result["time_to_accuracy"]}) > 3:
+            plot_processes(result, os.path.join(args.out, "processes.png"))
     except ImportError:
         print("note: no matplotlib here: the table and JSON are written, the plot is not")
     print(md)
@@ -691,22 +718,9 @@ def publish_time_to_accuracy(result, args):
 
 def recipes_summary(result):
     """README's table: each recipe at 2 processes (or the most common count)."""
-    rows = [r for r in result["time_to_accuracy"] if r["processes"] == 2] or result[
-        "time_to_accuracy"
-    ]
-    lines = [
-        "| recipe | processes | epochs to 98% | seconds to 98% | faster | best |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        a = r["to_98"]
-        reached = "" if a["reached"] == r["runs"] else f" ({a['reached']} of {r['runs']} runs)"
-        lines.append(
-            f"| {r['recipe']} | {r['processes']} | {_spread(a['epochs'])}{reached} | "
-            f"{_spread(a['seconds'], ' s')} | {_times(r)} | "
-            f"{_spread([round(x, 2) for x in r['best']], '%')} |"
-        )
-    return "\n".join(lines) + "\n"
+    rows = [r for r in result["time_to_accuracy"] if r["processes"] == 2]
+    columns = [c for c in TTA_COLUMNS if c[0] in README_COLUMNS]
+    return "\n".join(table(rows or result["time_to_accuracy"], columns)) + "\n"
 
 
 # (flag, argparse options): every flag's default is in its help as %(default)s.

@@ -163,17 +163,6 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def prepare_data(work, dataset):
-    """(data dir to mount read-only, its label)."""
-    if dataset == "mnist" and harness.real_mnist_dir():
-        return harness.real_mnist_dir(), "MNIST (60k/10k)"
-    data = os.path.join(work, "data")
-    if dataset == "fashion-mnist" and harness.link_fashion(data, copy=True):
-        return data, "Fashion-MNIST (60k/10k)"
-    harness.write_synthetic(data, train=60000, test=10000)
-    return data, "synthetic (60k/10k)"
-
-
 RUNS = "sum:5,sum:10,sum:50,sum:auto,average:5,average:10,average:50"
 # (flag, argparse options): every default is in its help as %(default)s.
 FLAGS = (
@@ -226,7 +215,7 @@ def bench_network(args):
     net = f"cluster-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as work:
         os.chmod(work, 0o777)
-        data, label = prepare_data(work, args.dataset)
+        data, _, label = harness.bench_data(os.path.join(work, "data"), args.dataset, copy=True)
         docker("network", "create", net, check=True)
         try:
             yield work, data, label, net

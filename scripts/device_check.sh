@@ -1,24 +1,15 @@
 #!/usr/bin/env bash
-# The checks that need the accelerator machine (one H200, 16 CPU cores, torch
-# preinstalled, no Docker, no network), as one command that installs nothing.
+# The checks that need the accelerator machine (a GPU, 16 CPU cores, torch
+# preinstalled, no Docker, no network), as one command that installs nothing:
 #
-#   bash scripts/device_check.sh DATA_DIR OUT_DIR
+#   bash scripts/device_check.sh DATA_DIR OUT_DIR     # DATA_DIR holds MNIST/raw
 #
-# DATA_DIR: a data root holding MNIST/raw. Total time bound: the sum of the
-# step timeouts below, 480 s (8 minutes), whatever happens.
-# Every step has its own timeout and its own log (OUT_DIR/STEP.log); every
-# result is appended to OUT_DIR/results.jsonl (and results.md) the moment it is
-# known, and a step that fails or times out adds a line with its exit code and
-# the last lines of its log. So a hang or a crash still leaves every other
-# step's results.
-#
-# Environment:
-#   DEVICE=cpu        rehearse every step on the CPU (no GPU here); GPU-only
-#                     checks say they were skipped
-#   SCALE=F           multiply every timeout by F (slower machines, rehearsals)
-#   HANG_STEP=NAME    make that step hang (to check that the others still report);
-#                     HANG_SECONDS=N bounds that hang instead of the step's timeout
-#   STEPS="a b ..."   run only these steps
+# Each step has its own timeout (their sum bounds the whole) and log; each
+# result goes to OUT_DIR/results.jsonl and results.md the moment it is known,
+# and a step that fails or hangs adds its exit code and last lines. Environment
+# (docs/development.md): DEVICE=cpu rehearses on the CPU; SCALE=F stretches the
+# timeouts; HANG_STEP=NAME [HANG_SECONDS=N] makes a step hang; STEPS="a b" runs
+# only those.
 set -uo pipefail
 data=$(cd "${1:?usage: device_check.sh DATA_DIR OUT_DIR}" && pwd)
 out=${2:?usage: device_check.sh DATA_DIR OUT_DIR}

@@ -84,6 +84,18 @@ def write_synthetic(data_dir, train, test):
     synthetic_data.write_files(data_dir, train=train, test=test)
 
 
+def bench_data(root, dataset="mnist", copy=False):
+    """(data dir, --dataset, label) for a benchmark: the genuine MNIST if
+    DATASET is mnist and it is here, else Debian's Fashion-MNIST laid out under
+    ROOT (copied, with COPY, for containers), else 60k/10k synthetic MNIST."""
+    if dataset == "mnist" and real_mnist_dir():
+        return real_mnist_dir(), "mnist", "mnist"
+    if link_fashion(root, copy=copy):
+        return root, "fashion-mnist", "fashion-mnist"
+    write_synthetic(root, train=60000, test=10000)
+    return root, "mnist", "synthetic"
+
+
 def remove_run_files(checkpoint_path):
     """Delete a checkpoint and its metrics file, so a benchmark run starts fresh."""
     for path in (checkpoint_path, checkpoint.metrics_path(checkpoint_path)):
