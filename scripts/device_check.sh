@@ -77,6 +77,7 @@ step expandable 25 "${check[@]}" expandable "${on[@]}"
 step breakdown 60 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-epochs 2 \
   --data-dir "$data" --out "$out"
 step time-to-accuracy 80 "${check[@]}" time-to-accuracy "${on[@]}"
+step cores-16 40 "${check[@]}" cores-16 "${on[@]}"
 python3 -c "import sys; sys.path[:0] = ['tests', 'tools']; import gpu_check; gpu_check.write_markdown('$out')" || true
 echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
 cat "$out/results.md"

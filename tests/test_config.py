@@ -117,7 +117,7 @@ def test_one_field_definition_is_its_flag_its_help_and_its_check_everywhere():
     import argparse  # noqa: PLC0415
 
     from mnist_hogwild.commands.flags import add_field_flag  # noqa: PLC0415
-    from mnist_hogwild.core.config import Whole, flag  # noqa: PLC0415
+    from mnist_hogwild.core.kinds import Whole, flag  # noqa: PLC0415
 
     width = flag(50, "hidden units", Whole(1, 4096), metavar="N")
     Wider = dataclasses.make_dataclass(
