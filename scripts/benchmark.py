@@ -545,7 +545,7 @@ def tta_row(recipe, processes, curves):
             "epochs": [h[0] for h in reached],
             "seconds": [round(h[1], 1) for h in reached],
         }
-    row["best"] = [max((p[2] for p in c), default=0.0) for c in curves]
+    row["best"] = [max((p[2] for p in c), default=None) for c in curves]  # None: it stopped
     # Per seed, after the first epoch: accuracy (None: stopped), staleness, samples/s.
     for i, key in ((2, "epoch_1"), (3, "staleness"), (4, "samples_per_s")):
         row[key] = [c[0][i] if c else None for c in curves]
@@ -628,7 +628,7 @@ TTA_COLUMNS = (
     ("faster", _times),
     ("epochs to 99%", reached(99)),
     ("seconds to 99%", lambda r: _spread(r["to_99"]["seconds"], " s")),
-    ("best", lambda r: _spread([round(x, 2) for x in r["best"]], "%")),
+    ("best", _seeds("best", "%", digits=2)),
 )
 README_COLUMNS = ("recipe", "processes", "epochs to 98%", "seconds to 98%", "faster", "best")
 
@@ -693,7 +693,7 @@ def plot_processes(result, path):
     ax.set_xticks(sorted({r["processes"] for r in result["time_to_accuracy"]}))
     ax.xaxis.set_major_formatter("{x:.0f}")
     ax.set_xlabel(f"--num-processes (on {result['usable_cpus']} cores)")
-    ax.set_ylabel("test accuracy after one epoch (%)")
+    ax.set_ylabel("test accuracy after one epoch (%; stopped: 10)")
     ax.set_title(f"One epoch at each process count, {result['data']}")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)

@@ -54,7 +54,7 @@ def adapt(config, processes, given, micro_batches=0):
         notes.append(f"{k} updates of {math.ceil(config.batch_size / k)} samples per batch")
     if "lr" not in given and k > 1:
         # Smaller batches, smaller steps: the rate falls with the square root
-        # of the micro-batches (measured against linear and none).
+        # of the micro-batches (docs/performance.md: with and without it).
         changes["lr"] = config.lr / math.sqrt(k)
         notes.append(f"--lr {config.lr:g} -> {changes['lr']:.3g}")
     if config.optimizer == "adam" and "betas" not in given and config.betas[0]:
@@ -66,7 +66,7 @@ def adapt(config, processes, given, micro_batches=0):
     return Adaptation(replace(config, **changes), k, notes)
 
 
-def describe(adaptation, processes, staleness=None):
+def describe(adaptation, processes):
     """The start line's note, or None when nothing was adapted."""
     if not adaptation.notes:
         return None

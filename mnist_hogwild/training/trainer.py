@@ -4,8 +4,9 @@ checkpoint; stop cleanly on a signal, a failed worker or a lost node.
 
 Trainer.run() reads as the run's steps. The node (cluster/nodes.py) decides
 where the workers pause and combines models across machines; the checkpoint
-manager (checkpoint_manager.py) decides when and where to save; outcome.py
-judges each epoch and writes the closing lines; startup.py comes before.
+manager (checkpoint_manager.py) decides when and where to save; health.py
+judges each interval and epoch, outcome.py writes the lines; startup.py comes
+before it.
 """
 
 import math
