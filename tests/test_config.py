@@ -133,6 +133,13 @@ def test_one_field_definition_is_its_flag_its_help_and_its_check_everywhere():
         ("width", 0, "a whole number in [1, 4096]")
     ]
     assert list(Wider.invalid({"width": 64})) == []
+    # The same one field in the settings the train command is built from:
+    from mnist_hogwild.commands.flags import SETTINGS, build_parser  # noqa: PLC0415
+
+    train = build_parser((Wider, *SETTINGS[1:]))
+    assert train.parse_args(["--width", "8"]).width == 8
+    section = train.format_help().split("training (* saved in the checkpoint):")[1]
+    assert "--width N" in section.split("the run:")[0]
 
 
 @pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)

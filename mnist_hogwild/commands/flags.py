@@ -36,29 +36,31 @@ COMMANDS = {
 EXPORT_FORMATS = ("pt2", "torchscript")
 
 SETTINGS = (TrainConfig, ConfigRequest, RunOptions, LaunchOptions)
-FIELDS = {f.name: (cls, f) for cls in SETTINGS for f in fields(cls) if "kind" in f.metadata}
-
-# The train command's groups, in --help's order: (title, description, flags).
-GROUPS = (
-    (
-        "training (* saved in the checkpoint)",
-        None,
-        TrainConfig.names() + ["recipe", "more_epochs", "target_accuracy"],
-    ),
-    (
-        "the run",
-        None,
-        "num_processes micro_batches threads_per_process test_batch_size log_interval dry_run resume "
-        "checkpoint checkpoint_interval data_dir device cuda deterministic".split(),
-    ),
-    (
+# The train command's --help groups, in order: name -> (title, description).
+# A field is listed in its flag()'s group, else in its class's (CLASS_GROUPS).
+GROUPS = {
+    "training": ("training (* saved in the checkpoint)", None),
+    "run": ("the run", None),
+    "machines": (
         "several machines",
         "run this on every node, the same flags everywhere: it starts torchrun's own elastic "
         "launcher with one leader per node (the plain torchrun command works too)",
-        [f.name for f in fields(LaunchOptions)]
-        + "sync_every node_updates sync_timeout start_timeout".split(),
     ),
-)
+}
+CLASS_GROUPS = {TrainConfig: "training", ConfigRequest: "training", RunOptions: "run",
+                LaunchOptions: "machines"}  # fmt: skip
+
+
+def group_fields(settings=SETTINGS):
+    """{group: [(class, field), ...]} of every flag of SETTINGS' classes (or
+    their subclasses)."""
+    groups = {name: [] for name in GROUPS}
+    for cls in settings:
+        own = next(g for base, g in CLASS_GROUPS.items() if issubclass(cls, base))
+        for f in fields(cls):
+            if "kind" in f.metadata:
+                groups[f.metadata["group"] or own].append((cls, f))
+    return groups
 
 
 def flag_name(name):
@@ -87,22 +89,19 @@ def add_field_flag(group, cls, f, environ=os.environ):
     group.add_argument(flag_name(f.name), help=text, **options)
 
 
-def add_flag(group, name):
-    """Add NAME's flag (a settings field, or --cuda) to GROUP."""
-    if name == "cuda":
-        group.add_argument(
-            "--cuda",
-            dest="device",
-            action="store_const",
-            const="cuda",
-            help="the same as --device cuda (the pytorch/examples spelling)",
-        )
-        return
-    add_field_flag(group, *FIELDS[name])
+def add_cuda_flag(group):
+    group.add_argument(
+        "--cuda",
+        dest="device",
+        action="store_const",
+        const="cuda",
+        help="the same as --device cuda (the pytorch/examples spelling)",
+    )
 
 
-def build_parser():
-    """The train command's parser (`main.py [train] [flags]`)."""
+def build_parser(settings=SETTINGS):
+    """The train command's parser (`main.py [train] [flags]`): a flag for
+    every field of SETTINGS' classes, in its group."""
     p = argparse.ArgumentParser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "main.py",
         description="Train the MNIST Net (model.py) with Hogwild: N processes share one "
@@ -114,10 +113,12 @@ def build_parser():
         "--batch-size, --seed, --dataset and --optimizer must then match the checkpoint.",
         allow_abbrev=False,
     )
-    for title, description, names in GROUPS:
-        group = p.add_argument_group(title, description)
-        for name in names:
-            add_flag(group, name)
+    for name, members in group_fields(settings).items():
+        group = p.add_argument_group(*GROUPS[name])
+        for cls, f in members:
+            add_field_flag(group, cls, f)
+            if f.name == "device":
+                add_cuda_flag(group)
     return p
 
 

@@ -249,6 +249,7 @@ class RunOptions:
         Percent(),
         shown="train every epoch",
         metavar="PERCENT",
+        group="training",
     )
     sync_every: int = flag(
         0,  # 0: auto (cluster/cadence.py)
@@ -259,6 +260,7 @@ class RunOptions:
         AutoOrWhole(),
         shown="auto",
         metavar="K",
+        group="machines",
     )
     node_updates: str = flag(
         "sum",
@@ -266,12 +268,14 @@ class RunOptions:
         "counts, as in Hogwild; for small K) or take the mean of the models (average: local "
         "SGD, stable for any K, but it divides the step per sample by the node count)",
         OneOf(NODE_UPDATES),
+        group="machines",
     )
     sync_timeout: float = flag(
         30.0,
         "how long a sync waits for the other nodes before this node gives up with an error",
         Real(0),
         metavar="SECONDS",
+        group="machines",
     )
     start_timeout: float = flag(
         300.0,
@@ -279,6 +283,7 @@ class RunOptions:
         "waits for the other nodes",
         Real(0),
         metavar="SECONDS",
+        group="machines",
     )
 
     @classmethod

@@ -178,11 +178,12 @@ class Switch(Kind):
 UNIT = Real(0, 1, low_ok=True, expected="in [0, 1)")
 
 
-def flag(default, help, kind, shown=None, env=None, **argparse_options):
+def flag(default, help, kind, shown=None, env=None, group=None, **argparse_options):
     """A dataclass field that is also a command-line flag: its default, its
     help text, its KIND (which values it takes, for the flag and for a saved
     copy alike), what "(default: ...)" shows (SHOWN, else DEFAULT), the
     environment variable that supplies a default before DEFAULT (ENV, as
-    torchrun's PET_ variables do), and argparse's other options (metavar)."""
-    meta = dict(help=help, kind=kind, shown=shown, env=env, options=argparse_options)
+    torchrun's PET_ variables do), the --help GROUP it is listed in (else its
+    class's), and argparse's other options (metavar)."""
+    meta = dict(help=help, kind=kind, shown=shown, env=env, group=group, options=argparse_options)
     return field(default=default, metadata=meta)

@@ -278,11 +278,12 @@ def upgrade(state, name):
             f"({FORMAT_VERSION}); use a newer mnist-hogwild"
         )
     if version == 1 and "config" not in state and "args" in state:
-        args = state["args"]
-        if not isinstance(args, dict):
-            raise CheckpointError(f"{name} is damaged: args is a {type(args).__name__}, not a dict")
+        flags_v1 = state["args"]  # version 1 saved the command line's flags there
+        if not isinstance(flags_v1, dict):
+            kind = type(flags_v1).__name__
+            raise CheckpointError(f"{name} is damaged: args is a {kind}, not a dict")
         names = set(TrainConfig.names())
-        state = {**state, "config": {k: v for k, v in args.items() if k in names}}
+        state = {**state, "config": {k: v for k, v in flags_v1.items() if k in names}}
     if version == 1 and isinstance(state.get("metrics"), list):
         state["metrics"] = [_percent_row(row) for row in state["metrics"]]
     return state
