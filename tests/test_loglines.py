@@ -36,6 +36,8 @@ SAMPLES = {
         accuracy=98.28,
         samples_per_s=13900.4,
         seconds=4.3,
+        staleness=14.7,
+        staleness_p99=22,
         path="/ckpt/model checkpoint.pth",
     ),
     "stopped": dict(

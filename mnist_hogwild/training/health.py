@@ -36,9 +36,10 @@ CHANCE_PERCENT = 1.5 * 100 / NUM_CLASSES  # an epoch at or below this is at chan
 USUAL_LR = {"sgd": TrainConfig.lr, "adam": RECIPES["fast"]["lr"]}
 
 
-# The early check needs this many batches trained before it looks, and a
-# window at least this long: a network learns little in fewer (a small data
-# set's first epoch of SGD sits near ln 10 for its first dozens of batches).
+# Both checks need this many batches trained before they judge (and the early
+# one a window at least WINDOW_BATCHES long): a network learns little in fewer
+# (a small data set's first epoch of SGD can end near chance; MNIST's epoch
+# is 469 batches of 128).
 MIN_BATCHES = 100
 WINDOW_BATCHES = 50
 # A window whose loss fell by more than this is learning, however slowly.
@@ -102,7 +103,8 @@ class HealthWatch:
                 f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
                 f"from {before:.2f}%: {TOO_HIGH}"
             )
-        if whole and row["accuracy_percent"] <= CHANCE_PERCENT:
+        trained = (epoch + 1) * self.per_epoch  # (too few batches to judge on a small data set)
+        if whole and trained >= MIN_BATCHES and row["accuracy_percent"] <= CHANCE_PERCENT:
             raise Diverged(
                 f"the model collapsed: epoch {epoch + 1} ended at "
                 f"{row['accuracy_percent']:.2f}% test accuracy, chance level for "
