@@ -47,6 +47,7 @@ def test_an_explicit_flag_wins():
     adapted = adapt(FAST, 16, given={"lr": 0.004, "betas": (0.5, 0.9)})
     assert adapted.config.lr == FAST.lr and adapted.config.betas == FAST.betas
     assert adapted.micro_batches == 4
+    assert adapt(FAST, 2, given={}, micro_batches=1000).micro_batches == 128  # one sample each
     off = adapt(FAST, 16, given={}, micro_batches=1)
     assert (
         off.micro_batches == 1 and off.config.lr == FAST.lr
@@ -107,3 +108,17 @@ def test_eight_processes_adapt_measure_staleness_and_resume_at_another_count(tmp
     resumed = run_trainer(*common, "--resume", "--num-processes", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "processes: each update" not in resumed.stdout and "staleness " in resumed.stdout
+
+
+def test_a_short_batch_is_split_into_no_more_updates_than_it_has_samples():
+    import torch  # noqa: PLC0415
+
+    from mnist_hogwild.hogwild.worker import train_batch  # noqa: PLC0415
+    from mnist_hogwild.learn import optimizers  # noqa: PLC0415
+    from model import Net  # noqa: PLC0415
+
+    net = Net()
+    optimizer = optimizers.make("sgd", net.parameters(), 0.01, 0.0)
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    loss = train_batch(net, optimizer, x, y, torch.default_generator, 7, micro_batches=8)
+    assert torch.isfinite(loss) and 0 < loss.item() < 10

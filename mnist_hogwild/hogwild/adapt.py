@@ -46,7 +46,7 @@ def micro_batches_for(processes, batch_size):
 def adapt(config, processes, given, micro_batches=0):
     """The Adaptation for CONFIG at PROCESSES processes; GIVEN: the names of
     the settings given explicitly; MICRO_BATCHES: --micro-batches (0: auto)."""
-    k = micro_batches or micro_batches_for(processes, config.batch_size)
+    k = min(micro_batches or micro_batches_for(processes, config.batch_size), config.batch_size)
     if k == 1 and processes <= ADAPT_ABOVE:
         return Adaptation(config)
     changes, notes = {}, []

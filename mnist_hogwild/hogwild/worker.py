@@ -70,6 +70,7 @@ def train_batch(model, optimizer, x, y, generator, dropout_seed, micro_batches=1
     # makes a batch's masks depend only on (seed, epoch, batch), so an
     # interrupted and resumed run is bitwise the same as an uninterrupted one.
     generator.manual_seed(dropout_seed)
+    micro_batches = min(micro_batches, len(y))  # (an epoch's last batch may be short)
     losses = []
     for xs, ys in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
         optimizer.zero_grad()
