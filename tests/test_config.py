@@ -136,7 +136,7 @@ def test_one_field_definition_is_its_flag_its_help_and_its_check_everywhere():
     # The same one field in the settings the train command is built from:
     from mnist_hogwild.commands.flags import SETTINGS, build_parser  # noqa: PLC0415
 
-    train = build_parser((Wider, *SETTINGS[1:]))
+    train = build_parser((Wider, *SETTINGS[1:]))  # (TrainConfig comes first)
     assert train.parse_args(["--width", "8"]).width == 8
     section = train.format_help().split("training (* saved in the checkpoint):")[1]
     assert "--width N" in section.split("the run:")[0]

@@ -35,7 +35,8 @@ COMMANDS = {
 }
 EXPORT_FORMATS = ("pt2", "torchscript")
 
-SETTINGS = (TrainConfig, ConfigRequest, RunOptions, LaunchOptions)
+# (in --help's order within each group: the launcher's flags before the syncs')
+SETTINGS = (TrainConfig, ConfigRequest, LaunchOptions, RunOptions)
 # The train command's --help groups, in order: name -> (title, description).
 # A field is listed in its flag()'s group, else in its class's (CLASS_GROUPS).
 GROUPS = {
@@ -81,6 +82,8 @@ def add_field_flag(group, cls, f, environ=os.environ):
         options["default"] = (meta["env"] and environ.get(meta["env"])) or f.default
         if meta["env"] and not meta["shown"]:
             shown = f"${meta['env']}, else %(default)s"
+        elif isinstance(f.default, float) and not shown:
+            shown = f"{f.default:g}"  # 30, not 30.0
         text = (
             meta["help"]
             if f.default is False
