@@ -235,3 +235,18 @@ def test_an_exported_model_loads_without_the_repository_and_matches(trained, tmp
     with torch.no_grad():
         expected = model(x)
     assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-6)
+
+
+def test_a_one_epoch_run_is_drawn_on_whole_epochs_and_at_most_100_percent():
+    """Read through matplotlib's own objects, not pixels."""
+    from mnist_hogwild.commands.figures import curves_figure  # noqa: PLC0415
+
+    row = {"epoch": 1, "train_loss": 0.33, "test_loss": 0.04, "accuracy_percent": 98.69}
+    fig = curves_figure([row], "one epoch")
+    fig.canvas.draw()  # (the locators choose their ticks when drawn)
+    loss, accuracy = fig.axes
+    for ax in (loss, accuracy):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0], ticks
+    low, high = accuracy.get_ylim()
+    assert 0 <= low < 98.69 < high <= 100

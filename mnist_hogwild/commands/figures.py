@@ -119,11 +119,15 @@ def curves_figure(rows, title):
         ha="center",
     )
     accuracy.margins(y=0.15)  # room above the best point for its label
+    low, high = accuracy.get_ylim()
+    accuracy.set_ylim(max(low, 0.0), min(high, 100.0))  # (a percentage: never past 100)
     for ax in (loss, accuracy):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Whole epochs only: the locator alone falls back to fractions when
+        # fewer than two whole numbers lie in the range (a one-epoch run).
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.suptitle(title)
     return fig
 
