@@ -250,3 +250,45 @@ def test_a_one_epoch_run_is_drawn_on_whole_epochs_and_at_most_100_percent():
         assert ticks == [1.0], ticks
     low, high = accuracy.get_ylim()
     assert 0 <= low < 98.69 < high <= 100
+
+
+def test_a_metrics_file_with_bad_bytes_is_drawn_without_them_and_one_warning(tmp_path):
+    rows = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1 / e, "accuracy_percent": 90 + e}
+            for e in (1, 2)]  # fmt: skip
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "run.metrics.jsonl").write_bytes(text + b'{"epoch": 3, "train\xff\xfe": 1}\n')
+    proc = command("plot", "--checkpoint", "run.pth", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("run.metrics.jsonl: 2 epochs")
+    assert proc.stderr.strip().splitlines() == [
+        "warning: run.metrics.jsonl: skipped 1 damaged line(s) (not UTF-8 text)"
+    ]
+
+
+def struct_error():
+    import struct  # noqa: PLC0415
+
+    return struct.error("unpack requires a buffer of 4 bytes")
+
+
+@pytest.mark.parametrize("error", [SyntaxError("broken PNG file"), EOFError(), struct_error()])
+def test_every_decoder_failure_of_pillow_is_one_line(monkeypatch, tmp_path, error):
+    """Pillow raises these for damaged files (a broken PNG chunk, a cut header)."""
+    from PIL import Image as PilImage  # noqa: PLC0415
+
+    from mnist_hogwild.commands import infer  # noqa: PLC0415
+    from mnist_hogwild.core.errors import InputError  # noqa: PLC0415
+
+    class Broken:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def load(self):
+            raise error
+
+    monkeypatch.setattr(PilImage, "open", lambda *a, **k: Broken())
+    with pytest.raises(InputError, match=r"^bad.png: not a readable image \("):
+        infer.prepare_image("bad.png", "mnist")

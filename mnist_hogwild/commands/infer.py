@@ -13,6 +13,7 @@ turned grey, inverted if light, and scaled to 28x28.
 """
 
 import os
+import struct
 import sys
 import warnings
 
@@ -125,7 +126,9 @@ def prepare_image(path, dataset, source=None):
         raise InputError(
             f"{path}: too large an image (at most {millions} million pixels)"
         ) from None
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        # (Pillow's decoders raise all of these for damaged files; SyntaxError
+        # for a broken PNG chunk, struct.error for a cut header.)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         if source is not None and isinstance(e, UnidentifiedImageError):
             reason = "not a format Pillow knows: PNG, JPEG, GIF, BMP, WebP, TIFF, ..."

@@ -2,6 +2,7 @@
 epoch) as a PNG, from the metrics file beside its checkpoint."""
 
 import os
+import sys
 
 from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
@@ -14,7 +15,7 @@ def run_command(args):
     """Draw the curves of the run on args.checkpoint; one line out."""
     check_output(args.out, args.checkpoint)
     metrics = checkpoint.metrics_path(args.checkpoint)
-    rows = checkpoint.read_metrics(args.checkpoint)
+    rows = checkpoint.read_metrics(args.checkpoint, warn=lambda w: say(f"warning: {w}", sys.stderr))
     if not rows:
         why = "has no epochs yet" if os.path.exists(metrics) else "does not exist"
         raise InputError(f"{metrics} {why}: train at least one epoch on {args.checkpoint}")

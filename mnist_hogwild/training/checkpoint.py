@@ -175,15 +175,24 @@ def metrics_path(checkpoint_path):
 METRICS_KEYS = ("epoch", "train_loss", "test_loss", "accuracy_percent")
 
 
-def read_metrics(checkpoint_path):
+def read_metrics(checkpoint_path, warn=None):
     """The run's epochs from the metrics file beside CHECKPOINT_PATH (written at
     every epoch of a run going on): dicts of METRICS_KEYS, lines that are not
-    such a row skipped; none if the file is missing."""
+    such a row skipped; none if the file is missing. A line that is not even
+    text (a damaged file) is skipped too, and WARN, if given, hears how many."""
     try:
-        with open(metrics_path(checkpoint_path)) as f:
-            rows = [_metrics_row(line) for line in f if line.strip()]
+        with open(metrics_path(checkpoint_path), "rb") as f:
+            lines = [line for line in f if line.strip()]
     except OSError:
         return []
+    rows, damaged = [], 0
+    for line in lines:
+        try:
+            rows.append(_metrics_row(line.decode("utf-8")))
+        except UnicodeDecodeError:
+            damaged += 1
+    if damaged and warn is not None:
+        warn(f"{metrics_path(checkpoint_path)}: skipped {damaged} damaged line(s) (not UTF-8 text)")
     return [r for r in rows if r is not None]
 
 
