@@ -162,3 +162,14 @@ def test_every_saved_setting_is_checked_at_load_as_its_flag_checks_it(field, tmp
         checkpoint.load(str(path), Net().state_dict())
     with pytest.raises(SystemExit):
         main.build_parser().parse_args([f"--{field.name.replace('_', '-')}", str(bad)])
+
+
+def test_resume_notes_only_what_changed_and_matters():
+    notes = []
+    adam = {**TrainConfig(optimizer="adam").as_dict()}
+    TrainConfig.resolve(flags("--momentum", "0.1"), adam, log=notes.append)
+    sgd = TrainConfig().as_dict()
+    TrainConfig.resolve(flags("--betas", "0.5,0.9"), sgd, log=notes.append)
+    assert notes == []  # Adam has no momentum, SGD no betas
+    TrainConfig.resolve(flags("--betas", "0.5,0.9"), adam, log=notes.append)
+    assert notes == ["note: --betas changed from (0.9, 0.999) to (0.5, 0.9) on resume"]

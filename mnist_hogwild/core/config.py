@@ -131,7 +131,10 @@ class TrainConfig:
                 base["warmup"] = LR_SCHEDULES[given.get("lr_schedule") or base["lr_schedule"]]
             values = {n: given.get(n, base[n]) for n in cls.names()}
         else:
-            values = {n: _choose(n, given.get(n), saved.get(n), log) for n in cls.names()}
+            optimizer = saved.get("optimizer", cls.optimizer)
+            values = {
+                n: _choose(n, given.get(n), saved.get(n), log, optimizer) for n in cls.names()
+            }
             values = {n: cls().as_dict()[n] if v is None else v for n, v in values.items()}
         return replace(cls(), **values)
 
@@ -147,7 +150,11 @@ class TrainConfig:
         return asdict(self)
 
 
-def _choose(name, given, saved, log):
+# Settings one optimizer does not use: a change of them on resume is no news.
+UNUSED_BY = {"momentum": "adam", "betas": "sgd"}
+
+
+def _choose(name, given, saved, log, optimizer):
     flag = "--" + name.replace("_", "-")
     if given is None:
         return saved
@@ -157,7 +164,8 @@ def _choose(name, given, saved, log):
                 f"{flag} {given} differs from the checkpoint's {saved}; resuming needs "
                 f"the same {flag} (or start a new run with another --checkpoint)"
             )
-        if name != "epochs":  # raising --epochs to train further is the normal case
+        # Raising --epochs to train further is the normal case: no note either.
+        if name != "epochs" and UNUSED_BY.get(name) != optimizer:
             log(f"note: {flag} changed from {saved} to {given} on resume")
     return given
 

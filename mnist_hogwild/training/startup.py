@@ -120,17 +120,23 @@ def job_settings(request, options):
 
 
 def note_schedule_change(state, config):
-    """A resume with another --epochs (or --lr) replans a schedule: say how, once."""
+    """A resume with another --epochs (or --lr) replans a schedule: say how,
+    once, naming only what changed."""
     saved = TrainConfig(**{**config.as_dict(), **state["config"]})
     if saved == config or not follows_the_plan(config):
         return
     per_epoch = state["batches_per_epoch"]
     batch = state["epoch"] * per_epoch + state["step"]
     was, now = learning_rate(saved, batch, per_epoch), learning_rate(config, batch, per_epoch)
+    if f"{was:.3g}" == f"{now:.3g}" and saved.epochs == config.epochs and saved.lr == config.lr:
+        return  # (another setting changed: its own note says so)
+    epochs = f" (was {saved.epochs})" if saved.epochs != config.epochs else ""
+    peak = f" (was {saved.lr})" if saved.lr != config.lr else ""
+    rate = f" (was {was:.3g})" if f"{was:.3g}" != f"{now:.3g}" else ""
     say(
-        f"note: the {config.lr_schedule} schedule is now planned over {config.epochs} epochs "
-        f"(was {saved.epochs}) with peak {config.lr}: at batch {batch} the rate is {now:.3g} "
-        f"(was {was:.3g}), and it follows the new plan from there"
+        f"note: the {config.lr_schedule} schedule is now planned over {config.epochs} epochs"
+        f"{epochs} with peak {config.lr}{peak}: at batch {batch} the rate is {now:.3g}{rate}, "
+        f"and it follows the new plan from there"
     )
 
 
