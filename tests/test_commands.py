@@ -147,7 +147,7 @@ def test_infer_reads_real_test_digits_in_any_size_and_colour(mnist_model, mnist_
 def test_infer_reads_photo_like_digits_and_shows_what_it_saw(
     mnist_model, mnist_dir, tmp_path, kind
 ):
-    """Real test digits redrawn as photos (tests/photo_digits.py): paper in
+    """Real test digits redrawn as photos (tools/photo_digits.py): paper in
     shade, a noisy colour gradient, a blue pen. Before the paper was modelled
     as a plane, infer read a third to two thirds of these right."""
     test = data.load_split(data.prepare(mnist_dir, "mnist")["test"])
