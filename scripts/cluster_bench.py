@@ -23,6 +23,7 @@ writes OUT/cluster_wall.{md,json}.
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import subprocess
@@ -75,9 +76,8 @@ def one_job(args, work, data, net, nodes, k=0, mode="average", cpus=1.0, process
     names = [f"node{i}" for i in range(nodes)]
     for name in names:
         subprocess.run(["rm", "-rf", os.path.join(work, name)], check=True)
-    commands = [
-        node_command(args, work, data, net, n, nodes, k, mode, cpus, processes) for n in names
-    ]
+    node = functools.partial(node_command, args, work, data, net)
+    commands = [node(n, nodes, k, mode, cpus, processes) for n in names]
     # All at once, as separate machines would start: one after the other, the
     # later nodes' container start-up (docker's, not ours) would be counted too.
     started = time.monotonic()
