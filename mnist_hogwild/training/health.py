@@ -47,7 +47,7 @@ LEARNING = 0.03
 
 
 class HealthWatch:
-    """Watches the interval losses of a run (check()), and judges an epoch's
+    """Watches the interval losses of a run (check_interval()), and judges an epoch's
     end (check_epoch()). PER_EPOCH batches an epoch; the watch arms after a
     quarter of an epoch or the schedule's warm-up, whichever is longer, and
     stops the run when every interval over a tenth of an epoch is at chance
