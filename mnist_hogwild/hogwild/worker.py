@@ -71,17 +71,16 @@ def train_batch(model, optimizer, x, y, generator, dropout_seed, micro_batches=1
     # interrupted and resumed run is bitwise the same as an uninterrupted one.
     generator.manual_seed(dropout_seed)
     micro_batches = min(micro_batches, len(y))  # (an epoch's last batch may be short)
-    losses = []
+    losses = []  # each update's mean loss, weighted by its samples
     for xs, ys in zip(x.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True):
         optimizer.zero_grad()
         loss = F.nll_loss(model(xs), ys)
         loss.backward()
         optimizer.step()
-        losses.append(loss.detach())
+        losses.append((loss.detach(), len(ys)))
     if micro_batches == 1:
-        return losses[0]
-    sizes = [len(ys) for ys in y.tensor_split(micro_batches)]
-    return sum(part * n for part, n in zip(losses, sizes, strict=True)) / len(y)
+        return losses[0][0]  # (as it is: a resumed run's losses stay bitwise the same)
+    return sum(part * n for part, n in losses) / len(y)
 
 
 def dropout_generator(device):

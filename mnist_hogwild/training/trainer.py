@@ -20,7 +20,7 @@ from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import Diverged, WorkerDied
 from mnist_hogwild.core.loglines import ProgressReport, line, progress_display, say
-from mnist_hogwild.hogwild.adapt import Adaptation, describe
+from mnist_hogwild.hogwild.adapt import describe
 from mnist_hogwild.hogwild.pool import staleness_summary
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.hogwild.worker import WorkerSetup
@@ -98,9 +98,9 @@ class Trainer:
     asks the node where to pause and the checkpoint manager when to save."""
 
     def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool,
-                 adaptation=None):  # fmt: skip
+                 adaptation):  # fmt: skip
         self.config, self.options, self.device, self.node = config, options, device, node
-        self.adaptation = adaptation or Adaptation(config)
+        self.adaptation = adaptation  # (hogwild/adapt.py: what the workers train with)
         self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
         self.counters = pool.counters
         self.files, self.train_set, self.test_set = load_splits(options, config.dataset, device)
