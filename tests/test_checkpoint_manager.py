@@ -100,28 +100,25 @@ def test_only_temp_files_of_dead_writers_on_this_host_are_removed(tmp_path):
         (tmp_path / name).write_bytes(b"partial")
     m, notes = manager(path)
     m.open()
-    assert sorted(os.listdir(tmp_path)) == sorted([live, other_host, ".ck.pth.lock"])
+    assert sorted(os.listdir(tmp_path)) == sorted([live, other_host, ".ck.pth.lock", "ck.models"])
     assert notes == [f"W removed {stale}, left by an interrupted save"]
     m.close()
 
 
-def test_a_fresh_run_keeps_the_previous_model_and_a_resume_does_not(tmp_path):
+def test_a_fresh_run_keeps_the_model_it_finds_before_writing_anything(tmp_path):
     path = tmp_path / "ck.pth"
     checkpoint.save(valid_state(epoch=3), str(path))
     old = path.read_bytes()
     m, notes = manager(path)
     m.open()
-    assert path.read_bytes() == old  # nothing happens before the first save
+    (kept,) = (tmp_path / "ck.models").iterdir()
+    assert kept.read_bytes() == old and kept.name.startswith("mnist_e03_acc")
+    assert notes == [f"kept {kept} (found at {path})"]
     m.save(valid_state(epoch=0))
-    assert (tmp_path / "ck.prev.pth").read_bytes() == old
-    assert notes == [f"kept the previous {path} as {tmp_path / 'ck.prev.pth'}"]
-    m.save(valid_state(epoch=1))  # only once
-    assert (tmp_path / "ck.prev.pth").read_bytes() == old
     m.close()
-    m, notes = manager(path, resume=True)
+    m, notes = manager(path, resume=True)  # its run has models here: it goes on from it
     m.open()
-    m.save(valid_state(epoch=2))
-    assert (tmp_path / "ck.prev.pth").read_bytes() == old and notes == []
+    assert notes == [] and len(list((tmp_path / "ck.models").iterdir())) == 1
     m.close()
 
 
@@ -149,4 +146,9 @@ def test_the_best_model_is_kept_beside_the_checkpoint(tmp_path):
     m.close()
     best = checkpoint.load(str(tmp_path / "ck.best.pth"), valid_state()["model_state"])
     assert best["epoch"] == 2 and best["metrics"][-1]["accuracy_percent"] == 97.0
+    # the run keeps its best and its last; the copy is the history's file, byte for byte
+    history = sorted(p.name for p in (tmp_path / "ck.models").iterdir())
+    assert [n.split("_")[1:3] for n in history] == [["e02", "acc97.00"], ["e03", "acc95.00"]]
+    assert (tmp_path / "ck.models" / history[0]).read_bytes() == (tmp_path / "ck.best.pth").read_bytes()
+    assert os.stat(tmp_path / "ck.best.pth").st_nlink == 1  # a copy, never a link
     assert checkpoint.load(str(path), valid_state()["model_state"])["epoch"] == 3

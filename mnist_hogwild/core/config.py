@@ -216,14 +216,22 @@ class RunOptions:
     resume: bool = flag(
         False,
         "continue from --checkpoint if it exists (else warn and start fresh); without it, an "
-        "existing checkpoint is kept as STEM.prev.pth",
+        "existing checkpoint's model is kept in STEM.models/ first",
         Switch(),
     )
     checkpoint: str = flag(
         "model_checkpoint.pth",
-        "checkpoint file; beside it go STEM.metrics.jsonl and STEM.best.pth",
+        "checkpoint file; beside it go STEM.models/ (every model, written once), "
+        "STEM.best.pth and STEM.metrics.jsonl",
         Text(),
         metavar="PATH",
+    )
+    keep_models: int = flag(
+        5,
+        "models of each data set kept in STEM.models/: at a run's end, those scoring below "
+        "the K best go (never the best of a data set, nor the resumable run's)",
+        Whole(1),
+        metavar="K",
     )
     checkpoint_interval: float = flag(
         30.0,

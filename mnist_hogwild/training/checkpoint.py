@@ -27,6 +27,7 @@ Version 1 kept the config in "args" (with the command-line flags) and had no
 options or run_id; load() turns it into version 2 in memory.
 """
 
+import errno
 import io
 import json
 import math
@@ -116,13 +117,17 @@ def parse_temp_name(path, name):
     return parts[0], int(parts[1])
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, replace=True):
     """Call write(file) on a temp file beside PATH, fsync it, then rename it over PATH.
 
     A crash at any instant leaves either the old file or the new one, never a
     mix. On failure (disk full, read-only volume) the temp file is removed,
-    the old file is untouched, and OSError propagates.
+    the old file is untouched, and OSError propagates. REPLACE=False: a PATH
+    that exists is left as it is (FileExistsError), for files written once
+    (the caller holds the checkpoint's lock, so nobody creates it meanwhile).
     """
+    if not replace and os.path.exists(path):
+        raise FileExistsError(errno.EEXIST, "exists", path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, temp_name(path))
     try:
@@ -166,6 +171,13 @@ def save(state, path):
             f"could not write checkpoint {path}: {e.strerror or e}; "
             f"the previous checkpoint (if any) is unchanged"
         ) from None
+
+
+def decision_accuracy(state):
+    """The accuracy a run decides by (the best model, the history's names and
+    pruning): its last evaluated epoch's; 0 before any."""
+    rows = state.get("metrics") or []
+    return rows[-1].get("accuracy_percent", 0.0) if rows else 0.0
 
 
 def metrics_path(checkpoint_path):

@@ -88,9 +88,10 @@ def log_summary(rows, checkpoints, run_id):
     kept = checkpoints.best_elsewhere(run_id)
     if kept is not None:
         say(
-            f"note: {checkpoints.best_path} keeps the best model trained at {checkpoints.path}, "
-            f"{kept['accuracy']:.2f}% (epoch {kept['epoch']} of an earlier run); a later "
-            f"epoch replaces it only by scoring as well"
+            f"note: {checkpoints.best_path} is the best {kept.dataset} model trained at "
+            f"{checkpoints.path}, {kept.accuracy:.2f}% (epoch {kept.epoch} of an earlier run, "
+            f"{checkpoints.history.where(kept.name)}); this run's models are in "
+            f"{checkpoints.history.directory} too"
         )
     if rows:
         best = max(rows, key=lambda r: r["accuracy_percent"])
