@@ -38,13 +38,15 @@ def command_function(name):
         from mnist_hogwild.commands.export import run_command
     elif name == "plot":
         from mnist_hogwild.commands.plot import run_command
+    elif name == "models":
+        from mnist_hogwild.commands.models import run_command
     else:
         from mnist_hogwild.commands.serve import run_command
     return run_command
 
 
 def run_command(name, argv):
-    """evaluate, infer, export, plot or serve: parse their flags, run, one line per error."""
+    """evaluate, infer, export, plot, serve or models: parse their flags, run, one line per error."""
     args = command_parser(name).parse_args(argv)
     try:
         return command_function(name)(args)

@@ -219,6 +219,19 @@ rc=$?
   && pass "root, then --user 1000:1000 --resume on one volume: resumed" \
   || { echo "$err" | tail -3; fail "root, then --user 1000:1000 --resume (exit $rc)"; }
 
+# A sticky-bit folder (mode 1777, like /tmp) holding root's checkpoint: another
+# uid may create files there but not rename over root's, so a save would fail;
+# the run must refuse before training, in one line.
+mkdir -p "$OUT/sticky" && chmod 1777 "$OUT/sticky"
+run "$IMAGE" --dry-run --checkpoint "$OUT/sticky/ck.pth" >/dev/null 2>&1
+before=$(md5sum "$OUT/sticky/ck.pth")
+err=$(run --user 12345:12345 "$IMAGE" --epochs 1 --checkpoint "$OUT/sticky/ck.pth" 2>&1 >/dev/null)
+rc=$?
+[ $rc -eq 1 ] && [ "$(echo "$err" | wc -l)" = 1 ] && echo "$err" | grep -q "cannot replace .*sticky-bit folder" \
+  && [ "$(md5sum "$OUT/sticky/ck.pth")" = "$before" ] \
+  && pass "--user 12345:12345 on root's checkpoint in a sticky folder: refused up front, kept" \
+  || { echo "$err" | tail -3; fail "sticky folder as another uid (exit $rc)"; }
+
 # Docker's default 64 MB /dev/shm, up to 8 workers.
 for n in 1 8; do
   if run "$IMAGE" --num-processes "$n" --dry-run --checkpoint "$OUT/shm$n.pth" >/dev/null 2>"$OUT/shm.err"; then

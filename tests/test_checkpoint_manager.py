@@ -149,6 +149,8 @@ def test_the_best_model_is_kept_beside_the_checkpoint(tmp_path):
     # the run keeps its best and its last; the copy is the history's file, byte for byte
     history = sorted(p.name for p in (tmp_path / "ck.models").iterdir())
     assert [n.split("_")[1:3] for n in history] == [["e02", "acc97.00"], ["e03", "acc95.00"]]
-    assert (tmp_path / "ck.models" / history[0]).read_bytes() == (tmp_path / "ck.best.pth").read_bytes()
+    assert (tmp_path / "ck.models" / history[0]).read_bytes() == (
+        tmp_path / "ck.best.pth"
+    ).read_bytes()
     assert os.stat(tmp_path / "ck.best.pth").st_nlink == 1  # a copy, never a link
     assert checkpoint.load(str(path), valid_state()["model_state"])["epoch"] == 3

@@ -242,7 +242,8 @@ def test_nodes_sharing_one_folder_share_its_checkpoint_stop_and_resume_together(
     assert load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")["epoch"] == 2
     names = sorted(p.name for p in (tmp_path / "shared").iterdir())
     assert names == [".model_checkpoint.pth.lock", "model_checkpoint.best.pth",
-                     "model_checkpoint.metrics.jsonl", "model_checkpoint.pth"]  # fmt: skip
+                     "model_checkpoint.metrics.jsonl", "model_checkpoint.models",
+                     "model_checkpoint.pth"]  # fmt: skip
 
 
 @pytest.mark.slow

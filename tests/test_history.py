@@ -92,7 +92,9 @@ class World:
         """torch.save or cp over STEM.pth, as a user might."""
         how = self.rng.choice(["torch.save", "cp", "garbage"])
         if how == "torch.save":
-            torch.save(self.state("mnist", 1, [{"epoch": 1, "accuracy_percent": 12.0}], "x"), self.path)
+            torch.save(
+                self.state("mnist", 1, [{"epoch": 1, "accuracy_percent": 12.0}], "x"), self.path
+            )
         elif how == "cp" and os.path.exists(self.root / "ck.best.pth"):
             shutil.copyfile(self.root / "ck.best.pth", self.path)
         else:
@@ -102,7 +104,9 @@ class World:
     def command(self):
         """What evaluate/infer/export do with the files: read them."""
         for entry in history.History(self.path, print).entries():
-            checkpoint.load(os.path.join(self.root, "ck.models", entry.name), valid_state()["model_state"])
+            checkpoint.load(
+                os.path.join(self.root, "ck.models", entry.name), valid_state()["model_state"]
+            )
 
     # ----- the property --------------------------------------------------
     def check(self, step):
@@ -184,11 +188,18 @@ def test_pruning_keeps_the_k_best_of_each_data_set_and_never_the_best(tmp_path):
 
 
 def test_names_say_what_a_file_holds_and_parse_back(tmp_path):
-    state = valid_state(epoch=3, metrics=[{"epoch": 3, "accuracy_percent": 98.744}], run_id="1a2b3c4d5e6f7a8b")
+    state = valid_state(
+        epoch=3, metrics=[{"epoch": 3, "accuracy_percent": 98.744}], run_id="1a2b3c4d5e6f7a8b"
+    )
     name = history.name_for(state)
     entry = history.Entry.parse(name)
     assert name.startswith("mnist_e03_acc98.74_1a2b3c4d_") and name.endswith(".pth")
-    assert (entry.dataset, entry.epoch, entry.accuracy, entry.run) == ("mnist", 3, 98.74, "1a2b3c4d")
+    assert (entry.dataset, entry.epoch, entry.accuracy, entry.run) == (
+        "mnist",
+        3,
+        98.74,
+        "1a2b3c4d",
+    )
     partial = history.Entry.parse(history.name_for({**state, "step": 7}))
     assert partial.partial and partial.epoch == 3 and partial.step == 7
 

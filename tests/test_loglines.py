@@ -50,6 +50,7 @@ SAMPLES = {
         best_epoch=9,
         path="ck.pth",
         best_path="ck.best.pth",
+        models="ck.models/",
         metrics="ck.metrics.jsonl",
     ),
     "target": dict(target=98.0, epoch=2, accuracy=98.12),

@@ -2,12 +2,21 @@
 a path survives fresh runs, dry runs and divergence, and flags mean what
 users mean. Real trainers on small synthetic data."""
 
+import hashlib
+import os
 import shutil
+import signal
+import tempfile
 
 import pytest
-from conftest import load_checkpoint, run_trainer
+import synthetic_data
+import torch
+from conftest import finish, load_checkpoint, run_trainer, start_trainer, stop_group
 
 from mnist_hogwild.core import loglines
+from mnist_hogwild.core.config import RunOptions
+from mnist_hogwild.core.errors import CheckpointError
+from mnist_hogwild.training.checkpoint_manager import CheckpointManager
 
 
 def accuracy_of(path):
@@ -41,10 +50,13 @@ def test_the_best_model_survives_three_fresh_runs_and_the_output_names_it(
         assert proc.returncode == 0, proc.stderr
         assert accuracy_of(work / "ck.pth") < best - 20  # the premise: a worse model
     assert accuracy_of(work / "ck.best.pth") == best
-    assert f"ck.best.pth keeps the best model trained at ck.pth, {best:.2f}%" in proc.stdout
+    assert f"ck.best.pth is the best mnist model trained at ck.pth, {best:.2f}%" in proc.stdout
     (summary,) = loglines.parse_lines("summary", proc.stdout)
-    assert summary["best_path"] == "ck.best.pth"
-    assert sorted(p.name for p in work.glob("ck*.pth")) == ["ck.best.pth", "ck.prev.pth", "ck.pth"]
+    assert summary["best_path"] == "ck.best.pth" and summary["models"] == "ck.models/"
+    # the three worse runs' models are kept too, each its own file
+    before = len(list((trained / "ck.models").iterdir()))
+    assert len(list((work / "ck.models").iterdir())) == before + 3
+    assert sorted(p.name for p in work.glob("ck*.pth")) == ["ck.best.pth", "ck.pth"]
 
 
 @pytest.mark.parametrize("flags", [("--dry-run",), ("--resume", "--dry-run", "--epochs", "5")])
@@ -66,7 +78,7 @@ def test_a_dry_run_over_a_checkpoint_changes_no_file(trained, data_dir, tmp_path
 def test_a_fresh_dry_run_writes_only_the_checkpoint(data_dir, tmp_path):
     proc = run_trainer("--data-dir", data_dir, "--dry-run", "--checkpoint", "ck.pth", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.pth.lock", "ck.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.pth.lock", "ck.pth"]  # no history
 
 
 def test_an_explosion_of_a_copied_checkpoint_stops_the_run_and_keeps_the_model(
@@ -210,3 +222,97 @@ def test_infer_refuses_a_decompression_bomb_in_one_line(trained, tmp_path):
 def test_infer_refuses_fewer_than_one_sample(trained, tmp_path):
     proc = command("infer", "--num-samples", "0", "--checkpoint", trained / "ck.pth", cwd=tmp_path)
     assert proc.returncode == 2 and "--num-samples: must be in [1," in proc.stderr
+
+
+# ----- the model history (STEM.models/): the four ways the old slots lost a model ---------
+def md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def history_md5s(work, stem="ck"):
+    return {md5(p): p.name for p in (work / f"{stem}.models").iterdir()}
+
+
+def test_switching_data_sets_twice_keeps_the_best_of_each_and_names_it(trained, data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    synthetic_data.write_files(str(data), train=2560, test=500, dataset="fashion-mnist", seed=7)
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    best = md5(work / "ck.best.pth")
+    accuracy = accuracy_of(work / "ck.best.pth")
+    common = ["--data-dir", data, "--epochs", "1", "--checkpoint", "ck.pth"]
+    fashion = run_trainer(*common, "--dataset", "fashion-mnist", cwd=work)
+    assert fashion.returncode == 0, fashion.stderr
+    assert load_checkpoint(work / "ck.best.pth")["config"]["dataset"] == "fashion-mnist"
+    mnist = run_trainer(*common, "--lr", "0.0001", cwd=work)
+    assert mnist.returncode == 0, mnist.stderr
+    assert accuracy_of(work / "ck.pth") < accuracy - 20  # the premise: a worse MNIST model
+    assert best in history_md5s(work) and md5(work / "ck.best.pth") == best
+    assert f"ck.best.pth is the best mnist model trained at ck.pth, {accuracy:.2f}%" in mnist.stdout
+    datasets = sorted(name.split("_")[0] for name in history_md5s(work).values())
+    assert datasets.count("fashion-mnist") == 1 and datasets.count("mnist") >= 2
+
+
+def test_writing_into_the_checkpoint_in_place_leaves_the_best_model(trained, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    best = md5(work / "ck.best.pth")
+    assert os.stat(work / "ck.pth").st_ino != os.stat(work / "ck.best.pth").st_ino  # no links
+    assert all(os.stat(p).st_nlink == 1 for p in work.rglob("*.pth"))
+    with open(work / "ck.pth", "r+b") as f:  # cp other.pth ck.pth: the same inode, rewritten
+        f.write(b"\0" * 4096)
+    torch.save({"what": "a user's own model"}, work / "ck.pth")
+    assert md5(work / "ck.best.pth") == best and best in history_md5s(work)
+
+
+def test_a_checkpoint_copied_in_survives_two_fresh_runs_stopped_with_ctrl_c(
+    trained, big_data_dir, tmp_path
+):
+    shutil.copy(trained / "ck.pth", tmp_path / "m.pth")  # without its best file or history
+    copied = md5(tmp_path / "m.pth")
+    for _ in range(2):
+        proc = start_trainer("--data-dir", big_data_dir, "--checkpoint", "m.pth", cwd=tmp_path)
+        try:
+            proc.out.wait_for(lambda line: line.startswith("epoch 1/"), 60)
+            proc.send_signal(signal.SIGINT)
+            out, err = finish(proc, timeout=60)
+        finally:
+            stop_group(proc)
+        assert proc.returncode == 130, err
+    assert load_checkpoint(tmp_path / "m.pth")["epoch"] == 0  # the premise: replaced twice
+    kept = history_md5s(tmp_path, "m")
+    assert copied in kept and kept[copied].startswith("mnist_e02_")
+    assert md5(tmp_path / "m.best.pth") == copied  # the best known, named so
+
+
+def test_a_sticky_folder_that_forbids_replacing_the_checkpoint_refuses_to_start():
+    # /tmp-like: mode 1777, the checkpoint root's; the run is another user's
+    # (the image's test runs `docker run --user` on such a folder: tests/grading.sh).
+    folder = tempfile.mkdtemp(prefix="sticky-", dir="/tmp")
+    read, write = os.pipe()
+    try:
+        os.chmod(folder, 0o1777)
+        open(os.path.join(folder, "m.pth"), "wb").write(b"root's")
+        pid = os.fork()
+        if pid == 0:  # the run, as uid 12345: its checkpoint manager's start
+            os.setgid(12345), os.setuid(12345)
+            try:
+                options = RunOptions(checkpoint=os.path.join(folder, "m.pth"))
+                CheckpointManager(options, print, print).open()
+                message = "started"
+            except CheckpointError as e:
+                message = str(e)
+            os.write(write, message.encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        os.close(write)
+        message = os.read(read, 4096).decode()
+        left = sorted(os.listdir(folder))
+    finally:
+        os.close(read)
+        shutil.rmtree(folder)
+    assert message.startswith(
+        f"cannot replace {folder}/m.pth: it belongs to uid 0 in a sticky"
+    ), message
+    assert left == ["m.pth"]  # refused before it wrote anything

@@ -178,9 +178,9 @@ def test_a_fresh_run_and_a_dry_run_over_a_trained_model_keep_it_loadable(tmp_pat
     assert proc.returncode == 0 and "nothing is saved" in proc.stdout
     assert (tmp_path / "model_checkpoint.pth").read_bytes() == trained
     proc = run_trainer(*common, "--epochs", "1", cwd=tmp_path)
-    assert proc.returncode == 0 and "kept the previous model_checkpoint.pth" in proc.stdout
-    assert (tmp_path / "model_checkpoint.prev.pth").read_bytes() == trained
-    assert load_checkpoint(tmp_path / "model_checkpoint.prev.pth")["epoch"] == 2
+    assert proc.returncode == 0, proc.stderr
+    (kept,) = [p for p in (tmp_path / "model_checkpoint.models").iterdir() if "_e02_" in p.name]
+    assert kept.read_bytes() == trained and load_checkpoint(kept)["epoch"] == 2
 
 
 def test_a_data_file_truncated_under_the_workers_is_named(tmp_path, big_data_dir):

@@ -32,6 +32,8 @@ COMMANDS = {
     "a PNG",
     "serve": "a web page to draw a digit and watch training, and POST /predict (no "
     "authentication: a trusted network only)",
+    "models": "the models kept beside a checkpoint (STEM.models/): name, data set, epoch, "
+    "accuracy, when written",
 }
 EXPORT_FORMATS = ("pt2", "torchscript")
 
@@ -161,7 +163,8 @@ def command_parser(name):
         "--checkpoint",
         default=RunOptions.checkpoint,
         metavar="PATH",
-        help="the trained model (default: %(default)s; STEM.best.pth is the best epoch's)",
+        help="the trained model (default: %(default)s; STEM.best.pth is the best epoch's, "
+        "STEM.models/NAME any kept model)",
     )
     COMMAND_FLAGS[name](parser)
     return parser
@@ -274,4 +277,5 @@ COMMAND_FLAGS = {
     "export": export_flags,
     "plot": plot_flags,
     "serve": serve_flags,
+    "models": lambda p: None,
 }

@@ -26,7 +26,7 @@ LINES = {
     "in {ms:.0f} ms ({batches} batches this run); continue with --resume",
     "done": "done in {elapsed} ({batches} batches this run): {epochs} epochs in {path}",
     "summary": "final accuracy {final:.2f}%, best {best:.2f}% (epoch {best_epoch}); "
-    "model {path}, best model {best_path}, metrics {metrics}",
+    "model {path}, best model {best_path}, every model {models}, metrics {metrics}",
     "target": "reached --target-accuracy {target:.2f}% at epoch {epoch} "
     "({accuracy:.2f}%): stopping early",
     "syncs": "node {rank}/{world}: {syncs} syncs took {seconds:.2f}s, {percent:.1f}% of the "

@@ -96,11 +96,14 @@ class CheckpointManager:
         """Keep in the history each model file found at PATH that it lacks."""
         found = [self.path, self.best_path, *(sibling(self.path, s) for s in OLDER_LAYOUT)]
         expected = Net().state_dict()
-        for path in found:
-            try:
-                self.history.adopt(path, expected, self.resume and path == self.path)
-            except CheckpointError as e:
-                raise CheckpointError(f"{e}; nothing was overwritten") from None
+        try:
+            entries = [
+                self.history.adopt(p, expected, self.resume and p == self.path) for p in found
+            ]
+            if entries[0] is not None:  # the checkpoint's data set: its best is the copy's
+                self.history.refresh_copy(entries[0].dataset, self.best_path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; nothing was overwritten") from None
 
     def owned_paths(self):
         """The files a save replaces."""

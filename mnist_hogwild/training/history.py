@@ -139,7 +139,7 @@ class History:
     def adopt(self, path, model_state, resuming=False):
         """Keep the model file PATH (found at the run's path: copied in, written
         by an older version, or a slot of the older layout) unless it is kept
-        already; a file that does not load is kept as its bytes. RESUMING: PATH
+        already; its Entry (None if unreadable: then kept as its bytes). RESUMING: PATH
         is the checkpoint a run resumes, kept only if its run has no model
         here (it arrived without its history); else the run goes on from it."""
         try:
@@ -153,11 +153,13 @@ class History:
             digest = hashlib.sha256(payload).hexdigest()[:8]
             if digest not in self.hashes():
                 self.write(f"unreadable_{digest}.pth", payload, f" ({path} does not load)")
-            return
-        if resuming and any(e.run == run_tag(state.get("run_id")) for e in self.entries()):
-            return
-        if weights_hash(state["model_state"]) not in self.hashes():
-            self.write(name_for(state), payload, f" (found at {path})")
+            return None
+        entry = Entry.parse(name_for(state))
+        if resuming and any(e.run == entry.run for e in self.entries()):
+            return None
+        if entry.hash not in self.hashes():
+            self.write(entry.name, payload, f" (found at {path})")
+        return entry
 
     def write(self, name, payload, why=None):
         """Write a new file NAME; a line says so if WHY (adopted files)."""

@@ -101,6 +101,7 @@ def log_summary(rows, checkpoints, run_id):
             line(
                 "summary",
                 best_path=checkpoints.best_path,
+                models=checkpoints.history.directory + "/",
                 metrics=checkpoints.metrics_path,
                 **fields,
             )

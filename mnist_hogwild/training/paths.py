@@ -40,6 +40,8 @@ def check_writable(path, directory, owned, models):
             f"--checkpoint {os.path.basename(path)!r} is too long: its saves write "
             f"temp files of {len(longest)} characters, over this file system's {limit}"
         )
+    for existing in owned:
+        check_replaceable(existing, directory)
     # The probe's own name is as long, with a random part: one left by a
     # killed probe is another name (and a stale temp file, removed later).
     probe = fresh_token(longest)
@@ -49,8 +51,6 @@ def check_writable(path, directory, owned, models):
             probe_save(os.path.join(folder, probe))
         except OSError as e:
             raise CheckpointError(unwritable(folder, e)) from None
-    for existing in owned:
-        check_replaceable(existing, directory)
 
 
 def probe_save(probe):
