@@ -126,6 +126,10 @@ readme export --format torchscript && in_image "import torch
 m = torch.jit.load('/workspace/model_checkpoint.pt')
 assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)" \
   && pass "export --format torchscript: loads with torch.jit.load and runs" || fail "export (torchscript)"
+out=$(readme models) && echo "$out" && echo "$out" | grep -E '^mnist_e[0-9]+_acc[0-9.]+_.*best of mnist, = model_checkpoint.best.pth' >/dev/null \
+  && readme evaluate --checkpoint "model_checkpoint.models/$(echo "$out" | sed -n 2p | cut -d' ' -f1)" --out "$OUT/kept.json" >/dev/null \
+  && pass "models lists the history; evaluate --checkpoint model_checkpoint.models/NAME reads one" \
+  || fail "models: $out"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 docker run -d --name "$name_prefix-serve" -p "127.0.0.1:$port:8000" -v "$PWD:/workspace" "$IMAGE" serve >/dev/null
 for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.2; done

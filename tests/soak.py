@@ -654,6 +654,20 @@ class Soak:
         elif not ok or first.returncode != 0:
             self.problem(f"concurrent run: {second.returncode} {errors} / first {first.returncode}")
 
+    def history_property(self, steps):
+        """The model history's property test (tests/test_history.py), longer than CI's."""
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "tests/test_history.py", "-k", "random_sequence"],
+            cwd=repo, env={**os.environ, "HISTORY_STEPS": str(steps)},
+            capture_output=True, text=True,
+        )  # fmt: skip
+        last = proc.stdout.strip().splitlines()[-1:] or ["no output"]
+        print(f"  {2 * steps} random steps: {last[0]}", flush=True)
+        if proc.returncode != 0:
+            self.problem(f"model history property test: {proc.stdout[-1500:]}")
+
     def sighup(self):
         ckpt = self.fresh("sighup")
         proc = self.host_trainer(ckpt, *self.LONG)
@@ -770,6 +784,9 @@ def main():
         soak.parent_sigkill()
         soak.concurrent_run()
         soak.sighup()
+        if not args.quick:  # (CI runs 200 steps per seed in pytest already)
+            print("the model history under random runs, kills and overwrites:", flush=True)
+            soak.history_property(5000)
         if docker:
             print("evaluation under a memory limit:", flush=True)
             soak.memory_limited_evaluation()

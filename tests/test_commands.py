@@ -3,6 +3,7 @@
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 
@@ -292,3 +293,24 @@ def test_every_decoder_failure_of_pillow_is_one_line(monkeypatch, tmp_path, erro
     monkeypatch.setattr(PilImage, "open", lambda *a, **k: Broken())
     with pytest.raises(InputError, match=r"^bad.png: not a readable image \("):
         infer.prepare_image("bad.png", "mnist")
+
+
+def test_models_lists_the_history_best_first_and_marks_the_copy(trained, data_dir, tmp_path):
+    shutil.copytree(trained, tmp_path / "w")
+    proc = command("models", cwd=tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.split() == ["name", "data", "set", "epoch", "accuracy", "written"]
+    names = sorted(p.name for p in (tmp_path / "w" / "model_checkpoint.models").iterdir())
+    assert sorted(r.split()[0] for r in rows) == names
+    assert rows[0].endswith("best of mnist, = model_checkpoint.best.pth")
+    first = f"model_checkpoint.models/{rows[0].split()[0]}"  # every command reads one
+    proc = command("evaluate", "--data-dir", data_dir, "--checkpoint", first, "--out", "e.json",
+                   cwd=tmp_path / "w")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    empty = command("models", "--checkpoint", "none.pth", cwd=tmp_path)
+    assert empty.returncode == 1
+    assert (
+        empty.stderr.strip()
+        == "error: none.models holds no models: train on --checkpoint none.pth first"
+    )

@@ -162,7 +162,7 @@ def test_a_random_sequence_of_runs_never_loses_the_best_model(tmp_path, seed):
         (1, world.command),
     ]
     weights = [w for w, _ in actions]
-    for step in range(STEPS // 2):
+    for step in range(STEPS):
         rng.choices([a for _, a in actions], weights)[0]()
         world.check(step)
     assert len(world.best) == 2, "premise: both data sets were trained"
