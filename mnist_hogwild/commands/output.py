@@ -5,7 +5,7 @@ training run owns beside it)."""
 import os
 
 from mnist_hogwild.core.errors import CheckpointError, InputError, UsageError
-from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training import checkpoint, history
 from mnist_hogwild.training.checkpoint_manager import run_files
 from model import Net
 
@@ -23,6 +23,11 @@ def check_output(path, model):
                 f"{path} is {what} {model}: writing there would replace a trained model; "
                 f"choose another path"
             )
+    if os.path.dirname(target) == os.path.realpath(history.folder(model)):
+        raise UsageError(
+            f"{path} is in {history.folder(model)}, where only training writes (each model "
+            f"once); choose another path"
+        )
     if os.path.isfile(target) and is_checkpoint(target):
         raise UsageError(
             f"{path} holds a trained model (a checkpoint): writing there would replace it; "
