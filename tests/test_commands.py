@@ -188,7 +188,7 @@ def test_plot_draws_the_curves_of_a_run_in_one_line(tmp_path):
     proc = command("plot", "--checkpoint", "run.pth", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == (
-        "run.metrics.jsonl: 3 epochs, best test accuracy 93.00% (epoch 3); wrote curves.png\n"
+        "run.metrics.jsonl: 3 epochs, chosen epoch 3: test accuracy 93.00%; wrote curves.png\n"
     )
     assert Image.open(tmp_path / "curves.png").size == (900, 380)
     (tmp_path / "empty.metrics.jsonl").write_text("")
@@ -238,12 +238,13 @@ def test_an_exported_model_loads_without_the_repository_and_matches(trained, tmp
     assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-6)
 
 
-def test_a_one_epoch_run_is_drawn_on_whole_epochs_and_at_most_100_percent():
-    """Read through matplotlib's own objects, not pixels."""
+def test_an_older_one_epoch_file_is_drawn_on_whole_epochs_and_at_most_100_percent():
+    """Rows without sample counts (an older metrics file). Read through
+    matplotlib's own objects, not pixels."""
     from mnist_hogwild.commands.figures import curves_figure  # noqa: PLC0415
 
     row = {"epoch": 1, "train_loss": 0.33, "test_loss": 0.04, "accuracy_percent": 98.69}
-    fig = curves_figure([row], "one epoch")
+    fig = curves_figure([row], [], "one epoch")
     fig.canvas.draw()  # (the locators choose their ticks when drawn)
     loss, accuracy = fig.axes
     for ax in (loss, accuracy):
@@ -251,6 +252,35 @@ def test_a_one_epoch_run_is_drawn_on_whole_epochs_and_at_most_100_percent():
         assert ticks == [1.0], ticks
     low, high = accuracy.get_ylim()
     assert 0 <= low < 98.69 < high <= 100
+
+
+def test_plot_of_a_one_epoch_run_draws_its_intervals_and_both_accuracies(big_data_dir, tmp_path):
+    """A real one-epoch run's metrics file, drawn; read through matplotlib's objects.
+    (305 batches, an interval row every 5 where the parent keeps up: a busy
+    machine may merge a few, never below 20.)"""
+    from mnist_hogwild.commands.figures import curves_figure  # noqa: PLC0415
+
+    proc = run_trainer("--data-dir", big_data_dir, "--epochs", "1", "--log-interval", "5",
+                       "--validation-size", "500", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    kinds = [json.loads(line)["kind"] for line in open(tmp_path / "model_checkpoint.metrics.jsonl")]
+    assert kinds[-1] == "epoch" and kinds.count("epoch") == 1 and kinds.count("interval") > 20
+    rows = checkpoint.read_metrics(str(tmp_path / "model_checkpoint.pth"))
+    intervals = checkpoint.read_intervals(str(tmp_path / "model_checkpoint.pth"))
+    assert len(rows) == 1 and rows[0]["samples"] == 20000 - 500  # trained on the rest only
+    fig = curves_figure(rows, intervals, "one epoch")
+    fig.canvas.draw()
+    loss, accuracy, rate = fig.axes[0], fig.axes[1], fig.axes[2]
+    training = next(line for line in loss.get_lines() if line.get_label().startswith("training"))
+    assert len(training.get_xdata()) > 20
+    assert list(training.get_xdata()) == sorted(training.get_xdata())  # samples seen, in order
+    assert max(training.get_xdata()) <= rows[0]["samples"]
+    assert {line.get_label() for line in accuracy.get_lines()} >= {"test", "validation"}
+    low, high = accuracy.get_ylim()
+    assert 0 <= low and high <= 100
+    assert rate.get_ylabel().startswith("learning rate")
+    proc = command("plot", cwd=tmp_path)
+    assert proc.returncode == 0 and "chosen epoch 1" in proc.stdout, proc.stderr
 
 
 def test_a_metrics_file_with_bad_bytes_is_drawn_without_them_and_one_warning(tmp_path):

@@ -96,40 +96,87 @@ def cell_colours(counts, totals):
     return [[colour(t, p) for p in range(n)] for t in range(n)]
 
 
-def curves_figure(rows, title):
-    """Loss (training and test) and test accuracy per epoch, from a run's
-    metrics rows (STEM.metrics.jsonl)."""
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+COLOURS = {"training": "tab:blue", "test": "tab:green", "validation": "tab:purple"}
 
-    epochs = [r["epoch"] for r in rows]
+
+def curves_figure(rows, intervals, title):
+    """A run's curves from its metrics file (STEM.metrics.jsonl): the training
+    loss of every logged interval and the learning rate against the samples
+    seen, the epochs' test (and validation) loss and accuracy at their ends,
+    epoch marks on top. Rows without sample counts (an older file) are drawn
+    against the epoch."""
     fig = _figure(9, 3.8)
     loss, accuracy = fig.subplots(1, 2)
-    loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training")
-    loss.plot(epochs, [r["test_loss"] for r in rows], "o-", label="test")
+    by_samples = all("samples" in r for r in rows)
+    x = [r["samples"] if by_samples else r["epoch"] for r in rows]
+    if by_samples and intervals:
+        loss.plot([i["samples"] for i in intervals], [i["train_loss"] for i in intervals],
+                  "-", lw=1, color=COLOURS["training"], label="training (each interval)")  # fmt: skip
+        rate = loss.twinx()
+        rate.plot([i["samples"] for i in intervals], [i["lr"] for i in intervals], "--",
+                  color="grey", lw=1)  # fmt: skip
+        rate.set_ylabel("learning rate (dashed)", color="grey")
+        rate.set_ylim(bottom=0)
+    else:
+        loss.plot(x, [r["train_loss"] for r in rows], "o-", color=COLOURS["training"],
+                  label="training")  # fmt: skip
+    for key, label, style in (
+        ("test_loss", "test", "o-"),
+        ("validation_loss", "validation", "s--"),
+    ):
+        if all(key in r for r in rows):
+            loss.plot(x, [r[key] for r in rows], style, color=COLOURS[label], label=label)
     loss.set_ylabel("loss (negative log-likelihood)")
     loss.legend()
-    accuracy.plot(epochs, [r["accuracy_percent"] for r in rows], "o-", color="tab:green")
-    accuracy.set_ylabel("test accuracy (%)")
-    best = max(rows, key=lambda r: r["accuracy_percent"])
-    accuracy.annotate(
-        f"best {best['accuracy_percent']:.2f}%",
-        (best["epoch"], best["accuracy_percent"]),
-        textcoords="offset points",
-        xytext=(0, 8),
-        ha="center",
-    )
-    accuracy.margins(y=0.15)  # room above the best point for its label
-    low, high = accuracy.get_ylim()
-    accuracy.set_ylim(max(low, 0.0), min(high, 100.0))  # (a percentage: never past 100)
+    accuracy_panel(accuracy, rows, x)
     for ax in (loss, accuracy):
-        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        epoch_axis(ax, rows, x, by_samples)
+    fig.suptitle(title)
+    return fig
+
+
+def accuracy_panel(ax, rows, x):
+    """The epochs' test and validation accuracy; the chosen epoch labelled."""
+    ax.plot(x, [r["accuracy_percent"] for r in rows], "o-", color=COLOURS["test"], label="test")
+    decided = "accuracy_percent"
+    if all("validation_accuracy_percent" in r for r in rows):
+        decided = "validation_accuracy_percent"
+        ax.plot(x, [r[decided] for r in rows], "s--", color=COLOURS["validation"],
+                label="validation")  # fmt: skip
+        ax.legend(loc="best")
+    ax.set_ylabel("accuracy (%)")
+    best = max(range(len(rows)), key=lambda i: rows[i][decided])
+    ax.annotate(f"chosen: test {rows[best]['accuracy_percent']:.2f}%",
+                (x[best], rows[best]["accuracy_percent"]), textcoords="offset points",
+                xytext=(0, 8), ha="center")  # fmt: skip
+    ax.margins(y=0.15)  # room above the chosen point for its label
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 100.0))  # (a percentage: never past 100)
+
+
+def epoch_axis(ax, rows, x, by_samples):
+    """The x axis: samples seen (with each epoch's end marked and numbered on
+    top), or whole epochs for a file without sample counts."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: PLC0415
+
+    if not by_samples:
+        ax.set_xlabel("epoch")
+        ax.set_xlim(min(x) - 0.5, max(x) + 0.5)
         # Whole epochs only: the locator alone falls back to fractions when
         # fewer than two whole numbers lie in the range (a one-epoch run).
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    fig.suptitle(title)
-    return fig
+        return
+    ax.set_xlabel("training samples seen")
+    ax.set_xlim(0, max(x) * 1.06)  # (room for the last epoch's markers)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+    for end in x:
+        ax.axvline(end, color="black", alpha=0.15, lw=1)
+    top = ax.secondary_xaxis("top")
+    every = max(1, -(-len(rows) // 10))  # at most about ten numbers
+    shown = [i for i in range(len(rows)) if (i + 1) % every == 0 or i == len(rows) - 1]
+    top.set_xticks([x[i] for i in shown], [str(rows[i]["epoch"]) for i in shown])
+    top.set_xlabel("end of epoch", fontsize=9)
 
 
 def save_png(fig, f):

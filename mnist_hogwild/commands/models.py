@@ -26,7 +26,7 @@ def run_command(args):
     ]
     widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     for r in [COLUMNS, *rows]:
-        say("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        say("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The `plot` command: a run's training curves (loss and test accuracy per
-epoch) as a PNG, from the metrics file beside its checkpoint."""
+"""The `plot` command: a run's training curves (the loss of every logged
+interval, the epochs' test and validation accuracy) as a PNG, from the
+metrics file beside its checkpoint."""
 
 import os
 import sys
@@ -21,11 +22,11 @@ def run_command(args):
         raise InputError(f"{metrics} {why}: train at least one epoch on {args.checkpoint}")
     epochs = f"{len(rows)} epoch" + ("s" if len(rows) > 1 else "")
     title = f"training of {os.path.basename(args.checkpoint)}: {epochs}"
-    picture = figures.curves_figure(rows, title)
+    picture = figures.curves_figure(rows, checkpoint.read_intervals(args.checkpoint), title)
     write_output(args.out, lambda f: figures.save_png(picture, f), args.checkpoint)
-    best = max(rows, key=lambda r: r["accuracy_percent"])
+    best = max(rows, key=checkpoint.decided_by)
     say(
-        f"{metrics}: {epochs}, best test accuracy {best['accuracy_percent']:.2f}% "
-        f"(epoch {best['epoch']}); wrote {args.out}"
+        f"{metrics}: {epochs}, chosen epoch {best['epoch']}: test accuracy "
+        f"{best['accuracy_percent']:.2f}%; wrote {args.out}"
     )
     return 0

@@ -6,7 +6,8 @@ trusted network (README says so).
     GET  /          the page (page/index.html: a canvas, its answer, the curves)
     POST /predict   an image (PNG, JPEG, ...) as the body -> {"digit", "probabilities",
                     "input"}: read by infer's own preparation, one path for both
-    GET  /metrics   the checkpoint's metrics rows (the page redraws its curves from them)
+    GET  /metrics   the checkpoint's file name, its metrics rows and interval rows
+                    (the page redraws its curves from them)
 
 The model is loaded again when the checkpoint file changes (a run training
 beside it): saves are atomic, so a reload never sees half a file.
@@ -95,7 +96,11 @@ def make_app(model):
 
     async def rows(request):
         return JSONResponse(
-            {"checkpoint": model.path, "metrics": checkpoint.read_metrics(model.path)}
+            {
+                "checkpoint": os.path.basename(model.path),  # (not the server's folders)
+                "metrics": checkpoint.read_metrics(model.path),
+                "intervals": checkpoint.read_intervals(model.path),
+            }
         )
 
     async def page(request):

@@ -107,10 +107,28 @@ class TrainConfig:
         metavar="F",
     )
 
+    validation_size: int = flag(
+        5000,
+        "training images held out to decide on (the best model, --target-accuracy, the "
+        "collapse checks), the same ones for every seed, run and node; 0: decide on the test "
+        "set, as the course's sample does",
+        Whole(0),
+        shown="5000, or a twelfth of a smaller training set",
+        metavar="N",
+    )
+
     # These fix which batches make up an epoch and what the optimizer state
     # means, so they must match the checkpoint on resume; lr, momentum, betas,
     # dropout, the schedule and epochs may be changed on purpose.
-    MUST_MATCH: ClassVar[tuple] = ("batch_size", "seed", "dataset", "optimizer")
+    MUST_MATCH: ClassVar[tuple] = (
+        "batch_size",
+        "seed",
+        "dataset",
+        "optimizer",
+        "validation_size",
+    )
+    # What a checkpoint written before a setting existed trained with.
+    BEFORE: ClassVar[dict] = {"validation_size": 0}
 
     @classmethod
     def names(cls):
@@ -132,6 +150,7 @@ class TrainConfig:
             values = {n: given.get(n, base[n]) for n in cls.names()}
         else:
             optimizer = saved.get("optimizer", cls.optimizer)
+            saved = {**cls.BEFORE, **saved}
             values = {
                 n: _choose(n, given.get(n), saved.get(n), log, optimizer) for n in cls.names()
             }

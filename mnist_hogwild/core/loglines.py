@@ -15,17 +15,18 @@ LINES = {
     "resuming": "resuming {path} at epoch {epoch}, batch {step}/{per_epoch}",
     "training": "training {dataset} for {epochs} epochs: {processes} processes x {threads} "
     "threads, batch {batch_size}, {optimizer} lr {lr}, {optimizer_settings}, "
-    "schedule {lr_schedule}",
+    "schedule {lr_schedule}; decides on {decides}",
     "ready": "{workers} workers ready: first batch {seconds:.1f}s after start",
     "progress": "epoch {epoch}/{epochs} [{samples}/{total} ({percent:.0f}%)] loss {loss:.4f} "
     "{samples_per_s:.0f} samples/s ETA {eta}",
     "epoch": "epoch {epoch}/{epochs}: test loss {test_loss:.4f}, accuracy {accuracy:.2f}%, "
-    "{samples_per_s:.0f} samples/s, {seconds:.1f}s training, staleness {staleness:.1f} "
+    "validation {validation}, {samples_per_s:.0f} samples/s, {seconds:.1f}s training, staleness {staleness:.1f} "
     "(p99 {staleness_p99}); saved {path}",
     "stopped": "stopped by {signal}: saved {path} at epoch {epoch}, batch {step}/{per_epoch} "
     "in {ms:.0f} ms ({batches} batches this run); continue with --resume",
     "done": "done in {elapsed} ({batches} batches this run): {epochs} epochs in {path}",
-    "summary": "final accuracy {final:.2f}%, best {best:.2f}% (epoch {best_epoch}); "
+    "summary": "final accuracy {final:.2f}%, best {best:.2f}% (epoch {best_epoch}, chosen on "
+    "{chosen}); "
     "model {path}, best model {best_path}, every model {models}, metrics {metrics}",
     "target": "reached --target-accuracy {target:.2f}% at epoch {epoch} "
     "({accuracy:.2f}%): stopping early",
@@ -203,7 +204,7 @@ class ProgressReport:
 
     def begin_epoch(self, epoch, done, loss_sum):
         self.epoch, self.done0, self.loss0, self.t0 = epoch, done, loss_sum, time.perf_counter()
-        self.last_done, self.last_loss = done, loss_sum
+        self.last_done, self.last_loss, self.last_time = done, loss_sum, self.t0
         self.display.begin(epoch + 1, self.config.epochs, self.num_samples)
 
     def epoch_totals(self, loss_sum):
@@ -217,8 +218,9 @@ class ProgressReport:
 
     def tick(self, done, loss_sum):
         """Show the progress; once an interval of batches is done since the
-        last, report it (a line, or the bar's loss and ETA) and return that
-        interval's mean training loss (else None)."""
+        last, report it (a line, or the bar's loss and ETA) and return it: a
+        dict of its epoch, step (batches of the epoch done), samples (of the
+        epoch), mean training loss and samples/s (else None)."""
         c, s = self.config, self.schedule
         samples = min(s.step(self.epoch, done) * c.batch_size, self.num_samples)
         self.display.advance(samples)
@@ -227,10 +229,14 @@ class ProgressReport:
         seconds = self.trained_seconds + time.perf_counter() - self.t0
         rate = (self.trained_batches + done - self.done0) * c.batch_size / max(seconds, 1e-9)
         loss = (loss_sum - self.last_loss) / max(1, done - self.last_done)
-        self.last_done, self.last_loss = done, loss_sum
+        now = time.perf_counter()
+        interval_rate = (done - self.last_done) * c.batch_size / max(now - self.last_time, 1e-9)
+        self.last_done, self.last_loss, self.last_time = done, loss_sum, now
         remaining = (s.local_start(c.epochs) - done) * c.batch_size
         fields = dict(epoch=self.epoch + 1, epochs=c.epochs, samples=samples, loss=loss)
         fields.update(total=self.num_samples, percent=100 * samples / self.num_samples)
         eta = format_seconds(remaining / max(rate, 1e-9))
         self.display.report(dict(samples_per_s=rate, eta=eta, **fields))
-        return loss
+        step = s.step(self.epoch, done)
+        return dict(epoch=self.epoch + 1, step=step, samples=samples, train_loss=loss,
+                    samples_per_s=interval_rate)  # fmt: skip

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn import optimizers
 from mnist_hogwild.core.errors import cuda_memory_error
-from mnist_hogwild.learn.schedule import derived_seed, epoch_order, learning_rate
+from mnist_hogwild.learn.schedule import derived_seed, epoch_samples, learning_rate
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ def train_loop(counters, parent_alive, model, state, train, config, setup, sched
     if setup.deterministic:
         torch.use_deterministic_algorithms(True)
     train_set = data.map_split(train) if isinstance(train, data.SplitFiles) else train
+    trained = data.hold_out(len(train_set), config.validation_size)[0].to(train_set.labels.device)
     scale, shift = data.normalizer(config.dataset)
     optimizer = optimizers.from_config(config, model.parameters(), state)
     generator = dropout_generator(device)
@@ -117,7 +118,7 @@ def train_loop(counters, parent_alive, model, state, train, config, setup, sched
         g = schedule.global_batch(local)
         epoch, k = divmod(g, schedule.per_epoch)
         if epoch != order_epoch:
-            order = epoch_order(config.seed, epoch, len(train_set)).to(device)
+            order = epoch_samples(config.seed, epoch, trained)
             order_epoch = epoch
         indices = order[k * config.batch_size : (k + 1) * config.batch_size]
         x, y = data.make_batch(train_set, indices, scale, shift)

@@ -81,6 +81,30 @@ class Split:
         return self.labels.numel()
 
 
+# The validation images are chosen by this fixed seed, not by --seed: every
+# run, seed and node holds out the same ones, and a resume keeps them.
+VALIDATION_SEED = 20_000_917
+
+
+def hold_out(num_samples, size):
+    """(training indices, validation indices) of a training split of
+    NUM_SAMPLES, SIZE of them held out; both sorted, int64 on the CPU."""
+    if size == 0:
+        return torch.arange(num_samples), torch.arange(0)
+    if size >= num_samples:
+        raise DataError(
+            f"--validation-size {size} leaves no training images: the training set has "
+            f"{num_samples}; pass a smaller one (or 0: decide on the test set)"
+        )
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[size:].sort().values, order[:size].sort().values
+
+
+def subset(split, indices):
+    """The images and labels of SPLIT at INDICES, as a copy."""
+    return Split(split.images[indices].clone(), split.labels[indices].clone())
+
+
 def raw_dir(data_dir, dataset):
     return os.path.join(data_dir, DATASET_INFO[dataset]["folder"], "raw")
 

@@ -86,6 +86,12 @@ def epoch_order(seed, epoch, num_samples):
     return torch.randperm(num_samples, generator=generator)
 
 
+def epoch_samples(seed, epoch, trained):
+    """The indices of the training split in EPOCH's order: a permutation of
+    TRAINED (the indices not held out for validation)."""
+    return trained[epoch_order(seed, epoch, len(trained)).to(trained.device)]
+
+
 def batches_per_epoch(num_samples, batch_size):
     return -(-num_samples // batch_size)
 

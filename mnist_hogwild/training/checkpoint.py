@@ -22,6 +22,8 @@ and the fields of Record, flat beside them:
     partial_epoch     dict {"loss_sum", "seconds"}: the training loss summed and
                       the seconds spent so far in the unfinished epoch, so that a
                       resumed epoch reports the same metrics as an uninterrupted one
+    intervals         list of lists, one per --log-interval batches trained, of the
+                      numbers named by INTERVAL_COLUMNS (the curves within epochs)
 
 Version 1 kept the config in "args" (with the command-line flags) and had no
 options or run_id; load() turns it into version 2 in memory.
@@ -62,13 +64,15 @@ class Record:
     seed: int
     metrics: list = field(default_factory=list)
     partial_epoch: dict = field(default_factory=empty_partial)
+    intervals: list = field(default_factory=list)
 
     @classmethod
     def from_state(cls, state):
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
-OPTIONAL_KEYS = ("partial_epoch", "options", "run_id")
+OPTIONAL_KEYS = ("partial_epoch", "options", "run_id", "intervals")
+INTERVAL_COLUMNS = ("epoch", "batch", "samples", "train_loss", "lr", "samples_per_s", "staleness")
 REQUIRED_KEYS = ("format_version", "model", "model_state", "optimizer_state", "config") + tuple(
     f.name for f in fields(Record) if f.name not in OPTIONAL_KEYS
 )
@@ -173,11 +177,17 @@ def save(state, path):
         ) from None
 
 
+def decided_by(row):
+    """The accuracy of an epoch's metrics ROW that decisions use (the best
+    model, --target-accuracy, the collapse checks, the history's names): the
+    validation images', or the test set's where none were held out."""
+    return row.get("validation_accuracy_percent", row["accuracy_percent"])
+
+
 def decision_accuracy(state):
-    """The accuracy a run decides by (the best model, the history's names and
-    pruning): its last evaluated epoch's; 0 before any."""
+    """decided_by() of the checkpoint dict STATE's last evaluated epoch; 0 before any."""
     rows = state.get("metrics") or []
-    return rows[-1].get("accuracy_percent", 0.0) if rows else 0.0
+    return decided_by(rows[-1]) if rows else 0.0
 
 
 def metrics_path(checkpoint_path):
@@ -185,13 +195,25 @@ def metrics_path(checkpoint_path):
 
 
 METRICS_KEYS = ("epoch", "train_loss", "test_loss", "accuracy_percent")
+OPTIONAL_METRICS = ("validation_loss", "validation_accuracy_percent", "samples")
 
 
 def read_metrics(checkpoint_path, warn=None):
     """The run's epochs from the metrics file beside CHECKPOINT_PATH (written at
-    every epoch of a run going on): dicts of METRICS_KEYS, lines that are not
-    such a row skipped; none if the file is missing. A line that is not even
-    text (a damaged file) is skipped too, and WARN, if given, hears how many."""
+    every epoch of a run going on): dicts of METRICS_KEYS (and OPTIONAL_METRICS
+    where present), other lines skipped; none if the file is missing. A line
+    that is not even text (a damaged file) is skipped too, and WARN, if
+    given, hears how many."""
+    rows = []
+    for row in _rows(checkpoint_path, warn):
+        if row.get("kind", "epoch") == "epoch" and all(_number(row.get(k)) for k in METRICS_KEYS):
+            extra = [k for k in OPTIONAL_METRICS if _number(row.get(k))]
+            rows.append({k: row[k] for k in (*METRICS_KEYS, *extra)})
+    return rows
+
+
+def _rows(checkpoint_path, warn=None):
+    """Every JSON object line of the metrics file."""
     try:
         with open(metrics_path(checkpoint_path), "rb") as f:
             lines = [line for line in f if line.strip()]
@@ -200,29 +222,45 @@ def read_metrics(checkpoint_path, warn=None):
     rows, damaged = [], 0
     for line in lines:
         try:
-            rows.append(_metrics_row(line.decode("utf-8")))
+            row = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError:
             damaged += 1
+            continue
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     if damaged and warn is not None:
         warn(f"{metrics_path(checkpoint_path)}: skipped {damaged} damaged line(s) (not UTF-8 text)")
-    return [r for r in rows if r is not None]
+    return rows
 
 
-def _metrics_row(text):
-    try:
-        row = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(row, dict) or not all(_number(row.get(k)) for k in METRICS_KEYS):
-        return None
-    return {k: row[k] for k in METRICS_KEYS}
+def metrics_lines(metrics, intervals):
+    """The metrics file's rows, in order: each epoch's interval rows
+    ("kind": "interval", INTERVAL_COLUMNS), then its row ("kind": "epoch")."""
+    rows = []
+    for row in metrics:
+        within = [
+            dict(zip(INTERVAL_COLUMNS, r, strict=True)) for r in intervals if r[0] == row["epoch"]
+        ]
+        rows += [{"kind": "interval", **r} for r in within] + [{"kind": "epoch", **row}]
+    return rows
 
 
-def write_metrics(checkpoint_path, metrics):
-    """Rewrite the JSON-lines file beside the checkpoint from its list, atomically:
+def read_intervals(checkpoint_path):
+    """The interval rows of the metrics file (dicts of INTERVAL_COLUMNS)."""
+    return [
+        r
+        for r in _rows(checkpoint_path)
+        if r.get("kind") == "interval" and all(_number(r.get(k)) for k in INTERVAL_COLUMNS)
+    ]
+
+
+def write_metrics(checkpoint_path, metrics, intervals=()):
+    """Rewrite the JSON-lines file beside the checkpoint from its lists, atomically:
     it then always agrees with the checkpoint, even after a crash between the two."""
     path = metrics_path(checkpoint_path)
-    lines = "".join(json.dumps(row) + "\n" for row in metrics).encode()
+    lines = "".join(json.dumps(row) + "\n" for row in metrics_lines(metrics, intervals)).encode()
     try:
         atomic_write(path, lambda f: f.write(lines))
     except OSError as e:
@@ -406,6 +444,16 @@ def _validate_progress(state, name):
         "optimizer_state is not an optimizer state dict",
     )
     _check(isinstance(state.get("run_id", ""), str), name, "run_id is not a string")
+    intervals = state.get("intervals", [])
+    _check(
+        isinstance(intervals, list)
+        and all(
+            isinstance(r, list) and len(r) == len(INTERVAL_COLUMNS) and all(map(_number, r))
+            for r in intervals
+        ),
+        name,
+        f"intervals is not a list of rows of {len(INTERVAL_COLUMNS)} numbers",
+    )
     return {**state, "partial_epoch": partial, "options": state.get("options") or {}}
 
 

@@ -148,7 +148,7 @@ class CheckpointManager:
         seconds = self.save(state)
         if not self.writes or self.dry_run:
             return seconds
-        checkpoint.write_metrics(self.path, state["metrics"])
+        checkpoint.write_metrics(self.path, state["metrics"], state.get("intervals", []))
         latest = self.history.add(state)
         self.history.settle_run(self.run_id, latest)
         self.history.refresh_copy(self.dataset, self.best_path)

@@ -16,6 +16,7 @@ import math
 from mnist_hogwild.core.config import RECIPES, TrainConfig
 from mnist_hogwild.core.errors import Diverged
 from mnist_hogwild.learn.data import NUM_CLASSES
+from mnist_hogwild.training.checkpoint import decided_by
 
 CHANCE_LOSS = math.log(NUM_CLASSES)
 # Divergence that is still finite. A model that guesses uniformly has a loss
@@ -97,17 +98,19 @@ class HealthWatch:
             raise Diverged(
                 f"epoch {epoch + 1} ended with losses {row['train_loss']}, {row['test_loss']}"
             )
-        before = rows[-1]["accuracy_percent"] if rows else 0.0
-        if row["accuracy_percent"] <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
+        accuracy = decided_by(row)
+        before = decided_by(rows[-1]) if rows else 0.0
+        if accuracy <= CHANCE_PERCENT < LEARNT_PERCENT <= before:
             raise Diverged(
-                f"epoch {epoch + 1}'s accuracy fell to {row['accuracy_percent']:.2f}% (chance) "
+                f"epoch {epoch + 1}'s accuracy fell to {accuracy:.2f}% (chance) "
                 f"from {before:.2f}%: {TOO_HIGH}"
             )
         trained = (epoch + 1) * self.per_epoch  # (too few batches to judge on a small data set)
-        if whole and trained >= MIN_BATCHES and row["accuracy_percent"] <= CHANCE_PERCENT:
+        if whole and trained >= MIN_BATCHES and accuracy <= CHANCE_PERCENT:
+            which = "validation" if "validation_accuracy_percent" in row else "test"
             raise Diverged(
                 f"the model collapsed: epoch {epoch + 1} ended at "
-                f"{row['accuracy_percent']:.2f}% test accuracy, chance level for "
+                f"{accuracy:.2f}% {which} accuracy, chance level for "
                 f"{NUM_CLASSES} classes: {self.cause()}"
             )
 

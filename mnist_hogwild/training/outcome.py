@@ -6,8 +6,10 @@ import sys
 
 from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core.loglines import format_seconds, line, say
+from mnist_hogwild.hogwild.pool import staleness_summary
 from mnist_hogwild.learn.optimizers import OPTIMIZERS
 from mnist_hogwild.learn.schedule import learning_rate
+from mnist_hogwild.training.checkpoint import decided_by
 
 
 def warn(message):
@@ -22,7 +24,13 @@ def say_start(config, options, threads, record, resuming, adapted=None):
         say(line("resuming", epoch=record.epoch + 1, step=record.step, **fields))
     processes = dict(processes=options.num_processes, threads=threads)
     settings = OPTIMIZERS[config.optimizer].settings(config)
-    say(line("training", **processes, optimizer_settings=settings, **config.as_dict()))
+    decides = (
+        f"{config.validation_size} validation images"
+        if config.validation_size
+        else "the test set (--validation-size 0, as the course's sample)"
+    )
+    say(line("training", **processes, optimizer_settings=settings, decides=decides,
+             **config.as_dict()))  # fmt: skip
     if adapted:
         say(adapted)
 
@@ -39,6 +47,8 @@ def say_epoch(row, epochs, path):
     fields = {k: row.get(k, 0) for k in ("test_loss", "samples_per_s", "seconds")}
     fields.update(staleness=row.get("staleness", 0.0), staleness_p99=row.get("staleness_p99", 0))
     fields.update(epoch=row["epoch"], epochs=epochs)
+    validation = row.get("validation_accuracy_percent")
+    fields.update(validation="none" if validation is None else f"{validation:.2f}%")
     say(line("epoch", accuracy=row["accuracy_percent"], path=path, **fields))
 
 
@@ -48,31 +58,59 @@ def say_done(elapsed, batches, rows, path):
              path=path))  # fmt: skip
 
 
-def metrics_row(
-    epoch, batches, result, eval_seconds, partial, config, num_samples, per_epoch, staleness=(0, 0)
-):
-    """EPOCH's row in the metrics (BATCHES of it trained, PARTIAL its loss and
-    seconds, STALENESS the mean and 99th percentile of its updates')."""
+def metrics_row(epoch, batches, results, eval_seconds, partial, config, num_samples, per_epoch,
+                staleness=(0, 0)):  # fmt: skip
+    """EPOCH's row in the metrics (BATCHES of it trained, RESULTS the test and,
+    if held out, the validation Evaluation, PARTIAL its loss and seconds,
+    STALENESS the mean and 99th percentile of its updates')."""
     samples = min(batches * config.batch_size, num_samples)
-    return {
+    row = {
         "epoch": epoch + 1,
         "train_loss": partial["loss_sum"] / max(1, batches),
-        "test_loss": result.test_loss,
-        "accuracy_percent": 100 * result.accuracy,
+        "test_loss": results["test"].test_loss,
+        "accuracy_percent": 100 * results["test"].accuracy,
         "lr": learning_rate(config, epoch * per_epoch + batches - 1, per_epoch),
         "samples_per_s": samples / max(partial["seconds"], 1e-9),
         "seconds": partial["seconds"],
         "eval_seconds": eval_seconds,
         "staleness": staleness[0],
         "staleness_p99": staleness[1],
+        "samples": epoch * num_samples + samples,
     }
+    if "validation" in results:
+        row["validation_loss"] = results["validation"].test_loss
+        row["validation_accuracy_percent"] = 100 * results["validation"].accuracy
+    return row
+
+
+class IntervalRows:
+    """The rows within epochs (checkpoint.INTERVAL_COLUMNS), one per interval
+    the progress report returns, appended to ROWS (the Record's, saved)."""
+
+    def __init__(self, rows, config, per_epoch, num_samples, staleness_counts):
+        self.rows, self.config, self.per_epoch = rows, config, per_epoch
+        self.num_samples, self.staleness_counts = num_samples, staleness_counts
+        self.counts = staleness_counts()
+
+    def add(self, interval):
+        counts = self.staleness_counts()
+        staleness = staleness_summary(self.counts, counts)[0]
+        self.counts = counts
+        epoch, step = interval["epoch"], interval["step"]
+        lr = learning_rate(self.config, (epoch - 1) * self.per_epoch + step - 1, self.per_epoch)
+        samples = (epoch - 1) * self.num_samples + interval["samples"]
+        loss, rate = interval["train_loss"], interval["samples_per_s"]
+        self.rows.append([epoch, (epoch - 1) * self.per_epoch + step, samples, loss, lr, rate,
+                          staleness])  # fmt: skip
 
 
 def reached_target(row, target):
-    """--target-accuracy: True (and one line) once an epoch reaches it."""
-    if not target or row["accuracy_percent"] < target:
+    """--target-accuracy: True (and one line) once an epoch reaches it (on
+    the validation images, where held out)."""
+    accuracy = decided_by(row)
+    if not target or accuracy < target:
         return False
-    say(line("target", target=target, epoch=row["epoch"], accuracy=row["accuracy_percent"]))
+    say(line("target", target=target, epoch=row["epoch"], accuracy=accuracy))
     return True
 
 
@@ -89,14 +127,16 @@ def log_summary(rows, checkpoints, run_id):
     if kept is not None:
         say(
             f"note: {checkpoints.best_path} is the best {kept.dataset} model trained at "
-            f"{checkpoints.path}, {kept.accuracy:.2f}% (epoch {kept.epoch} of an earlier run, "
+            f"{checkpoints.path}, scoring {kept.accuracy:.2f}% (epoch {kept.epoch} of an earlier run, "
             f"{checkpoints.history.where(kept.name)}); this run's models are in "
             f"{checkpoints.history.directory} too"
         )
     if rows:
-        best = max(rows, key=lambda r: r["accuracy_percent"])
+        best = max(rows, key=decided_by)  # (the first of equals)
         fields = dict(final=rows[-1]["accuracy_percent"], best=best["accuracy_percent"])
-        fields.update(best_epoch=best["epoch"], path=checkpoints.path)
+        chosen = best.get("validation_accuracy_percent")
+        chosen = "the test set" if chosen is None else f"validation {chosen:.2f}%"
+        fields.update(best_epoch=best["epoch"], chosen=chosen, path=checkpoints.path)
         say(
             line(
                 "summary",

@@ -5,6 +5,7 @@ the loop's, becomes one `error:` line and an exit code here."""
 
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -22,6 +23,7 @@ from mnist_hogwild.core.errors import (
 from mnist_hogwild.core.loglines import close_bar, say
 from mnist_hogwild.hogwild.adapt import adapt
 from mnist_hogwild.hogwild.signals import Stopped
+from mnist_hogwild.learn import data
 from mnist_hogwild.learn.device import choose_device
 from mnist_hogwild.learn.schedule import follows_the_plan, learning_rate
 from mnist_hogwild.training import checkpoint
@@ -101,10 +103,22 @@ def prepare(request, options, stop, started, pool, closing):
     say(f"device: {device} ({why})")
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
+    config = held_out(config, request, options, fresh=state is None)
     adaptation = adapt(config, options.num_processes, request.given, options.micro_batches)
     trainer = Trainer(config, options, device, node, stop, checkpoints, state, started, pool,
                       adaptation)  # fmt: skip
     return trainer.run()
+
+
+def held_out(config, request, options, fresh):
+    """CONFIG with the validation images a fresh run holds out: --validation-size
+    as given, else its default, or a twelfth of a training set too small for it
+    (as MNIST's 5,000 of 60,000). Saved as a number: a resume keeps it."""
+    if not fresh or "validation_size" in request.given:
+        return config
+    files = data.prepare(options.data_dir, config.dataset, log=say)
+    count = data.read_header(files["train"].labels, data.LABEL_MAGIC)[0]
+    return replace(config, validation_size=min(config.validation_size, count // 12))
 
 
 def job_settings(request, options):

@@ -30,6 +30,7 @@ from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch
 from mnist_hogwild.training import checkpoint
 from mnist_hogwild.training.health import HealthWatch
 from mnist_hogwild.training.outcome import (
+    IntervalRows,
     log_summary,
     log_syncs,
     metrics_row,
@@ -87,7 +88,8 @@ class SharedModel:
         """The whole checkpoint dict for (EPOCH, STEP), PARTIAL the unfinished
         epoch's loss and seconds; call only while the workers are paused."""
         record = checkpoint.Record(epoch, step, self.record.batches_per_epoch, config.seed,
-                                   list(self.record.metrics), dict(partial))  # fmt: skip
+                                   list(self.record.metrics), dict(partial),
+                                   [list(r) for r in self.record.intervals])  # fmt: skip
         return checkpoint.make_state(self.model, self.optimizer.state_dict(), record,
                                      config.as_dict(), options.as_dict(), self.run_id)  # fmt: skip
 
@@ -103,8 +105,8 @@ class Trainer:
         self.adaptation = adaptation  # (hogwild/adapt.py: what the workers train with)
         self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
         self.counters = pool.counters
-        self.files, self.train_set, self.test_set = load_splits(options, config.dataset, device)
-        self.per_epoch = batches_per_epoch(len(self.train_set), config.batch_size)
+        self.splits = load_splits(options, config, device)
+        self.per_epoch = batches_per_epoch(self.splits.trained, config.batch_size)
         self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
         self.model, self.record = self.shared.model, self.shared.record
         node.begin(self.model.parameters(), self.shared.averaged, self.shared.summed)
@@ -116,7 +118,9 @@ class Trainer:
         self.threads, self.eval_threads = thread_counts(options)
         self.schedule = Schedule(self.per_epoch, self.start_batch, node.rank, node.world)
         self.report = ProgressReport(options.log_interval, config, self.schedule,
-                                     len(self.train_set), progress_display(node.leader))  # fmt: skip
+                                     self.splits.trained, progress_display(node.leader))  # fmt: skip
+        self.intervals = IntervalRows(self.record.intervals, config, self.per_epoch,
+                                      self.splits.trained, self.staleness_counts)  # fmt: skip
         # --dry-run: the same loop, one batch per worker of the first epoch.
         self.batch_limit = options.num_processes if options.dry_run else None
         self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
@@ -139,7 +143,7 @@ class Trainer:
         except Stopped as stopped:
             return self.stopped(stopped)
         except WorkerDied as e:
-            changed = data.changed_files(self.files)
+            changed = data.changed_files(self.splits.files)
             raise (WorkerDied(f"{e}; {changed[0]}") if changed else e) from None
         return self.finish()
 
@@ -154,7 +158,7 @@ class Trainer:
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
         setup = worker_setup(self.device, self.threads, self.options, self.adaptation)
-        train = self.files["train"] if self.device.type == "cpu" else self.train_set
+        train = self.splits.files["train"] if self.device.type == "cpu" else self.splits.train
         self.pool.send_setup(
             self.shared.payload(self.adaptation.config, self.schedule, train, setup)
         )
@@ -173,13 +177,13 @@ class Trainer:
         if self.batch_limit is not None:
             end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
         self.report.begin_epoch(epoch, self.counters.done.value, self.counters.loss_sum.value)
-        staleness = self.counters.staleness_counts(self.pool.check)
+        staleness = self.staleness_counts()
         for boundary in self.node.boundaries(self.schedule, epoch, self.counters.done.value, end):
             while not self.run_to(boundary):
                 self.synchronise_at_boundary(at_end=False)
             self.synchronise_at_boundary(at_end=boundary == end)
         self.report.end_epoch(self.counters.done.value)
-        self.stale = staleness_summary(staleness, self.counters.staleness_counts(self.pool.check))
+        self.stale = staleness_summary(staleness, self.staleness_counts())
         self.record.partial_epoch = self.epoch_partial()
         self.epoch_trained = True
 
@@ -199,8 +203,11 @@ class Trainer:
         loss_sum = self.counters.loss_sum.value
         interval = self.report.tick(done, loss_sum) if math.isfinite(loss_sum) else None
         batch = self.epoch * self.per_epoch + self.schedule.step(self.epoch, done)
+        if interval is not None and self.node.leader:
+            self.intervals.add(interval)
         try:
-            self.health.check_interval(loss_sum, interval, batch, self.epoch)
+            self.health.check_interval(loss_sum, interval and interval["train_loss"], batch,
+                                       self.epoch)  # fmt: skip
         except Diverged:
             self.counters.pause(self.pool.check)
             raise
@@ -218,18 +225,21 @@ class Trainer:
             self.checkpoints.save(self.snapshot(self.epoch, step, self.epoch_partial()))
 
     def evaluate_epoch(self, epoch):
-        """EPOCH's metrics row. On several machines each node evaluates its share of
-        the test set; the first makes the row from everyone's sums and tells the others."""
-        split = self.node.shard(self.test_set)
-        result, seconds = evaluate_on_every_core(self.model, split, self.config.dataset,
-                                                 self.options.test_batch_size, self.eval_threads,
-                                                 self.stop.requested)  # fmt: skip
-        result, signum = self.node.combine_evaluation(result, self.stop.signum)
+        """EPOCH's metrics row: the test set and the validation images (if held
+        out) evaluated. On several machines each node evaluates its share of
+        each; the first makes the row from everyone's sums and tells the others."""
+        results, seconds, signum = {}, 0.0, 0
+        for name, split in self.splits.evaluated():
+            result, spent = evaluate_on_every_core(self.model, self.node.shard(split),
+                                                   self.config.dataset, self.options.test_batch_size,
+                                                   self.eval_threads, self.stop.requested)  # fmt: skip
+            results[name], stopped = self.node.combine_evaluation(result, self.stop.signum)
+            seconds, signum = seconds + spent, signum or stopped
         row = None
-        if result is not None and self.node.leader:
+        if None not in results.values() and self.node.leader:
             batches = self.schedule.step(epoch, self.counters.done.value)
-            row = metrics_row(epoch, batches, result, seconds, self.record.partial_epoch,
-                              self.adaptation.config, len(self.train_set), self.per_epoch,
+            row = metrics_row(epoch, batches, results, seconds, self.record.partial_epoch,
+                              self.adaptation.config, self.splits.trained, self.per_epoch,
                               self.stale)  # fmt: skip
         row, signum = self.node.share_evaluation(row, signum)
         if row is None:
@@ -283,6 +293,9 @@ class Trainer:
         base = self.record.partial_epoch
         return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
 
+    def staleness_counts(self):
+        return self.counters.staleness_counts(self.pool.check)
+
     def snapshot(self, epoch, step, partial=None):
         """The checkpoint dict for (EPOCH, STEP); PARTIAL defaults to the run's."""
         partial = partial or self.record.partial_epoch
@@ -303,11 +316,32 @@ def worker_setup(device, threads, options, adaptation):
     return WorkerSetup(threads, str(device), options.deterministic, every, adaptation.micro_batches)
 
 
-def load_splits(options, dataset, device):
-    """(the data files, the training split, the test split) on DEVICE."""
-    files = data.prepare(options.data_dir, dataset, log=say)
-    train_set = data.to_device(data.map_split(files["train"]), device)
-    return files, train_set, data.to_device(data.load_split(files["test"]), device)
+@dataclass
+class Splits:
+    """The run's data: the files (which the workers map), the training split
+    (validation images included: the workers skip them, data.hold_out), the
+    test split and the validation images (None if none are held out)."""
+
+    files: dict
+    train: data.Split
+    test: data.Split
+    validation: data.Split
+    trained: int  # the training images the workers train on
+
+    def evaluated(self):
+        """(name, split) of what each epoch is evaluated on."""
+        named = [("test", self.test), ("validation", self.validation)]
+        return [(name, split) for name, split in named if split is not None]
+
+
+def load_splits(options, config, device):
+    """The run's Splits, on DEVICE."""
+    files = data.prepare(options.data_dir, config.dataset, log=say)
+    train = data.map_split(files["train"])
+    trained, held = data.hold_out(len(train), config.validation_size)
+    validation = data.to_device(data.subset(train, held), device) if len(held) else None
+    test = data.to_device(data.load_split(files["test"]), device)
+    return Splits(files, data.to_device(train, device), test, validation, len(trained))
 
 
 def evaluate_on_every_core(model, split, dataset, batch_size, threads, stop_requested):
