@@ -89,7 +89,7 @@ def one_epoch(data_dir, dataset, workers, threads, work, measure_memory=False):
     memory = sampler.stop() if sampler else {"pss_kb": 0, "shm_bytes": 0}
     t.proc.send_signal(signal.SIGINT)
     t.finish()
-    row = json.loads(open(ckpt.replace(".pth", ".metrics.jsonl")).readline())
+    row = harness.epoch_rows(ckpt.replace(".pth", ".metrics.jsonl"))[0]
     return {
         "samples_per_s": row["samples_per_s"],
         "epoch_seconds": row["seconds"],
@@ -285,8 +285,7 @@ def autograder_flow(data_dir, dataset, image, work):
     subprocess.run(base, check=True, capture_output=True)
     subprocess.run(base + ["--resume"], check=True, capture_output=True)
     seconds = time.monotonic() - started
-    with open(os.path.join(run_dir, "model_checkpoint.metrics.jsonl")) as f:
-        metrics = [json.loads(line) for line in f]
+    metrics = harness.epoch_rows(os.path.join(run_dir, "model_checkpoint.metrics.jsonl"))
     return {
         "autograder_s": seconds,
         "autograder_epochs": len(metrics),

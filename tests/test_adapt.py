@@ -1,11 +1,11 @@
 """Hogwild at many processes: the adaptation to the process count, the
 staleness it is measured by, and the checks that stop a collapsed run."""
 
-import json
 
 import pytest
 
 from conftest import load_checkpoint, run_trainer
+from harness import epoch_rows
 from mnist_hogwild.core.config import RECIPES, ConfigRequest, RunOptions, TrainConfig
 from mnist_hogwild.core.errors import Diverged
 from mnist_hogwild.hogwild.adapt import adapt, describe, micro_batches_for
@@ -100,8 +100,7 @@ def test_eight_processes_adapt_measure_staleness_and_resume_at_another_count(tmp
     proc = run_trainer(*common, "--num-processes", "8", "--epochs", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "note: 8 processes: each update is computed from weights about 7" in proc.stdout
-    with open(tmp_path / "model_checkpoint.metrics.jsonl") as f:
-        (row,) = [json.loads(line) for line in f]
+    (row,) = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
     assert row["staleness"] > 0 and row["staleness_p99"] >= 1, row
     saved = load_checkpoint(tmp_path / "model_checkpoint.pth")["config"]
     assert saved["lr"] == FAST.lr and tuple(saved["betas"]) == FAST.betas  # the recipe's, not saved

@@ -1,10 +1,10 @@
 """The real MNIST, trained with the defaults: the course's promises."""
 
-import json
 
 import pytest
 
 from conftest import run_trainer
+from harness import epoch_rows
 
 pytestmark = pytest.mark.slow
 
@@ -15,8 +15,7 @@ def default_run(tmp_path_factory, mnist_dir):
     cwd = tmp_path_factory.mktemp("mnist")
     proc = run_trainer("--data-dir", mnist_dir, "--log-interval", "1000", cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    with open(cwd / "model_checkpoint.metrics.jsonl") as f:
-        rows = [json.loads(line) for line in f]
+    rows = epoch_rows(cwd / "model_checkpoint.metrics.jsonl")
     print("MNIST accuracy per epoch:", [round(r["accuracy_percent"], 2) for r in rows])
     return rows
 
@@ -51,6 +50,5 @@ def test_the_fast_recipe_holds_its_accuracy_at_sixteen_processes(tmp_path, mnist
                        "--log-interval", "1000", cwd=tmp_path, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "note: 16 processes: each update is computed from weights about 15" in proc.stdout
-    with open(tmp_path / "model_checkpoint.metrics.jsonl") as f:
-        (row,) = [json.loads(line) for line in f]
+    (row,) = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
     assert row["accuracy_percent"] >= 97.5 and row["staleness"] > 10, row

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import load_checkpoint, run_trainer
+from harness import epoch_rows
 from helpers import BAD_CHECKPOINTS, assert_same_weights
 
 pytestmark = pytest.mark.slow
@@ -27,8 +28,7 @@ def test_resume_after_k_epochs_is_bitwise_identical(tmp_path, data_dir):
     assert [m["accuracy_percent"] for m in a["metrics"]] == [
         m["accuracy_percent"] for m in b["metrics"]
     ]
-    lines = (tmp_path / "split" / "model_checkpoint.metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3
+    assert len(epoch_rows(tmp_path / "split" / "model_checkpoint.metrics.jsonl")) == 3
 
 
 @pytest.fixture

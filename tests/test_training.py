@@ -1,6 +1,5 @@
 """The real trainer with real processes and real signals."""
 
-import json
 import os
 import shutil
 import signal
@@ -9,6 +8,7 @@ import time
 import pytest
 
 from mnist_hogwild.core import loglines
+from harness import epoch_rows
 from conftest import (
     FASHION,
     finish,
@@ -38,7 +38,7 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
     assert "2 processes" in proc.stdout
     state = load_checkpoint(tmp_path / "model_checkpoint.pth")
     assert (state["epoch"], state["step"], state["format_version"]) == (2, 0, 2)
-    rows = [json.loads(line) for line in open(tmp_path / "model_checkpoint.metrics.jsonl")]
+    rows = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) == {
         "epoch",
@@ -203,7 +203,7 @@ def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path, data
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in open(tmp_path / "model_checkpoint.metrics.jsonl")]
+    rows = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
     assert rows[-1]["accuracy_percent"] >= 90 > max(r["accuracy_percent"] for r in rows[:-1])
     assert len(rows) < 6
     (target,) = loglines.parse_lines("target", proc.stdout)
@@ -315,6 +315,6 @@ def test_real_fashion_mnist_one_epoch_two_workers(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    row = json.loads(open(tmp_path / "model_checkpoint.metrics.jsonl").readline())
+    (row,) = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
     print(f"fashion-mnist 1 epoch, 2 workers: {row}")
     assert row["accuracy_percent"] >= 70

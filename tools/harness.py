@@ -6,6 +6,7 @@ Log lines are parsed with loglines.parse_line, from the same formats the
 trainer prints them with (tests/test_loglines.py), never with regexes here.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,6 +95,13 @@ def bench_data(root, dataset="mnist", copy=False):
         return root, "fashion-mnist", "fashion-mnist"
     write_synthetic(root, train=60000, test=10000)
     return root, "mnist", "synthetic"
+
+
+def epoch_rows(metrics_file):
+    """The epoch rows of a metrics file, whole (its interval rows left out)."""
+    with open(metrics_file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r.get("kind", "epoch") == "epoch"]
 
 
 def remove_run_files(checkpoint_path):
