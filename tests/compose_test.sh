@@ -59,6 +59,14 @@ pngs=$(in_volume 'ls /mnist/results/*.png | wc -l')
 [ "$pngs" = 5 ] && pass "5 PNGs in results/: $(in_volume 'cd /mnist/results && ls | tr "\n" " "')" \
   || fail "$pngs PNGs in results/, expected 5"
 
+# README's copy out of the volume, as the user (into a scratch folder here).
+out=$(mktemp -d) && chmod 777 "$out"
+"${compose[@]}" run --rm --user "$(id -u):$(id -g)" -v "$out:/out" infer cp -r /mnist/. /out/mnist \
+  && [ -f "$out/mnist/eval_results.json" ] && [ "$(find "$out/mnist/results" -name '*.png' | wc -l)" = 5 ] \
+  && [ "$(stat -c %u "$out/mnist/eval_results.json")" = "$(id -u)" ] \
+  && pass "README's copy out of the volume: eval_results.json and results/, owned by $(id -u)" \
+  || fail "copy out of the volume: $(ls -la "$out/mnist" 2>&1 | head -5)"
+rm -rf "$out"
 "${compose[@]}" run train >/tmp/compose-train2.log 2>&1 || fail "second compose run train"
 grep -E "^resuming|^epoch 2/2:" /tmp/compose-train2.log
 grep "^resuming /mnist/mnist_cnn.pt at epoch 2, batch 0/" /tmp/compose-train2.log >/dev/null \

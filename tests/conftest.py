@@ -31,7 +31,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def big_data_dir(tmp_path_factory):
-    """Enough batches (20k samples, 313 batches) to signal a run mid-epoch."""
+    """Enough batches (20k samples, 287 batches of 64 beside the 1,666 held out) to
+    signal a run mid-epoch."""
     root = tmp_path_factory.mktemp("bigdata")
     synthetic_data.write_files(str(root), train=20000, test=500)
     return str(root)

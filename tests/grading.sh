@@ -141,6 +141,28 @@ docker stop "$name_prefix-serve" >/dev/null
 [ "$(docker inspect --format '{{.State.ExitCode}}' "$name_prefix-serve")" = 0 ] \
   && pass "docker stop ends serve with exit 0" || fail "serve exited $(docker inspect --format '{{.State.ExitCode}}' "$name_prefix-serve")"
 docker rm "$name_prefix-serve" >/dev/null
+
+# serve in 400 MB: a 7000x7000 PNG (49 million pixels, under the pixel limit)
+# is read, not OOM-killed; a docker stop while an upload arrives exits 0.
+python3 -c 'import sys; from PIL import Image, ImageDraw; i = Image.new("L", (7000, 7000), 255)
+ImageDraw.Draw(i).line([(3500, 1000), (3300, 6000)], fill=0, width=300); i.save(sys.argv[1])' "$OUT/page7000.png"
+docker run -d --name "$name_prefix-small" --memory 400m -p "127.0.0.1:$port:8000" -v "$PWD:/workspace" "$IMAGE" serve >/dev/null
+for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.2; done
+code=$(curl -s -o "$OUT/page7000.json" -w '%{http_code}' --data-binary @"$OUT/page7000.png" "http://127.0.0.1:$port/predict")
+[ "$code" = 200 ] && [ "$(docker inspect --format '{{.State.Running}} {{.State.OOMKilled}}' "$name_prefix-small")" = "true false" ] \
+  && pass "serve --memory 400m: a 7000x7000 PNG answered ($(cut -c1-12 "$OUT/page7000.json")...), no OOM kill" \
+  || { docker logs "$name_prefix-small" 2>&1 | tail -3; fail "serve --memory 400m, 7000x7000 PNG: HTTP $code"; }
+curl -s --limit-rate 8k --data-binary @"$OUT/page7000.png" "http://127.0.0.1:$port/predict" >/dev/null 2>&1 &
+upload=$!
+for _ in $(seq 100); do ss -Htn state established "( dport = :$port )" | grep -q . && break; sleep 0.1; done
+started=$(date +%s%N)
+ss -Htn state established "( dport = :$port )" | grep -q . && docker stop "$name_prefix-small" >/dev/null
+took=$((($(date +%s%N) - started) / 1000000))
+kill "$upload" 2>/dev/null; wait "$upload" 2>/dev/null
+[ "$(docker inspect --format '{{.State.ExitCode}}' "$name_prefix-small")" = 0 ] \
+  && pass "docker stop while an upload arrives: exit 0 in ${took} ms" \
+  || fail "docker stop during an upload: exit $(docker inspect --format '{{.State.ExitCode}}' "$name_prefix-small")"
+docker rm -f "$name_prefix-small" >/dev/null
 [ "$(sha1sum model_checkpoint.pth)" = "$before" ] && pass "the commands left the checkpoint as it was" \
   || fail "a command changed model_checkpoint.pth"
 

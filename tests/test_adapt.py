@@ -1,7 +1,6 @@
 """Hogwild at many processes: the adaptation to the process count, the
 staleness it is measured by, and the checks that stop a collapsed run."""
 
-
 import pytest
 
 from conftest import load_checkpoint, run_trainer

@@ -162,9 +162,10 @@ def test_two_nodes_train_one_pass_per_epoch_and_end_identical(tmp_path, job, dat
     assert a["metrics"][-1]["accuracy_percent"] == 100 * whole.accuracy
     # (the loss only to float32 rounding: the batches summed differ)
     assert a["metrics"][-1]["test_loss"] == pytest.approx(whole.test_loss, rel=1e-6)
-    # The two nodes' batches add up to one pass per epoch (40 batches).
+    # The two nodes' batches add up to one pass per epoch (2,560 images less the
+    # twelfth held out for validation: 37 batches of 64).
     batches = [int(out.split(" batches this run")[0].rsplit("(", 1)[1]) for out in outs]
-    assert sum(batches) == 2 * 40
+    assert sum(batches) == 2 * a["batches_per_epoch"] == 2 * 37
 
 
 @pytest.mark.slow
@@ -201,12 +202,13 @@ def test_a_stop_on_one_node_stops_both_at_the_same_batch_and_resume_goes_on(
     assert all("Traceback" not in out for out in outs), outs
     a = load_checkpoint(tmp_path / "a" / "model_checkpoint.pth")
     b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) and 0 < a["step"] < 313
+    per_epoch = a["batches_per_epoch"]  # (20,000 images less the twelfth held out: 287)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) and 0 < a["step"] < per_epoch == 287
     assert_same_weights(a, b)
     # A node with an empty volume joins: it gets the other's checkpoint.
     os.remove(tmp_path / "b" / "model_checkpoint.pth")
     outs = finish(job("--epochs", "2", "--resume", data=big_data_dir))
-    assert all(f"at epoch 1, batch {a['step']}/313" in out for out in outs), outs
+    assert all(f"at epoch 1, batch {a['step']}/{per_epoch}" in out for out in outs), outs
     b = load_checkpoint(tmp_path / "b" / "model_checkpoint.pth")
     assert (b["epoch"], b["step"], len(b["metrics"])) == (2, 0, 2)
     # A two-node checkpoint resumes on one machine too.
@@ -234,11 +236,11 @@ def test_nodes_sharing_one_folder_share_its_checkpoint_stop_and_resume_together(
     assert sum("node 0 writes model_checkpoint.pth (a folder they share)" in o for o in outs) == 1
     assert all("Traceback" not in out and "in use by another run" not in out for out in outs)
     saved = load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")
-    assert saved["epoch"] == 0 and 0 < saved["step"] < 313
+    assert saved["epoch"] == 0 and 0 < saved["step"] < saved["batches_per_epoch"] == 287
     resumed = start("--resume")
     outs = finish(resumed)
     assert [p.returncode for p in resumed] == [0, 0], outs
-    assert all(f"at epoch 1, batch {saved['step']}/313" in out for out in outs), outs
+    assert all(f"at epoch 1, batch {saved['step']}/287" in out for out in outs), outs
     assert load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")["epoch"] == 2
     names = sorted(p.name for p in (tmp_path / "shared").iterdir())
     assert names == [".model_checkpoint.pth.lock", "model_checkpoint.best.pth",

@@ -40,11 +40,14 @@ def trained(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def mnist_model(tmp_path_factory, mnist_dir):
-    """A checkpoint trained one epoch on the real MNIST (measured: 94%)."""
+    """A checkpoint trained one epoch on the real MNIST with the fast recipe
+    (measured: 98.4% test accuracy; the default recipe's first epoch, 93-94%,
+    read 8 of 10 photos in shade where 9 are asked)."""
     cwd = tmp_path_factory.mktemp("mnist-model")
     proc = run_trainer(
-        "--data-dir", mnist_dir, "--epochs", "1", "--log-interval", "10000", cwd=cwd, timeout=600
-    )
+        "--data-dir", mnist_dir, "--recipe", "fast", "--log-interval", "10000", cwd=cwd,
+        timeout=600,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return cwd / "model_checkpoint.pth"
 

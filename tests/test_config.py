@@ -35,6 +35,7 @@ def test_fresh_run_takes_the_defaults():
         "optimizer": "sgd",
         "lr_schedule": "constant",
         "warmup": 0.0,
+        "validation_size": 5000,
     }
 
 
@@ -46,13 +47,15 @@ def test_given_flags_win_on_a_fresh_run():
 def test_resume_takes_the_checkpoints_values_for_flags_not_given():
     saved = {"batch_size": 32, "epochs": 3, "lr": 0.05, "momentum": 0.9, "seed": 4}
     config = TrainConfig.resolve(flags("--resume"), {**saved, "dataset": "fashion-mnist"})
-    assert config == TrainConfig(**saved, dataset="fashion-mnist")
+    # (a checkpoint without validation_size held none out: TrainConfig.BEFORE)
+    assert config == TrainConfig(**saved, dataset="fashion-mnist", validation_size=0)
 
 
 @pytest.mark.parametrize("name", TrainConfig.MUST_MATCH)
 def test_resume_refuses_a_different_value_for_what_defines_an_epoch(name):
     saved = TrainConfig().as_dict()
-    other = {"batch_size": "32", "seed": "9", "dataset": "fashion-mnist", "optimizer": "adam"}[name]
+    other = {"batch_size": "32", "seed": "9", "dataset": "fashion-mnist", "optimizer": "adam",
+             "validation_size": "100"}[name]  # fmt: skip
     flag = "--" + name.replace("_", "-")
     with pytest.raises(UsageError, match=f"{flag} {other} differs from the checkpoint's"):
         TrainConfig.resolve(flags(flag, other), saved)

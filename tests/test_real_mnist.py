@@ -1,6 +1,5 @@
 """The real MNIST, trained with the defaults: the course's promises."""
 
-
 import pytest
 
 from conftest import run_trainer

@@ -2,6 +2,9 @@
 as a person would (dark ink on light paper, large), its 400s, the reload
 when a run saves beside it, and a real browser drawing on the canvas."""
 
+import base64
+import http.client
+import io
 import json
 import os
 import shutil
@@ -9,6 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -106,20 +111,70 @@ def test_predict_reads_redrawn_test_digits(server, mnist_dir):
 
 
 @pytest.mark.parametrize(
-    "body, kind, says",
+    "body, kind, says, status",
     [
-        (b"hello", "text/plain", "send an image"),
-        (b"hello", "image/png", "Not a readable image"),
-        (png(Image.new("L", (100, 100), 255)), "image/png", "No digit found"),
-        (b"\x89PNG" + bytes(5 * 2**20), "image/png", "over 4 MB"),
+        (b"hello", "text/plain", "Not a readable image", 400),
+        (b"hello", "image/png", "Not a readable image", 400),
+        (png(Image.new("L", (100, 100), 255)), "image/png", "No digit found", 400),
+        (b"\x89PNG" + bytes(5 * 2**20), "image/png", "over 4 MB", 413),
+        (png(Image.new("RGB", (6000, 6000), "white")), "image/png", "Too large to read", 413),
+        (
+            b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n--x--\r\n",
+            "multipart/form-data; boundary=x",
+            "no file in it",
+            400,
+        ),
     ],
-    ids=["not-an-image-type", "not-an-image", "no-ink", "too-large"],
+    ids=["text", "not-an-image", "no-ink", "body-too-large", "decoded-too-large", "form-no-file"],
 )
-def test_bad_bodies_get_400_with_one_sentence(server, body, kind, says):
+def test_bad_bodies_get_one_sentence(server, body, kind, says, status):
     url, _, _ = server
     code, answer = post(url, body, kind)
-    assert code == 400 and list(answer) == ["error"]
+    assert code == status and list(answer) == ["error"]
     assert says in answer["error"] and "\n" not in answer["error"]
+
+
+def multipart(field, filename, payload, kind="image/png"):
+    boundary = "----mnist-hogwild-test"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: {kind}\r\n\r\n").encode()  # fmt: skip
+    return (
+        head + payload + f"\r\n--{boundary}--\r\n".encode(),
+        f"multipart/form-data; boundary={boundary}",
+    )
+
+
+def test_uploads_as_people_send_them_are_read(server):
+    """curl -F (any field name, after other fields), --data-binary without a
+    type, a type in capitals, a JPEG sent as PNG: the bytes decide."""
+    url, _, _ = server
+    stroke = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
+    body = png(stroke)
+    jpeg = io.BytesIO()
+    stroke.save(jpeg, "JPEG")
+    for payload, kind in [
+        multipart("file", "one.png", body),
+        multipart("upload", "one.jpg", jpeg.getvalue(), "application/octet-stream"),
+        (body, None),
+        (body, "Image/PNG"),
+        (jpeg.getvalue(), "image/png"),
+    ]:
+        status, answer = raw_post(url, payload, {} if kind is None else {"Content-Type": kind})
+        assert status == 200 and answer["digit"] == 1, (kind, answer)
+
+
+def raw_post(url, body, headers):
+    """POST /predict with exactly these HEADERS (urllib would add a Content-Type)."""
+    host, port = url.split("//")[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", "/predict", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def test_a_run_training_beside_it_is_served_at_its_next_save(server, mnist_dir):
@@ -157,26 +212,72 @@ BROWSER = next(
 )
 
 
-@pytest.mark.skipif(
+def open_browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1000,1000"):  # fmt: skip
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+needs_browser = pytest.mark.skipif(
     not (BROWSER and shutil.which("chromedriver")) and not os.getenv("CI"),
     reason="needs Debian's chromium and chromium-driver (CI installs them)",
 )
+
+
+@needs_browser
+def test_a_browser_uploads_and_drops_a_photo_and_reads_the_answers(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _, _ = server
+    photo = Image.new("RGB", (600, 450), (236, 230, 214))  # a "7" on paper, as a phone takes it
+    ImageDraw.Draw(photo).line([(220, 110), (390, 110), (270, 360)], fill=(40, 40, 70), width=22)
+    photo.save(tmp_path / "seven.jpg", "JPEG")
+    one = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(one).line([(150, 40), (140, 260)], fill=0, width=20)
+    browser, shot = open_browser(tmp_path), tmp_path / "serve-upload.png"
+    try:
+        browser.get(url + "/")
+        digit = browser.find_element(By.ID, "digit")
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "seven.jpg"))
+        WebDriverWait(browser, 30).until(lambda b: digit.text.strip() == "7")
+        # A drop: the browser's own DragEvent with a File of the PNG's bytes.
+        browser.execute_script(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+            "const data = new DataTransfer();"
+            "data.items.add(new File([bytes], 'one.png', {type: 'image/png'}));"
+            "document.getElementById('pad').dispatchEvent("
+            "  new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+            base64.b64encode(png(one)).decode(),
+        )
+        WebDriverWait(browser, 30).until(lambda b: digit.text.strip() == "1")
+        WebDriverWait(browser, 30).until(lambda b: "epoch" in b.find_element(By.ID, "run").text)
+        browser.save_screenshot(str(shot))
+        print(f"screenshot: {shot}")
+        run = browser.find_element(By.ID, "run").text
+        assert run.startswith("model_checkpoint.pth: ") and "/" not in run.split(":")[0]
+    finally:
+        if not shot.exists():
+            browser.save_screenshot(str(shot))
+        browser.quit()
+
+
+@needs_browser
 def test_a_browser_draws_a_digit_on_the_canvas_and_reads_the_answer(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _, _ = server
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1000,900"):  # fmt: skip
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    browser = open_browser(tmp_path)
     shot = tmp_path / "serve-page.png"
     try:
         browser.get(url + "/")
@@ -200,3 +301,70 @@ def test_a_browser_draws_a_digit_on_the_canvas_and_reads_the_answer(server, tmp_
         if not shot.exists():
             browser.save_screenshot(str(shot))
         browser.quit()
+
+
+def big_page_png():
+    """A 7000x7000 grey page with one stroke: 49 million pixels, a few hundred KB."""
+    page = Image.new("L", (7000, 7000), 255)
+    ImageDraw.Draw(page).line([(3500, 1000), (3300, 6000)], fill=0, width=300)
+    return png(page)
+
+
+def test_the_page_answers_while_a_huge_image_is_read(server):
+    """The decoding runs off the event loop: GET / keeps answering, each far
+    faster than the upload takes (a loop doing the work would hold them all)."""
+    url, _, _ = server
+    big, answers, pages = big_page_png(), [], []
+    upload = threading.Thread(target=lambda: answers.append(timed(raw_post, url, big, {})))
+    upload.start()
+    while upload.is_alive():
+        pages.append(timed(urllib.request.urlopen, url + "/", timeout=30)[1])
+    upload.join()
+    (((status, body), took),) = answers
+    assert status == 200 and body["digit"] == 1, body
+    assert len(pages) >= 3, "premise: the page was asked for while the image was read"
+    assert max(pages) < took / 3, (max(pages), took)
+
+
+def timed(call, *args, **kwargs):
+    started = time.perf_counter()
+    return call(*args, **kwargs), time.perf_counter() - started
+
+
+def test_slow_clients_are_closed_and_never_lock_others_out(server):
+    """600 connections that send a request's headers a byte at a time (over
+    the server's 512): the oldest are closed at once, the rest at the header
+    deadline; normal requests are answered meanwhile; the log stays short."""
+    url, _, proc = server
+    host, port = url.split("//")[1].split(":")
+    slow = [socket.create_connection((host, int(port))) for _ in range(600)]
+    for s in slow:
+        s.sendall(b"P")  # "POST /predict ..." never finished
+    stroke = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
+    for _ in range(5):
+        status, answer = raw_post(url, png(stroke), {"Content-Type": "image/png"})
+        assert status == 200 and answer["digit"] == 1
+    deadline = time.monotonic() + 60
+    for s in slow:  # each gets the server's close (EOF) within the header deadline
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        assert s.recv(1) == b"", "a slow connection was never closed"
+        s.close()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    log = proc.out.rest(10).splitlines()
+    assert "Traceback" not in "\n".join(log) and len(log) < 10, log
+    assert any("closed connections that sent no request" in line for line in log), log
+
+
+def test_an_unreadable_checkpoint_is_warned_about_once(server):
+    url, served, proc = server
+    stroke = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
+    served.write_bytes(b"not a checkpoint")
+    for _ in range(3):
+        assert post(url, png(stroke))[0] == 200  # the last good model serves on
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    warnings = [line for line in proc.out.rest(10).splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "still serving the model of epoch 1" in warnings[0], warnings

@@ -51,6 +51,10 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
         "eval_seconds",
         "staleness",
         "staleness_p99",
+        "samples",
+        "validation_loss",
+        "validation_accuracy_percent",
+        "kind",
     }
     # Learnable synthetic data: the loss falls from chance (ln 10 = 2.30) and keeps
     # falling, and two epochs reach (nearly) every test sample (measured: 100%).

@@ -4,8 +4,9 @@ TorchScript (.pt, torch.jit.load).
 
 The exported model is the Net itself: it takes a float batch [N, 1, 28, 28]
 already normalised ((pixel / 255 - mean) / std) and returns log-probabilities
-[N, 10]. The file carries mnist_hogwild.json with the dataset, mean, std and
-classes, so that a serving stack needs nothing else.
+[N, 10]. The file carries mnist_hogwild.json with the dataset, the classes
+(the output's index -> name), mean and std, so that a serving stack needs
+nothing else; README shows how to read it (torch's extra_files).
 """
 
 import io
@@ -16,6 +17,7 @@ import torch
 
 from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
+from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.loglines import say
 
@@ -30,6 +32,7 @@ def metadata(state):
         "dataset": dataset,
         "input": "float32 [N, 1, 28, 28], (pixel / 255 - mean) / std, light on dark",
         "output": "log-probabilities [N, 10]",
+        "classes": list(figures.class_names(dataset)[1]),  # the output's index -> name
         "mean": info["mean"],
         "std": info["std"],
         "epoch": state["epoch"],

@@ -30,7 +30,7 @@ COMMANDS = {
     "export": "the model as one file that plain torch loads (torch.export or TorchScript)",
     "plot": "the training curves of a checkpoint's run (loss and test accuracy per epoch) as "
     "a PNG",
-    "serve": "a web page to draw a digit and watch training, and POST /predict (no "
+    "serve": "a web page to draw or upload a digit and watch training, and POST /predict (no "
     "authentication: a trusted network only)",
     "models": "the models kept beside a checkpoint (STEM.models/): name, data set, epoch, "
     "accuracy, when written",
@@ -269,6 +269,9 @@ def serve_flags(p):
     )
     p.add_argument("--port", type=Whole(1, 65535).parse_flag, default=8000, metavar="PORT",
                    help="(default: %(default)s)")  # fmt: skip
+    p.add_argument("--max-batch", type=Whole(1, 1024).parse_flag, default=64, metavar="N",
+                   help="predictions of concurrent requests made in one forward pass, at most N; "
+                   "1: one pass per request (default: %(default)s)")  # fmt: skip
 
 
 COMMAND_FLAGS = {

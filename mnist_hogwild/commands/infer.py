@@ -32,8 +32,15 @@ MAX_PIXELS = 50 * 10**6
 # the full range has nothing drawn on it (a blank page, a transparent image).
 NO_INK = 0.1
 ZOOM = 8  # the pictures infer writes: each of the 28x28 pixels as 8x8
-# A photo is shrunk to at most this many pixels on a side before it is read.
-MAX_SIDE = 2048
+# A photo is shrunk to at most this many pixels on a side before it is read:
+# the float work on it then takes tens of MB, whatever the upload. A digit a
+# fiftieth of the photo wide still keeps the 20 pixels it is scaled to.
+MAX_SIDE = 1024
+# The most an image may take decoded, before it is shrunk (a 7000x7000 grey
+# PNG takes 47 MB; a 12-megapixel photo as PNG 36 MB, as JPEG far less).
+DECODE_BUDGET = 64 * 2**20
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "RGB": 3,
+                   "YCbCr": 3, "LAB": 3, "HSV": 3}  # fmt: skip
 # The share of the picture's shorter side, at each edge, taken as paper.
 BORDER = 0.03
 
@@ -110,36 +117,12 @@ def labelled(image, answer, detail):
 def prepare_image(path, dataset, source=None):
     """PATH as a uint8 [28, 28] tensor, light on dark (see the module docstring).
     SOURCE: the image's bytes as a binary file (serve's uploads), named PATH."""
-    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
+    from PIL import Image  # noqa: PLC0415 - commands only
 
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice that: refuse it all,
-            # before a small file decompresses into gigabytes.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path if source is None else source) as opened:
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        millions = MAX_PIXELS // 10**6
-        raise InputError(
-            f"{path}: too large an image (at most {millions} million pixels)"
-        ) from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, struct.error) as e:
-        # (Pillow's decoders raise all of these for damaged files; SyntaxError
-        # for a broken PNG chunk, struct.error for a cut header.)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        if source is not None and isinstance(e, UnidentifiedImageError):
-            reason = "not a format Pillow knows: PNG, JPEG, GIF, BMP, WebP, TIFF, ..."
-        raise InputError(f"{path}: not a readable image ({reason})") from None
+    image = read_image(path, source)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    # A phone photo has far more pixels than a digit needs: the work and memory
-    # below then stay bounded, and a digit a hundredth of the photo wide still
-    # keeps the 20 pixels it is scaled to.
-    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
     if dataset != "mnist":
         grey = _pixels(image.convert("L"), 1)[0]
         if float(grey.max() - grey.min()) < NO_INK * 255:
@@ -152,6 +135,53 @@ def prepare_image(path, dataset, source=None):
     if float(ink.max()) < NO_INK * 255:
         raise InputError(f"{path}: no digit found (the image is blank: no ink on it)")
     return _mnist_digit(ink * (255 / float(ink.max())))
+
+
+def read_image(path, source=None):
+    """The image at PATH (or in the binary file SOURCE), upright, at most
+    MAX_SIDE pixels on a side. Its memory is bounded before it is decoded: a
+    JPEG decodes at a reduced scale (draft), any other image must fit
+    DECODE_BUDGET decoded, and is shrunk as soon as it is."""
+    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice that: refuse it all,
+            # before a small file decompresses into gigabytes.
+            warnings.simplefilter("ignore", UserWarning)  # (a damaged TIFF tag, ...: skipped)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with Image.open(path if source is None else source) as opened:
+                if opened.format == "JPEG":
+                    opened.draft("RGB" if opened.mode != "L" else "L", (MAX_SIDE, MAX_SIDE))
+                check_decoded_size(path, opened)
+                opened.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+                return ImageOps.exif_transpose(opened)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        millions = MAX_PIXELS // 10**6
+        raise InputError(
+            f"{path}: too large an image (at most {millions} million pixels)"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        # (Pillow's decoders raise all of these for damaged files; SyntaxError
+        # for a broken PNG chunk, struct.error for a cut header.)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        if source is not None and isinstance(e, UnidentifiedImageError):
+            reason = "not a format Pillow knows: PNG, JPEG, GIF, BMP, WebP, TIFF, ..."
+        raise InputError(f"{path}: not a readable image ({reason})") from None
+
+
+def check_decoded_size(path, opened):
+    """InputError (too large) if the opened image would take more than
+    DECODE_BUDGET bytes decoded (its header says how many)."""
+    width, height = opened.size
+    decoded = width * height * BYTES_PER_PIXEL.get(opened.mode, 4)
+    if decoded > DECODE_BUDGET:
+        raise InputError(
+            f"{path}: too large to read: {width}x{height} pixels ({opened.mode}) take "
+            f"{decoded // 2**20} MB decoded, over the {DECODE_BUDGET // 2**20} MB this reads; "
+            f"send it smaller, or as a JPEG (read at a reduced scale)"
+        )
 
 
 def _pixels(image, channels):

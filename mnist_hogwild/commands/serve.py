@@ -1,32 +1,48 @@
-"""The `serve` command: a page to draw a digit and see what the model reads,
-with the training curves of the checkpoint's run, and POST /predict for
-programs. Starlette on uvicorn; no authentication, so it belongs on a
-trusted network (README says so).
+"""The `serve` command: a page to draw or upload a digit and see what the
+model reads, with the training curves of the checkpoint's run, and POST
+/predict for programs. Starlette on uvicorn; no authentication, so it
+belongs on a trusted network (README says so).
 
-    GET  /          the page (page/index.html: a canvas, its answer, the curves)
-    POST /predict   an image (PNG, JPEG, ...) as the body -> {"digit", "probabilities",
-                    "input"}: read by infer's own preparation, one path for both
-    GET  /metrics   the checkpoint's file name, its metrics rows and interval rows
-                    (the page redraws its curves from them)
+    GET  /          the page (page/index.html: a canvas, an upload, the answer, the curves)
+    POST /predict   an image (PNG, JPEG, ...) as the body, raw or as a multipart/form-data
+                    file -> {"digit", "probabilities", "input", "epoch"}; read by infer's
+                    own preparation, one path for both
+    GET  /metrics   the checkpoint's file name, its metrics and interval rows
 
+The event loop only moves bytes. Decoding and preparing an image run in a
+pool of POOL threads (at most MAX_WAITING requests wait for it: 503 beyond);
+the predictions of requests that arrive together are one forward pass, in
+the Batcher's thread. Each request has a size (MAX_BODY, and the decoded
+size infer.DECODE_BUDGET), a time (BODY_SECONDS to arrive, REQUEST_SECONDS
+in all: 408 and 503) and so a memory bound; httpguard.py bounds connections.
 The model is loaded again when the checkpoint file changes (a run training
 beside it): saves are atomic, so a reload never sees half a file.
 """
 
+import asyncio
+import email.message
 import io
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
 
+from mnist_hogwild.commands import httpguard
 from mnist_hogwild.commands.infer import class_probabilities, prepare_image
+from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import CheckpointError, InputError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import STOP_SIGNALS
 from mnist_hogwild.training import checkpoint
 
 MAX_BODY = 4 * 2**20  # bytes: a drawing is a few KB, a phone photo a few MB
+BODY_SECONDS = 10.0  # for a request's body to arrive
+REQUEST_SECONDS = 10.0  # for its answer, in all
+MAX_WAITING = 64  # requests decoding or waiting to; beyond, 503 at once
+MAX_BATCH = 64  # predictions in one forward pass
+LIMIT_CONCURRENCY = 256  # uvicorn's: requests and connections, 503 beyond
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "index.html")
 
 
@@ -35,11 +51,16 @@ class Model:
 
     def __init__(self, path):
         self.path, self.lock = path, threading.Lock()
-        self.stamp, self.model, self.state = None, None, None
+        self.stamp, self.model, self.state, self.refused = None, None, None, None
         self.current()  # a bad checkpoint is an error at start, not at the first request
 
+    @property
+    def dataset(self):
+        return self.state["config"].get("dataset", "mnist")
+
     def current(self):
-        """(model, state) as the file now holds them."""
+        """(model, state) as the file now holds them. A file that does not load
+        is warned about once (until it changes again); the last model serves on."""
         with self.lock:
             try:
                 info = os.stat(self.path)
@@ -48,60 +69,137 @@ class Model:
                     raise CheckpointError(f"no checkpoint at {self.path} ({e.strerror})") from None
                 return self.model, self.state  # (moved away meanwhile: keep serving)
             stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
-            if stamp != self.stamp:
+            if stamp not in (self.stamp, self.refused):
                 try:
                     self.model, self.state = checkpoint.load_model(self.path)
+                    self.stamp = stamp
                 except CheckpointError as e:
                     if self.model is None:
                         raise
+                    self.refused = stamp
                     say(f"warning: {e}; still serving the model of epoch {self.state['epoch']}")
-                    return self.model, self.state  # (read again at the next request)
-                self.stamp = stamp
             return self.model, self.state
 
 
-def make_app(model):
+class Batcher:
+    """Predictions in one thread: every request waiting when it is free is
+    one forward pass (MAX_BATCH at most), so that concurrent requests share
+    the model's fixed costs; the event loop only awaits the answers."""
+
+    def __init__(self, model, max_batch=MAX_BATCH):
+        self.model, self.max_batch = model, max_batch
+        self.requests = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self.run, name="batcher", daemon=True)
+        self.thread.start()
+
+    async def predict(self, image):
+        """(probabilities [10], state of the model that answered) for uint8 IMAGE [28, 28]."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self.requests.put((image, answer, loop))
+        return await answer
+
+    def run(self):
+        import torch  # noqa: PLC0415
+
+        while True:
+            batch = [self.requests.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                model, state = self.model.current()
+                dataset = state["config"].get("dataset", "mnist")
+                images = torch.stack([image for image, _, _ in batch])
+                answers = [(p, state) for p in class_probabilities(model, images, dataset)]
+            except Exception as e:  # noqa: BLE001 - every waiting request hears of it
+                answers = [e] * len(batch)
+            for (_, future, loop), answer in zip(batch, answers, strict=True):
+                loop.call_soon_threadsafe(settle, future, answer)
+
+
+def settle(future, answer):
+    if future.done():
+        return  # (the request gave up: its time budget ran out)
+    if isinstance(answer, Exception):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
+
+
+def image_bytes(body, content_type):
+    """The image in a request's BODY: the first file of a multipart form, else
+    the body itself (its bytes say what it is, whatever CONTENT_TYPE claims)."""
+    header = email.message.Message()
+    header["content-type"] = content_type or "application/octet-stream"
+    if header.get_content_type() != "multipart/form-data":  # (lower-cased by email)
+        return body
+    boundary = header.get_param("boundary")
+    if not boundary:
+        raise InputError("a multipart/form-data body without its boundary")
+    for part in body.split(b"--" + str(boundary).encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            break  # the closing delimiter
+        head, found, payload = part.partition(b"\r\n\r\n")
+        fields = head.decode("latin-1").lower()
+        if found and ("filename=" in fields or "content-type: image/" in fields):
+            return payload.removesuffix(b"\r\n")
+    raise InputError("the form has no file in it: send the image as a file (curl -F file=@7.png)")
+
+
+def decode(body, content_type, dataset):
+    """(In the pool.) The 28x28 input the model reads from a request's body."""
+    image = prepare_image("the image", dataset, io.BytesIO(image_bytes(body, content_type)))
+    return image
+
+
+def refusal(error):
+    """An InputError as a sentence, and its status (413 for sizes)."""
+    reason = str(error).removeprefix("the image: ")
+    status = 413 if reason.startswith("too large") else 400
+    return reason[0].upper() + reason[1:] + ".", status
+
+
+def make_app(model, batcher, pool_threads):
+    from anyio import CapacityLimiter, fail_after, to_thread  # noqa: PLC0415
     from starlette.applications import Starlette  # noqa: PLC0415 - only serve needs them
     from starlette.responses import FileResponse, JSONResponse  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
 
-    def refuse(message):
-        return JSONResponse({"error": message}, status_code=400)
+    limiter, waiting = CapacityLimiter(pool_threads), [0]
+
+    def refuse(message, status=400):
+        return JSONResponse({"error": message}, status_code=status)
 
     async def predict(request):
-        kind = request.headers.get("content-type", "")
-        if not kind.startswith("image/"):
-            return refuse(f"send an image (Content-Type image/png, image/jpeg, ...), not {kind!r}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return refuse(f"the image is over {MAX_BODY // 2**20} MB, the most this accepts")
-        current, state = model.current()
-        dataset = state["config"].get("dataset", "mnist")
+        body, problem = await receive(request)
+        if problem is not None:
+            return refuse(*problem)
+        if waiting[0] >= MAX_WAITING:
+            httpguard.LIMITED.note(f"busy: {MAX_WAITING} requests waiting, answered 503")
+            return refuse(f"Busy: {MAX_WAITING} images are being read; try again.", 503)
+        waiting[0] += 1
         try:
-            image = prepare_image("the image", dataset, io.BytesIO(bytes(body)))
+            with fail_after(REQUEST_SECONDS):
+                image = await to_thread.run_sync(decode, body, request.headers.get("content-type"),
+                                                 model.dataset, limiter=limiter,
+                                                 abandon_on_cancel=True)  # fmt: skip
+                probabilities, state = await batcher.predict(image)
         except InputError as e:
-            reason = str(e).removeprefix("the image: ")
-            return refuse(reason[0].upper() + reason[1:] + ".")
-        probabilities = class_probabilities(current, image.unsqueeze(0), dataset)[0]
-        return JSONResponse(
-            {
-                "digit": int(probabilities.argmax()),
-                "probabilities": [round(float(p), 6) for p in probabilities],
-                "input": image.flatten().tolist(),  # the 28x28 the model saw, light on dark
-                "epoch": state["epoch"],
-            }
-        )
+            return refuse(*refusal(e))
+        except TimeoutError:
+            return refuse(f"Reading the image took over {REQUEST_SECONDS:g} s; send a smaller one.",
+                          503)  # fmt: skip
+        finally:
+            waiting[0] -= 1
+        return JSONResponse(answer(probabilities, image, state))
 
     async def rows(request):
-        return JSONResponse(
-            {
-                "checkpoint": os.path.basename(model.path),  # (not the server's folders)
-                "metrics": checkpoint.read_metrics(model.path),
-                "intervals": checkpoint.read_intervals(model.path),
-            }
-        )
+        rows, intervals = await to_thread.run_sync(read_curves, model.path, limiter=limiter)
+        name = os.path.basename(model.path)  # (not the server's folders)
+        return JSONResponse({"checkpoint": name, "metrics": rows, "intervals": intervals})
 
     async def page(request):
         return FileResponse(PAGE, media_type="text/html")
@@ -110,21 +208,65 @@ def make_app(model):
     return Starlette(routes=routes + [Route("/metrics", rows)])
 
 
+async def receive(request):
+    """(the request's body, None), or (None, (what is wrong, its status)):
+    over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408)."""
+    from anyio import fail_after  # noqa: PLC0415
+
+    too_large = (f"The body is over {MAX_BODY // 2**20} MB, the most this accepts.", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return None, too_large
+    body = bytearray()
+    try:
+        with fail_after(BODY_SECONDS):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return None, too_large
+    except TimeoutError:
+        return None, (f"The body took over {BODY_SECONDS:g} s to arrive.", 408)
+    return bytes(body), None
+
+
+def answer(probabilities, image, state):
+    return {
+        "digit": int(probabilities.argmax()),
+        "probabilities": [round(float(p), 6) for p in probabilities],
+        "input": image.flatten().tolist(),  # the 28x28 the model saw, light on dark
+        "epoch": state["epoch"],
+    }
+
+
+def read_curves(path):
+    return checkpoint.read_metrics(path), checkpoint.read_intervals(path)
+
+
 def run_command(args):
+    import torch  # noqa: PLC0415
     import uvicorn  # noqa: PLC0415
 
+    # One torch thread per request: the pool is the parallelism (intra-op
+    # threads cost a small image far more in hand-offs than they give).
+    torch.set_num_threads(1)
     model = Model(args.checkpoint)
-    app = make_app(model)
+    pool_threads = max(1, min(4, cpus.usable_cpus()))
+    app = make_app(model, Batcher(model, args.max_batch), pool_threads)
     try:  # bound here, so that a taken port is one line of ours
-        listener = socket.create_server((args.host, args.port), reuse_port=False)
+        listener = socket.create_server((args.host, args.port), reuse_port=False, backlog=1024)
     except OSError as e:
         say(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", sys.stderr)
         return 1
+    httpguard.raise_descriptor_limit()
+    httpguard.quiet_logs(lambda line: say(line, sys.stderr))
     say(
         f"serving {args.checkpoint} (epoch {model.state['epoch']}) at "
         f"http://{args.host}:{args.port}/ (no authentication: a trusted network only)"
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    config = uvicorn.Config(app, log_level="warning", http=httpguard.GuardedH11,
+                            limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=5,
+                            timeout_graceful_shutdown=1, h11_max_incomplete_event_size=16384)  # fmt: skip
+    server = uvicorn.Server(config)
     # uvicorn stops gracefully on SIGINT/SIGTERM (docker stop), then raises the
     # signal again for the handler it found: a stop is the end of serving, exit 0.
     for signum in STOP_SIGNALS:

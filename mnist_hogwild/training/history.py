@@ -140,8 +140,9 @@ class History:
         """Keep the model file PATH (found at the run's path: copied in, written
         by an older version, or a slot of the older layout) unless it is kept
         already; its Entry (None if unreadable: then kept as its bytes). RESUMING: PATH
-        is the checkpoint a run resumes, kept only if its run has no model
-        here (it arrived without its history); else the run goes on from it."""
+        is the checkpoint a run resumes, kept only if it holds an evaluated
+        epoch and its run has no model here (it arrived without its history);
+        else the run goes on from it."""
         try:
             with open(path, "rb") as f:
                 payload = f.read()
@@ -155,8 +156,8 @@ class History:
                 self.write(f"unreadable_{digest}.pth", payload, f" ({path} does not load)")
             return None
         entry = Entry.parse(name_for(state))
-        if resuming and any(e.run == entry.run for e in self.entries()):
-            return None
+        if resuming and (not state["metrics"] or any(e.run == entry.run for e in self.entries())):
+            return None  # (its run goes on from it; nothing evaluated yet is no model to keep)
         if entry.hash not in self.hashes():
             self.write(entry.name, payload, f" (found at {path})")
         return entry

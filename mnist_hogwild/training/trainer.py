@@ -226,15 +226,9 @@ class Trainer:
 
     def evaluate_epoch(self, epoch):
         """EPOCH's metrics row: the test set and the validation images (if held
-        out) evaluated. On several machines each node evaluates its share of
-        each; the first makes the row from everyone's sums and tells the others."""
-        results, seconds, signum = {}, 0.0, 0
-        for name, split in self.splits.evaluated():
-            result, spent = evaluate_on_every_core(self.model, self.node.shard(split),
-                                                   self.config.dataset, self.options.test_batch_size,
-                                                   self.eval_threads, self.stop.requested)  # fmt: skip
-            results[name], stopped = self.node.combine_evaluation(result, self.stop.signum)
-            seconds, signum = seconds + spent, signum or stopped
+        out) evaluated (see evaluate_splits); the first node makes the row."""
+        results, seconds, signum = evaluate_splits(self.model, self.node, self.splits, self.config,
+                                                   self.options, self.eval_threads, self.stop)  # fmt: skip
         row = None
         if None not in results.values() and self.node.leader:
             batches = self.schedule.step(epoch, self.counters.done.value)
@@ -342,6 +336,20 @@ def load_splits(options, config, device):
     validation = data.to_device(data.subset(train, held), device) if len(held) else None
     test = data.to_device(data.load_split(files["test"]), device)
     return Splits(files, data.to_device(train, device), test, validation, len(trained))
+
+
+def evaluate_splits(model, node, splits, config, options, threads, stop):
+    """({name: Evaluation, or None if stopped}, seconds, a stop signal or 0) of
+    MODEL on each split SPLITS.evaluated(). On several machines each node
+    evaluates its share of each, and the results are everyone's sums."""
+    results, seconds, signum = {}, 0.0, 0
+    for name, split in splits.evaluated():
+        result, spent = evaluate_on_every_core(model, node.shard(split), config.dataset,
+                                               options.test_batch_size, threads,
+                                               stop.requested)  # fmt: skip
+        results[name], stopped = node.combine_evaluation(result, stop.signum)
+        seconds, signum = seconds + spent, signum or stopped
+    return results, seconds, signum
 
 
 def evaluate_on_every_core(model, split, dataset, batch_size, threads, stop_requested):

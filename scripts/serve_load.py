@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Load `serve` as many clients would, and print what it held.
+
+    python scripts/serve_load.py --checkpoint model_checkpoint.pth
+    python scripts/serve_load.py --checkpoint ck.pth --update-docs   # docs/performance.md
+
+Starts `main.py serve` on a free port, then for 1, 8 and 32 concurrent
+clients (each one keep-alive connection, requests back to back) POSTs a
+28x28 PNG and a 1 MB phone photo: requests/s, p50 and p99 latency, the
+server's peak RSS over idle. Then the page's latency (GET /) while a
+7000x7000 PNG is being read. Time only on an idle machine.
+"""
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+)
+from harness import REPO, update_doc  # noqa: E402
+
+
+def images():
+    """{name: PNG or JPEG bytes}: a drawn 28x28 digit, a 1 MB photo, a 7000x7000 page."""
+    from PIL import Image, ImageDraw, ImageFilter  # noqa: PLC0415
+
+    small = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(small).line([(14, 4), (12, 24)], fill=255, width=3)
+    photo = Image.effect_noise((2400, 1800), 40).convert("RGB").filter(ImageFilter.GaussianBlur(1))
+    photo = Image.blend(photo, Image.new("RGB", photo.size, (225, 220, 205)), 0.6)
+    ImageDraw.Draw(photo).line([(1200, 500), (1150, 1300)], fill=(30, 30, 60), width=70)
+    page = Image.new("L", (7000, 7000), 255)
+    ImageDraw.Draw(page).line([(3500, 1000), (3300, 6000)], fill=0, width=300)
+    out = {}
+    for name, image, fmt, options in (("28x28 PNG", small, "PNG", {}),
+                                      ("1 MB photo", photo, "JPEG", {"quality": 93}),
+                                      ("7000x7000 PNG", page, "PNG", {})):  # fmt: skip
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        out[name] = buffer.getvalue()
+    return out
+
+
+async def request(reader, writer, method, path, body=b""):
+    """One HTTP/1.1 request on a kept-alive connection: (status, seconds)."""
+    started = time.perf_counter()
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + body)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    return status, time.perf_counter() - started
+
+
+async def client(port, body, count, results):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(count):
+        results.append(await request(reader, writer, "POST", "/predict", body))
+    writer.close()
+
+
+async def load(port, body, clients, total):
+    results = []
+    started = time.perf_counter()
+    await asyncio.gather(*(client(port, body, total // clients, results) for _ in range(clients)))
+    return results, time.perf_counter() - started
+
+
+class Peak:
+    """The server's peak RSS, sampled every 20 ms while in a with block."""
+
+    def __init__(self, pid):
+        self.process, self.peak, self.running = psutil.Process(pid), 0, False
+
+    def __enter__(self):
+        self.running, self.peak = True, self.process.memory_info().rss
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+
+def measure_loads(port, pid, bodies, levels, seconds_each):
+    rows = []
+    idle = psutil.Process(pid).memory_info().rss
+    for name in ("28x28 PNG", "1 MB photo"):
+        body = bodies[name]
+        # A short warm-up, then as many requests as about SECONDS_EACH takes.
+        _, took = asyncio.run(load(port, body, 1, 20))
+        for clients in levels:
+            total = max(clients * 4, int(seconds_each * 20 / took) // clients * clients)
+            with Peak(pid) as peak:
+                results, took_all = asyncio.run(load(port, body, clients, total))
+            times = sorted(t for _, t in results)
+            bad = sum(1 for s, _ in results if s != 200)
+            rows.append({"image": name, "clients": clients, "requests": len(results),
+                         "failed": bad, "per_s": len(results) / took_all,
+                         "p50_ms": 1000 * times[len(times) // 2],
+                         "p99_ms": 1000 * times[int(len(times) * 0.99) - 1],
+                         "peak_rss_over_idle_mb": (peak.peak - idle) / 2**20})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+async def page_during_upload(port, big):
+    """(the 7000x7000 upload's status and seconds, GET / latencies meanwhile)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    upload = asyncio.create_task(request(reader, writer, "POST", "/predict", big))
+    pages = []
+    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.05)  # (the upload's bytes are on their way)
+    while not upload.done():
+        pages.append((await request(r2, w2, "GET", "/"))[1])
+    return await upload, pages
+
+
+def start_server(checkpoint):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, os.path.join(REPO, "main.py"), "serve", "--checkpoint", checkpoint]
+    proc = subprocess.Popen(args + ["--port", str(port)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # "serving ..." once it listens
+    if not line.startswith("serving"):
+        sys.exit(f"serve did not start: {line}")
+    return proc, port
+
+
+def markdown(rows, upload, pages, cores):
+    lines = [f"On {cores} cores, nothing else running (`python scripts/serve_load.py`):", "",
+             "| image | clients | requests/s | p50 | p99 | peak RSS over idle | failed |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['image']} | {r['clients']} | {r['per_s']:.0f} | {r['p50_ms']:.1f} ms | "
+                     f"{r['p99_ms']:.1f} ms | {r['peak_rss_over_idle_mb']:.0f} MB | {r['failed']} |")  # fmt: skip
+    (status, seconds) = upload
+    lines += ["", f"A 7000x7000 PNG (status {status}) took {seconds:.2f} s; meanwhile `GET /` "
+              f"answered {len(pages)} times, at most in {1000 * max(pages):.1f} ms."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: 5)")
+    p.add_argument("--update-docs", action="store_true")
+    args = p.parse_args()
+    bodies = images()
+    proc, port = start_server(args.checkpoint)
+    try:
+        rows = measure_loads(port, proc.pid, bodies, args.clients, args.seconds)
+        with Peak(proc.pid) as peak:
+            idle = psutil.Process(proc.pid).memory_info().rss
+            upload, pages = asyncio.run(page_during_upload(port, bodies["7000x7000 PNG"]))
+        print(f"7000x7000 PNG: {upload}, peak RSS over idle {(peak.peak - idle) / 2**20:.0f} MB; "
+              f"GET / meanwhile: {len(pages)} answers, max {1000 * max(pages):.1f} ms")  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait()
+    text = markdown(rows, upload, pages, psutil.cpu_count())
+    print(text)
+    if args.update_docs:
+        update_doc(os.path.join(REPO, "docs", "performance.md"), "serve", text)
+
+
+if __name__ == "__main__":
+    main()
