@@ -17,7 +17,6 @@ import io
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -155,7 +154,7 @@ def markdown(rows, upload, pages, cores):
     for r in rows:
         lines.append(f"| {r['image']} | {r['clients']} | {r['per_s']:.0f} | {r['p50_ms']:.1f} ms | "
                      f"{r['p99_ms']:.1f} ms | {r['peak_rss_over_idle_mb']:.0f} MB | {r['failed']} |")  # fmt: skip
-    (status, seconds) = upload
+    status, seconds = upload
     lines += ["", f"A 7000x7000 PNG (status {status}) took {seconds:.2f} s; meanwhile `GET /` "
               f"answered {len(pages)} times, at most in {1000 * max(pages):.1f} ms."]  # fmt: skip
     return "\n".join(lines)

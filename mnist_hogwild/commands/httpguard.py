@@ -15,6 +15,7 @@ and a count.
 import collections
 import logging
 import resource
+import socket
 import time
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -31,6 +32,13 @@ class GuardedH11(H11Protocol):
 
     def connection_made(self, transport):
         super().connection_made(transport)
+        # asyncio sets TCP_NODELAY only on sockets made with IPPROTO_TCP, and a
+        # listener from socket.create_server (proto 0) passes its 0 on: each
+        # answer on a kept-alive connection then waited 40 ms (Nagle against
+        # the client's delayed ACK).
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.deadline = None
         self.arm()
         if len(self.connections) > MAX_CONNECTIONS and self.waiting:

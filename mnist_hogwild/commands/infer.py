@@ -12,6 +12,7 @@ ink's bounding box scaled to fit 20x20 and centred by its centre of mass in
 turned grey, inverted if light, and scaled to 28x28.
 """
 
+import contextlib
 import os
 import struct
 import sys
@@ -39,6 +40,8 @@ MAX_SIDE = 1024
 # The most an image may take decoded, before it is shrunk (a 7000x7000 grey
 # PNG takes 47 MB; a 12-megapixel photo as PNG 36 MB, as JPEG far less).
 DECODE_BUDGET = 64 * 2**20
+LARGE_DECODE = 8 * 2**20  # above this, decoded within read_image's LARGE()
+NO_GATE = contextlib.nullcontext()
 BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "RGB": 3,
                    "YCbCr": 3, "LAB": 3, "HSV": 3}  # fmt: skip
 # The share of the picture's shorter side, at each edge, taken as paper.
@@ -114,12 +117,13 @@ def labelled(image, answer, detail):
     return picture
 
 
-def prepare_image(path, dataset, source=None):
+def prepare_image(path, dataset, source=None, large=contextlib.nullcontext):
     """PATH as a uint8 [28, 28] tensor, light on dark (see the module docstring).
-    SOURCE: the image's bytes as a binary file (serve's uploads), named PATH."""
+    SOURCE: the image's bytes as a binary file (serve's uploads), named PATH;
+    LARGE: see read_image."""
     from PIL import Image  # noqa: PLC0415 - commands only
 
-    image = read_image(path, source)
+    image = read_image(path, source, large)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image.convert("RGBA"))
@@ -137,11 +141,12 @@ def prepare_image(path, dataset, source=None):
     return _mnist_digit(ink * (255 / float(ink.max())))
 
 
-def read_image(path, source=None):
+def read_image(path, source=None, large=contextlib.nullcontext):
     """The image at PATH (or in the binary file SOURCE), upright, at most
     MAX_SIDE pixels on a side. Its memory is bounded before it is decoded: a
     JPEG decodes at a reduced scale (draft), any other image must fit
-    DECODE_BUDGET decoded, and is shrunk as soon as it is."""
+    DECODE_BUDGET decoded, and is shrunk as soon as it is. An image over
+    LARGE_DECODE is decoded within LARGE() (serve: one at a time)."""
     from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
 
     try:
@@ -154,8 +159,9 @@ def read_image(path, source=None):
             with Image.open(path if source is None else source) as opened:
                 if opened.format == "JPEG":
                     opened.draft("RGB" if opened.mode != "L" else "L", (MAX_SIDE, MAX_SIDE))
-                check_decoded_size(path, opened)
-                opened.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+                gate = large() if check_decoded_size(path, opened) > LARGE_DECODE else NO_GATE
+                with gate:
+                    opened.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
                 return ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         millions = MAX_PIXELS // 10**6
@@ -172,8 +178,8 @@ def read_image(path, source=None):
 
 
 def check_decoded_size(path, opened):
-    """InputError (too large) if the opened image would take more than
-    DECODE_BUDGET bytes decoded (its header says how many)."""
+    """The bytes the opened image takes decoded (its header says how many);
+    InputError (too large) over DECODE_BUDGET."""
     width, height = opened.size
     decoded = width * height * BYTES_PER_PIXEL.get(opened.mode, 4)
     if decoded > DECODE_BUDGET:
@@ -182,6 +188,7 @@ def check_decoded_size(path, opened):
             f"{decoded // 2**20} MB decoded, over the {DECODE_BUDGET // 2**20} MB this reads; "
             f"send it smaller, or as a JPEG (read at a reduced scale)"
         )
+    return decoded
 
 
 def _pixels(image, channels):
@@ -201,6 +208,7 @@ def ink_map(rgb):
     much as black ink on white. The border's own differences are the photo's
     noise: the ink is what lies beyond them."""
     h, w = rgb.shape[1:]
+    source = rgb.data_ptr()  # (the caller's: never changed)
     blur = max(1, round(min(h, w) / 100)) | 1  # grain smaller than a stroke
     if blur > 1:
         padded = torch.nn.functional.pad(rgb[None], [blur // 2] * 4, mode="replicate")
@@ -208,18 +216,24 @@ def ink_map(rgb):
     band = max(1, round(BORDER * min(h, w)))
     edge = torch.ones(h, w, dtype=torch.bool)
     edge[band:-band, band:-band] = False
-    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    basis = torch.stack([torch.ones(h, w), x, y], dim=-1)  # [H, W, 3]: a plane a + bx + cy
-    known, values = basis[edge], rgb[:, edge].T  # [B, 3] each
+    ys, xs = torch.linspace(-1, 1, h), torch.linspace(-1, 1, w)
+    rows, cols = edge.nonzero(as_tuple=True)
+    # The border pixels' plane coordinates [B, 3]: a plane is a + bx + cy.
+    known = torch.stack([torch.ones(len(rows)), xs[cols], ys[rows]], dim=1)
+    values = rgb[:, edge].T  # [B, 3]
     keep = torch.ones(len(known), dtype=torch.bool)
     for _ in range(2):  # fit, then again without the border pixels the fit missed by far
         fit = torch.linalg.lstsq(known[keep], values[keep]).solution
         miss = (known @ fit - values).abs().amax(dim=1)
         keep = miss <= miss.median() + 3 * (miss - miss.median()).abs().median() + 1
-    paper = (basis @ fit).permute(2, 0, 1)
-    ink = (rgb - paper).abs().amax(dim=0)
+    # The paper taken away in place, one term of the plane at a time: the
+    # work stays at one [3, H, W] copy of the picture, whatever its size.
+    ink = rgb.clone() if rgb.data_ptr() == source else rgb
+    ink.sub_(fit[0][:, None, None]).sub_(fit[1][:, None, None] * xs[None, None, :])
+    ink.sub_(fit[2][:, None, None] * ys[None, :, None])
+    ink = ink.abs_().amax(dim=0)
     noise = float(torch.quantile(ink[edge], 0.99))
-    return (ink - noise).clamp(min=0)
+    return (ink - noise).clamp_(min=0)
 
 
 def _resize(grey, size):

@@ -20,8 +20,6 @@ beside it): saves are atomic, so a reload never sees half a file.
 """
 
 import asyncio
-import email.message
-import io
 import os
 import queue
 import signal
@@ -30,7 +28,8 @@ import sys
 import threading
 
 from mnist_hogwild.commands import httpguard
-from mnist_hogwild.commands.infer import class_probabilities, prepare_image
+from mnist_hogwild.commands.decoders import Decoders, Unavailable
+from mnist_hogwild.commands.infer import class_probabilities
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import CheckpointError, InputError
 from mnist_hogwild.core.loglines import say
@@ -38,11 +37,15 @@ from mnist_hogwild.core.processes import STOP_SIGNALS
 from mnist_hogwild.training import checkpoint
 
 MAX_BODY = 4 * 2**20  # bytes: a drawing is a few KB, a phone photo a few MB
+DRAIN = 4 * MAX_BODY  # a body over MAX_BODY is read on (and dropped) up to this
 BODY_SECONDS = 10.0  # for a request's body to arrive
 REQUEST_SECONDS = 10.0  # for its answer, in all
 MAX_WAITING = 64  # requests decoding or waiting to; beyond, 503 at once
 MAX_BATCH = 64  # predictions in one forward pass
-LIMIT_CONCURRENCY = 256  # uvicorn's: requests and connections, 503 beyond
+# uvicorn's limit counts open connections too, idle or slow ones included: it
+# is only a backstop above httpguard's bound on connections (which closes the
+# slowest instead of refusing a working client); MAX_WAITING bounds the work.
+LIMIT_CONCURRENCY = 2 * httpguard.MAX_CONNECTIONS
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "index.html")
 
 
@@ -93,7 +96,8 @@ class Batcher:
         self.thread.start()
 
     async def predict(self, image):
-        """(probabilities [10], state of the model that answered) for uint8 IMAGE [28, 28]."""
+        """(probabilities [10], state of the model that answered) for IMAGE, the
+        784 bytes of a 28x28 input."""
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         self.requests.put((image, answer, loop))
@@ -112,7 +116,8 @@ class Batcher:
             try:
                 model, state = self.model.current()
                 dataset = state["config"].get("dataset", "mnist")
-                images = torch.stack([image for image, _, _ in batch])
+                pixels = bytearray(b"".join(image for image, _, _ in batch))
+                images = torch.frombuffer(pixels, dtype=torch.uint8).view(len(batch), 28, 28)
                 answers = [(p, state) for p in class_probabilities(model, images, dataset)]
             except Exception as e:  # noqa: BLE001 - every waiting request hears of it
                 answers = [e] * len(batch)
@@ -129,32 +134,6 @@ def settle(future, answer):
         future.set_result(answer)
 
 
-def image_bytes(body, content_type):
-    """The image in a request's BODY: the first file of a multipart form, else
-    the body itself (its bytes say what it is, whatever CONTENT_TYPE claims)."""
-    header = email.message.Message()
-    header["content-type"] = content_type or "application/octet-stream"
-    if header.get_content_type() != "multipart/form-data":  # (lower-cased by email)
-        return body
-    boundary = header.get_param("boundary")
-    if not boundary:
-        raise InputError("a multipart/form-data body without its boundary")
-    for part in body.split(b"--" + str(boundary).encode("latin-1"))[1:]:
-        if part.startswith(b"--"):
-            break  # the closing delimiter
-        head, found, payload = part.partition(b"\r\n\r\n")
-        fields = head.decode("latin-1").lower()
-        if found and ("filename=" in fields or "content-type: image/" in fields):
-            return payload.removesuffix(b"\r\n")
-    raise InputError("the form has no file in it: send the image as a file (curl -F file=@7.png)")
-
-
-def decode(body, content_type, dataset):
-    """(In the pool.) The 28x28 input the model reads from a request's body."""
-    image = prepare_image("the image", dataset, io.BytesIO(image_bytes(body, content_type)))
-    return image
-
-
 def refusal(error):
     """An InputError as a sentence, and its status (413 for sizes)."""
     reason = str(error).removeprefix("the image: ")
@@ -162,13 +141,13 @@ def refusal(error):
     return reason[0].upper() + reason[1:] + ".", status
 
 
-def make_app(model, batcher, pool_threads):
-    from anyio import CapacityLimiter, fail_after, to_thread  # noqa: PLC0415
+def make_app(model, batcher, decoders):
+    from anyio import fail_after, to_thread  # noqa: PLC0415
     from starlette.applications import Starlette  # noqa: PLC0415 - only serve needs them
     from starlette.responses import FileResponse, JSONResponse  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
 
-    limiter, waiting = CapacityLimiter(pool_threads), [0]
+    waiting = [0]
 
     def refuse(message, status=400):
         return JSONResponse({"error": message}, status_code=status)
@@ -183,12 +162,13 @@ def make_app(model, batcher, pool_threads):
         waiting[0] += 1
         try:
             with fail_after(REQUEST_SECONDS):
-                image = await to_thread.run_sync(decode, body, request.headers.get("content-type"),
-                                                 model.dataset, limiter=limiter,
-                                                 abandon_on_cancel=True)  # fmt: skip
+                image = await decoders.decode(body, request.headers.get("content-type"),
+                                              model.dataset)  # fmt: skip
                 probabilities, state = await batcher.predict(image)
         except InputError as e:
             return refuse(*refusal(e))
+        except Unavailable as e:
+            return refuse(f"{e}.", 503)
         except TimeoutError:
             return refuse(f"Reading the image took over {REQUEST_SECONDS:g} s; send a smaller one.",
                           503)  # fmt: skip
@@ -197,7 +177,7 @@ def make_app(model, batcher, pool_threads):
         return JSONResponse(answer(probabilities, image, state))
 
     async def rows(request):
-        rows, intervals = await to_thread.run_sync(read_curves, model.path, limiter=limiter)
+        rows, intervals = await to_thread.run_sync(read_curves, model.path)
         name = os.path.basename(model.path)  # (not the server's folders)
         return JSONResponse({"checkpoint": name, "metrics": rows, "intervals": intervals})
 
@@ -210,30 +190,37 @@ def make_app(model, batcher, pool_threads):
 
 async def receive(request):
     """(the request's body, None), or (None, (what is wrong, its status)):
-    over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408)."""
+    over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408). A body
+    over the limit is read on (not kept) up to DRAIN bytes, so that the
+    client, still sending, gets the 413 rather than a reset connection."""
     from anyio import fail_after  # noqa: PLC0415
 
-    too_large = (f"The body is over {MAX_BODY // 2**20} MB, the most this accepts.", 413)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        return None, too_large
-    body = bytearray()
+    if declared.isdigit() and int(declared) > DRAIN:
+        return None, too_large()  # (then closed: not worth reading)
+    body, size = bytearray(), 0
     try:
         with fail_after(BODY_SECONDS):
             async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return None, too_large
+                size += len(chunk)
+                if size > DRAIN:
+                    break
+                if size <= MAX_BODY:
+                    body += chunk
     except TimeoutError:
         return None, (f"The body took over {BODY_SECONDS:g} s to arrive.", 408)
-    return bytes(body), None
+    return (bytes(body), None) if size <= MAX_BODY else (None, too_large())
+
+
+def too_large():
+    return f"The body is over {MAX_BODY // 2**20} MB, the most this accepts.", 413
 
 
 def answer(probabilities, image, state):
     return {
         "digit": int(probabilities.argmax()),
         "probabilities": [round(float(p), 6) for p in probabilities],
-        "input": image.flatten().tolist(),  # the 28x28 the model saw, light on dark
+        "input": list(image),  # the 28x28 the model saw (784 bytes), light on dark
         "epoch": state["epoch"],
     }
 
@@ -250,8 +237,9 @@ def run_command(args):
     # threads cost a small image far more in hand-offs than they give).
     torch.set_num_threads(1)
     model = Model(args.checkpoint)
-    pool_threads = max(1, min(4, cpus.usable_cpus()))
-    app = make_app(model, Batcher(model, args.max_batch), pool_threads)
+    # First, before any thread exists: the readers are forked from this process.
+    decoders = Decoders(max(1, min(4, cpus.usable_cpus())))
+    app = make_app(model, Batcher(model, args.max_batch), decoders)
     try:  # bound here, so that a taken port is one line of ours
         listener = socket.create_server((args.host, args.port), reuse_port=False, backlog=1024)
     except OSError as e:
@@ -271,5 +259,8 @@ def run_command(args):
     # signal again for the handler it found: a stop is the end of serving, exit 0.
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: None)
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    finally:
+        decoders.close()
     return 0
