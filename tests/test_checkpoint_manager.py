@@ -154,3 +154,26 @@ def test_the_best_model_is_kept_beside_the_checkpoint(tmp_path):
     ).read_bytes()
     assert os.stat(tmp_path / "ck.best.pth").st_nlink == 1  # a copy, never a link
     assert checkpoint.load(str(path), valid_state()["model_state"])["epoch"] == 3
+
+
+def test_the_older_layouts_slots_are_kept_in_the_history_before_anything_is_written(tmp_path):
+    """STEM.prev.pth and STEM.prev.best.pth (the four-file layout of earlier
+    versions), and a damaged file at the path, each kept once, as they were."""
+    path = tmp_path / "ck.pth"
+    slots = {
+        "ck.prev.pth": valid_state(epoch=2, metrics=[{"epoch": 2, "accuracy_percent": 97.0}]),
+        "ck.prev.best.pth": valid_state(epoch=4, metrics=[{"epoch": 4, "accuracy_percent": 99.0}]),
+    }
+    for name, state in slots.items():
+        checkpoint.save(state, str(tmp_path / name))
+    path.write_bytes(b"damaged")
+    for _ in range(2):  # a second run finds them kept already
+        m, notes = manager(path)
+        m.open()
+        m.close()
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "ck.models").iterdir()}
+    assert len(kept) == 3 and b"damaged" in kept.values()
+    for name in slots:
+        assert (tmp_path / name).read_bytes() in kept.values()
+    assert any(n.startswith("unreadable_") for n in kept)
+    assert any(n.startswith("mnist_e04_acc99.00_") for n in kept)
