@@ -314,6 +314,10 @@ def test_every_decoder_failure_of_pillow_is_one_line(monkeypatch, tmp_path, erro
     from mnist_hogwild.core.errors import InputError  # noqa: PLC0415
 
     class Broken:
+        """An image whose header reads and whose decoding fails."""
+
+        format, mode, size = "PNG", "L", (28, 28)
+
         def __enter__(self):
             return self
 
@@ -321,6 +325,9 @@ def test_every_decoder_failure_of_pillow_is_one_line(monkeypatch, tmp_path, erro
             return False
 
         def load(self):
+            raise error
+
+        def thumbnail(self, *args, **kwargs):  # (decoding happens here: it loads)
             raise error
 
     monkeypatch.setattr(PilImage, "open", lambda *a, **k: Broken())
