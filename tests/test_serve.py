@@ -346,9 +346,12 @@ def test_slow_clients_are_closed_and_never_lock_others_out(server):
         status, answer = raw_post(url, png(stroke), {"Content-Type": "image/png"})
         assert status == 200 and answer["digit"] == 1
     deadline = time.monotonic() + 60
-    for s in slow:  # each gets the server's close (EOF) within the header deadline
+    for s in slow:  # each gets the server's close within the header deadline
         s.settimeout(max(0.1, deadline - time.monotonic()))
-        assert s.recv(1) == b"", "a slow connection was never closed"
+        try:
+            assert s.recv(1) == b"", "a slow connection was answered instead of closed"
+        except ConnectionResetError:
+            pass  # (a close with its unread byte still queued is a reset: closed all the same)
         s.close()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0

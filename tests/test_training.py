@@ -64,7 +64,8 @@ def test_two_worker_run_learns_and_writes_checkpoint_and_metrics(tmp_path, data_
     # Progress lines come from one place, not one copy per worker.
     progress = [s for s in proc.stdout.splitlines() if s.startswith("epoch 1/2 [")]
     assert len(progress) == len(set(progress)) >= 2
-    assert batches_this_run(proc.stdout) == 2 * 40
+    # (2,560 images less the twelfth held out for validation: 37 batches of 64 an epoch)
+    assert batches_this_run(proc.stdout) == 2 * state["batches_per_epoch"] == 2 * 37
 
 
 def signal_mid_epoch(tmp_path, data_dir, signum, extra=(), group=False):
