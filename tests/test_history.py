@@ -51,18 +51,28 @@ class World:
         if accuracy > self.best.get(dataset, (-1, None))[0]:
             self.best[dataset] = (accuracy, history.weights_hash(state["model_state"]))
 
+    def kept(self, state):
+        """An evaluated STATE counts as trained once it reached the disk (a kill
+        may land after its save, before the run heard of it)."""
+        digest = history.weights_hash(state["model_state"])
+        if any(e.hash == digest for e in history.History(self.path, print).entries()):
+            self.evaluated(state)
+
     # ----- what users do -------------------------------------------------
     def run(self, resume=False, dry_run=False):
         """A run: some evaluated epochs, maybe a stop (Ctrl-C) within an epoch,
         maybe killed at a random file operation."""
         m = self.manager(resume=resume, dry_run=dry_run)
         kill_after = self.rng.choice([None, None, self.rng.randrange(1, 40)])
+        self.pending = None
         with kills(kill_after):
             try:
                 self.train(m, resume)
                 m.close()
             except Killed:
                 m.lock.release()  # the kernel's part of a death
+        if self.pending is not None:
+            self.kept(self.pending)
 
     def train(self, m, resume):
         m.open()
@@ -82,9 +92,12 @@ class World:
                 accuracy = self.rng.uniform(5, 20)
             rows.append({"epoch": epoch, "accuracy_percent": round(accuracy, 2)})
             state = self.state(dataset, epoch, rows, run_id)
-            m.save_epoch(state)
             if not m.dry_run:  # (a dry run's model is at most PATH, never in the history)
+                self.pending = state
+            m.save_epoch(state)
+            if not m.dry_run:
                 self.evaluated(state)
+                self.pending = None
         if self.rng.random() < 0.4:  # Ctrl-C within the next epoch: a saved stop
             m.save(self.state(dataset, epoch, rows, run_id, step=self.rng.randrange(1, 10)))
 

@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import socket
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 
@@ -301,7 +302,9 @@ def load(source, model_state, name=None):
         source = io.BytesIO(payload)
     check_crc(source, name)
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # (bytes that are no checkpoint: the error says so)
+            warnings.simplefilter("ignore")
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - bytes that fail to parse, in any way, are no checkpoint
         reason = _reason(e)
         if "GLOBAL" in reason:

@@ -141,15 +141,17 @@ class CheckpointManager:
         return time.perf_counter() - started
 
     def save_epoch(self, state):
-        """An evaluated epoch: the checkpoint, the metrics file, the model in
-        the history and the best model's copy. A dry run writes neither the
-        metrics nor the history."""
+        """An evaluated epoch: the model in the history first (so that no kill
+        leaves it only in the checkpoint, which a later write could replace),
+        then the checkpoint, the metrics file and the best model's copy. A
+        dry run writes neither the history nor the metrics."""
         self.dataset, self.run_id = state["config"].get("dataset"), state.get("run_id")
+        keeps = self.writes and not self.dry_run
+        latest = self.history.add(state) if keeps else None
         seconds = self.save(state)
-        if not self.writes or self.dry_run:
+        if not keeps:
             return seconds
         checkpoint.write_metrics(self.path, state["metrics"], state.get("intervals", []))
-        latest = self.history.add(state)
         self.history.settle_run(self.run_id, latest)
         self.history.refresh_copy(self.dataset, self.best_path)
         return seconds
