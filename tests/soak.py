@@ -389,12 +389,18 @@ class Soak:
             self.tally["faults"] += 1
             last = out.strip().splitlines()[-1] if out.strip() else ""
             progress = self.load(ckpt)
-            print(f"  disk full: exit {code}; {last}; checkpoint {progress}", flush=True)
+            # Room for one model file: the first epoch's goes to the history
+            # first (a copy, never a link), so the checkpoint beside it may not fit.
+            models = os.path.join(mount, "model_checkpoint.models")
+            kept = sorted(os.listdir(models)) if os.path.isdir(models) else []
+            print(
+                f"  disk full: exit {code}; {last}; checkpoint {progress}; kept {kept}", flush=True
+            )
             if (
                 code != 1
                 or "No space left on device" not in last
                 or "Traceback" in out
-                or progress is None
+                or (progress is None and not any(n.endswith(".pth") for n in kept))
             ):
                 self.problem(f"disk full not handled: exit {code}, {last}")
         finally:

@@ -65,6 +65,7 @@ class CheckpointManager:
         self.writer = None  # the node that writes PATH for this one (see follow)
         self.last_save = time.monotonic()
         self.dataset = self.run_id = None  # of the last evaluated epoch saved
+        self.failed = False  # a save failed (a full disk): the end prunes nothing
 
     # ----- start ---------------------------------------------------------
     def follow(self, writer):
@@ -136,7 +137,9 @@ class CheckpointManager:
         """Write STATE to the checkpoint; returns the seconds it took."""
         started = time.perf_counter()
         if self.writes:
+            self.failed = True  # (until the save returns: close() then leaves the files be)
             checkpoint.save(state, self.path)
+            self.failed = False
         self.last_save = time.monotonic()
         return time.perf_counter() - started
 
@@ -147,6 +150,7 @@ class CheckpointManager:
         dry run writes neither the history nor the metrics."""
         self.dataset, self.run_id = state["config"].get("dataset"), state.get("run_id")
         keeps = self.writes and not self.dry_run
+        self.failed = keeps
         latest = self.history.add(state) if keeps else None
         seconds = self.save(state)
         if not keeps:
@@ -173,9 +177,10 @@ class CheckpointManager:
     # ----- end -----------------------------------------------------------
     def close(self):
         """The run ended (finished, stopped or failed, but not killed): prune
-        the history (this run's models stay: the checkpoint resumes it)."""
+        the history (this run's models stay: the checkpoint resumes it),
+        unless a save failed: then nothing more is written."""
         try:
-            if self.writes and not self.dry_run and self.dataset:
+            if self.writes and not self.dry_run and self.dataset and not self.failed:
                 self.history.prune(self.keep_models, self.run_id)
                 self.history.refresh_copy(self.dataset, self.best_path)
         except (OSError, CheckpointError) as e:
