@@ -107,23 +107,21 @@ class History:
 
     def entries(self):
         """Every model file, parsed from its name (unreadable ones are not models)."""
-        try:
-            names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return []
-        return [e for e in map(Entry.parse, names) if e is not None]
+        return [e for e in map(Entry.parse, self.listing()) if e is not None]
 
     def where(self, name):
         return os.path.join(self.directory, name)
 
     def hashes(self):
-        return {e.hash for e in self.entries()} | {
-            m["hash"] for m in map(UNREADABLE.match, self.listing()) if m
-        }
+        """The hashes of every file kept, models and unreadable files alike."""
+        names = self.listing()
+        kept = [Entry.parse(n) for n in names]
+        unreadable = [UNREADABLE.match(n) for n in names]
+        return {e.hash for e in kept if e} | {m["hash"] for m in unreadable if m}
 
     def listing(self):
         try:
-            return os.listdir(self.directory)
+            return sorted(os.listdir(self.directory))
         except FileNotFoundError:
             return []
 

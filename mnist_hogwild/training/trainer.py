@@ -12,6 +12,7 @@ before it.
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the reductions that send shared tensors by fd
@@ -105,6 +106,7 @@ class Trainer:
         self.adaptation = adaptation  # (hogwild/adapt.py: what the workers train with)
         self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
         self.counters = pool.counters
+        self.staleness_counts = partial(pool.counters.staleness_counts, pool.check)
         self.splits = load_splits(options, config, device)
         self.per_epoch = batches_per_epoch(self.splits.trained, config.batch_size)
         self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
@@ -286,9 +288,6 @@ class Trainer:
         loss, seconds = self.node.sum_and_max(loss, seconds)
         base = self.record.partial_epoch
         return {"loss_sum": base["loss_sum"] + loss, "seconds": base["seconds"] + seconds}
-
-    def staleness_counts(self):
-        return self.counters.staleness_counts(self.pool.check)
 
     def snapshot(self, epoch, step, partial=None):
         """The checkpoint dict for (EPOCH, STEP); PARTIAL defaults to the run's."""
