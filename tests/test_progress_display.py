@@ -39,11 +39,16 @@ def test_a_terminal_gets_one_bar_per_epoch_redrawn_in_place(big_data_dir, tmp_pa
 
 
 def test_a_pipe_gets_the_progress_lines_unchanged(big_data_dir, tmp_path):
+    """A line once an interval of batches is done since the last. The parent
+    reports when it wakes, and on a busy machine one wake-up may cover several
+    intervals: 28 intervals in the epoch leave room for late wake-ups."""
     proc = subprocess.run(
-        trainer_cmd("--data-dir", big_data_dir, "--epochs", "1", "--log-interval", "50"),
+        trainer_cmd("--data-dir", big_data_dir, "--epochs", "1", "--log-interval", "10"),
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stdout and "%|" not in proc.stdout
     progress = loglines.parse_lines("progress", proc.stdout)
-    assert len(progress) >= 5 and progress[0]["epoch"] == 1
+    assert len(progress) >= 5 and {p["epoch"] for p in progress} == {1}, proc.stdout
+    samples = [p["samples"] for p in progress]
+    assert samples == sorted(set(samples)), samples
