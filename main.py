@@ -49,7 +49,11 @@ def run_command(name, argv):
     """evaluate, infer, export, plot, serve or models: parse their flags, run, one line per error."""
     args = command_parser(name).parse_args(argv)
     try:
-        return command_function(name)(args)
+        run = command_function(name)
+        from mnist_hogwild.commands.output import keep_found_models  # torch: after --help
+
+        keep_found_models(args.checkpoint)
+        return run(args)
     except UsageError as e:
         say(f"error: {e}", sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+from mnist_hogwild.commands import output
 from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import CheckpointError
 from mnist_hogwild.training import checkpoint, history
@@ -115,7 +116,14 @@ class World:
                 f.write(os.urandom(64))
 
     def command(self):
-        """What evaluate/infer/export do with the files: read them."""
+        """What every command does first: keep a model found at the path that the
+        history lacks (maybe killed while it does); then what evaluate, infer
+        and export do with the files: read them."""
+        with kills(self.rng.choice([None, self.rng.randrange(1, 8)])):
+            try:
+                output.keep_found_models(self.path)
+            except Killed:
+                pass
         for entry in history.History(self.path, print).entries():
             checkpoint.load(
                 os.path.join(self.root, "ck.models", entry.name), valid_state()["model_state"]

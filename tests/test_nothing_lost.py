@@ -171,10 +171,13 @@ def test_no_command_writes_over_a_trained_model(trained, data_dir, tmp_path, arg
     assert proc.returncode == code, proc.stderr
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before}
     assert after == before
+    # mnist_cnn.pt arrived without its history: the command kept it there first
+    assert md5(tmp_path / "mnist_cnn.pt") in history_md5s(tmp_path, "mnist_cnn")
     if code:
         (error,) = proc.stderr.strip().splitlines()
         assert error.startswith("error: ") and "choose another path" in error
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # nothing half done
+        made = sorted(p.name for p in tmp_path.iterdir())
+        assert made == sorted([*before, "mnist_cnn.models"])  # no output half done
     else:
         assert (tmp_path / "mnist_cnn.export.pt").exists()
 
@@ -326,3 +329,77 @@ def test_a_sticky_folder_that_forbids_replacing_the_checkpoint_refuses_to_start(
         f"cannot replace {folder}/m.pth: it belongs to uid 0 in a sticky"
     ), message
     assert left == ["m.pth"]  # refused before it wrote anything
+
+
+def digit_png(path):
+    """A one: a light stroke on a dark ground."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(picture).line([(14, 4), (14, 23)], fill=255, width=3)
+    picture.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("evaluate", "--out", "e.json", "--data-dir", "DATA"), ("infer", "seven.png"),
+     ("export", "--out", "m.pt2"), ("models",)],
+    ids=["evaluate", "infer", "export", "models"],
+)  # fmt: skip
+def test_the_first_command_that_sees_a_copied_in_checkpoint_keeps_it(
+    trained, data_dir, tmp_path, args
+):
+    shutil.copy(trained / "ck.pth", tmp_path / "m.pth")  # without its best file or history
+    digit_png(tmp_path / "seven.png")
+    copied = md5(tmp_path / "m.pth")
+    args = [data_dir if a == "DATA" else a for a in args] + ["--checkpoint", "m.pth"]
+    proc = command(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    kept = history_md5s(tmp_path, "m")
+    assert list(kept) == [copied] and kept[copied].startswith("mnist_e02_"), kept
+    assert f"kept m.models/{kept[copied]} (found at m.pth)" in proc.stdout
+    if args[0] == "models":
+        assert kept[copied] in proc.stdout.splitlines()[-1]  # listed, once kept
+    again = command(*args, cwd=tmp_path)
+    assert "kept" not in again.stdout and history_md5s(tmp_path, "m") == kept
+
+
+def test_a_command_keeps_no_history_of_a_history_file_a_copy_or_an_unreadable_file(
+    trained, tmp_path
+):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    (work / "garbage.pth").write_bytes(b"not a checkpoint")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    (name,) = [p.name for p in (work / "ck.models").iterdir() if "_e02_" in p.name]
+    proc = command("export", "--checkpoint", f"ck.models/{name}", cwd=work)
+    exported = name.removesuffix(".pth") + ".pt2"
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(f" to {exported}"), proc.stderr
+    assert "kept" not in proc.stdout  # (and beside the history: only training writes in it)
+    proc = command("export", "--out", f"ck.models/{exported}", "--checkpoint",
+                   f"ck.models/{name}", cwd=work)  # fmt: skip
+    assert proc.returncode == 2 and "where only training writes" in proc.stderr, proc.stderr
+    proc = command("export", "--out", "../m.pt2", "--checkpoint", "ck.best.pth", cwd=work)
+    assert proc.returncode == 0 and "kept" not in proc.stdout, proc.stderr
+    proc = command("export", "--out", "../g.pt2", "--checkpoint", "garbage.pth", cwd=work)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    made = {"m.pt2", exported}
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.name not in made)
+    assert after == before and (work / exported).is_file()
+
+
+def test_a_command_that_cannot_write_the_history_says_so_and_answers(trained, tmp_path):
+    shutil.copy(trained / "ck.pth", tmp_path / "m.pth")
+    (tmp_path / "m.models").write_text("a file where the history would go")
+    proc = command("infer", digit_png(tmp_path / "seven.png"), "--checkpoint", "m.pth",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (note,) = [line for line in proc.stdout.splitlines() if line.startswith("note: ")]
+    assert "cannot read m.models: Not a directory" in note, note
+    assert "the next training run on m.pth keeps it" in note
+    assert "seven.png" in proc.stdout.splitlines()[-1]  # the answer, after the note
+    proc = command("models", "--checkpoint", "m.pth", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: cannot read m.models: Not a directory"
+    ], proc.stderr

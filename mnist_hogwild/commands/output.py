@@ -5,9 +5,33 @@ training run owns beside it)."""
 import os
 
 from mnist_hogwild.core.errors import CheckpointError, InputError, UsageError
+from mnist_hogwild.core.loglines import say
 from mnist_hogwild.training import checkpoint, history
-from mnist_hogwild.training.checkpoint_manager import run_files
+from mnist_hogwild.training.checkpoint_manager import OLDER_LAYOUT, adopt_found, run_files
 from model import Net
+
+SLOTS = (".best.pth", *OLDER_LAYOUT)  # copies beside a checkpoint, kept in its history
+
+
+def keep_found_models(path):
+    """Keep in the history beside checkpoint PATH each model found there that it
+    lacks (copied in, an older layout), as a training run does before it
+    writes: the first command that sees such a file keeps it too. Not a file
+    in a history or a copy beside a checkpoint (the run on that checkpoint
+    keeps them), nor one that does not load: a command replaces nothing. A
+    history that cannot be written gets a note, and the command goes on."""
+    path = os.path.realpath(path) if os.path.islink(path) else path
+    if path.endswith(SLOTS) or in_history(path):
+        return
+    try:
+        adopt_found(history.History(path, say), path, going_on=True, unreadable=False)
+    except CheckpointError as e:
+        say(f"note: {e}; the next training run on {path} keeps it")
+
+
+def in_history(model):
+    """Whether MODEL is a file of a model history (STEM.models/NAME)."""
+    return os.path.dirname(os.path.realpath(model)).endswith(".models")
 
 
 def check_output(path, model):
@@ -23,11 +47,13 @@ def check_output(path, model):
                 f"{path} is {what} {model}: writing there would replace a trained model; "
                 f"choose another path"
             )
-    if os.path.dirname(target) == os.path.realpath(history.folder(model)):
-        raise UsageError(
-            f"{path} is in {history.folder(model)}, where only training writes (each model "
-            f"once); choose another path"
-        )
+    folders = [history.folder(model)] + ([os.path.dirname(model)] if in_history(model) else [])
+    for models in folders:
+        if os.path.dirname(target) == os.path.realpath(models):
+            raise UsageError(
+                f"{path} is in {models}, where only training writes (each model once); "
+                f"choose another path"
+            )
     if os.path.isfile(target) and is_checkpoint(target):
         raise UsageError(
             f"{path} holds a trained model (a checkpoint): writing there would replace it; "

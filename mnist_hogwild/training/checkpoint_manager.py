@@ -46,6 +46,17 @@ def run_files(path):
     return [path, *siblings, os.path.join(directory, f".{name}.lock")]
 
 
+def adopt_found(history, path, going_on, unreadable=True):
+    """Keep in HISTORY each model file found at checkpoint PATH that it lacks:
+    PATH, STEM.best.pth and the older layout's slots; PATH's Entry, or None.
+    GOING_ON: PATH's run may go on from it (see History.adopt); UNREADABLE:
+    keep the bytes of a file that does not load."""
+    found = [path, sibling(path, ".best.pth"), *(sibling(path, s) for s in OLDER_LAYOUT)]
+    expected = Net().state_dict()
+    entries = [history.adopt(p, expected, going_on and p == path, unreadable) for p in found]
+    return entries[0]
+
+
 class CheckpointManager:
     def __init__(self, options, log, warn):
         # A checkpoint name that is a symlink stands for the file it points at:
@@ -95,14 +106,10 @@ class CheckpointManager:
 
     def adopt(self):
         """Keep in the history each model file found at PATH that it lacks."""
-        found = [self.path, self.best_path, *(sibling(self.path, s) for s in OLDER_LAYOUT)]
-        expected = Net().state_dict()
         try:
-            entries = [
-                self.history.adopt(p, expected, self.resume and p == self.path) for p in found
-            ]
-            if entries[0] is not None:  # the checkpoint's data set: its best is the copy's
-                self.history.refresh_copy(entries[0].dataset, self.best_path)
+            entry = adopt_found(self.history, self.path, going_on=self.resume)
+            if entry is not None:  # the checkpoint's data set: its best is the copy's
+                self.history.refresh_copy(entry.dataset, self.best_path)
         except CheckpointError as e:
             raise CheckpointError(f"{e}; nothing was overwritten") from None
 

@@ -124,6 +124,8 @@ class History:
             return sorted(os.listdir(self.directory))
         except FileNotFoundError:
             return []
+        except OSError as e:  # not a folder, or not ours to read
+            raise CheckpointError(f"cannot read {self.directory}: {e.strerror or e}") from None
 
     # ----- writing -------------------------------------------------------
     def add(self, state, payload=None):
@@ -134,13 +136,13 @@ class History:
             self.write(entry.name, payload if payload is not None else checkpoint.to_bytes(state))
         return next((e for e in self.entries() if e.hash == entry.hash), entry)
 
-    def adopt(self, path, model_state, resuming=False):
+    def adopt(self, path, model_state, resuming=False, unreadable=True):
         """Keep the model file PATH (found at the run's path: copied in, written
         by an older version, or a slot of the older layout) unless it is kept
-        already; its Entry (None if unreadable: then kept as its bytes). RESUMING: PATH
-        is the checkpoint a run resumes, kept only if it holds an evaluated
-        epoch and its run has no model here (it arrived without its history);
-        else the run goes on from it."""
+        already; its Entry (None if unreadable: then kept as its bytes if
+        UNREADABLE). RESUMING: PATH is a checkpoint whose run may go on (a
+        resume, or a command reading it), kept only if it holds an evaluated
+        epoch and its run has no model here (it arrived without its history)."""
         try:
             with open(path, "rb") as f:
                 payload = f.read()
@@ -150,7 +152,7 @@ class History:
             state = checkpoint.load(path, model_state)
         except CheckpointError:
             digest = hashlib.sha256(payload).hexdigest()[:8]
-            if digest not in self.hashes():
+            if unreadable and digest not in self.hashes():
                 self.write(f"unreadable_{digest}.pth", payload, f" ({path} does not load)")
             return None
         entry = Entry.parse(name_for(state))
@@ -162,9 +164,9 @@ class History:
 
     def write(self, name, payload, why=None):
         """Write a new file NAME; a line says so if WHY (adopted files)."""
-        os.makedirs(self.directory, exist_ok=True)
         target = self.where(name)
         try:
+            os.makedirs(self.directory, exist_ok=True)
             checkpoint.atomic_write(target, lambda f: f.write(payload), replace=False)
         except FileExistsError:
             return  # the same model, kept by an earlier save
