@@ -8,6 +8,7 @@ import time
 import pytest
 
 from mnist_hogwild.core import loglines
+from mnist_hogwild.training import checkpoint
 from harness import epoch_rows
 from conftest import (
     FASHION,
@@ -209,7 +210,8 @@ def test_target_accuracy_stops_at_the_first_epoch_that_reaches_it(tmp_path, data
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
-    assert rows[-1]["accuracy_percent"] >= 90 > max(r["accuracy_percent"] for r in rows[:-1])
+    decided = [checkpoint.decided_by(r) for r in rows]  # the validation images' accuracy
+    assert "validation_accuracy_percent" in rows[-1] and decided[-1] >= 90 > max(decided[:-1])
     assert len(rows) < 6
     (target,) = loglines.parse_lines("target", proc.stdout)
     assert target["epoch"] == len(rows)

@@ -136,11 +136,11 @@ class History:
             self.write(entry.name, payload if payload is not None else checkpoint.to_bytes(state))
         return next((e for e in self.entries() if e.hash == entry.hash), entry)
 
-    def adopt(self, path, model_state, resuming=False, unreadable=True):
+    def adopt(self, path, model_state, going_on=False, unreadable=True):
         """Keep the model file PATH (found at the run's path: copied in, written
         by an older version, or a slot of the older layout) unless it is kept
         already; its Entry (None if unreadable: then kept as its bytes if
-        UNREADABLE). RESUMING: PATH is a checkpoint whose run may go on (a
+        UNREADABLE). GOING_ON: PATH is a checkpoint whose run may go on (a
         resume, or a command reading it), kept only if it holds an evaluated
         epoch and its run has no model here (it arrived without its history)."""
         try:
@@ -156,7 +156,7 @@ class History:
                 self.write(f"unreadable_{digest}.pth", payload, f" ({path} does not load)")
             return None
         entry = Entry.parse(name_for(state))
-        if resuming and (not state["metrics"] or any(e.run == entry.run for e in self.entries())):
+        if going_on and (not state["metrics"] or any(e.run == entry.run for e in self.entries())):
             return None  # (its run goes on from it; nothing evaluated yet is no model to keep)
         if entry.hash not in self.hashes():
             self.write(entry.name, payload, f" (found at {path})")
