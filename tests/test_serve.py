@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 from conftest import MAIN, run_trainer
 from PIL import Image, ImageDraw, ImageOps
-from procs import LineReader
+from procs import LineReader, alive, comm, descendants, wait_until
 
 from mnist_hogwild.learn import data
 
@@ -371,3 +371,34 @@ def test_an_unreadable_checkpoint_is_warned_about_once(server):
     assert proc.wait(timeout=30) == 0
     warnings = [line for line in proc.out.rest(10).splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "still serving the model of epoch 1" in warnings[0], warnings
+
+
+def test_image_readers_that_die_are_replaced_and_every_request_is_answered(server):
+    """The image readers killed twice over (as the kernel's OOM killer would):
+    the spawner forks one in each one's place, and each request is answered."""
+    url, _, proc = server
+    stroke = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
+
+    def named(name):
+        return sorted(p for p in descendants(proc.pid) if comm(p) == name and alive(p))
+
+    readers, spawner = named("image-reader"), named("reader-spawner")
+    assert readers and len(spawner) == 1, descendants(proc.pid)
+    seen = set(readers + spawner)
+    for _ in range(2):
+        for pid in readers:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda gone=tuple(readers): not any(map(alive, gone)), 30)  # premise
+        for _ in range(len(readers) + 2):
+            status, answer = post(url, png(stroke))
+            assert status == 200 and answer["digit"] == 1, answer
+        replaced = named("image-reader")
+        assert len(replaced) == len(readers) and not set(replaced) & seen, (readers, replaced)
+        readers = replaced
+        seen |= set(replaced)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    log = proc.out.rest(10)
+    assert "warning: image readers: " in log and "Traceback" not in log, log
+    assert wait_until(lambda: not any(alive(p) for p in seen), 10)  # none left behind

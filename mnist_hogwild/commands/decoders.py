@@ -14,6 +14,12 @@ The wire (big-endian): request = header length (4), body length (4), header
 error), length (4), then 784 bytes (the 28x28 input) or the error's text.
 An image over infer.LARGE_DECODE is decoded by one worker at a time (LARGE),
 so that the memory stays bounded however many arrive together.
+
+A worker that dies (the kernel's OOM killer, a kill) is replaced by one that
+the spawner forks: a process forked first, before any thread exists, that
+only forks workers and hands each one's socket back (SCM_RIGHTS). A worker
+forked from the server later would copy a process with threads (the batcher,
+the loop, torch's), whose locks it could inherit held.
 """
 
 import asyncio
@@ -27,9 +33,11 @@ import struct
 
 from mnist_hogwild.commands import httpguard
 from mnist_hogwild.commands.infer import prepare_image
+from mnist_hogwild.core import processes
 from mnist_hogwild.core.errors import InputError
 
 LARGE_WAIT = 10.0  # seconds a worker waits for its turn at a large image
+SPAWN_SECONDS = 10.0  # the most the spawner may take to fork a worker
 
 
 class Unavailable(Exception):
@@ -37,26 +45,26 @@ class Unavailable(Exception):
 
 
 class Decoders:
-    """PROCESSES workers; decode() hands a request to an idle one."""
+    """COUNT workers; decode() hands a request to an idle one."""
 
-    def __init__(self, processes):
+    def __init__(self, count):
         import multiprocessing  # noqa: PLC0415
 
         self.large = multiprocessing.get_context("fork").Lock()
-        self.workers = [self.fork() for _ in range(processes)]
+        self.spawner = Spawner(self.large)
+        self.workers = []
+        for _ in range(count):
+            self.workers.append(self.fork())
         self.idle = None  # an asyncio.Queue of (pid, reader, writer), made on the loop
+        self.replacing = None  # an asyncio.Lock: one replacement at a time
 
     def fork(self):
         mine, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the worker: it never returns into the server's code
-            mine.close()
-            code = 0
-            try:
-                serve_requests(theirs, self.large)
-            except BaseException:  # noqa: BLE001 - a worker ends here, whatever happens
-                code = 1
-            os._exit(code)
+            for sock in [mine, self.spawner.control, *(w[1] for w in self.workers)]:
+                sock.close()  # (the server's ends: its death is their end)
+            run_worker(theirs, self.large)
         theirs.close()
         return pid, mine
 
@@ -64,19 +72,23 @@ class Decoders:
         """The 28x28 input (784 bytes) read from a request's BODY by a worker;
         InputError for what is not a readable image, Unavailable if none can."""
         if self.idle is None:
-            self.idle = asyncio.Queue()
+            self.idle, self.replacing = asyncio.Queue(), asyncio.Lock()
             for pid, sock in self.workers:
-                self.idle.put_nowait((pid, *await asyncio.open_connection(sock=sock)))
-        if not self.workers:
-            raise Unavailable("every image reader died; restart serve")
-        worker = await self.idle.get()
+                self.idle.put_nowait(await connected(pid, sock))
+        worker = None
+        while worker is None or worker[1].at_eof():  # (one that died while idle: replaced)
+            if worker is not None:
+                await self.lost(worker)
+            if not self.workers:
+                raise Unavailable("every image reader died and none could be started")
+            worker = await self.idle.get()
         try:
             status, payload = await exchange(worker, body, content_type, dataset)
         except asyncio.CancelledError:  # (the request's time ran out) its answer still comes
             asyncio.get_running_loop().create_task(self.drain(worker))
             raise
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            self.lost(worker)
+            await self.lost(worker)
             raise Unavailable("the image reader died reading it") from None
         self.idle.put_nowait(worker)
         if status:
@@ -90,25 +102,115 @@ class Decoders:
             self.idle.put_nowait(worker)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             os.kill(worker[0], signal.SIGKILL)
-            self.lost(worker)
+            await self.lost(worker)
 
-    def lost(self, worker):
+    async def lost(self, worker):
+        """WORKER died: a note, and a new worker from the spawner in its place."""
         pid = worker[0]
+        worker[2].close()
         self.workers = [w for w in self.workers if w[0] != pid]
-        try:
-            _, status = os.waitpid(pid, 0)
-            how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else "an exit"
-        except ChildProcessError:
-            how = "an unknown cause"
-        httpguard.LIMITED.note(f"image reader {pid} ended by {how}; {len(self.workers)} left")
+        async with self.replacing:  # (the spawner answers one request at a time)
+            new = await asyncio.get_running_loop().run_in_executor(None, self.spawner.fork)
+        if new is not None:
+            self.workers.append(new)
+            self.idle.put_nowait(await connected(*new))
+        then = f"replaced by {new[0]}" if new else f"none to replace it, {len(self.workers)} left"
+        httpguard.LIMITED.note(f"image readers: {pid} ended{ended_by(pid)}, {then}")
 
     def close(self):
-        for pid, _ in self.workers:
+        self.spawner.stop()
+        for pid in [w[0] for w in self.workers]:
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
-                pass
+                pass  # (a spawned worker is the spawner's child: the kernel reaps it)
+
+
+class Spawner:
+    """A process forked before any thread exists, whose only work is forking
+    workers: fork() asks it for one, and gets its pid and the server's end of
+    its socket pair (None once the spawner is gone)."""
+
+    def __init__(self, large):
+        self.control, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.control.close()
+            processes.name_process("reader-spawner")
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its workers: reaped by the kernel
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os._exit(spawn_on_request(theirs, large))
+        theirs.close()
+        self.control.settimeout(SPAWN_SECONDS)
+
+    def fork(self):
+        if self.control is None:
+            return None
+        try:
+            self.control.sendall(b"+")
+            message, fds, _, _ = socket.recv_fds(self.control, 8, 1)
+            if len(message) == 8 and len(fds) == 1:
+                return int.from_bytes(message, "big"), socket.socket(fileno=fds[0])
+        except OSError:
+            pass  # (it died, hangs, or could not fork: not asked again)
+        self.stop()
+        return None
+
+    def stop(self):
+        """End the spawner; fork() answers None from now on."""
+        if self.control is None:
+            return
+        self.control.close()
+        self.control = None
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def spawn_on_request(control, large):
+    """The spawner's life: a worker per byte received, until the server goes."""
+    try:
+        while control.recv(1):
+            mine, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                control.close()
+                mine.close()
+                run_worker(theirs, large)
+            theirs.close()
+            socket.send_fds(control, [pid.to_bytes(8, "big")], [mine.fileno()])
+            mine.close()
+    except BaseException:  # noqa: BLE001 - the spawner ends here, whatever happens
+        return 1
+    return 0
+
+
+def run_worker(sock, large):
+    """A worker's process, from its fork to its exit: never returns."""
+    code = 0
+    try:
+        processes.name_process("image-reader")
+        serve_requests(sock, large)
+    except BaseException:  # noqa: BLE001 - a worker ends here, whatever happens
+        code = 1
+    os._exit(code)
+
+
+def ended_by(pid):
+    """' by signal N' or ' by an exit' for a child of this process; '' for the
+    spawner's (the kernel reaped it)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return ""
+    return f" by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else " by an exit"
+
+
+async def connected(pid, sock):
+    return (pid, *await asyncio.open_connection(sock=sock))
 
 
 async def exchange(worker, body, content_type, dataset):
