@@ -17,6 +17,7 @@ import io
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -113,27 +114,38 @@ class Peak:
         self.peak_mb = grown / 1024
 
 
-def measure_loads(checkpoint, bodies, levels, seconds_each):
-    """One row per image and client count, each on a server started afresh
-    (so that a row's memory is over that server's own idle)."""
+def measure_loads(checkpoint, bodies, levels, seconds_each, repeats):
+    """One row per image and client count: REPEATS runs, each on a server
+    started afresh (so that a run's memory is over that server's own idle)."""
     rows = []
     for name in ("28x28 PNG", "1 MB photo"):
-        body = bodies[name]
         for clients in levels:
-            with Server(checkpoint) as (port, pid):
-                _, took = asyncio.run(load(port, body, 1, 5))  # (a warm-up, and a rate)
-                total = max(clients * 4, int(seconds_each * 5 / took) // clients * clients)
-                with Peak(pid) as peak:
-                    results, took_all = asyncio.run(load(port, body, clients, total))
-            times = sorted(t for _, t in results)
-            bad = sum(1 for s, _ in results if s != 200)
-            rows.append({"image": name, "clients": clients, "requests": len(results),
-                         "failed": bad, "per_s": len(results) / took_all,
-                         "p50_ms": 1000 * times[len(times) // 2],
-                         "p99_ms": 1000 * times[int(len(times) * 0.99) - 1],
-                         "peak_memory_over_idle_mb": peak.peak_mb})  # fmt: skip
+            runs = [one_load(checkpoint, bodies[name], clients, seconds_each)
+                    for _ in range(repeats)]  # fmt: skip
+            rows.append({"image": name, "clients": clients, "runs": runs})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def one_load(checkpoint, body, clients, seconds):
+    with Server(checkpoint) as (port, pid):
+        _, took = asyncio.run(load(port, body, 1, 5))  # (a warm-up, and a rate)
+        total = max(clients * 4, int(seconds * 5 / took) // clients * clients)
+        with Peak(pid) as peak:
+            results, took_all = asyncio.run(load(port, body, clients, total))
+    times = sorted(t for _, t in results)
+    return {"requests": len(results), "failed": sum(1 for s, _ in results if s != 200),
+            "per_s": len(results) / took_all, "p50_ms": 1000 * times[len(times) // 2],
+            "p99_ms": 1000 * times[int(len(times) * 0.99) - 1],
+            "peak_memory_over_idle_mb": peak.peak_mb}  # fmt: skip
+
+
+def spread(runs, key, digits, unit=""):
+    """The median of the runs' KEY, and their range where they differ."""
+    values = sorted(r[key] for r in runs)
+    low, high = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
+    text = f"{statistics.median(values):.{digits}f}{unit}"
+    return text if low == high else f"{text} ({low}-{high})"
 
 
 async def page_during_upload(port, big):
@@ -173,12 +185,17 @@ class Server:
 
 
 def markdown(rows, upload, pages, cores, upload_memory, idle):
-    lines = [f"On {cores} cores, nothing else running (`python scripts/serve_load.py`):", "",
+    repeats = len(rows[0]["runs"])
+    lines = [f"On {cores} cores, nothing else running (`python scripts/serve_load.py`); the "
+             f"median of {repeats} runs, each on a server started afresh, and their range:", "",
              "| image | clients | requests/s | p50 | p99 | peak memory over idle | failed |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['image']} | {r['clients']} | {r['per_s']:.0f} | {r['p50_ms']:.1f} ms | "
-                     f"{r['p99_ms']:.1f} ms | {r['peak_memory_over_idle_mb']:.0f} MB | {r['failed']} |")  # fmt: skip
+        runs, failed = r["runs"], sum(run["failed"] for run in r["runs"])
+        cells = [spread(runs, "per_s", 0), spread(runs, "p50_ms", 1, " ms"),
+                 spread(runs, "p99_ms", 1, " ms"),
+                 f"{max(run['peak_memory_over_idle_mb'] for run in runs):.0f} MB"]  # fmt: skip
+        lines.append(f"| {r['image']} | {r['clients']} | {' | '.join(cells)} | {failed} |")
     status, seconds = upload
     lines += ["", f"A 7000x7000 PNG (status {status}) took {seconds:.2f} s and {upload_memory:.0f} MB "
               f"over idle; meanwhile `GET /` answered {len(pages)} times, at most in "
@@ -193,10 +210,11 @@ def main():
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: 5)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
     p.add_argument("--update-docs", action="store_true")
     args = p.parse_args()
     bodies = images()
-    rows = measure_loads(args.checkpoint, bodies, args.clients, args.seconds)
+    rows = measure_loads(args.checkpoint, bodies, args.clients, args.seconds, args.repeats)
     with Server(args.checkpoint) as (port, pid):
         started_with = memory(pid)
         with Peak(pid) as peak:
