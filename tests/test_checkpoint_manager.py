@@ -2,6 +2,7 @@
 previous and best models, dry runs, in process (and with real processes
 where the kernel's part matters)."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -177,3 +178,31 @@ def test_the_older_layouts_slots_are_kept_in_the_history_before_anything_is_writ
         assert (tmp_path / name).read_bytes() in kept.values()
     assert any(n.startswith("unreadable_") for n in kept)
     assert any(n.startswith("mnist_e04_acc99.00_") for n in kept)
+
+
+def test_a_save_that_fails_after_the_checkpoint_changes_nothing_more(tmp_path, monkeypatch):
+    """The metrics file cannot be written (a full disk) after the checkpoint
+    was: the run's end prunes nothing and copies nothing, so that the save's
+    error stays its last line."""
+    path = tmp_path / "ck.pth"
+    m, _ = manager(path)
+    m.open()
+    m.save_epoch(valid_state(metrics=[{"epoch": 1, "accuracy_percent": 90.0}], run_id="a" * 16))
+    m.close()
+    m, notes = manager(path, keep_models=1)  # (would prune the first run's model)
+    m.open()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_metrics", full)
+    with pytest.raises(OSError):
+        m.save_epoch(valid_state(metrics=[{"epoch": 1, "accuracy_percent": 95.0}], run_id="b" * 16))
+    files = sorted(os.listdir(tmp_path / "ck.models")), (tmp_path / "ck.best.pth").read_bytes()
+    assert len(files[0]) == 2  # the premise: both models are in the history
+    m.close()
+    assert (
+        sorted(os.listdir(tmp_path / "ck.models")),
+        (tmp_path / "ck.best.pth").read_bytes(),
+    ) == files
+    assert notes == [], notes

@@ -41,7 +41,6 @@ DRAIN = 4 * MAX_BODY  # a body over MAX_BODY is read on (and dropped) up to this
 BODY_SECONDS = 10.0  # for a request's body to arrive
 REQUEST_SECONDS = 10.0  # for its answer, in all
 MAX_WAITING = 64  # requests decoding or waiting to; beyond, 503 at once
-MAX_BATCH = 64  # predictions in one forward pass
 # uvicorn's limit counts open connections too, idle or slow ones included: it
 # is only a backstop above httpguard's bound on connections (which closes the
 # slowest instead of refusing a working client); MAX_WAITING bounds the work.
@@ -86,10 +85,11 @@ class Model:
 
 class Batcher:
     """Predictions in one thread: every request waiting when it is free is
-    one forward pass (MAX_BATCH at most), so that concurrent requests share
-    the model's fixed costs; the event loop only awaits the answers."""
+    one forward pass (of at most MAX_BATCH: serve's --max-batch), so that
+    concurrent requests share the model's fixed costs; the event loop only
+    awaits the answers."""
 
-    def __init__(self, model, max_batch=MAX_BATCH):
+    def __init__(self, model, max_batch):
         self.model, self.max_batch = model, max_batch
         self.requests = queue.SimpleQueue()
         self.thread = threading.Thread(target=self.run, name="batcher", daemon=True)

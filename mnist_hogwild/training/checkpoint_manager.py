@@ -23,6 +23,7 @@ model's copy, dry runs that must not replace anything) is decided here.
 
 import os
 import time
+from contextlib import contextmanager
 
 from mnist_hogwild.training import checkpoint, paths
 from mnist_hogwild.training.checkpoint import Record
@@ -140,13 +141,20 @@ class CheckpointManager:
         """Whether a periodic save is due (--checkpoint-interval)."""
         return bool(self.interval) and time.monotonic() - self.last_save >= self.interval
 
+    @contextmanager
+    def writing(self):
+        """Around a save's writes: if one raises, close() writes nothing more
+        (a full disk: the save's error stays the run's last line)."""
+        before, self.failed = self.failed, True
+        yield
+        self.failed = before
+
     def save(self, state):
         """Write STATE to the checkpoint; returns the seconds it took."""
         started = time.perf_counter()
         if self.writes:
-            self.failed = True  # (until the save returns: close() then leaves the files be)
-            checkpoint.save(state, self.path)
-            self.failed = False
+            with self.writing():
+                checkpoint.save(state, self.path)
         self.last_save = time.monotonic()
         return time.perf_counter() - started
 
@@ -156,15 +164,14 @@ class CheckpointManager:
         then the checkpoint, the metrics file and the best model's copy. A
         dry run writes neither the history nor the metrics."""
         self.dataset, self.run_id = state["config"].get("dataset"), state.get("run_id")
-        keeps = self.writes and not self.dry_run
-        self.failed = keeps
-        latest = self.history.add(state) if keeps else None
-        seconds = self.save(state)
-        if not keeps:
-            return seconds
-        checkpoint.write_metrics(self.path, state["metrics"], state.get("intervals", []))
-        self.history.settle_run(self.run_id, latest)
-        self.history.refresh_copy(self.dataset, self.best_path)
+        if not self.writes or self.dry_run:
+            return self.save(state)
+        with self.writing():
+            latest = self.history.add(state)
+            seconds = self.save(state)
+            checkpoint.write_metrics(self.path, state["metrics"], state.get("intervals", []))
+            self.history.settle_run(self.run_id, latest)
+            self.history.refresh_copy(self.dataset, self.best_path)
         return seconds
 
     def best_elsewhere(self, run_id):
