@@ -343,7 +343,7 @@ def digit_png(path):
 
 @pytest.mark.parametrize(
     "args",
-    [("evaluate", "--out", "e.json", "--data-dir", "DATA"), ("infer", "seven.png"),
+    [("evaluate", "--out", "e.json", "--data-dir", "DATA"), ("infer", "one.png"),
      ("export", "--out", "m.pt2"), ("models",)],
     ids=["evaluate", "infer", "export", "models"],
 )  # fmt: skip
@@ -351,7 +351,7 @@ def test_the_first_command_that_sees_a_copied_in_checkpoint_keeps_it(
     trained, data_dir, tmp_path, args
 ):
     shutil.copy(trained / "ck.pth", tmp_path / "m.pth")  # without its best file or history
-    digit_png(tmp_path / "seven.png")
+    digit_png(tmp_path / "one.png")
     copied = md5(tmp_path / "m.pth")
     args = [data_dir if a == "DATA" else a for a in args] + ["--checkpoint", "m.pth"]
     proc = command(*args, cwd=tmp_path)
@@ -392,13 +392,13 @@ def test_a_command_keeps_no_history_of_a_history_file_a_copy_or_an_unreadable_fi
 def test_a_command_that_cannot_write_the_history_says_so_and_answers(trained, tmp_path):
     shutil.copy(trained / "ck.pth", tmp_path / "m.pth")
     (tmp_path / "m.models").write_text("a file where the history would go")
-    proc = command("infer", digit_png(tmp_path / "seven.png"), "--checkpoint", "m.pth",
+    proc = command("infer", digit_png(tmp_path / "one.png"), "--checkpoint", "m.pth",
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     (note,) = [line for line in proc.stdout.splitlines() if line.startswith("note: ")]
     assert "cannot read m.models: Not a directory" in note, note
     assert "the next training run on m.pth keeps it" in note
-    assert "seven.png" in proc.stdout.splitlines()[-1]  # the answer, after the note
+    assert "one.png" in proc.stdout.splitlines()[-1]  # the answer, after the note
     proc = command("models", "--checkpoint", "m.pth", cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         "error: cannot read m.models: Not a directory"
