@@ -82,9 +82,9 @@ class GuardedH11(H11Protocol):
 
 
 class RateLimited(logging.Filter):
-    """At most one line per message (its text up to the first digit) every
-    LOG_INTERVAL seconds, then the count of those held back; tracebacks are
-    dropped (a burst of failed accepts logs one each)."""
+    """At most one line per kind of message (its text up to the first colon)
+    every LOG_INTERVAL seconds, then the count of those held back; tracebacks
+    are dropped (a burst of failed accepts logs one each)."""
 
     def __init__(self, say=None):
         super().__init__()
