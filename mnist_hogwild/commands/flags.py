@@ -245,7 +245,7 @@ def export_flags(p):
         "--out",
         metavar="FILE",
         help="(default: the checkpoint's name, .pt2 or .pt; STEM.export.pt where that is the "
-        "checkpoint itself)",
+        "checkpoint itself; beside STEM.models/ for a model in it)",
     )
 
 
