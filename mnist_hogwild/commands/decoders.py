@@ -52,7 +52,7 @@ class Decoders:
 
         self.large = multiprocessing.get_context("fork").Lock()
         self.spawner = Spawner(self.large)
-        self.workers = []
+        self.workers = []  # (filled one by one: each fork closes the ones before in its child)
         for _ in range(count):
             self.workers.append(self.fork())
         self.idle = None  # an asyncio.Queue of (pid, reader, writer), made on the loop
@@ -75,13 +75,7 @@ class Decoders:
             self.idle, self.replacing = asyncio.Queue(), asyncio.Lock()
             for pid, sock in self.workers:
                 self.idle.put_nowait(await connected(pid, sock))
-        worker = None
-        while worker is None or worker[1].at_eof():  # (one that died while idle: replaced)
-            if worker is not None:
-                await self.lost(worker)
-            if not self.workers:
-                raise Unavailable("every image reader died and none could be started")
-            worker = await self.idle.get()
+        worker = await self.alive_idle()
         try:
             status, payload = await exchange(worker, body, content_type, dataset)
         except asyncio.CancelledError:  # (the request's time ran out) its answer still comes
@@ -94,6 +88,15 @@ class Decoders:
         if status:
             raise InputError(payload.decode())
         return payload
+
+    async def alive_idle(self):
+        """An idle worker (one found dead while idle is replaced on the way)."""
+        while self.workers:
+            worker = await self.idle.get()
+            if not worker[1].at_eof():
+                return worker
+            await self.lost(worker)
+        raise Unavailable("every image reader died and none could be started")
 
     async def drain(self, worker):
         """Wait for a given-up request's answer, then let the worker take others."""
@@ -119,7 +122,7 @@ class Decoders:
 
     def close(self):
         self.spawner.stop()
-        for pid in [w[0] for w in self.workers]:
+        for pid, _ in self.workers:
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)

@@ -15,10 +15,10 @@ import os
 
 import torch
 
-from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training import checkpoint, history
 from mnist_hogwild.learn import data
 from mnist_hogwild.commands import figures
-from mnist_hogwild.commands.output import check_output, in_history, write_output
+from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.loglines import say
 
 # flags.EXPORT_FORMATS -> the file extension (tests/test_commands.py checks they agree).
@@ -45,7 +45,7 @@ def default_out(model, fmt):
     that is the checkpoint itself (Compose's mnist_cnn.pt, as TorchScript).
     A model of a history goes beside the history (only training writes in it)."""
     stem, ext = os.path.splitext(model)[0], FORMATS[fmt]
-    if in_history(model):
+    if history.holds(model):
         stem = os.path.join(os.path.dirname(os.path.dirname(model)), os.path.basename(stem))
     return stem + (".export" if stem + ext == model else "") + ext
 

@@ -7,10 +7,8 @@ import os
 from mnist_hogwild.core.errors import CheckpointError, InputError, UsageError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.training import checkpoint, history
-from mnist_hogwild.training.checkpoint_manager import OLDER_LAYOUT, adopt_found, run_files
+from mnist_hogwild.training.checkpoint_manager import COPIES, adopt_found, run_files
 from model import Net
-
-SLOTS = (".best.pth", *OLDER_LAYOUT)  # copies beside a checkpoint, kept in its history
 
 
 def keep_found_models(path):
@@ -21,17 +19,12 @@ def keep_found_models(path):
     keeps them), nor one that does not load: a command replaces nothing. A
     history that cannot be written gets a note, and the command goes on."""
     path = os.path.realpath(path) if os.path.islink(path) else path
-    if path.endswith(SLOTS) or in_history(path):
+    if path.endswith(COPIES) or history.holds(path):
         return
     try:
         adopt_found(history.History(path, say), path, going_on=True, unreadable=False)
     except CheckpointError as e:
         say(f"note: {e}; the next training run on {path} keeps it")
-
-
-def in_history(model):
-    """Whether MODEL is a file of a model history (STEM.models/NAME)."""
-    return os.path.dirname(os.path.realpath(model)).endswith(".models")
 
 
 def check_output(path, model):
@@ -47,7 +40,7 @@ def check_output(path, model):
                 f"{path} is {what} {model}: writing there would replace a trained model; "
                 f"choose another path"
             )
-    folders = [history.folder(model)] + ([os.path.dirname(model)] if in_history(model) else [])
+    folders = [history.folder(model)] + ([os.path.dirname(model)] if history.holds(model) else [])
     for models in folders:
         if os.path.dirname(target) == os.path.realpath(models):
             raise UsageError(

@@ -38,12 +38,13 @@ def sibling(path, suffix):
 
 
 OLDER_LAYOUT = (".prev.pth", ".prev.best.pth")  # slots of versions before the history
+COPIES = (".best.pth", *OLDER_LAYOUT)  # model files beside a checkpoint, kept in its history
 
 
 def run_files(path):
     """Every file a run on checkpoint PATH owns (see the module docstring)."""
     directory, name = os.path.split(path)
-    siblings = [sibling(path, s) for s in (".metrics.jsonl", ".best.pth", *OLDER_LAYOUT)]
+    siblings = [sibling(path, s) for s in (".metrics.jsonl", *COPIES)]
     return [path, *siblings, os.path.join(directory, f".{name}.lock")]
 
 
@@ -52,7 +53,7 @@ def adopt_found(history, path, going_on, unreadable=True):
     PATH, STEM.best.pth and the older layout's slots; PATH's Entry, or None.
     GOING_ON: PATH's run may go on from it (see History.adopt); UNREADABLE:
     keep the bytes of a file that does not load."""
-    found = [path, sibling(path, ".best.pth"), *(sibling(path, s) for s in OLDER_LAYOUT)]
+    found = [path, *(sibling(path, s) for s in COPIES)]
     expected = Net().state_dict()
     entries = [history.adopt(p, expected, going_on and p == path, unreadable) for p in found]
     return entries[0]

@@ -36,8 +36,16 @@ NAME = re.compile(
 UNREADABLE = re.compile(r"^unreadable_(?P<hash>[0-9a-f]{8})\.pth$")
 
 
+SUFFIX = ".models"  # STEM.models/ beside checkpoint STEM.pth
+
+
 def folder(path):
-    return os.path.splitext(path)[0] + ".models"
+    return os.path.splitext(path)[0] + SUFFIX
+
+
+def holds(path):
+    """Whether PATH is a file in a model history (STEM.models/NAME)."""
+    return os.path.dirname(os.path.realpath(path)).endswith(SUFFIX)
 
 
 @dataclass(frozen=True)
