@@ -241,8 +241,9 @@ def docker_numbers(data_dir, dataset, image, work):
 
 
 def start_detached(image, argv, volumes, name, docker_args=()):
-    run = harness.docker_run(image, *argv, volumes=volumes, name=name, detach=True,
-                             docker_args=list(docker_args))  # fmt: skip
+    run = harness.docker_run(
+        image, *argv, volumes=volumes, name=name, detach=True, docker_args=list(docker_args)
+    )
     subprocess.run(run, check=True, capture_output=True)
 
 
@@ -261,8 +262,13 @@ def one_core_first_batch(image, volumes, dataset):
     process), as a one-CPU pod or each node of cluster_bench.py starts."""
     name = f"bench-one-core-{os.getpid()}"
     started = time.monotonic()
-    argv = flags(data_dir="/data", dataset=dataset, epochs=1, num_processes=1,
-                 checkpoint="/workspace/one-core.pth")  # fmt: skip
+    argv = flags(
+        data_dir="/data",
+        dataset=dataset,
+        epochs=1,
+        num_processes=1,
+        checkpoint="/workspace/one-core.pth",
+    )
     start_detached(image, argv, volumes, name, ["--cpus", "1"])
     try:
         return seconds_until(name, "ready", started)
@@ -275,7 +281,7 @@ def autograder_flow(data_dir, dataset, image, work):
     train.py --resume, in containers, timed together."""
     run_dir = os.path.join(work, "autograder")
     os.makedirs(run_dir)
-    folder = harness.data.DATASET_INFO[dataset]["folder"]
+    folder = harness.data.DATASETS[dataset].folder
     shutil.copytree(os.path.join(data_dir, folder), os.path.join(run_dir, "data", folder))
     extra = ["--dataset", dataset] if dataset != "mnist" else []
     base = harness.docker_run(
@@ -340,9 +346,12 @@ def facts(result):
         ("start of run to first training batch", f"{result['first_batch_s']:.1f} s"),
         ("SIGINT to exit (checkpoint saved)", f"{s['sigint_to_exit_s']:.2f} s"),
         ("checkpoint save", f"{s['save_ms']:.0f} ms, {s['checkpoint_bytes'] / 1024:.0f} KiB"),
-        (f"time to {acc['target']:.0f}% test accuracy (defaults, process start to that epoch's "
-         "line)", f"epoch {hit['epoch']}, {hit['wall_s']:.0f} s wall" if hit else "not reached"),
-    ]  # fmt: skip
+        (
+            f"time to {acc['target']:.0f}% test accuracy (defaults, process start to that epoch's "
+            "line)",
+            f"epoch {hit['epoch']}, {hit['wall_s']:.0f} s wall" if hit else "not reached",
+        ),
+    ]
     if d:
         one = d.get("one_core_first_batch_s")
         rows += [
@@ -350,9 +359,12 @@ def facts(result):
             ("container start to first batch", f"{d['container_first_batch_s']:.1f} s"),
             ("the same, one core (`--cpus 1`, 1 process)", f"{one:.1f} s" if one else "-"),
             ("docker stop", f"{d['docker_stop_s']:.2f} s"),
-            (f"autograder flow (`train.py`, then `train.py --resume`, {d['autograder_epochs']} "
-             f"epochs)", f"{d['autograder_s']:.0f} s, test accuracy {d['autograder_accuracy']:.2f}%"),
-        ]  # fmt: skip
+            (
+                f"autograder flow (`train.py`, then `train.py --resume`, {d['autograder_epochs']} "
+                f"epochs)",
+                f"{d['autograder_s']:.0f} s, test accuracy {d['autograder_accuracy']:.2f}%",
+            ),
+        ]
     return rows
 
 
@@ -737,27 +749,68 @@ FLAGS = (
     ("--smoke", dict(action="store_true", help="tiny synthetic data, 1 repeat, no Docker")),
     ("--out", dict(default=os.path.join(REPO, "docs"), help="output folder (default: docs/)")),
     ("--image", dict(default="mnist-hogwild:grading", help="image for the Docker numbers")),
-    ("--accuracy-epochs", dict(type=int, default=10, help="epochs of the whole run that finds "
-                               "the time to the target accuracy (default: %(default)s)")),
-    ("--breakdown", dict(metavar="N,N,...", help="measure only whole runs at these process "
-                         "counts (e.g. 1,2,4,8,16 on a 16-core machine) and write "
-                         "breakdown.md/json/png; no Docker, no matplotlib needed but for the plot")),
-    ("--breakdown-epochs", dict(type=int, default=16,
-                                help="epochs per --breakdown run (default: %(default)s)")),
-    ("--device", dict(default="cpu", choices=("cpu", "cuda"), help="--device of the --breakdown "
-                      "runs (default: %(default)s, also on a machine with a GPU)")),
+    (
+        "--accuracy-epochs",
+        dict(
+            type=int,
+            default=10,
+            help="epochs of the whole run that finds "
+            "the time to the target accuracy (default: %(default)s)",
+        ),
+    ),
+    (
+        "--breakdown",
+        dict(
+            metavar="N,N,...",
+            help="measure only whole runs at these process "
+            "counts (e.g. 1,2,4,8,16 on a 16-core machine) and write "
+            "breakdown.md/json/png; no Docker, no matplotlib needed but for the plot",
+        ),
+    ),
+    (
+        "--breakdown-epochs",
+        dict(type=int, default=16, help="epochs per --breakdown run (default: %(default)s)"),
+    ),
+    (
+        "--device",
+        dict(
+            default="cpu",
+            choices=("cpu", "cuda"),
+            help="--device of the --breakdown "
+            "runs (default: %(default)s, also on a machine with a GPU)",
+        ),
+    ),
     ("--data-dir", dict(metavar="DIR", help="MNIST data root (default: found as documented)")),
     ("--update-docs", dict(action="store_true", help="rewrite the tables in docs/performance.md")),
-    ("--time-to-accuracy", dict(action="store_true", help="measure only epochs and seconds to "
-                                "98%% and 99%% for --recipes at --processes, --repeats seeds "
-                                "each; writes time_to_accuracy.md/json/png")),
-    ("--recipes", dict(nargs="+", default=["sample,fast,fast:3"], help="recipes to run: NAME, "
-                       "NAME:N for --epochs N, and train flags after it, as one word each "
-                       "('fast --dropout 0.5'); or NAME,NAME:N,... (default: %(default)s)")),
+    (
+        "--time-to-accuracy",
+        dict(
+            action="store_true",
+            help="measure only epochs and seconds to "
+            "98%% and 99%% for --recipes at --processes, --repeats seeds "
+            "each; writes time_to_accuracy.md/json/png",
+        ),
+    ),
+    (
+        "--recipes",
+        dict(
+            nargs="+",
+            default=["sample,fast,fast:3"],
+            help="recipes to run: NAME, "
+            "NAME:N for --epochs N, and train flags after it, as one word each "
+            "('fast --dropout 0.5'); or NAME,NAME:N,... (default: %(default)s)",
+        ),
+    ),
     ("--processes", dict(default="1,2,4", help="(default: %(default)s)")),
-    ("--from-json", dict(metavar="FILE", help="measure nothing: redraw the table, plot and "
-                         "README sections from a saved benchmark.json")),
-)  # fmt: skip
+    (
+        "--from-json",
+        dict(
+            metavar="FILE",
+            help="measure nothing: redraw the table, plot and "
+            "README sections from a saved benchmark.json",
+        ),
+    ),
+)
 
 
 def parse_args():

@@ -174,13 +174,28 @@ FLAGS = (
     ("--seed", dict(type=int, help="every job's --seed (default: the trainer's)")),
     ("--cores", dict(type=int, default=os.cpu_count(), help="(default: all)")),
     ("--out", dict(default=os.path.join(harness.REPO, "docs"), help="(default: docs/)")),
-    ("--render", dict(action="store_true", help="write the tables again from OUT/cluster.json, "
-                      "without running anything")),
-    ("--update-docs", dict(action="store_true",
-                           help="rewrite the cluster table in docs/performance.md")),
-    ("--wall-pairs", dict(type=int, default=0, metavar="N", help="only N pairs: the reference, "
-                          "then 2 nodes with the defaults (default: %(default)s)")),
-)  # fmt: skip
+    (
+        "--render",
+        dict(
+            action="store_true",
+            help="write the tables again from OUT/cluster.json, " "without running anything",
+        ),
+    ),
+    (
+        "--update-docs",
+        dict(action="store_true", help="rewrite the cluster table in docs/performance.md"),
+    ),
+    (
+        "--wall-pairs",
+        dict(
+            type=int,
+            default=0,
+            metavar="N",
+            help="only N pairs: the reference, "
+            "then 2 nodes with the defaults (default: %(default)s)",
+        ),
+    ),
+)
 
 
 def main():
@@ -231,8 +246,11 @@ def wall_pairs(args):
             one = one_job(args, work, data, net, 1, cpus=args.cores, processes=args.cores)
             two = one_job(args, work, data, net, 2, "auto", "sum", round(args.cores / 2, 2))
             pairs.append({"reference": one, "two_nodes": two})
-            print(f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
-                  f"{two['wall_s'] / one['wall_s']:.2f}x", flush=True)  # fmt: skip
+            print(
+                f"pair {len(pairs)}: {one['wall_s']} s, {two['wall_s']} s: "
+                f"{two['wall_s'] / one['wall_s']:.2f}x",
+                flush=True,
+            )
     result = measured(args, label, pairs=pairs)
     rows = [
         f"Measured {result['date']}: {label}, {args.epochs} epochs, on this machine's "

@@ -42,9 +42,11 @@ def images():
     page = Image.new("L", (7000, 7000), 255)
     ImageDraw.Draw(page).line([(3500, 1000), (3300, 6000)], fill=0, width=300)
     out = {}
-    for name, image, fmt, options in (("28x28 PNG", small, "PNG", {}),
-                                      ("1 MB photo", photo, "JPEG", {"quality": 93}),
-                                      ("7000x7000 PNG", page, "PNG", {})):  # fmt: skip
+    for name, image, fmt, options in (
+        ("28x28 PNG", small, "PNG", {}),
+        ("1 MB photo", photo, "JPEG", {"quality": 93}),
+        ("7000x7000 PNG", page, "PNG", {}),
+    ):
         buffer = io.BytesIO()
         image.save(buffer, fmt, **options)
         out[name] = buffer.getvalue()
@@ -120,8 +122,9 @@ def measure_loads(checkpoint, bodies, levels, seconds_each, repeats):
     rows = []
     for name in ("28x28 PNG", "1 MB photo"):
         for clients in levels:
-            runs = [one_load(checkpoint, bodies[name], clients, seconds_each)
-                    for _ in range(repeats)]  # fmt: skip
+            runs = [
+                one_load(checkpoint, bodies[name], clients, seconds_each) for _ in range(repeats)
+            ]
             rows.append({"image": name, "clients": clients, "runs": runs})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -134,10 +137,14 @@ def one_load(checkpoint, body, clients, seconds):
         with Peak(pid) as peak:
             results, took_all = asyncio.run(load(port, body, clients, total))
     times = sorted(t for _, t in results)
-    return {"requests": len(results), "failed": sum(1 for s, _ in results if s != 200),
-            "per_s": len(results) / took_all, "p50_ms": 1000 * times[len(times) // 2],
-            "p99_ms": 1000 * times[int(len(times) * 0.99) - 1],
-            "peak_memory_over_idle_mb": peak.peak_mb}  # fmt: skip
+    return {
+        "requests": len(results),
+        "failed": sum(1 for s, _ in results if s != 200),
+        "per_s": len(results) / took_all,
+        "p50_ms": 1000 * times[len(times) // 2],
+        "p99_ms": 1000 * times[int(len(times) * 0.99) - 1],
+        "peak_memory_over_idle_mb": peak.peak_mb,
+    }
 
 
 def spread(runs, key, digits, unit=""):
@@ -171,8 +178,9 @@ class Server:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         args = [sys.executable, os.path.join(REPO, "main.py"), "serve", "--checkpoint"]
-        self.proc = subprocess.Popen(args + [self.checkpoint, "--port", str(port)],
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            args + [self.checkpoint, "--port", str(port)], stdout=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()  # "serving ..." once it listens
         if not line.startswith("serving"):
             self.__exit__()
@@ -186,22 +194,31 @@ class Server:
 
 def markdown(rows, upload, pages, cores, upload_memory, idle):
     repeats = len(rows[0]["runs"])
-    lines = [f"On {cores} cores, nothing else running (`python scripts/serve_load.py`); the "
-             f"median of {repeats} runs, each on a server started afresh, and their range:", "",
-             "| image | clients | requests/s | p50 | p99 | peak memory over idle | failed |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        f"On {cores} cores, nothing else running (`python scripts/serve_load.py`); the "
+        f"median of {repeats} runs, each on a server started afresh, and their range:",
+        "",
+        "| image | clients | requests/s | p50 | p99 | peak memory over idle | failed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         runs, failed = r["runs"], sum(run["failed"] for run in r["runs"])
-        cells = [spread(runs, "per_s", 0), spread(runs, "p50_ms", 1, " ms"),
-                 spread(runs, "p99_ms", 1, " ms"),
-                 f"{max(run['peak_memory_over_idle_mb'] for run in runs):.0f} MB"]  # fmt: skip
+        cells = [
+            spread(runs, "per_s", 0),
+            spread(runs, "p50_ms", 1, " ms"),
+            spread(runs, "p99_ms", 1, " ms"),
+            f"{max(run['peak_memory_over_idle_mb'] for run in runs):.0f} MB",
+        ]
         lines.append(f"| {r['image']} | {r['clients']} | {' | '.join(cells)} | {failed} |")
     status, seconds = upload
-    lines += ["", f"A 7000x7000 PNG (status {status}) took {seconds:.2f} s and {upload_memory:.0f} MB "
-              f"over idle; meanwhile `GET /` answered {len(pages)} times, at most in "
-              f"{1000 * max(pages):.1f} ms. At start, the server took {idle:.0f} MB with its image "
-              f"readers (PSS summed: shared pages counted once). Memory over idle: each process's "
-              f"peak RSS growth (VmHWM), summed."]  # fmt: skip
+    lines += [
+        "",
+        f"A 7000x7000 PNG (status {status}) took {seconds:.2f} s and {upload_memory:.0f} MB "
+        f"over idle; meanwhile `GET /` answered {len(pages)} times, at most in "
+        f"{1000 * max(pages):.1f} ms. At start, the server took {idle:.0f} MB with its image "
+        f"readers (PSS summed: shared pages counted once). Memory over idle: each process's "
+        f"peak RSS growth (VmHWM), summed.",
+    ]
     return "\n".join(lines)
 
 
@@ -220,8 +237,10 @@ def main():
         with Peak(pid) as peak:
             upload, pages = asyncio.run(page_during_upload(port, bodies["7000x7000 PNG"]))
     upload_memory = peak.peak_mb
-    print(f"7000x7000 PNG: {upload}, peak memory over idle {upload_memory:.0f} MB; "
-          f"GET / meanwhile: {len(pages)} answers, max {1000 * max(pages):.1f} ms")  # fmt: skip
+    print(
+        f"7000x7000 PNG: {upload}, peak memory over idle {upload_memory:.0f} MB; "
+        f"GET / meanwhile: {len(pages)} answers, max {1000 * max(pages):.1f} ms"
+    )
     text = markdown(rows, upload, pages, psutil.cpu_count(), upload_memory, started_with / 2**20)
     print(text)
     if args.update_docs:

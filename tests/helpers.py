@@ -31,7 +31,10 @@ def valid_state(**changes):
     net = Net()
     progress = checkpoint.Record(epoch=1, step=0, batches_per_epoch=10, seed=1)
     optimizer = optimizers.MomentumSGD(
-        net.parameters(), 0.1, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(list(net.parameters()))
+        net.parameters(),
+        0.1,
+        0.5,
+        optimizers.optimizer_class("sgd").new_state(list(net.parameters())),
     )
     config = TrainConfig().as_dict()
     state = checkpoint.make_state(net, optimizer.state_dict(), progress, config, {}, "run")

@@ -32,7 +32,7 @@ def test_up_to_four_processes_nothing_changes():
 def test_sixteen_processes_adapt_the_rate_the_momentum_and_the_updates():
     adapted = adapt(FAST, 16, given={})
     assert adapted.micro_batches == 4
-    assert adapted.config.lr == pytest.approx(RECIPES["fast"]["lr"] / 2)
+    assert adapted.config.lr == pytest.approx(RECIPES["fast"].values["lr"] / 2)
     assert adapted.config.betas == (0.0, 0.9)
     assert adapted.config.batch_size == 128  # an epoch's batches, and the checkpoint, unchanged
     note = describe(adapted, 16)
@@ -62,7 +62,7 @@ def test_staleness_summary_is_the_mean_and_99th_percentile_of_an_epochs_updates(
 
 
 def watch(**options):
-    return HealthWatch(FAST, RunOptions(**options), per_epoch=469)
+    return HealthWatch(FAST, RunOptions(**options).num_processes, per_epoch=469)
 
 
 def test_a_loss_at_chance_after_warm_up_stops_the_run_and_names_the_cause():
@@ -80,7 +80,7 @@ def test_a_slow_learner_near_chance_is_not_stopped():
     # SGD at --lr 0.001 on MNIST, every 20 batches (measured): it is learning.
     losses = [2.3375, 2.3409, 2.3285, 2.3140, 2.3127, 2.3115, 2.3025, 2.3023, 2.2926, 2.2942]
     losses += [2.2950, 2.2878, 2.2822, 2.2812, 2.2744, 2.2691, 2.2724] + [2.26] * 20
-    w = HealthWatch(TrainConfig(lr=0.001), RunOptions(), per_epoch=938)
+    w = HealthWatch(TrainConfig(lr=0.001), RunOptions().num_processes, per_epoch=938)
     for i, loss in enumerate(losses):
         w.check_interval(10.0, loss, 20 * (i + 1), 0)
 

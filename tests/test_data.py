@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import os
 import shutil
@@ -132,8 +133,9 @@ def test_download_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
 def test_download_with_right_md5_is_kept(tmp_path, monkeypatch):
     payload = gzip.compress(b"x")
     digest = data.hashlib.md5(payload).hexdigest()
+    mnist = data.DATASETS["mnist"]
     monkeypatch.setitem(
-        data.DATASET_INFO["mnist"], "md5", dict.fromkeys(data.DATASET_INFO["mnist"]["md5"], digest)
+        data.DATASETS, "mnist", dataclasses.replace(mnist, md5=dict.fromkeys(mnist.md5, digest))
     )
 
     def fake(url, dst, **kwargs):

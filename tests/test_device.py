@@ -60,7 +60,9 @@ def test_cpu_is_always_the_cpu(monkeypatch):
 
 def snapshot_of(model):
     params = list(model.parameters())
-    opt = optimizers.MomentumSGD(params, 0.01, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(params))
+    opt = optimizers.MomentumSGD(
+        params, 0.01, 0.5, optimizers.optimizer_class("sgd").new_state(params)
+    )
     progress = checkpoint.Record(epoch=0, step=3, batches_per_epoch=10, seed=1)
     state = checkpoint.make_state(
         model, opt.state_dict(), progress, TrainConfig().as_dict(), {}, "r"

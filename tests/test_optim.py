@@ -14,7 +14,7 @@ def train_both(name, ours_kwargs, reference, steps=6):
     ref_model.load_state_dict(ours_model.state_dict())
     params = list(ours_model.parameters())
     ours = optimizers.make(
-        name, params, state=optimizers.OPTIMIZERS[name].new_state(params), **ours_kwargs
+        name, params, state=optimizers.optimizer_class(name).new_state(params), **ours_kwargs
     )
     ref = reference(ref_model.parameters())
     for step in range(steps):
@@ -109,7 +109,9 @@ def test_adam_step_stays_a_few_lr_when_a_write_to_exp_avg_sq_was_lost():
 def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
     model = Net()
     params = list(model.parameters())
-    opt = optimizers.make(name, params, 0.1, 0.9, optimizers.OPTIMIZERS[name].new_state(params))
+    opt = optimizers.make(
+        name, params, 0.1, 0.9, optimizers.optimizer_class(name).new_state(params)
+    )
     for t in opt.tensors():
         t.uniform_(0.1, 1.0)
     state = opt.state_dict()
@@ -118,7 +120,9 @@ def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
     for s, p in zip(opt.state, params, strict=True):
         for key, tensor in s.items():
             assert torch.equal(ref.state[p][key], tensor), key
-    other = optimizers.make(name, params, 0.1, 0.9, optimizers.OPTIMIZERS[name].new_state(params))
+    other = optimizers.make(
+        name, params, 0.1, 0.9, optimizers.optimizer_class(name).new_state(params)
+    )
     shared = other.tensors()[0]
     other.load_state(state)
     assert other.tensors()[0] is shared  # loaded in place: workers may already hold it
@@ -127,9 +131,11 @@ def test_state_dict_loads_into_torch_and_back_in_place(name, reference):
 
 def test_state_that_does_not_fit_is_refused():
     params = list(Net().parameters())
-    sgd = optimizers.make("sgd", params, 0.1, 0.5, optimizers.OPTIMIZERS["sgd"].new_state(params))
+    sgd = optimizers.make(
+        "sgd", params, 0.1, 0.5, optimizers.optimizer_class("sgd").new_state(params)
+    )
     adam = optimizers.make(
-        "adam", params, 0.1, 0.5, optimizers.OPTIMIZERS["adam"].new_state(params)
+        "adam", params, 0.1, 0.5, optimizers.optimizer_class("adam").new_state(params)
     )
     with pytest.raises(ValueError, match="no adam state"):
         adam.load_state(sgd.state_dict())

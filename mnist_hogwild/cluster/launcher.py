@@ -355,9 +355,11 @@ def launch(options, start_timeout, leader_args, leader):
         code = max((f.exitcode for f in e.failures.values()), default=1)
         return 128 + forwarder.received[0] if forwarder.received else code
     except RendezvousError as e:
-        say(f"error: the rendezvous at {endpoint} failed ({one_line(e, 200)}); if the node that "
+        say(
+            f"error: the rendezvous at {endpoint} failed ({one_line(e, 200)}); if the node that "
             f"hosts it stopped, c10d rendezvous cannot survive that: start the job again",
-            sys.stderr)  # fmt: skip
+            sys.stderr,
+        )
         return 1
     finally:
         done.set()

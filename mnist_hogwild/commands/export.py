@@ -16,7 +16,7 @@ import os
 import torch
 
 from mnist_hogwild.training import checkpoint, history
-from mnist_hogwild.learn import data
+from mnist_hogwild.core.tables import DATASETS
 from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.loglines import say
@@ -27,14 +27,14 @@ FORMATS = {"pt2": ".pt2", "torchscript": ".pt"}
 
 def metadata(state):
     dataset = state["config"].get("dataset", "mnist")
-    info = data.DATASET_INFO[dataset]
+    info = DATASETS[dataset]
     return {
         "dataset": dataset,
         "input": "float32 [N, 1, 28, 28], (pixel / 255 - mean) / std, light on dark",
         "output": "log-probabilities [N, 10]",
         "classes": list(figures.class_names(dataset)[1]),  # the output's index -> name
-        "mean": info["mean"],
-        "std": info["std"],
+        "mean": info.mean,
+        "std": info.std,
         "epoch": state["epoch"],
         "accuracy_percent": state["metrics"][-1]["accuracy_percent"] if state["metrics"] else None,
     }

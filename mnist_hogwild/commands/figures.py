@@ -7,29 +7,15 @@ Figures are made with matplotlib.figure.Figure, not pyplot: no global state,
 no GUI backend to pick, and savefig draws PNG with Agg.
 """
 
-from mnist_hogwild.core.config import MNIST
+from mnist_hogwild.core.tables import DATASETS
 
-# Fashion-MNIST's ten classes, in label order (its README's names).
-FASHION_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 DPI = 100
 
 
 def class_names(dataset):
     """(what a class is called, the ten names) for DATASET."""
-    if dataset == MNIST:
-        return "digit", [str(d) for d in range(10)]
-    return "class", list(FASHION_CLASSES)
+    entry = DATASETS[dataset]
+    return entry.class_word, list(entry.classes)
 
 
 def _figure(width, height):
@@ -49,7 +35,8 @@ def confusion_figure(confusion, dataset, title):
     n = len(names)
     totals = [max(1, sum(row)) for row in counts]
     colours = cell_colours(counts, totals)
-    fig = _figure(6.4 if dataset == MNIST else 8.4, 6.0 if dataset == MNIST else 7.2)
+    wordy = max(map(len, names)) > 2  # names, not numbers: a larger figure, slanted labels
+    fig = _figure(8.4 if wordy else 6.4, 7.2 if wordy else 6.0)
     ax = fig.add_subplot()
     ax.imshow(colours)
     for t in range(n):
@@ -64,8 +51,8 @@ def confusion_figure(confusion, dataset, title):
     ax.set_xticks(
         range(n),
         names,
-        rotation=0 if dataset == MNIST else 40,
-        ha="right" if dataset != MNIST else "center",
+        rotation=40 if wordy else 0,
+        ha="right" if wordy else "center",
     )
     ax.set_yticks(range(n), names)
     ax.set_xlabel(f"predicted {what}", weight="bold")
@@ -110,16 +97,28 @@ def curves_figure(rows, intervals, title):
     by_samples = all("samples" in r for r in rows)
     x = [r["samples"] if by_samples else r["epoch"] for r in rows]
     if by_samples and intervals:
-        loss.plot([i["samples"] for i in intervals], [i["train_loss"] for i in intervals],
-                  "-", lw=1, color=COLOURS["training"], label="training (each interval)")  # fmt: skip
+        loss.plot(
+            [i["samples"] for i in intervals],
+            [i["train_loss"] for i in intervals],
+            "-",
+            lw=1,
+            color=COLOURS["training"],
+            label="training (each interval)",
+        )
         rate = loss.twinx()
-        rate.plot([i["samples"] for i in intervals], [i["lr"] for i in intervals], "--",
-                  color="grey", lw=1)  # fmt: skip
+        rate.plot(
+            [i["samples"] for i in intervals],
+            [i["lr"] for i in intervals],
+            "--",
+            color="grey",
+            lw=1,
+        )
         rate.set_ylabel("learning rate (dashed)", color="grey")
         rate.set_ylim(bottom=0)
     else:
-        loss.plot(x, [r["train_loss"] for r in rows], "o-", color=COLOURS["training"],
-                  label="training")  # fmt: skip
+        loss.plot(
+            x, [r["train_loss"] for r in rows], "o-", color=COLOURS["training"], label="training"
+        )
     for key, label, style in (
         ("test_loss", "test", "o-"),
         ("validation_loss", "validation", "s--"),
@@ -142,14 +141,19 @@ def accuracy_panel(ax, rows, x):
     decided = "accuracy_percent"
     if all("validation_accuracy_percent" in r for r in rows):
         decided = "validation_accuracy_percent"
-        ax.plot(x, [r[decided] for r in rows], "s--", color=COLOURS["validation"],
-                label="validation")  # fmt: skip
+        ax.plot(
+            x, [r[decided] for r in rows], "s--", color=COLOURS["validation"], label="validation"
+        )
         ax.legend(loc="best")
     ax.set_ylabel("accuracy (%)")
     best = max(range(len(rows)), key=lambda i: rows[i][decided])
-    ax.annotate(f"chosen: test {rows[best]['accuracy_percent']:.2f}%",
-                (x[best], rows[best]["accuracy_percent"]), textcoords="offset points",
-                xytext=(0, 8), ha="center")  # fmt: skip
+    ax.annotate(
+        f"chosen: test {rows[best]['accuracy_percent']:.2f}%",
+        (x[best], rows[best]["accuracy_percent"]),
+        textcoords="offset points",
+        xytext=(0, 8),
+        ha="center",
+    )
     ax.margins(y=0.15)  # room above the chosen point for its label
     low, high = ax.get_ylim()
     ax.set_ylim(max(low, 0.0), min(high, 100.0))  # (a percentage: never past 100)

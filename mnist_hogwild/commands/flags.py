@@ -50,8 +50,12 @@ GROUPS = {
         "launcher with one leader per node (the plain torchrun command works too)",
     ),
 }
-CLASS_GROUPS = {TrainConfig: "training", ConfigRequest: "training", RunOptions: "run",
-                LaunchOptions: "machines"}  # fmt: skip
+CLASS_GROUPS = {
+    TrainConfig: "training",
+    ConfigRequest: "training",
+    RunOptions: "run",
+    LaunchOptions: "machines",
+}
 
 
 def group_fields(settings=SETTINGS):
@@ -73,8 +77,8 @@ def flag_name(name):
 def add_field_flag(group, cls, f, environ=os.environ):
     """Add the flag of dataclass field F (of CLS) to GROUP: its kind's type or
     choices, its help with the default, its argparse default."""
-    meta = f.metadata
-    options = {**meta["kind"].argparse_options(), **meta["options"]}
+    meta = {k: v() if callable(v) else v for k, v in f.metadata.items() if k != "kind"}
+    options = {**f.metadata["kind"].argparse_options(), **meta["options"]}
     shown = meta["shown"]
     if issubclass(cls, TrainConfig):
         # None means "not given": --resume then takes the checkpoint's value.
@@ -172,8 +176,12 @@ def command_parser(name):
 
 def data_dir_flag(p):
     """--data-dir for a command: the same default as training's."""
-    p.add_argument("--data-dir", default=RunOptions.data_dir, metavar="DIR",
-                   help="data root (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        default=RunOptions.data_dir,
+        metavar="DIR",
+        help="data root (default: %(default)s)",
+    )
 
 
 def evaluate_flags(p):
@@ -193,8 +201,12 @@ def evaluate_flags(p):
         metavar="N",
         help="images evaluated at a time (default: %(default)s)",
     )
-    p.add_argument("--out", default="eval_results.json", metavar="FILE",
-                   help="where the metrics go, as JSON (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default="eval_results.json",
+        metavar="FILE",
+        help="where the metrics go, as JSON (default: %(default)s)",
+    )
     p.add_argument(
         "--plot",
         metavar="FILE",
@@ -204,10 +216,16 @@ def evaluate_flags(p):
 
 
 def infer_flags(p):
-    p.add_argument("images", nargs="*", metavar="IMAGE",
-                   help="image files to classify (default: test images)")  # fmt: skip
-    p.add_argument("--num-samples", type=Whole(1).parse_flag, default=5, metavar="N",
-                   help="without IMAGE: how many random test images (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="image files to classify (default: test images)"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=Whole(1).parse_flag,
+        default=5,
+        metavar="N",
+        help="without IMAGE: how many random test images (default: %(default)s)",
+    )
     p.add_argument(
         "--out-dir",
         default="results",
@@ -250,8 +268,12 @@ def export_flags(p):
 
 
 def plot_flags(p):
-    p.add_argument("--out", default="curves.png", metavar="FILE",
-                   help="the PNG to write (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default="curves.png",
+        metavar="FILE",
+        help="the PNG to write (default: %(default)s)",
+    )
 
 
 def in_container():
@@ -267,11 +289,21 @@ def serve_flags(p):
         help="the address to listen on (default: 127.0.0.1, and 0.0.0.0 in a container, "
         f"so that docker run -p reaches it: here {host})",
     )
-    p.add_argument("--port", type=Whole(1, 65535).parse_flag, default=8000, metavar="PORT",
-                   help="(default: %(default)s)")  # fmt: skip
-    p.add_argument("--max-batch", type=Whole(1, 1024).parse_flag, default=64, metavar="N",
-                   help="predictions of concurrent requests made in one forward pass, at most N; "
-                   "1: one pass per request (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--port",
+        type=Whole(1, 65535).parse_flag,
+        default=8000,
+        metavar="PORT",
+        help="(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=Whole(1, 1024).parse_flag,
+        default=64,
+        metavar="N",
+        help="predictions of concurrent requests made in one forward pass, at most N; "
+        "1: one pass per request (default: %(default)s)",
+    )
 
 
 COMMAND_FLAGS = {

@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from mnist_hogwild.training import checkpoint
+from mnist_hogwild.core.tables import DATASETS
 from mnist_hogwild.learn import data
 from mnist_hogwild.core.errors import InputError
 from mnist_hogwild.commands.output import write_output
@@ -42,8 +43,19 @@ MAX_SIDE = 1024
 DECODE_BUDGET = 64 * 2**20
 LARGE_DECODE = 8 * 2**20  # above this, decoded within read_image's LARGE()
 NO_GATE = contextlib.nullcontext()
-BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "RGB": 3,
-                   "YCbCr": 3, "LAB": 3, "HSV": 3}  # fmt: skip
+BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "La": 2,
+    "I;16": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+}
 # The share of the picture's shorter side, at each edge, taken as paper.
 BORDER = 0.03
 
@@ -127,7 +139,7 @@ def prepare_image(path, dataset, source=None, large=contextlib.nullcontext):
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    if dataset != "mnist":
+    if DATASETS[dataset].preparation != "digit":
         grey = _pixels(image.convert("L"), 1)[0]
         if float(grey.max() - grey.min()) < NO_INK * 255:
             raise InputError(f"{path}: nothing found (the image is blank: no ink on it)")

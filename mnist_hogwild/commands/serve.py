@@ -162,16 +162,18 @@ def make_app(model, batcher, decoders):
         waiting[0] += 1
         try:
             with fail_after(REQUEST_SECONDS):
-                image = await decoders.decode(body, request.headers.get("content-type"),
-                                              model.dataset)  # fmt: skip
+                image = await decoders.decode(
+                    body, request.headers.get("content-type"), model.dataset
+                )
                 probabilities, state = await batcher.predict(image)
         except InputError as e:
             return refuse(*refusal(e))
         except Unavailable as e:
             return refuse(f"{e}.", 503)
         except TimeoutError:
-            return refuse(f"Reading the image took over {REQUEST_SECONDS:g} s; send a smaller one.",
-                          503)  # fmt: skip
+            return refuse(
+                f"Reading the image took over {REQUEST_SECONDS:g} s; send a smaller one.", 503
+            )
         finally:
             waiting[0] -= 1
         return JSONResponse(answer(probabilities, image, state))
@@ -251,9 +253,15 @@ def run_command(args):
         f"serving {args.checkpoint} (epoch {model.state['epoch']}) at "
         f"http://{args.host}:{args.port}/ (no authentication: a trusted network only)"
     )
-    config = uvicorn.Config(app, log_level="warning", http=httpguard.GuardedH11,
-                            limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=5,
-                            timeout_graceful_shutdown=1, h11_max_incomplete_event_size=16384)  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        http=httpguard.GuardedH11,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=1,
+        h11_max_incomplete_event_size=16384,
+    )
     server = uvicorn.Server(config)
     # uvicorn stops gracefully on SIGINT/SIGTERM (docker stop), then raises the
     # signal again for the handler it found: a stop is the end of serving, exit 0.

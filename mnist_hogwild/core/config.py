@@ -24,45 +24,21 @@ from mnist_hogwild.core.kinds import (
     Whole,
     flag,
 )
+from mnist_hogwild.core.tables import (
+    DATASETS,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    choices_help,
+    unused_settings,
+)
 
 MNIST, FASHION_MNIST = "mnist", "fashion-mnist"
-DATASETS = (MNIST, FASHION_MNIST)
-# The names the flags offer (torch-free); what each does is learn/optimizers.py's
-# OPTIMIZERS and learn/schedule.py's SHAPES, keyed by the same names.
-OPTIMIZER_NAMES = ("sgd", "adam")
-# --lr-schedule NAME -> its default --warmup (onecycle: torch's OneCycleLR pct_start).
-LR_SCHEDULES = {"constant": 0.0, "onecycle": 0.3, "cosine": 0.0}
 NODE_UPDATES = ("sum", "average")
 DEVICES = ("auto", "cpu", "cuda")
 # --rdzv-conf's default: see cluster/launcher.py.
 LAST_CALL = "last_call_timeout=5"
 MAX_PROCESSES, MAX_THREADS = 512, 1024  # beyond these, thread or process creation fails
-
-
-# --recipe: named sets of TrainConfig defaults; flags given explicitly still win.
-# "sample" is pytorch/examples' mnist_hogwild (the course's). "fast" reaches 98%
-# on MNIST after one epoch (docs/performance.md has the measurements;
-# `python scripts/benchmark.py --time-to-accuracy` reruns them). What made one
-# epoch enough, measured one change at a time: dropout 0.1 instead of the
-# network's 0.5 (the largest gain: one epoch is too short to overfit), and
-# Adam's betas 0.7/0.9, whose shorter memory follows the one-cycle rate within
-# the epoch, and keeps eight racing processes on course. Batches of 128, not
-# 64: with several Hogwild processes, half as many updates, each from a less
-# noisy gradient. A peak rate of 0.01 was slightly better at two processes,
-# but at eight processes on two cores (each update computed from weights up
-# to seven updates old) it killed the network in some runs; 0.005 stays clear.
-RECIPES = {
-    "sample": {},
-    "fast": {
-        "optimizer": "adam",
-        "lr": 0.005,
-        "betas": (0.7, 0.9),
-        "dropout": 0.1,
-        "lr_schedule": "onecycle",
-        "epochs": 1,
-        "batch_size": 128,
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -88,22 +64,20 @@ class TrainConfig:
         0.5, "dropout rate of the network's two dropout layers", UNIT, metavar="P"
     )
     seed: int = flag(1, "random seed", Whole(0, 2**63 - 1), metavar="S")
-    dataset: str = flag(MNIST, "which data set", OneOf(DATASETS))
-    optimizer: str = flag(
-        "sgd", "sgd (with --momentum, the sample's) or adam", OneOf(OPTIMIZER_NAMES)
-    )
+    dataset: str = flag(MNIST, lambda: choices_help(DATASETS), OneOf(DATASETS))
+    optimizer: str = flag("sgd", lambda: choices_help(OPTIMIZERS), OneOf(OPTIMIZERS))
     lr_schedule: str = flag(
         "constant",
-        "the learning rate over the planned batches: constant, onecycle (up to --lr over the "
-        "warm-up, then cosine down) or cosine (down to 0)",
-        OneOf(LR_SCHEDULES),
+        lambda: "the learning rate over the planned batches: " + choices_help(SCHEDULES),
+        OneOf(SCHEDULES),
     )
     # The share of the planned batches with a rising rate (onecycle: up to its peak).
     warmup: float = flag(
         0.0,
         "share of the planned batches over which the rate rises",
         UNIT,
-        shown=", ".join(f"{v:g} with {k}" for k, v in LR_SCHEDULES.items() if v) + ", else 0",
+        shown=lambda: ", ".join(f"{s.warmup:g} with {n}" for n, s in SCHEDULES.items() if s.warmup)
+        + ", else 0",
         metavar="F",
     )
 
@@ -143,10 +117,10 @@ class TrainConfig:
         Raises UsageError when a flag contradicts a MUST_MATCH field."""
         given = request.given
         if saved is None:
-            recipe = RECIPES[request.recipe]
+            recipe = RECIPES[request.recipe].values
             base = {**cls().as_dict(), **recipe}
             if "warmup" not in recipe:
-                base["warmup"] = LR_SCHEDULES[given.get("lr_schedule") or base["lr_schedule"]]
+                base["warmup"] = SCHEDULES[given.get("lr_schedule") or base["lr_schedule"]].warmup
             values = {n: given.get(n, base[n]) for n in cls.names()}
         else:
             optimizer = saved.get("optimizer", cls.optimizer)
@@ -169,10 +143,6 @@ class TrainConfig:
         return asdict(self)
 
 
-# Settings one optimizer does not use: a change of them on resume is no news.
-UNUSED_BY = {"momentum": "adam", "betas": "sgd"}
-
-
 def _choose(name, given, saved, log, optimizer):
     flag = "--" + name.replace("_", "-")
     if given is None:
@@ -184,7 +154,7 @@ def _choose(name, given, saved, log, optimizer):
                 f"the same {flag} (or start a new run with another --checkpoint)"
             )
         # Raising --epochs to train further is the normal case: no note either.
-        if name != "epochs" and UNUSED_BY.get(name) != optimizer:
+        if name != "epochs" and name not in unused_settings(optimizer):
             log(f"note: {flag} changed from {saved} to {given} on resume")
     return given
 
@@ -340,8 +310,7 @@ class ConfigRequest:
     given: dict = field(default_factory=dict)
     recipe: str = flag(
         "sample",
-        "a named set of the * defaults: sample (pytorch/examples' settings) or fast (Adam, "
-        "one-cycle, dropout 0.1, batch 128, 1 epoch: 98%% on MNIST soonest); explicit flags "
+        lambda: "a named set of the * defaults: " + choices_help(RECIPES) + "; explicit flags "
         "override it",
         OneOf(RECIPES),
     )

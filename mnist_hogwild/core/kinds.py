@@ -77,11 +77,19 @@ class Real(Kind):
 
 
 class OneOf(Kind):
-    """One of the NAMES (argparse lists them itself)."""
+    """One of NAMES, a tuple or a table keyed by name (read when asked, so that
+    an entry added to the table is a choice too; argparse lists them itself)."""
 
     def __init__(self, names):
-        self.names = tuple(names)
-        self.expected = f"one of {', '.join(self.names)}"
+        self.table = names
+
+    @property
+    def names(self):
+        return tuple(self.table)
+
+    @property
+    def expected(self):
+        return f"one of {', '.join(self.names)}"
 
     def accepts(self, value):
         return value in self.names
@@ -180,7 +188,7 @@ UNIT = Real(0, 1, low_ok=True, expected="in [0, 1)")
 
 def flag(default, help, kind, shown=None, env=None, group=None, **argparse_options):
     """A dataclass field that is also a command-line flag: its default, its
-    help text, its KIND (which values it takes, for the flag and for a saved
+    help text (or a function that makes it, when --help is built), its KIND (which values it takes, for the flag and for a saved
     copy alike), what "(default: ...)" shows (SHOWN, else DEFAULT), the
     environment variable that supplies a default before DEFAULT (ENV, as
     torchrun's PET_ variables do), the --help GROUP it is listed in (else its

@@ -148,10 +148,17 @@ class BarDisplay(LineDisplay):
         sized = _width(sys.stdout) > 0
         fallback = None if sized else shutil.get_terminal_size()
         _bar = tqdm(
-            total=total, desc=f"epoch {epoch}/{epochs}", unit="sample", unit_scale=True,
-            leave=False, file=sys.stdout, mininterval=0.2, dynamic_ncols=sized,
-            ncols=fallback and fallback.columns, nrows=fallback and fallback.lines,
-        )  # fmt: skip
+            total=total,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="sample",
+            unit_scale=True,
+            leave=False,
+            file=sys.stdout,
+            mininterval=0.2,
+            dynamic_ncols=sized,
+            ncols=fallback and fallback.columns,
+            nrows=fallback and fallback.lines,
+        )
 
     def advance(self, samples):
         if _bar is not None:
@@ -238,5 +245,10 @@ class ProgressReport:
         eta = format_seconds(remaining / max(rate, 1e-9))
         self.display.report(dict(samples_per_s=rate, eta=eta, **fields))
         step = s.step(self.epoch, done)
-        return dict(epoch=self.epoch + 1, step=step, samples=samples, train_loss=loss,
-                    samples_per_s=interval_rate)  # fmt: skip
+        return dict(
+            epoch=self.epoch + 1,
+            step=step,
+            samples=samples,
+            train_loss=loss,
+            samples_per_s=interval_rate,
+        )

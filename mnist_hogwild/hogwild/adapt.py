@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from mnist_hogwild.core.config import TrainConfig
+from mnist_hogwild.core.tables import OPTIMIZERS
 
 # Up to this many processes the recipes run as tuned (measured: --recipe fast
 # holds 98% at 1, 2 and 4 processes).
@@ -25,12 +26,21 @@ ADAPT_ABOVE = 4
 
 @dataclass(frozen=True)
 class Adaptation:
-    """What the workers train with: CONFIG (the run's, with the adapted rate
-    and momentum) and MICRO_BATCHES updates per batch; NOTES say what changed."""
+    """The one config a run uses, resolved once at start-up: CONFIG is what
+    every part of the run trains and reports with (the flags and the
+    checkpoint resolved, then adapted to the process count); SAVED is the
+    same before the adaptation, what checkpoints record (so that a resume at
+    another count adapts anew); MICRO_BATCHES updates per batch; NOTES say
+    what the adaptation changed."""
 
     config: TrainConfig
     micro_batches: int = 1
     notes: list = field(default_factory=list)
+    saved: TrainConfig = None  # (None: CONFIG, nothing adapted)
+
+    def __post_init__(self):
+        if self.saved is None:
+            object.__setattr__(self, "saved", self.config)
 
 
 def micro_batches_for(processes, batch_size):
@@ -57,13 +67,12 @@ def adapt(config, processes, given, micro_batches=0):
         # of the micro-batches (docs/performance.md: with and without it).
         changes["lr"] = config.lr / math.sqrt(k)
         notes.append(f"--lr {config.lr:g} -> {changes['lr']:.3g}")
-    if config.optimizer == "adam" and "betas" not in given and config.betas[0]:
-        changes["betas"] = (0.0, config.betas[1])  # the staleness is momentum enough
-        notes.append(f"beta1 {config.betas[0]:g} -> 0")
-    if config.optimizer == "sgd" and "momentum" not in given and config.momentum:
-        changes["momentum"] = 0.0
-        notes.append(f"--momentum {config.momentum:g} -> 0")
-    return Adaptation(replace(config, **changes), k, notes)
+    # The staleness is momentum enough: the optimizer's own is turned off.
+    calmed = OPTIMIZERS[config.optimizer].calm(config)
+    if calmed and not set(calmed[0]) & set(given):
+        changes.update(calmed[0])
+        notes.append(calmed[1])
+    return Adaptation(replace(config, **changes), k, notes, saved=config)
 
 
 def describe(adaptation, processes):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_hogwild.core.config import FASHION_MNIST, MNIST
+from mnist_hogwild.core.tables import DATASETS
 from mnist_hogwild.core.errors import DataError
 
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
@@ -28,37 +28,6 @@ ROWS = COLS = 28
 NUM_CLASSES = 10
 DOWNLOAD_TIMEOUT = 60  # seconds without data before a download gives up
 
-# Layout and checksums follow torchvision, so an existing torchvision download
-# (DIR/MNIST/raw, DIR/FashionMNIST/raw) is reused as it is.
-DATASET_INFO = {
-    MNIST: {
-        "folder": "MNIST",
-        "mirrors": [
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ],
-        "md5": {
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
-        "mean": 0.1307,
-        "std": 0.3081,
-    },
-    FASHION_MNIST: {
-        "folder": "FashionMNIST",
-        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-        "md5": {
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
-        "mean": 0.2860,
-        "std": 0.3530,
-    },
-}
 SPLITS = {"train": "train", "test": "t10k"}
 
 
@@ -106,7 +75,7 @@ def subset(split, indices):
 
 
 def raw_dir(data_dir, dataset):
-    return os.path.join(data_dir, DATASET_INFO[dataset]["folder"], "raw")
+    return os.path.join(data_dir, DATASETS[dataset].folder, "raw")
 
 
 def read_header(path, magic):
@@ -186,7 +155,7 @@ def to_device(split, device):
 
 def normalizer(dataset):
     """(scale, shift) so that uint8 pixels * scale - shift == (x/255 - mean) / std."""
-    mean, std = DATASET_INFO[dataset]["mean"], DATASET_INFO[dataset]["std"]
+    mean, std = DATASETS[dataset].mean, DATASETS[dataset].std
     return 1.0 / (255.0 * std), mean / std
 
 
@@ -207,7 +176,7 @@ def md5sum(path):
 
 def download(dataset, name, dest_dir):
     """Fetch NAME.gz into dest_dir from the first mirror that works; check its MD5."""
-    info = DATASET_INFO[dataset]
+    info = DATASETS[dataset]
     gz_name = name + ".gz"
     dest = os.path.join(dest_dir, gz_name)
     # download_url_to_file has no timeout of its own; without one a dropped
@@ -225,8 +194,8 @@ def _download_from_mirrors(info, gz_name, dest):
     place: nodes (or runs) sharing a data directory never write one file
     together, and whoever finishes first wins; the others find it complete."""
     reasons = []
-    for mirror in info["mirrors"]:
-        if os.path.exists(dest) and md5sum(dest) == info["md5"][gz_name]:
+    for mirror in info.mirrors:
+        if os.path.exists(dest) and md5sum(dest) == info.md5[gz_name]:
             return dest  # another node fetched it meanwhile
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=f".{gz_name}.", suffix=".part")
         os.close(fd)
@@ -237,9 +206,9 @@ def _download_from_mirrors(info, gz_name, dest):
             reasons.append(f"{mirror}: {getattr(e, 'reason', None) or e}")
             _remove(tmp)
             continue
-        if digest != info["md5"][gz_name]:
+        if digest != info.md5[gz_name]:
             _remove(tmp)
-            reasons.append(f"{mirror}: MD5 {digest} != published {info['md5'][gz_name]}")
+            reasons.append(f"{mirror}: MD5 {digest} != published {info.md5[gz_name]}")
             continue
         os.replace(tmp, dest)
         return dest

@@ -18,6 +18,8 @@ and that torch.optim loads their state_dict().
 
 import torch
 
+from mnist_hogwild.core.tables import OPTIMIZERS, load
+
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
@@ -220,16 +222,17 @@ class Adam(SharedStateOptimizer):
         }
 
 
-# --optimizer NAME: the class that trains with it. A new optimizer is a
-# subclass above, one entry here and its name in config.OPTIMIZER_NAMES (which
-# the flags read without importing torch; tests/test_config.py checks both).
-OPTIMIZERS = {cls.name: cls for cls in (MomentumSGD, Adam)}
+def optimizer_class(name):
+    """--optimizer NAME: the class that trains with it, as core/tables.py's
+    OPTIMIZERS entry names it (a new optimizer is a subclass above and one
+    entry there)."""
+    return load(OPTIMIZERS[name].cls)
 
 
 def make(name, params, lr, momentum, state=None, betas=ADAM_BETAS):
     """The NAME optimizer over PARAMS, on STATE (fresh if None). Each uses its
     own settings: SGD MOMENTUM, Adam's BETAS."""
-    cls = OPTIMIZERS[name]
+    cls = optimizer_class(name)
     params = list(params)
     state = cls.new_state(params) if state is None else state
     return cls(params, lr, momentum, state, betas)

@@ -12,10 +12,11 @@ That prefix is the whole progress a checkpoint has to record.
 """
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import torch
+
+from mnist_hogwild.core.tables import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -101,49 +102,13 @@ def learning_rate(config, batch, per_epoch):
     and the planned total (config.epochs * PER_EPOCH), so that every worker
     uses the same rate for the same batch whatever --num-processes or the
     node count, and a resume continues the curve exactly. The shape is
-    SHAPES[config.lr_schedule]."""
+    the table's: core/tables.py SCHEDULES[config.lr_schedule]."""
     total = max(1, config.epochs * per_epoch)
     position = min(batch, total - 1) / total  # in [0, 1)
-    return SHAPES[config.lr_schedule](config.lr, config.warmup, position, batch, total)
+    return SCHEDULES[config.lr_schedule].shape(config.lr, config.warmup, position, batch, total)
 
 
 def follows_the_plan(config):
     """Whether the rate depends on the planned length at all (a constant rate
     without a warm-up does not: a resume with another --epochs changes nothing)."""
     return config.lr_schedule != "constant" or config.warmup > 0
-
-
-def _after_warmup(shape):
-    """A schedule with a linear warm-up from 0 over the first WARMUP share of
-    the batches, then SHAPE(peak, fraction of the rest)."""
-
-    def rate(peak, warmup, position, batch, total):
-        if position < warmup:
-            return peak * (batch + 1) / (warmup * total)
-        return shape(peak, (position - warmup) / (1 - warmup))
-
-    return rate
-
-
-def _one_cycle(peak, warmup, position, batch, total):
-    """Linear from peak/25 up to peak over the warm-up share, then cosine down
-    to peak/10^4 (torch's OneCycleLR's shape and defaults)."""
-    start, end = peak / 25, peak / 25 / 1e4
-    if position < warmup:
-        return start + (peak - start) * position / warmup
-    return end + (peak - end) * _cosine((position - warmup) / (1 - warmup))
-
-
-def _cosine(fraction):
-    """1 at 0, falling along half a cosine to 0 at 1."""
-    return (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0))) / 2
-
-
-# --lr-schedule NAME: its shape. A new schedule is a function here and its
-# name (with its default warm-up) in config.LR_SCHEDULES, which the flags
-# read without importing torch; tests/test_config.py checks both.
-SHAPES = {
-    "constant": _after_warmup(lambda peak, fraction: peak),
-    "onecycle": _one_cycle,
-    "cosine": _after_warmup(lambda peak, fraction: peak * _cosine(fraction)),
-}

@@ -71,6 +71,13 @@ class Record:
     def from_state(cls, state):
         return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
+    def next_batch(self, per_epoch):
+        """The global batch training goes on from. Not divmod(batch, PER_EPOCH)
+        later: a checkpoint saved while the last epoch's evaluation was
+        interrupted holds step == PER_EPOCH, and that epoch must still be
+        evaluated on resume."""
+        return self.epoch * per_epoch + self.step
+
 
 OPTIONAL_KEYS = ("partial_epoch", "options", "run_id", "intervals")
 INTERVAL_COLUMNS = ("epoch", "batch", "samples", "train_loss", "lr", "samples_per_s", "staleness")

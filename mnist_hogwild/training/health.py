@@ -13,7 +13,7 @@ epoch of training stops it at the latest. Every check raises Diverged: one
 
 import math
 
-from mnist_hogwild.core.config import RECIPES, TrainConfig
+from mnist_hogwild.core.tables import OPTIMIZERS
 from mnist_hogwild.core.errors import Diverged
 from mnist_hogwild.learn.data import NUM_CLASSES
 from mnist_hogwild.training.checkpoint import decided_by
@@ -33,8 +33,6 @@ TOO_HIGH = "the learning rate is too high"
 # is below that floor early (SGD at --lr 0.001: 2.29 after a fifth of an epoch).
 CHANCE_BELOW, CHANCE_ABOVE = 0.02, 0.1
 CHANCE_PERCENT = 1.5 * 100 / NUM_CLASSES  # an epoch at or below this is at chance
-# The peak rate each optimizer has in this project's recipes (sample, fast).
-USUAL_LR = {"sgd": TrainConfig.lr, "adam": RECIPES["fast"]["lr"]}
 
 
 # Both checks need this many batches trained before they judge (and the early
@@ -54,8 +52,8 @@ class HealthWatch:
     stops the run when every interval over a tenth of an epoch is at chance
     and the loss did not fall over them."""
 
-    def __init__(self, config, options, per_epoch):
-        self.config, self.options, self.per_epoch = config, options, per_epoch
+    def __init__(self, config, processes, per_epoch):
+        self.config, self.processes, self.per_epoch = config, processes, per_epoch
         warmup = int(config.warmup * config.epochs * per_epoch)
         self.armed_at = max(per_epoch // 4, warmup, MIN_BATCHES)
         self.window = max(per_epoch // 10, WINDOW_BATCHES)
@@ -117,8 +115,8 @@ class HealthWatch:
     def cause(self):
         """The likely cause, and what to try: the rate against the one this
         project's recipes use with this optimizer, then the process count."""
-        lr, n, name = self.config.lr, self.options.num_processes, self.config.optimizer
-        usual = USUAL_LR[name]
+        lr, n, name = self.config.lr, self.processes, self.config.optimizer
+        usual = OPTIMIZERS[name].usual_lr
         if lr > 2 * usual:
             return (
                 f"the learning rate is too high (--lr {lr:g}; the recipes use {usual:g} with "

@@ -6,8 +6,9 @@ import sys
 
 from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core.loglines import format_seconds, line, say
+from mnist_hogwild.hogwild.adapt import describe
 from mnist_hogwild.hogwild.pool import staleness_summary
-from mnist_hogwild.learn.optimizers import OPTIMIZERS
+from mnist_hogwild.learn.optimizers import optimizer_class
 from mnist_hogwild.learn.schedule import learning_rate
 from mnist_hogwild.training.checkpoint import decided_by
 
@@ -16,21 +17,31 @@ def warn(message):
     say(f"warning: {message}", sys.stderr)
 
 
-def say_start(config, options, threads, record, resuming, adapted=None):
-    """The run's first lines: where it resumes (if RESUMING), how it trains,
-    and what it ADAPTED to its process count (a note, if anything)."""
+def say_start(plan, options, threads, record, resuming):
+    """The run's first lines: where it resumes (if RESUMING), how it trains
+    (PLAN's config, the one the run uses), and what the plan adapted to the
+    process count (a note, if anything)."""
+    config = plan.config
     if resuming:
         fields = dict(path=options.checkpoint, per_epoch=record.batches_per_epoch)
         say(line("resuming", epoch=record.epoch + 1, step=record.step, **fields))
     processes = dict(processes=options.num_processes, threads=threads)
-    settings = OPTIMIZERS[config.optimizer].settings(config)
+    settings = optimizer_class(config.optimizer).settings(config)
     decides = (
         f"{config.validation_size} validation images"
         if config.validation_size
         else "the test set (--validation-size 0, as the course's sample)"
     )
-    say(line("training", **processes, optimizer_settings=settings, decides=decides,
-             **config.as_dict()))  # fmt: skip
+    say(
+        line(
+            "training",
+            **processes,
+            optimizer_settings=settings,
+            decides=decides,
+            **config.as_dict(),
+        )
+    )
+    adapted = describe(plan, options.num_processes)
     if adapted:
         say(adapted)
 
@@ -38,8 +49,14 @@ def say_start(config, options, threads, record, resuming, adapted=None):
 def say_stopped(stopped, path, **fields):
     """The line of a run stopped by a signal, here or on another node, and saved at PATH."""
     name = stopped.name()
-    say(line("stopped", signal=name if stopped.here else f"{name} on another node", path=path,
-             **fields))  # fmt: skip
+    say(
+        line(
+            "stopped",
+            signal=name if stopped.here else f"{name} on another node",
+            path=path,
+            **fields,
+        )
+    )
 
 
 def say_epoch(row, epochs, path):
@@ -54,12 +71,12 @@ def say_epoch(row, epochs, path):
 
 def say_done(elapsed, batches, rows, path):
     """The line of a run that trained all its epochs (ROWS) in ELAPSED seconds."""
-    say(line("done", elapsed=format_seconds(elapsed), batches=batches, epochs=len(rows),
-             path=path))  # fmt: skip
+    say(line("done", elapsed=format_seconds(elapsed), batches=batches, epochs=len(rows), path=path))
 
 
-def metrics_row(epoch, batches, results, eval_seconds, partial, config, num_samples, per_epoch,
-                staleness=(0, 0)):  # fmt: skip
+def metrics_row(
+    epoch, batches, results, eval_seconds, partial, config, num_samples, per_epoch, staleness=(0, 0)
+):
     """EPOCH's row in the metrics (BATCHES of it trained, RESULTS the test and,
     if held out, the validation Evaluation, PARTIAL its loss and seconds,
     STALENESS the mean and 99th percentile of its updates')."""
@@ -100,8 +117,9 @@ class IntervalRows:
         lr = learning_rate(self.config, (epoch - 1) * self.per_epoch + step - 1, self.per_epoch)
         samples = (epoch - 1) * self.num_samples + interval["samples"]
         loss, rate = interval["train_loss"], interval["samples_per_s"]
-        self.rows.append([epoch, (epoch - 1) * self.per_epoch + step, samples, loss, lr, rate,
-                          staleness])  # fmt: skip
+        self.rows.append(
+            [epoch, (epoch - 1) * self.per_epoch + step, samples, loss, lr, rate, staleness]
+        )
 
 
 def reached_target(row, target):

@@ -104,9 +104,10 @@ def prepare(request, options, stop, started, pool, closing):
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
     config = held_out(config, request, options, fresh=state is None)
-    adaptation = adapt(config, options.num_processes, request.given, options.micro_batches)
-    trainer = Trainer(config, options, device, node, stop, checkpoints, state, started, pool,
-                      adaptation)  # fmt: skip
+    # The one config the run uses: the flags and the checkpoint resolved
+    # (above), then adapted to this process count.
+    plan = adapt(config, options.num_processes, request.given, options.micro_batches)
+    trainer = Trainer(plan, options, device, node, stop, checkpoints, state, started, pool)
     return trainer.run()
 
 

@@ -11,7 +11,6 @@ before it.
 
 import math
 import time
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -21,12 +20,10 @@ from mnist_hogwild.cluster import launcher
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import Diverged, WorkerDied
 from mnist_hogwild.core.loglines import ProgressReport, line, progress_display, say
-from mnist_hogwild.hogwild.adapt import describe
 from mnist_hogwild.hogwild.pool import staleness_summary
 from mnist_hogwild.hogwild.signals import Stopped
 from mnist_hogwild.hogwild.worker import WorkerSetup
-from mnist_hogwild.learn import data, optimizers
-from mnist_hogwild.learn.evaluation import evaluate
+from mnist_hogwild.learn import data
 from mnist_hogwild.learn.schedule import Schedule, batches_per_epoch
 from mnist_hogwild.training import checkpoint
 from mnist_hogwild.training.health import HealthWatch
@@ -43,56 +40,8 @@ from mnist_hogwild.training.outcome import (
     stopped_before_training,
     warn,
 )
-from model import Net
-
-
-@dataclass
-class SharedModel:
-    """The model and optimizer state the workers train together (Hogwild:
-    without locks, in shared memory on the CPU; on a GPU the workers reach
-    these very tensors by CUDA IPC), and where training stands."""
-
-    model: Net
-    optimizer: optimizers.SharedStateOptimizer
-    record: checkpoint.Record  # where training stands, and its metrics (saved)
-    run_id: str
-    summed: list  # optimizer state that several machines add up (optimizer.counted)
-    averaged: list  # the rest of the optimizer state: several machines average it
-
-    @classmethod
-    def build(cls, config, device, state, checkpoints, per_epoch):
-        """Fresh (seeded), or restored from STATE, then shared."""
-        torch.manual_seed(config.seed)
-        model = Net(config.dropout).to(device)
-        params = list(model.parameters())
-        optimizer = optimizers.from_config(config, params)
-        if state is None:
-            record, run_id = checkpoint.Record(0, 0, per_epoch, config.seed), None
-        else:
-            record = checkpoints.restore(state, model, optimizer, per_epoch)
-            run_id = state.get("run_id")
-        model.share_memory()
-        for tensor in optimizer.tensors():
-            tensor.share_memory_()
-        summed, averaged = optimizer.counters(), optimizer.moments()
-        run_id = run_id or checkpoint.new_run_id()
-        return cls(model, optimizer, record, run_id, summed, averaged)
-
-    def payload(self, config, schedule, train, setup):
-        """What every worker gets: the shared tensors (by fd, or CUDA IPC), and
-        how to train. On the CPU TRAIN is the data files, which the workers map
-        themselves (page cache, no copy); on a GPU the split already there."""
-        return dict(model=self.model, state=self.optimizer.state, config=config, train=train,
-                    setup=setup, schedule=schedule)  # fmt: skip
-
-    def snapshot(self, config, options, epoch, step, partial):
-        """The whole checkpoint dict for (EPOCH, STEP), PARTIAL the unfinished
-        epoch's loss and seconds; call only while the workers are paused."""
-        record = checkpoint.Record(epoch, step, self.record.batches_per_epoch, config.seed,
-                                   list(self.record.metrics), dict(partial),
-                                   [list(r) for r in self.record.intervals])  # fmt: skip
-        return checkpoint.make_state(self.model, self.optimizer.state_dict(), record,
-                                     config.as_dict(), options.as_dict(), self.run_id)  # fmt: skip
+from mnist_hogwild.training.shared import SharedModel
+from mnist_hogwild.training.splits import evaluate_splits, load_splits
 
 
 class Trainer:
@@ -100,34 +49,29 @@ class Trainer:
     workers' SharedCounters, keeps the Record a checkpoint saves (docs/design.md);
     asks the node where to pause and the checkpoint manager when to save."""
 
-    def __init__(self, config, options, device, node, stop, checkpoints, state, started, pool,
-                 adaptation):  # fmt: skip
-        self.config, self.options, self.device, self.node = config, options, device, node
-        self.adaptation = adaptation  # (hogwild/adapt.py: what the workers train with)
-        self.stop, self.checkpoints, self.started, self.pool = stop, checkpoints, started, pool
-        self.counters = pool.counters
+    def __init__(self, plan, options, device, node, stop, checkpoints, state, started, pool):
+        # PLAN (hogwild/adapt.py) holds the one config this run trains and
+        # reports with, and the one its checkpoints record.
+        self.plan, self.config, self.options = plan, plan.config, options
+        self.device, self.node, self.stop, self.pool = device, node, stop, pool
+        self.checkpoints, self.started, self.counters = checkpoints, started, pool.counters
         self.staleness_counts = partial(pool.counters.staleness_counts, pool.check)
-        self.splits = load_splits(options, config, device)
-        self.per_epoch = batches_per_epoch(self.splits.trained, config.batch_size)
-        self.shared = SharedModel.build(config, device, state, checkpoints, self.per_epoch)
+        self.splits = load_splits(options.data_dir, self.config, device)
+        self.per_epoch = batches_per_epoch(self.splits.trained, self.config.batch_size)
+        self.shared = SharedModel.build(plan.saved, device, state, checkpoints, self.per_epoch)
         self.model, self.record = self.shared.model, self.shared.record
         node.begin(self.model.parameters(), self.shared.averaged, self.shared.summed)
         self.first_epoch = self.record.epoch
-        # Not divmod(start, per_epoch) later: a checkpoint saved while the last
-        # epoch's evaluation was interrupted holds step == per_epoch, and that
-        # epoch must still be evaluated on resume.
-        self.start_batch = self.first_epoch * self.per_epoch + self.record.step
+        self.start_batch = self.record.next_batch(self.per_epoch)
         self.threads, self.eval_threads = thread_counts(options)
         self.schedule = Schedule(self.per_epoch, self.start_batch, node.rank, node.world)
-        self.report = ProgressReport(options.log_interval, config, self.schedule,
-                                     self.splits.trained, progress_display(node.leader))  # fmt: skip
-        self.intervals = IntervalRows(self.record.intervals, config, self.per_epoch,
-                                      self.splits.trained, self.staleness_counts)  # fmt: skip
+        self.report, self.intervals, self.evaluate_all, self.row = measures(self, options)
         # --dry-run: the same loop, one batch per worker of the first epoch.
         self.batch_limit = options.num_processes if options.dry_run else None
-        self.last_epoch = self.first_epoch + 1 if options.dry_run else config.epochs
+        self.last_epoch = self.first_epoch + 1 if options.dry_run else self.config.epochs
         self.epoch, self.epoch_trained = self.first_epoch, False
-        self.health = HealthWatch(config, options, self.per_epoch)
+        # (The collapse checks name the rate the flags set, before the adaptation.)
+        self.health = HealthWatch(plan.saved, options.num_processes, self.per_epoch)
         self.run_started = time.perf_counter()
         self.counters.reset(0)  # the shared counters count this node's batches of this run
 
@@ -152,18 +96,15 @@ class Trainer:
     def start_workers(self):
         """Hand the workers (forked at start-up, waiting) the shared model and
         wait until they are ready."""
-        say_start(self.config, self.options, self.threads, self.record, resuming=self.start_batch,
-                  adapted=describe(self.adaptation, self.options.num_processes))  # fmt: skip
+        say_start(self.plan, self.options, self.threads, self.record, self.start_batch)
         self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
         if self.stop.signum is not None and self.node.pauses_anywhere:
             raise Stopped(self.stop.signum, during_start_up=True)
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
-        setup = worker_setup(self.device, self.threads, self.options, self.adaptation)
+        setup = worker_setup(self.device, self.threads, self.options, self.plan.micro_batches)
         train = self.splits.files["train"] if self.device.type == "cpu" else self.splits.train
-        self.pool.send_setup(
-            self.shared.payload(self.adaptation.config, self.schedule, train, setup)
-        )
+        self.pool.send_setup(self.shared.payload(self.config, self.schedule, train, setup))
         # One machine stops at once; several stop together, at the first sync.
         give_up = self.stop.requested if self.node.pauses_anywhere else None
         if not self.counters.wait("ready", len(self.pool), self.pool.check, give_up):
@@ -208,8 +149,9 @@ class Trainer:
         if interval is not None and self.node.leader:
             self.intervals.add(interval)
         try:
-            self.health.check_interval(loss_sum, interval and interval["train_loss"], batch,
-                                       self.epoch)  # fmt: skip
+            self.health.check_interval(
+                loss_sum, interval and interval["train_loss"], batch, self.epoch
+            )
         except Diverged:
             self.counters.pause(self.pool.check)
             raise
@@ -229,14 +171,12 @@ class Trainer:
     def evaluate_epoch(self, epoch):
         """EPOCH's metrics row: the test set and the validation images (if held
         out) evaluated (see evaluate_splits); the first node makes the row."""
-        results, seconds, signum = evaluate_splits(self.model, self.node, self.splits, self.config,
-                                                   self.options, self.eval_threads, self.stop)  # fmt: skip
+        results, seconds, signum = self.evaluate_all()
         row = None
         if None not in results.values() and self.node.leader:
             batches = self.schedule.step(epoch, self.counters.done.value)
-            row = metrics_row(epoch, batches, results, seconds, self.record.partial_epoch,
-                              self.adaptation.config, self.splits.trained, self.per_epoch,
-                              self.stale)  # fmt: skip
+            partial_epoch = self.record.partial_epoch
+            row = self.row(epoch, batches, results, seconds, partial_epoch, staleness=self.stale)
         row, signum = self.node.share_evaluation(row, signum)
         if row is None:
             raise Stopped(signum or self.stop.signum, here=self.stop.signum is not None)
@@ -292,74 +232,35 @@ class Trainer:
     def snapshot(self, epoch, step, partial=None):
         """The checkpoint dict for (EPOCH, STEP); PARTIAL defaults to the run's."""
         partial = partial or self.record.partial_epoch
-        return self.shared.snapshot(self.config, self.options, epoch, step, partial)
+        return self.shared.snapshot(self.plan.saved, self.options, epoch, step, partial)
+
+
+def measures(trainer, options):
+    """What TRAINER measures its run with: the progress lines, the interval
+    rows of the metrics, the evaluation of every split (evaluate_all()), and
+    an epoch's metrics row (row(epoch, batches, results, seconds, partial, staleness))."""
+    config, trained, per_epoch = trainer.config, trainer.splits.trained, trainer.per_epoch
+    display = progress_display(trainer.node.leader)
+    report = ProgressReport(options.log_interval, config, trainer.schedule, trained, display)
+    rows, counts = trainer.record.intervals, trainer.staleness_counts
+    intervals = IntervalRows(rows, config, per_epoch, trained, counts)
+    batch, threads = options.test_batch_size, trainer.eval_threads
+    parts = (trainer.model, trainer.node, trainer.splits, batch, threads, trainer.stop)
+    evaluate_all = partial(evaluate_splits, *parts)
+    row = partial(metrics_row, config=config, num_samples=trained, per_epoch=per_epoch)
+    return report, intervals, evaluate_all, row
 
 
 def thread_counts(options):
-    """(torch threads per worker, the parent's for evaluation, when the workers are idle)."""
+    """(torch threads per worker: --threads-per-process, else a share of the
+    usable CPUs; the parent's for evaluation, when the workers are idle)."""
     usable = cpus.usable_cpus()
     threads = options.threads_per_process or max(1, usable // options.num_processes)
     return threads, max(threads, usable)
 
 
-def worker_setup(device, threads, options, adaptation):
+def worker_setup(device, threads, options, micro_batches):
     """How every worker runs. On the CPU a worker reports every batch (there
     is nothing to wait for), on a GPU every log interval (see the worker)."""
     every = 1 if device.type == "cpu" else options.log_interval
-    return WorkerSetup(threads, str(device), options.deterministic, every, adaptation.micro_batches)
-
-
-@dataclass
-class Splits:
-    """The run's data: the files (which the workers map), the training split
-    (validation images included: the workers skip them, data.hold_out), the
-    test split and the validation images (None if none are held out)."""
-
-    files: dict
-    train: data.Split
-    test: data.Split
-    validation: data.Split
-    trained: int  # the training images the workers train on
-
-    def evaluated(self):
-        """(name, split) of what each epoch is evaluated on."""
-        named = [("test", self.test), ("validation", self.validation)]
-        return [(name, split) for name, split in named if split is not None]
-
-
-def load_splits(options, config, device):
-    """The run's Splits, on DEVICE."""
-    files = data.prepare(options.data_dir, config.dataset, log=say)
-    train = data.map_split(files["train"])
-    trained, held = data.hold_out(len(train), config.validation_size)
-    validation = data.to_device(data.subset(train, held), device) if len(held) else None
-    test = data.to_device(data.load_split(files["test"]), device)
-    return Splits(files, data.to_device(train, device), test, validation, len(trained))
-
-
-def evaluate_splits(model, node, splits, config, options, threads, stop):
-    """({name: Evaluation, or None if stopped}, seconds, a stop signal or 0) of
-    MODEL on each split SPLITS.evaluated(). On several machines each node
-    evaluates its share of each, and the results are everyone's sums."""
-    results, seconds, signum = {}, 0.0, 0
-    for name, split in splits.evaluated():
-        result, spent = evaluate_on_every_core(model, node.shard(split), config.dataset,
-                                               options.test_batch_size, threads,
-                                               stop.requested)  # fmt: skip
-        results[name], stopped = node.combine_evaluation(result, stop.signum)
-        seconds, signum = seconds + spent, signum or stopped
-    return results, seconds, signum
-
-
-def evaluate_on_every_core(model, split, dataset, batch_size, threads, stop_requested):
-    """(evaluation of MODEL on SPLIT, seconds) with THREADS torch threads: the
-    workers are idle meanwhile, so the parent may use every core."""
-    before, started = torch.get_num_threads(), time.perf_counter()
-    torch.set_num_threads(threads)
-    try:
-        return (
-            evaluate(model, split, dataset, batch_size, stop_requested),
-            time.perf_counter() - started,
-        )
-    finally:
-        torch.set_num_threads(before)
+    return WorkerSetup(threads, str(device), options.deterministic, every, micro_batches)
