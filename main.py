@@ -1,6 +1,7 @@
 """mnist-hogwild: train an MNIST classifier on every CPU core with Hogwild.
 
-Command line and start-up. The flags are made in mnist_hogwild/commands/flags.py,
+Command line and start-up. The commands and their flags are
+mnist_hogwild/commands/flags.py's COMMANDS,
 the parent's training loop is mnist_hogwild/training/trainer.py, the workers' is
 mnist_hogwild/hogwild/worker.py, the network model.py; docs/design.md maps
 the package.
@@ -21,35 +22,18 @@ from mnist_hogwild.commands.flags import (
     settings,
 )
 from mnist_hogwild.core.errors import CheckpointError, DataError, InputError, UsageError
+from mnist_hogwild.core.tables import load
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import exit_now
 from mnist_hogwild.hogwild.signals import StopRequest
 
 
-def command_function(name):
-    """The function that runs command NAME: imported only when that command
-    runs (after its flags are parsed, so --help answers before torch loads),
-    and named here, where static tools see every import."""
-    if name == "evaluate":
-        from mnist_hogwild.commands.evaluate import run_command
-    elif name == "infer":
-        from mnist_hogwild.commands.infer import run_command
-    elif name == "export":
-        from mnist_hogwild.commands.export import run_command
-    elif name == "plot":
-        from mnist_hogwild.commands.plot import run_command
-    elif name == "models":
-        from mnist_hogwild.commands.models import run_command
-    else:
-        from mnist_hogwild.commands.serve import run_command
-    return run_command
-
-
 def run_command(name, argv):
-    """evaluate, infer, export, plot, serve or models: parse their flags, run, one line per error."""
+    """A command of COMMANDS but train (evaluate, infer, ...): parse its flags,
+    run it, one line per error."""
     args = command_parser(name).parse_args(argv)
     try:
-        run = command_function(name)
+        run = load(COMMANDS[name].run)  # (imported only now: --help answers before torch)
         from mnist_hogwild.commands.output import keep_found_models  # torch: after --help
 
         keep_found_models(args.checkpoint)
@@ -67,7 +51,11 @@ def main(argv=None):
     stop = StopRequest()
     stop.install()  # first thing: a `docker stop` during start-up is handled, not a traceback
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in COMMANDS and argv[0] != "train":
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        say(f"error: unknown command {argv[0]!r} (the commands: {names})", sys.stderr)
+        return 2
+    if argv and argv[0] != "train" and argv[0] in COMMANDS:
         return run_command(argv[0], argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]

@@ -11,30 +11,33 @@ sees the argparse namespace.
 import argparse
 import os
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 
 from mnist_hogwild.core.config import (
-    DATASETS,
     ConfigRequest,
     LaunchOptions,
     RunOptions,
     TrainConfig,
     Whole,
 )
+from mnist_hogwild.core.tables import DATASETS
 
-COMMANDS = {
-    "train": "train the model (the default: `main.py [flags]` is `main.py train [flags]`)",
-    "evaluate": "evaluate a checkpoint on the test set: one line, and JSON with per-class "
-    "accuracy and the confusion matrix",
-    "infer": "the digit in image files, or in random test images saved as DIGIT.png",
-    "export": "the model as one file that plain torch loads (torch.export or TorchScript)",
-    "plot": "the training curves of a checkpoint's run (loss and test accuracy per epoch) as "
-    "a PNG",
-    "serve": "a web page to draw or upload a digit and watch training, and POST /predict (no "
-    "authentication: a trusted network only)",
-    "models": "the models kept beside a checkpoint (STEM.models/): name, data set, epoch, "
-    "accuracy, when written",
-}
+
+@dataclass(frozen=True)
+class Command:
+    """A command of main.py: its NAME, its help line, FLAGS(parser) adds its
+    flags (beside --checkpoint, which every command on a model has), and RUN
+    names its function as "module:function", imported only when it runs (so
+    that --help and a bad flag answer before torch loads). Everything else
+    (main.py's dispatch, --help, the container's entrypoint and README's
+    reference) reads COMMANDS: adding a command is one entry."""
+
+    name: str
+    help: str
+    flags: object = field(default=lambda parser: None, repr=False)
+    run: str = ""  # (train, the default command, is main.py's own)
+
+
 EXPORT_FORMATS = ("pt2", "torchscript")
 
 # (in --help's order within each group: the launcher's flags before the syncs')
@@ -116,7 +119,7 @@ def build_parser(settings=SETTINGS):
         description="Train the MNIST Net (model.py) with Hogwild: N processes share one "
         "model's memory. Checkpoints survive SIGINT/SIGTERM/SIGHUP (docker stop); --resume "
         "continues exactly where training stopped. Other commands: "
-        + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items() if name != "train")
+        + "; ".join(f"{c.name}: {c.help}" for c in COMMANDS.values() if c.name != "train")
         + " (main.py COMMAND --help).",
         epilog="With --resume, flags marked * default to the checkpoint's values; "
         "--batch-size, --seed, --dataset and --optimizer must then match the checkpoint.",
@@ -161,7 +164,7 @@ def leader_argv(argv):
 def command_parser(name):
     """The parser of command NAME (evaluate, infer, export, plot or serve)."""
     parser = argparse.ArgumentParser(
-        prog=f"main.py {name}", description=COMMANDS[name], allow_abbrev=False
+        prog=f"main.py {name}", description=COMMANDS[name].help, allow_abbrev=False
     )
     parser.add_argument(
         "--checkpoint",
@@ -170,7 +173,7 @@ def command_parser(name):
         help="the trained model (default: %(default)s; STEM.best.pth is the best epoch's, "
         "STEM.models/NAME any kept model)",
     )
-    COMMAND_FLAGS[name](parser)
+    COMMANDS[name].flags(parser)
     return parser
 
 
@@ -188,7 +191,7 @@ def evaluate_flags(p):
     data_dir_flag(p)
     p.add_argument(
         "--dataset",
-        choices=DATASETS,
+        choices=tuple(DATASETS),
         help="the test set to use; must be the one the model was trained on (default: the "
         "checkpoint's)",
     )
@@ -306,11 +309,49 @@ def serve_flags(p):
     )
 
 
-COMMAND_FLAGS = {
-    "evaluate": evaluate_flags,
-    "infer": infer_flags,
-    "export": export_flags,
-    "plot": plot_flags,
-    "serve": serve_flags,
-    "models": lambda p: None,
+COMMANDS = {
+    c.name: c
+    for c in (
+        Command(
+            "train", "train the model (the default: `main.py [flags]` is `main.py train [flags]`)"
+        ),
+        Command(
+            "evaluate",
+            "evaluate a checkpoint on the test set: one line, and JSON with per-class accuracy "
+            "and the confusion matrix",
+            evaluate_flags,
+            "mnist_hogwild.commands.evaluate:run_command",
+        ),
+        Command(
+            "infer",
+            "the digit in image files, or in random test images saved as DIGIT.png",
+            infer_flags,
+            "mnist_hogwild.commands.infer:run_command",
+        ),
+        Command(
+            "export",
+            "the model as one file that plain torch loads (torch.export or TorchScript)",
+            export_flags,
+            "mnist_hogwild.commands.export:run_command",
+        ),
+        Command(
+            "plot",
+            "the training curves of a checkpoint's run (loss and accuracy per epoch) as a PNG",
+            plot_flags,
+            "mnist_hogwild.commands.plot:run_command",
+        ),
+        Command(
+            "serve",
+            "a web page to draw or upload a digit and watch training, and POST /predict (no "
+            "authentication: a trusted network only)",
+            serve_flags,
+            "mnist_hogwild.commands.serve:run_command",
+        ),
+        Command(
+            "models",
+            "the models kept beside a checkpoint (STEM.models/): name, data set, epoch, "
+            "accuracy, when written",
+            run="mnist_hogwild.commands.models:run_command",
+        ),
+    )
 }

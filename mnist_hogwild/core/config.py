@@ -249,8 +249,9 @@ class RunOptions:
     )
     target_accuracy: float = flag(
         0.0,  # 0: train every epoch
-        "stop (saved, exit 0) after the first epoch whose test accuracy reaches PERCENT, a "
-        "percentage such as 98 (0.98 is refused as a fraction)",
+        "stop (saved, exit 0) after the first epoch whose validation accuracy (with "
+        "--validation-size 0: test accuracy) reaches PERCENT, a percentage such as 98 (0.98 "
+        "is refused as a fraction)",
         Percent(),
         shown="train every epoch",
         metavar="PERCENT",
