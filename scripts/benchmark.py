@@ -186,7 +186,7 @@ def full_run(data_dir, dataset, label, work, epochs, processes=2, device="cpu"):
             reached = {"epoch": fields["epoch"], "wall_s": elapsed}
     t.finish()
     wall = time.monotonic() - t.t0
-    with open(harness.checkpoint.metrics_path(ckpt)) as f:
+    with open(harness.beside.metrics(ckpt)) as f:
         rows = [json.loads(line) for line in f]
     training = sum(r["seconds"] for r in rows)
     evaluation = sum(r["eval_seconds"] for r in rows)
@@ -205,7 +205,7 @@ def full_run(data_dir, dataset, label, work, epochs, processes=2, device="cpu"):
         "target": target,
         "reached": reached,
         "accuracy_per_epoch": [r["accuracy_percent"] for r in rows],
-        "metrics_file": harness.checkpoint.metrics_path(ckpt),
+        "metrics_file": harness.beside.metrics(ckpt),
     }
 
 

@@ -86,7 +86,7 @@ def write_markdown(out):
 
 
 def metrics_of(ckpt):
-    with open(checkpoint.metrics_path(ckpt)) as f:
+    with open(harness.beside.metrics(ckpt)) as f:
         return [json.loads(line) for line in f]
 
 

@@ -18,7 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # found from here, the one place that says so.
 sys.path.insert(0, REPO)
 
-from mnist_hogwild.training import checkpoint  # noqa: E402,F401 - re-exported for the scripts
+from mnist_hogwild.training import (
+    beside,
+    checkpoint,
+)  # noqa: E402,F401 - re-exported for the scripts
 from mnist_hogwild.learn import data  # noqa: E402
 from mnist_hogwild.core import loglines  # noqa: E402
 import synthetic_data  # noqa: E402
@@ -106,7 +109,7 @@ def epoch_rows(metrics_file):
 
 def remove_run_files(checkpoint_path):
     """Delete a checkpoint and its metrics file, so a benchmark run starts fresh."""
-    for path in (checkpoint_path, checkpoint.metrics_path(checkpoint_path)):
+    for path in (checkpoint_path, beside.metrics(checkpoint_path)):
         if os.path.exists(path):
             os.unlink(path)
 

@@ -15,7 +15,8 @@ import os
 
 import torch
 
-from mnist_hogwild.training import checkpoint, history
+from mnist_hogwild.training import beside
+from mnist_hogwild.training import checkpoint
 from mnist_hogwild.core.tables import DATASETS
 from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
@@ -45,7 +46,7 @@ def default_out(model, fmt):
     that is the checkpoint itself (Compose's mnist_cnn.pt, as TorchScript).
     A model of a history goes beside the history (only training writes in it)."""
     stem, ext = os.path.splitext(model)[0], FORMATS[fmt]
-    if history.holds(model):
+    if beside.in_history(model):
         stem = os.path.join(os.path.dirname(os.path.dirname(model)), os.path.basename(stem))
     return stem + (".export" if stem + ext == model else "") + ext
 

@@ -7,7 +7,7 @@ import time
 from mnist_hogwild.core.errors import InputError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.training import history
-from mnist_hogwild.training.checkpoint_manager import sibling
+from mnist_hogwild.training import beside
 
 COLUMNS = ("name", "data set", "epoch", "accuracy", "written", "")
 
@@ -20,7 +20,7 @@ def run_command(args):
         raise InputError(
             f"{kept.directory} holds no models: train on --checkpoint {args.checkpoint} first"
         )
-    copy = sibling(args.checkpoint, ".best.pth")
+    copy = beside.best(args.checkpoint)
     rows = [
         row(kept, e, copy) for d in sorted({e.dataset for e in entries}) for e in kept.ranked(d)
     ]

@@ -7,7 +7,9 @@ import os
 from mnist_hogwild.core.errors import CheckpointError, InputError, UsageError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.training import checkpoint, history
-from mnist_hogwild.training.checkpoint_manager import COPIES, adopt_found, run_files
+from mnist_hogwild.training import beside
+from mnist_hogwild.training.beside import COPIES, in_history, run_files
+from mnist_hogwild.training.checkpoint_manager import adopt_found
 from model import Net
 
 
@@ -19,7 +21,7 @@ def keep_found_models(path):
     keeps them), nor one that does not load: a command replaces nothing. A
     history that cannot be written gets a note, and the command goes on."""
     path = os.path.realpath(path) if os.path.islink(path) else path
-    if path.endswith(COPIES) or history.holds(path):
+    if path.endswith(COPIES) or in_history(path):
         return
     try:
         adopt_found(history.History(path, say), path, going_on=True, unreadable=False)
@@ -40,7 +42,7 @@ def check_output(path, model):
                 f"{path} is {what} {model}: writing there would replace a trained model; "
                 f"choose another path"
             )
-    folders = [history.folder(model)] + ([os.path.dirname(model)] if history.holds(model) else [])
+    folders = [beside.models(model)] + ([os.path.dirname(model)] if in_history(model) else [])
     for models in folders:
         if os.path.dirname(target) == os.path.realpath(models):
             raise UsageError(

@@ -5,6 +5,7 @@ metrics file beside its checkpoint."""
 import os
 import sys
 
+from mnist_hogwild.training import beside
 from mnist_hogwild.commands import figures
 from mnist_hogwild.commands.output import check_output, write_output
 from mnist_hogwild.core.errors import InputError
@@ -15,7 +16,7 @@ from mnist_hogwild.training import checkpoint
 def run_command(args):
     """Draw the curves of the run on args.checkpoint; one line out."""
     check_output(args.out, args.checkpoint)
-    metrics = checkpoint.metrics_path(args.checkpoint)
+    metrics = beside.metrics(args.checkpoint)
     rows = checkpoint.read_metrics(args.checkpoint, warn=lambda w: say(f"warning: {w}", sys.stderr))
     if not rows:
         why = "has no epochs yet" if os.path.exists(metrics) else "does not exist"

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from mnist_hogwild.training import beside
 from mnist_hogwild.core.config import TrainConfig
 from mnist_hogwild.core.errors import CheckpointError, one_line
 from model import Net
@@ -198,10 +199,6 @@ def decision_accuracy(state):
     return decided_by(rows[-1]) if rows else 0.0
 
 
-def metrics_path(checkpoint_path):
-    return os.path.splitext(checkpoint_path)[0] + ".metrics.jsonl"
-
-
 METRICS_KEYS = ("epoch", "train_loss", "test_loss", "accuracy_percent")
 OPTIONAL_METRICS = ("validation_loss", "validation_accuracy_percent", "samples")
 
@@ -223,7 +220,7 @@ def read_metrics(checkpoint_path, warn=None):
 def _rows(checkpoint_path, warn=None):
     """Every JSON object line of the metrics file."""
     try:
-        with open(metrics_path(checkpoint_path), "rb") as f:
+        with open(beside.metrics(checkpoint_path), "rb") as f:
             lines = [line for line in f if line.strip()]
     except OSError:
         return []
@@ -239,7 +236,9 @@ def _rows(checkpoint_path, warn=None):
         if isinstance(row, dict):
             rows.append(row)
     if damaged and warn is not None:
-        warn(f"{metrics_path(checkpoint_path)}: skipped {damaged} damaged line(s) (not UTF-8 text)")
+        warn(
+            f"{beside.metrics(checkpoint_path)}: skipped {damaged} damaged line(s) (not UTF-8 text)"
+        )
     return rows
 
 
@@ -267,7 +266,7 @@ def read_intervals(checkpoint_path):
 def write_metrics(checkpoint_path, metrics, intervals=()):
     """Rewrite the JSON-lines file beside the checkpoint from its lists, atomically:
     it then always agrees with the checkpoint, even after a crash between the two."""
-    path = metrics_path(checkpoint_path)
+    path = beside.metrics(checkpoint_path)
     lines = "".join(json.dumps(row) + "\n" for row in metrics_lines(metrics, intervals)).encode()
     try:
         atomic_write(path, lambda f: f.write(lines))

@@ -1,15 +1,10 @@
 """The checkpoint manager: which files a run owns, and when it writes them.
 
-Files beside --checkpoint PATH (STEM is PATH without its extension):
-    PATH                    the checkpoint (checkpoint.py has its format): the
-                            run to resume, rewritten at every save
-    STEM.models/            the model history (history.py): every model trained
-                            here, one file each, written once; a run keeps its
-                            best and its last; --keep-models prunes
-    STEM.best.pth           a copy of the best model in STEM.models/ of the data
-                            set last trained here (refreshed, never the only copy)
-    STEM.metrics.jsonl      one JSON line per evaluated epoch
-    .NAME.lock              held (flock) by the run that uses PATH
+The files beside --checkpoint PATH are named in beside.py: the checkpoint
+(checkpoint.py has its format, rewritten at every save), the history of
+models (history.py: written once each; a run keeps its best and its last;
+--keep-models prunes), the best's copy (refreshed, never the only copy),
+the metrics lines and the lock.
 Before a run writes anything, every model file it finds at PATH (copied in,
 or the older layout's STEM.prev.pth and STEM.prev.best.pth) is kept in the
 history, so no save can replace the only copy of a model.
@@ -25,6 +20,7 @@ import os
 import time
 from contextlib import contextmanager
 
+from mnist_hogwild.training import beside
 from mnist_hogwild.training import checkpoint, paths
 from mnist_hogwild.training.checkpoint import Record
 from mnist_hogwild.training.history import History, run_tag
@@ -33,27 +29,12 @@ from mnist_hogwild.core.errors import CheckpointError
 from model import Net
 
 
-def sibling(path, suffix):
-    return os.path.splitext(path)[0] + suffix
-
-
-OLDER_LAYOUT = (".prev.pth", ".prev.best.pth")  # slots of versions before the history
-COPIES = (".best.pth", *OLDER_LAYOUT)  # model files beside a checkpoint, kept in its history
-
-
-def run_files(path):
-    """Every file a run on checkpoint PATH owns (see the module docstring)."""
-    directory, name = os.path.split(path)
-    siblings = [sibling(path, s) for s in (".metrics.jsonl", *COPIES)]
-    return [path, *siblings, os.path.join(directory, f".{name}.lock")]
-
-
 def adopt_found(history, path, going_on, unreadable=True):
     """Keep in HISTORY each model file found at checkpoint PATH that it lacks:
     PATH, STEM.best.pth and the older layout's slots; PATH's Entry, or None.
     GOING_ON: PATH's run may go on from it (see History.adopt); UNREADABLE:
     keep the bytes of a file that does not load."""
-    found = [path, *(sibling(path, s) for s in COPIES)]
+    found = [path, *(beside.sibling(path, s) for s in beside.COPIES)]
     expected = Net().state_dict()
     entries = [history.adopt(p, expected, going_on and p == path, unreadable) for p in found]
     return entries[0]
@@ -70,10 +51,10 @@ class CheckpointManager:
         self.dry_run, self.resume = options.dry_run, options.resume
         self.log, self.warn = log, warn
         self.directory = os.path.dirname(os.path.abspath(self.path))
-        self.best_path = sibling(self.path, ".best.pth")
+        self.best_path = beside.best(self.path)
         self.history = History(self.path, log)
-        self.lock = PathLock(os.path.join(self.directory, f".{os.path.basename(self.path)}.lock"))
-        self.metrics_path = checkpoint.metrics_path(self.path)
+        self.lock = PathLock(beside.lock(self.path))
+        self.metrics_path = beside.metrics(self.path)
         self.writes = True  # False: a dry run over an existing checkpoint, or a follower
         self.writer = None  # the node that writes PATH for this one (see follow)
         self.last_save = time.monotonic()

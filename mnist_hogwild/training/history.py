@@ -26,6 +26,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from mnist_hogwild.training import beside
 from mnist_hogwild.training import checkpoint
 from mnist_hogwild.core.errors import CheckpointError
 
@@ -34,18 +35,6 @@ NAME = re.compile(
     r"_acc(?P<accuracy>\d+\.\d+)_(?P<run>[0-9a-f]{8}|none)_(?P<hash>[0-9a-f]{8})\.pth$"
 )
 UNREADABLE = re.compile(r"^unreadable_(?P<hash>[0-9a-f]{8})\.pth$")
-
-
-SUFFIX = ".models"  # STEM.models/ beside checkpoint STEM.pth
-
-
-def folder(path):
-    return os.path.splitext(path)[0] + SUFFIX
-
-
-def holds(path):
-    """Whether PATH is a file in a model history (STEM.models/NAME)."""
-    return os.path.dirname(os.path.realpath(path)).endswith(SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -111,7 +100,7 @@ class History:
 
     def __init__(self, path, say):
         self.path, self.say = path, say
-        self.directory = folder(path)
+        self.directory = beside.models(path)
 
     def entries(self):
         """Every model file, parsed from its name (unreadable ones are not models)."""
