@@ -58,7 +58,7 @@ step() { # name, timeout in seconds, command...
 }
 
 # (timeout runs programs, not shell functions: the steps name the program)
-check=(python3 tests/gpu_check.py)
+check=(python3 tools/gpu_check.py)
 on=(--data-dir "$data" --out "$out" --device "$device")
 
 : >"$out/results.jsonl"
@@ -78,7 +78,7 @@ step breakdown 60 python3 scripts/benchmark.py --breakdown 1,4,16 --breakdown-ep
   --data-dir "$data" --out "$out"
 step time-to-accuracy 80 "${check[@]}" time-to-accuracy "${on[@]}"
 step cores-16 40 "${check[@]}" cores-16 "${on[@]}"
-python3 -c "import sys; sys.path[:0] = ['tests', 'tools']; import gpu_check; gpu_check.write_markdown('$out')" || true
+python3 -c "import sys; sys.path[:0] = ['tools']; import gpu_check; gpu_check.write_markdown('$out')" || true
 echo "== device check: $(($(date +%s) - started)) s in all; results in $out/results.md"
 cat "$out/results.md"
 exit "$status"

@@ -18,10 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # found from here, the one place that says so.
 sys.path.insert(0, REPO)
 
-from mnist_hogwild.training import (
-    beside,
-    checkpoint,
-)  # noqa: E402,F401 - re-exported for the scripts
+# (beside and checkpoint: re-exported for the scripts)
+from mnist_hogwild.training import beside  # noqa: E402,F401
+from mnist_hogwild.training import checkpoint  # noqa: E402,F401
 from mnist_hogwild.learn import data  # noqa: E402
 from mnist_hogwild.core import loglines  # noqa: E402
 import synthetic_data  # noqa: E402

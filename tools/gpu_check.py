@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The GPU checks, one step per call, for scripts/device_check.sh.
 
-    python tests/gpu_check.py STEP --data-dir DIR --out DIR [--device cuda|cpu]
+    python tools/gpu_check.py STEP --data-dir DIR --out DIR [--device cuda|cpu]
 
 DIR holds MNIST/raw. Each step appends its results to OUT/results.jsonl the
 moment each is known and rewrites OUT/results.md from everything there, so
@@ -24,7 +24,7 @@ Steps:
                with one error line naming CUDA out of memory
   expandable   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: training works
   time-to-accuracy
-               scripts/benchmark.py --time-to-accuracy, fast and fast:3 at 1 and
+               scripts/time_to_accuracy.py, fast and fast:3 at 1 and
                16 processes: seconds from the command to 98% and 99%
   cores-16     --recipe fast at 16 processes on the machine's 16 CPU cores
                (--device cpu): accuracy after its epoch (>= 98%), staleness, seconds
@@ -51,8 +51,17 @@ from mnist_hogwild.training import checkpoint
 from mnist_hogwild.learn import data
 from mnist_hogwild.learn.evaluation import evaluate
 
-STEPS = ("throughput", "accuracy", "resume", "bitwise", "cpu-eval", "oom", "expandable",
-         "time-to-accuracy", "cores-16")  # fmt: skip
+STEPS = (
+    "throughput",
+    "accuracy",
+    "resume",
+    "bitwise",
+    "cpu-eval",
+    "oom",
+    "expandable",
+    "time-to-accuracy",
+    "cores-16",
+)
 
 
 class Results:
@@ -245,20 +254,41 @@ def step_cores_16(args, work, results):
     started = time.monotonic()
     (row,), _, _ = run(args, work, "cores16", 1, recipe="fast", num_processes=16, device="cpu")
     seconds = round(time.monotonic() - started, 1)
-    results.add("--recipe fast, 16 processes, CPU: accuracy after 1 epoch (%)",
-                round(row["accuracy_percent"], 2), row["accuracy_percent"] >= 98)  # fmt: skip
+    results.add(
+        "--recipe fast, 16 processes, CPU: accuracy after 1 epoch (%)",
+        round(row["accuracy_percent"], 2),
+        row["accuracy_percent"] >= 98,
+    )
     results.add(
         "the same: staleness (mean, p99)", [round(row["staleness"], 1), row["staleness_p99"]]
     )
-    results.add("the same: seconds from the command to the end, samples/s",
-                [seconds, round(row["samples_per_s"])])  # fmt: skip
+    results.add(
+        "the same: seconds from the command to the end, samples/s",
+        [seconds, round(row["samples_per_s"])],
+    )
 
 
 def step_time_to_accuracy(args, work, results):
-    bench = os.path.join(harness.REPO, "scripts", "benchmark.py")
-    subprocess.run([sys.executable, bench, "--time-to-accuracy", "--recipes", "fast,fast:3",
-                    "--processes", "1,16", "--device", args.device, "--repeats", "1",
-                    "--data-dir", args.data_dir, "--out", args.out], check=True)  # fmt: skip
+    bench = os.path.join(harness.REPO, "scripts", "time_to_accuracy.py")
+    subprocess.run(
+        [
+            sys.executable,
+            bench,
+            "--recipes",
+            "fast,fast:3",
+            "--processes",
+            "1,16",
+            "--device",
+            args.device,
+            "--repeats",
+            "1",
+            "--data-dir",
+            args.data_dir,
+            "--out",
+            args.out,
+        ],
+        check=True,
+    )
     with open(os.path.join(args.out, "time_to_accuracy.json")) as f:
         rows = json.load(f)["time_to_accuracy"]
     for r in rows:
