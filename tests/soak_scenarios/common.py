@@ -261,9 +261,14 @@ class Soak:
         env = {**os.environ, "MNIST_HOGWILD_SOAK": tag} if tag else None
         argv = [sys.executable, MAIN, *self.host_common, "--checkpoint", ckpt, *map(str, flags)]
         proc = subprocess.Popen(
-            argv, cwd=self.work, stdout=stdout, stderr=subprocess.PIPE, text=True,
-            env=env, start_new_session=True,
-        )  # fmt: skip
+            argv,
+            cwd=self.work,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         proc.out = LineReader(proc.stdout) if stdout == subprocess.PIPE else None
         proc.err = LineReader(proc.stderr)
         return proc

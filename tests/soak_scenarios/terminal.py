@@ -73,8 +73,11 @@ def concurrent_run(soak):
         paused = first.poll() is None  # still running, now paused: it holds the lock
         second = subprocess.run(
             [sys.executable, MAIN, *soak.host_common, "--checkpoint", ckpt],
-            cwd=soak.work, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=soak.work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         paused = paused and first.poll() is None
         os.killpg(first.pid, signal.SIGCONT)
         first.wait(timeout=900)
