@@ -9,10 +9,11 @@ belongs on a trusted network (README says so).
                     own preparation, one path for both
     GET  /metrics   the checkpoint's file name, its metrics and interval rows
 
-The event loop only moves bytes. Decoding and preparing an image run in a
-pool of POOL threads (at most MAX_WAITING requests wait for it: 503 beyond);
-the predictions of requests that arrive together are one forward pass, in
-the Batcher's thread. Each request has a size (MAX_BODY, and the decoded
+The event loop only moves bytes. Decoding and preparing an image run in
+image-reader processes (decoders.py: forked at start, before any thread,
+each sent one request's bytes over a socket pair; at most MAX_WAITING
+requests read or wait: 503 beyond); the predictions of requests that arrive
+together are one forward pass, in the Batcher's thread of this process. Each request has a size (MAX_BODY, and the decoded
 size infer.DECODE_BUDGET), a time (BODY_SECONDS to arrive, REQUEST_SECONDS
 in all: 408 and 503) and so a memory bound; httpguard.py bounds connections.
 The model is loaded again when the checkpoint file changes (a run training
@@ -235,8 +236,8 @@ def run_command(args):
     import torch  # noqa: PLC0415
     import uvicorn  # noqa: PLC0415
 
-    # One torch thread per request: the pool is the parallelism (intra-op
-    # threads cost a small image far more in hand-offs than they give).
+    # One torch thread: the readers and the batches are the parallelism
+    # (intra-op threads cost a small image far more in hand-offs than they give).
     torch.set_num_threads(1)
     model = Model(args.checkpoint)
     # First, before any thread exists: the readers are forked from this process.
