@@ -99,6 +99,9 @@ def test_eight_processes_adapt_measure_staleness_and_resume_at_another_count(tmp
     proc = run_trainer(*common, "--num-processes", "8", "--epochs", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "note: 8 processes: each update is computed from weights about 7" in proc.stdout
+    # One config: the start line reports the rate and betas the run trains with.
+    (start,) = [line for line in proc.stdout.splitlines() if line.startswith("training ")]
+    assert f"adam lr {FAST.lr / 2**0.5:.3g}, betas 0.0/{FAST.betas[1]}" in start, start
     (row,) = epoch_rows(tmp_path / "model_checkpoint.metrics.jsonl")
     assert row["staleness"] > 0 and row["staleness_p99"] >= 1, row
     saved = load_checkpoint(tmp_path / "model_checkpoint.pth")["config"]
@@ -120,3 +123,13 @@ def test_a_short_batch_is_split_into_no_more_updates_than_it_has_samples():
     x, y = torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3])
     loss = train_batch(net, optimizer, x, y, torch.default_generator, 7, micro_batches=8)
     assert torch.isfinite(loss) and 0 < loss.item() < 10
+
+
+def test_the_collapse_checks_name_the_rate_a_resume_set():
+    """After --resume --lr X, the one config the run uses has X: the collapse
+    message names it, not the checkpoint's rate."""
+    saved = TrainConfig.resolve(ConfigRequest({}, "fast")).as_dict()
+    config = ConfigRequest({"lr": 0.2}, "fast").resolve(saved, trained_epochs=1, log=print)
+    plan = adapt(config, 2, {"lr"})
+    assert plan.config.lr == plan.saved.lr == 0.2
+    assert "--lr 0.2;" in HealthWatch(plan.saved, 2, per_epoch=469).cause()

@@ -14,7 +14,7 @@ import time
 LINES = {
     "resuming": "resuming {path} at epoch {epoch}, batch {step}/{per_epoch}",
     "training": "training {dataset} for {epochs} epochs: {processes} processes x {threads} "
-    "threads, batch {batch_size}, {optimizer} lr {lr}, {optimizer_settings}, "
+    "threads, batch {batch_size}, {optimizer} lr {lr:.3g}, {optimizer_settings}, "
     "schedule {lr_schedule}; decides on {decides}",
     "ready": "{workers} workers ready: first batch {seconds:.1f}s after start",
     "progress": "epoch {epoch}/{epochs} [{samples}/{total} ({percent:.0f}%)] loss {loss:.4f} "
