@@ -11,16 +11,13 @@ import pytest
 
 from mnist_hogwild.training import checkpoint
 from mnist_hogwild.training.checkpoint_manager import CheckpointManager
-from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 from helpers import valid_state
 
 
 def manager(path, **options):
     notes = []
-    m = CheckpointManager(
-        RunOptions(checkpoint=str(path), **options), notes.append, lambda w: notes.append(f"W {w}")
-    )
+    m = CheckpointManager(str(path), notes.append, lambda w: notes.append(f"W {w}"), **options)
     return m, notes
 
 
@@ -68,8 +65,7 @@ def test_the_lock_goes_with_a_killed_process_and_the_next_run_says_it_was_killed
     script = (
         "import os, signal, sys\n"
         "from mnist_hogwild.training.checkpoint_manager import CheckpointManager\n"
-        "from mnist_hogwild.core.config import RunOptions\n"
-        "m = CheckpointManager(RunOptions(checkpoint=sys.argv[1]), print, print)\n"
+        "m = CheckpointManager(sys.argv[1], print, print)\n"
         "m.open()\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

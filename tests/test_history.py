@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from mnist_hogwild.commands import output
-from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import CheckpointError
 from mnist_hogwild.training import checkpoint, history
 from mnist_hogwild.training.checkpoint_manager import CheckpointManager
@@ -38,8 +37,8 @@ class World:
         self.log = []
 
     def manager(self, **options):
-        options = {"checkpoint": self.path, "keep_models": self.rng.choice([1, 2, 5]), **options}
-        return CheckpointManager(RunOptions(**options), self.log.append, self.log.append)
+        options = {"keep_models": self.rng.choice([1, 2, 5]), **options}
+        return CheckpointManager(self.path, self.log.append, self.log.append, **options)
 
     def state(self, dataset, epoch, rows, run_id, step=0):
         state = valid_state(epoch=epoch, step=step, metrics=list(rows), run_id=run_id)

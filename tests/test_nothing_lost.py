@@ -15,7 +15,6 @@ from conftest import finish, load_checkpoint, run_trainer, start_trainer, stop_g
 
 from mnist_hogwild.core import loglines
 from mnist_hogwild.training import checkpoint
-from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.core.errors import CheckpointError
 from mnist_hogwild.training.checkpoint_manager import CheckpointManager
 
@@ -311,8 +310,7 @@ def test_a_sticky_folder_that_forbids_replacing_the_checkpoint_refuses_to_start(
         if pid == 0:  # the run, as uid 12345: its checkpoint manager's start
             os.setgid(12345), os.setuid(12345)
             try:
-                options = RunOptions(checkpoint=os.path.join(folder, "m.pth"))
-                CheckpointManager(options, print, print).open()
+                CheckpointManager(os.path.join(folder, "m.pth"), print, print).open()
                 message = "started"
             except CheckpointError as e:
                 message = str(e)

@@ -20,6 +20,7 @@ import os
 import time
 from contextlib import contextmanager
 
+from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.training import beside
 from mnist_hogwild.training import checkpoint, paths
 from mnist_hogwild.training.checkpoint import Record
@@ -41,14 +42,24 @@ def adopt_found(history, path, going_on, unreadable=True):
 
 
 class CheckpointManager:
-    def __init__(self, options, log, warn):
+    def __init__(
+        self,
+        path,
+        log,
+        warn,
+        checkpoint_interval=RunOptions.checkpoint_interval,
+        keep_models=RunOptions.keep_models,
+        dry_run=False,
+        resume=False,
+    ):
+        """The run's checkpoint PATH, saved every CHECKPOINT_INTERVAL seconds
+        too, KEEP_MODELS of each data set kept (the flags of the same names)."""
         # A checkpoint name that is a symlink stands for the file it points at:
         # saves update that file (not the link), and its lock is that file's,
         # so two names for one checkpoint are one run's.
-        path = options.checkpoint
         self.path = os.path.realpath(path) if os.path.islink(path) else path
-        self.interval, self.keep_models = options.checkpoint_interval, options.keep_models
-        self.dry_run, self.resume = options.dry_run, options.resume
+        self.interval, self.keep_models = checkpoint_interval, keep_models
+        self.dry_run, self.resume = dry_run, resume
         self.log, self.warn = log, warn
         self.directory = os.path.dirname(os.path.abspath(self.path))
         self.best_path = beside.best(self.path)

@@ -17,15 +17,15 @@ def warn(message):
     say(f"warning: {message}", sys.stderr)
 
 
-def say_start(plan, options, threads, record, resuming):
+def say_start(plan, path, processes, threads, record, resuming):
     """The run's first lines: where it resumes (if RESUMING), how it trains
     (PLAN's config, the one the run uses), and what the plan adapted to the
     process count (a note, if anything)."""
     config = plan.config
     if resuming:
-        fields = dict(path=options.checkpoint, per_epoch=record.batches_per_epoch)
+        fields = dict(path=path, per_epoch=record.batches_per_epoch)
         say(line("resuming", epoch=record.epoch + 1, step=record.step, **fields))
-    processes = dict(processes=options.num_processes, threads=threads)
+    counts = dict(processes=processes, threads=threads)
     settings = optimizer_class(config.optimizer).settings(config)
     decides = (
         f"{config.validation_size} validation images"
@@ -35,13 +35,13 @@ def say_start(plan, options, threads, record, resuming):
     say(
         line(
             "training",
-            **processes,
+            **counts,
             optimizer_settings=settings,
             decides=decides,
             **config.as_dict(),
         )
     )
-    adapted = describe(plan, options.num_processes)
+    adapted = describe(plan, processes)
     if adapted:
         say(adapted)
 

@@ -32,6 +32,9 @@ from mnist_hogwild.training.outcome import stopped_before_training, warn
 from mnist_hogwild.training.trainer import Trainer
 from model import Net
 
+# The run options the checkpoint manager reads.
+SAVING = ("checkpoint_interval", "keep_models", "dry_run", "resume")
+
 
 def train(request, options, stop, started, pool):
     """Train as REQUEST (the ConfigRequest) and OPTIONS (the RunOptions) say;
@@ -40,7 +43,9 @@ def train(request, options, stop, started, pool):
     STARTED is time.monotonic() at the start of main(), for the start-up time;
     POOL holds the workers, already starting; the caller stops it on every exit.
     """
-    closing = {"node": nodes.LocalNode(), "checkpoints": CheckpointManager(options, say, warn)}
+    saving = {k: getattr(options, k) for k in SAVING}
+    checkpoints = CheckpointManager(options.checkpoint, say, warn, **saving)
+    closing = {"node": nodes.LocalNode(), "checkpoints": checkpoints}
     try:
         return prepare(request, options, stop, started, pool, closing)
     except UsageError as e:

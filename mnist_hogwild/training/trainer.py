@@ -63,7 +63,9 @@ class Trainer:
         node.begin(self.model.parameters(), self.shared.averaged, self.shared.summed)
         self.first_epoch = self.record.epoch
         self.start_batch = self.record.next_batch(self.per_epoch)
-        self.threads, self.eval_threads = thread_counts(options)
+        self.threads, self.eval_threads = thread_counts(
+            options.threads_per_process, options.num_processes
+        )
         self.schedule = Schedule(self.per_epoch, self.start_batch, node.rank, node.world)
         self.report, self.intervals, self.evaluate_all, self.row = measures(self, options)
         # --dry-run: the same loop, one batch per worker of the first epoch.
@@ -96,15 +98,16 @@ class Trainer:
     def start_workers(self):
         """Hand the workers (forked at start-up, waiting) the shared model and
         wait until they are ready."""
-        say_start(self.plan, self.options, self.threads, self.record, self.start_batch)
+        o = self.options
+        say_start(
+            self.plan, o.checkpoint, o.num_processes, self.threads, self.record, self.start_batch
+        )
         self.stop.unwind = False  # see signals.StopRequest: from here a signal is only noted
         if self.stop.signum is not None and self.node.pauses_anywhere:
             raise Stopped(self.stop.signum, during_start_up=True)
         torch.set_num_threads(self.threads)
         self.run_started = time.perf_counter()
-        setup = worker_setup(self.device, self.threads, self.options, self.plan.micro_batches)
-        train = self.splits.files["train"] if self.device.type == "cpu" else self.splits.train
-        self.pool.send_setup(self.shared.payload(self.config, self.schedule, train, setup))
+        self.pool.send_setup(worker_payload(self, self.options))
         # One machine stops at once; several stop together, at the first sync.
         give_up = self.stop.requested if self.node.pauses_anywhere else None
         if not self.counters.wait("ready", len(self.pool), self.pool.check, give_up):
@@ -251,16 +254,23 @@ def measures(trainer, options):
     return report, intervals, evaluate_all, row
 
 
-def thread_counts(options):
-    """(torch threads per worker: --threads-per-process, else a share of the
-    usable CPUs; the parent's for evaluation, when the workers are idle)."""
+def thread_counts(per_process, processes):
+    """(torch threads per worker: PER_PROCESS, or 0 for a share of the usable
+    CPUs among PROCESSES; the parent's for evaluation, when the workers are idle)."""
     usable = cpus.usable_cpus()
-    threads = options.threads_per_process or max(1, usable // options.num_processes)
+    threads = per_process or max(1, usable // processes)
     return threads, max(threads, usable)
 
 
-def worker_setup(device, threads, options, micro_batches):
-    """How every worker runs. On the CPU a worker reports every batch (there
-    is nothing to wait for), on a GPU every log interval (see the worker)."""
+def worker_payload(trainer, options):
+    """What every worker of TRAINER's run gets: the shared tensors, the one
+    config, the data and how to run. On the CPU a worker reports every batch
+    (there is nothing to wait for), on a GPU every log interval (see the
+    worker). On the CPU the data is the files, which the workers map
+    themselves (page cache, no copy); on a GPU the split already there."""
+    device, splits = trainer.device, trainer.splits
     every = 1 if device.type == "cpu" else options.log_interval
-    return WorkerSetup(threads, str(device), options.deterministic, every, micro_batches)
+    micro_batches = trainer.plan.micro_batches
+    setup = WorkerSetup(trainer.threads, str(device), options.deterministic, every, micro_batches)
+    train = splits.files["train"] if device.type == "cpu" else splits.train
+    return trainer.shared.payload(trainer.config, trainer.schedule, train, setup)
