@@ -202,3 +202,17 @@ def test_a_save_that_fails_after_the_checkpoint_changes_nothing_more(tmp_path, m
         (tmp_path / "ck.best.pth").read_bytes(),
     ) == files
     assert notes == [], notes
+
+
+def test_the_lock_file_is_writable_by_its_owner_only(tmp_path):
+    m, _ = manager(tmp_path / "m.pth")
+    old = os.umask(0)  # (the mode is the lock's own, whatever the umask)
+    try:
+        m.open()
+    finally:
+        os.umask(old)
+    try:
+        mode = os.stat(tmp_path / ".m.pth.lock").st_mode & 0o777
+        assert mode == 0o644, oct(mode)
+    finally:
+        m.close()

@@ -117,6 +117,20 @@ def test_missing_files_and_no_network_name_the_files(tmp_path, monkeypatch):
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
     assert os.path.join(str(tmp_path), "MNIST", "raw") in message
     assert "Name or service not known" in message and "\n" not in message
+    assert os.listdir(tmp_path) == []  # no empty MNIST/raw folders left behind
+
+
+def test_a_failed_download_keeps_the_folders_that_were_there(tmp_path, monkeypatch):
+    def offline(url, dst, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(data.torch.hub, "download_url_to_file", offline)
+    (tmp_path / "data" / "MNIST").mkdir(parents=True)
+    with pytest.raises(data.DataError):
+        data.prepare(str(tmp_path / "data"), "mnist")
+    assert (
+        os.listdir(tmp_path / "data") == ["MNIST"] and os.listdir(tmp_path / "data" / "MNIST") == []
+    )
 
 
 def test_download_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
@@ -127,7 +141,7 @@ def test_download_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setattr(data.torch.hub, "download_url_to_file", fake)
     with pytest.raises(data.DataError, match="MD5"):
         data.prepare(str(tmp_path), "fashion-mnist")
-    assert os.listdir(data.raw_dir(str(tmp_path), "fashion-mnist")) == []
+    assert not os.path.exists(data.raw_dir(str(tmp_path), "fashion-mnist"))
 
 
 def test_download_with_right_md5_is_kept(tmp_path, monkeypatch):

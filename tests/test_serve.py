@@ -63,8 +63,8 @@ def server(model, tmp_path):
         proc.wait(timeout=30)
 
 
-def post(url, body, kind="image/png"):
-    request = urllib.request.Request(url + "/predict", data=body, headers={"Content-Type": kind})
+def post(url, body, kind="image/png", path="/predict"):
+    request = urllib.request.Request(url + path, data=body, headers={"Content-Type": kind})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -103,8 +103,9 @@ def test_predict_reads_redrawn_test_digits(server, mnist_dir):
     right = 0
     for i in range(5):
         index = 1000 + 123 * i
-        code, body = post(url, redrawn(test.images[index]))
+        code, body = post(url, redrawn(test.images[index]), path="/predict?input=1")
         assert code == 200 and len(body["probabilities"]) == 10 and len(body["input"]) == 784
+        assert body["name"] == str(body["digit"]) and body["epoch"] == 1
         assert abs(sum(body["probabilities"]) - 1) < 1e-3
         right += body["digit"] == int(test.labels[index])
     assert right >= 4
@@ -124,8 +125,16 @@ def test_predict_reads_redrawn_test_digits(server, mnist_dir):
             "no file in it",
             400,
         ),
+        (b"", "image/png", "The body is empty", 400),
+        (
+            b'--x\r\nContent-Disposition: form-data; name=f; filename="a.png"\r\n\r\n\r\n--x--\r\n',
+            "multipart/form-data; boundary=x",
+            "The body is empty",
+            400,
+        ),
     ],
-    ids=["text", "not-an-image", "no-ink", "body-too-large", "decoded-too-large", "form-no-file"],
+    ids=["text", "not-an-image", "no-ink", "body-too-large", "decoded-too-large", "form-no-file"]
+    + ["empty", "empty-file"],
 )
 def test_bad_bodies_get_one_sentence(server, body, kind, says, status):
     url, _, _ = server
@@ -402,3 +411,30 @@ def test_image_readers_that_die_are_replaced_and_every_request_is_answered(serve
     log = proc.out.rest(10)
     assert "warning: image readers: " in log and "Traceback" not in log, log
     assert wait_until(lambda: not any(alive(p) for p in seen), 10)  # none left behind
+
+
+def test_predict_answers_what_readme_shows_and_health_and_the_access_log(server):
+    """README: {"digit", "name", "probabilities", "epoch"} (the 28x28 input only
+    when asked), GET /healthz, and one access-log line a request."""
+    url, _, proc = server
+    stroke = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
+    status, answer = post(url, png(stroke))
+    assert status == 200 and list(answer) == ["digit", "name", "probabilities", "epoch"], answer
+    with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
+        health = json.loads(response.read())
+    assert health == {
+        "status": "ok",
+        "epoch": 1,
+        "dataset": "mnist",
+        "checkpoint": "model_checkpoint.pth",
+    }
+    logged = [
+        proc.out.wait_for(lambda line: '"POST /predict HTTP/1.1" 200 ' in line, 30),
+        proc.out.wait_for(lambda line: '"GET /healthz HTTP/1.1" 200 ' in line, 30),
+    ]
+    assert all(line.startswith("127.0.0.1:") and line.endswith("ms") for line in logged), logged
+    with open(os.path.join(os.path.dirname(MAIN), "README.md")) as f:
+        readme = f.read()
+    assert '{"digit": 7, "name": "7", "probabilities": [...], "epoch": 1}' in readme
+    assert "/healthz" in readme

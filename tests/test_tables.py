@@ -141,3 +141,16 @@ def test_the_target_and_the_best_are_said_to_be_judged_on_the_validation_split()
     with open(f"{REPO}/README.md") as f:
         readme = " ".join(f.read().split())
     assert "first epoch whose validation accuracy" in readme
+
+
+def test_predict_names_a_class_by_the_data_sets_entry():
+    import torch  # noqa: PLC0415
+
+    from mnist_hogwild.commands.serve import answer  # noqa: PLC0415
+
+    probabilities = torch.full((10,), 0.01).index_fill_(0, torch.tensor([3]), 0.91)
+    state = {"config": {"dataset": "fashion-mnist"}, "epoch": 2}
+    said = answer(probabilities, bytes(784), state)
+    assert (said["class"], said["name"], said["epoch"]) == (3, "Dress", 2) and "input" not in said
+    digits = answer(probabilities, bytes(784), {"config": {"dataset": "mnist"}, "epoch": 1}, True)
+    assert (digits["digit"], digits["name"], len(digits["input"])) == (3, "3", 784)

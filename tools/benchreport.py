@@ -171,17 +171,18 @@ README_FACTS = {
 
 
 def perf_summary(result):
+    """README's paragraph: training samples/s and the fixed costs a user notices
+    (the tables are docs/performance.md's)."""
     two = next(r for r in result["throughput"] if (r["processes"], r["threads"]) == (2, 1))
     rows = [("training, 1 process", f"{result['throughput'][0]['samples_per_s']:.0f} samples/s")]
-    rows += [("training, 2 processes", f"{two['samples_per_s']:.0f} samples/s")]
+    rows += [("2 processes", f"{two['samples_per_s']:.0f}")]
     found = dict(facts(result))
     for start, label in README_FACTS.items():
         rows += [(label, b) for a, b in found.items() if a.startswith(start)]
-    body = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    said = "; ".join(f"{a}: {b}" for a, b in rows)
     return (
-        f"On {result['machine']}, {result['data']} (`python scripts/benchmark.py`; the "
-        f"tables and plots are in [docs/performance.md](docs/performance.md)):\n\n"
-        f"| what | measured |\n| --- | ---: |\n{body}\n"
+        f"On {result['machine']}, {result['data']}: {said} (`python scripts/benchmark.py`; "
+        f"tables and plots in [docs/performance.md](docs/performance.md)).\n"
     )
 
 

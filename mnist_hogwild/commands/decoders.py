@@ -279,13 +279,19 @@ def read_request(body, content_type, dataset, large):
     return prepare_image("the image", dataset, source, large=large).numpy().tobytes()
 
 
+def nonempty(image):
+    if not image:
+        raise InputError("the image: the body is empty: send the image's bytes, or a form's file")
+    return image
+
+
 def image_bytes(body, content_type):
     """The image in a request's BODY: the first file of a multipart form, else
     the body itself (its bytes say what it is, whatever CONTENT_TYPE claims)."""
     header = email.message.Message()
     header["content-type"] = content_type or "application/octet-stream"
     if header.get_content_type() != "multipart/form-data":  # (lower-cased by email)
-        return body
+        return nonempty(body)
     boundary = header.get_param("boundary")
     if not boundary:
         raise InputError("the image: a multipart/form-data body without its boundary")
@@ -295,7 +301,7 @@ def image_bytes(body, content_type):
         head, found, payload = part.partition(b"\r\n\r\n")
         fields = head.decode("latin-1").lower()
         if found and ("filename=" in fields or "content-type: image/" in fields):
-            return payload.removesuffix(b"\r\n")
+            return nonempty(payload.removesuffix(b"\r\n"))
     raise InputError(
         "the image: the form has no file in it: send the image as a file (curl -F file=@7.png)"
     )

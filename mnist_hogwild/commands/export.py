@@ -37,7 +37,9 @@ def metadata(state):
         "mean": info.mean,
         "std": info.std,
         "epoch": state["epoch"],
-        "accuracy_percent": state["metrics"][-1]["accuracy_percent"] if state["metrics"] else None,
+        "accuracy_percent": (
+            round(state["metrics"][-1]["accuracy_percent"], 2) if state["metrics"] else None
+        ),
     }
 
 

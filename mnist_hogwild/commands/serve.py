@@ -5,9 +5,13 @@ belongs on a trusted network (README says so).
 
     GET  /          the page (page/index.html: a canvas, an upload, the answer, the curves)
     POST /predict   an image (PNG, JPEG, ...) as the body, raw or as a multipart/form-data
-                    file -> {"digit", "probabilities", "input", "epoch"}; read by infer's
-                    own preparation, one path for both
+                    file -> {"digit" (or "class"), "name", "probabilities", "epoch"}, and
+                    with ?input=1 the 28x28 "input" the model saw; read by infer's own
+                    preparation, one path for both
     GET  /metrics   the checkpoint's file name, its metrics and interval rows
+    GET  /healthz   200 {"status": "ok", "epoch", "dataset", "checkpoint"}: the model loaded
+
+One access-log line a request on stdout (AccessLog).
 
 The event loop only moves bytes. Decoding and preparing an image run in
 image-reader processes (decoders.py: forked at start, before any thread,
@@ -27,6 +31,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from mnist_hogwild.commands import httpguard
 from mnist_hogwild.commands.decoders import Decoders, Unavailable
@@ -34,6 +39,7 @@ from mnist_hogwild.commands.infer import class_probabilities
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.errors import CheckpointError, InputError
 from mnist_hogwild.core.loglines import say
+from mnist_hogwild.core.tables import DATASETS
 from mnist_hogwild.core.processes import STOP_SIGNALS
 from mnist_hogwild.training import checkpoint
 
@@ -167,6 +173,7 @@ def make_app(model, batcher, decoders):
                     body, request.headers.get("content-type"), model.dataset
                 )
                 probabilities, state = await batcher.predict(image)
+                shown = request.query_params.get("input") in ("1", "true")
         except InputError as e:
             return refuse(*refusal(e))
         except Unavailable as e:
@@ -177,7 +184,7 @@ def make_app(model, batcher, decoders):
             )
         finally:
             waiting[0] -= 1
-        return JSONResponse(answer(probabilities, image, state))
+        return JSONResponse(answer(probabilities, image, state, shown))
 
     async def rows(request):
         rows, intervals = await to_thread.run_sync(read_curves, model.path)
@@ -187,8 +194,16 @@ def make_app(model, batcher, decoders):
     async def page(request):
         return FileResponse(PAGE, media_type="text/html")
 
+    async def health(request):
+        state = model.state  # (the one serving now: a reload replaces it whole)
+        name = os.path.basename(model.path)
+        return JSONResponse(
+            {"status": "ok", "epoch": state["epoch"], "dataset": model.dataset, "checkpoint": name}
+        )
+
     routes = [Route("/", page), Route("/predict", predict, methods=["POST"])]
-    return Starlette(routes=routes + [Route("/metrics", rows)])
+    routes += [Route("/metrics", rows), Route("/healthz", health)]
+    return AccessLog(Starlette(routes=routes))
 
 
 async def receive(request):
@@ -219,13 +234,50 @@ def too_large():
     return f"The body is over {MAX_BODY // 2**20} MB, the most this accepts.", 413
 
 
-def answer(probabilities, image, state):
-    return {
-        "digit": int(probabilities.argmax()),
-        "probabilities": [round(float(p), 6) for p in probabilities],
-        "input": list(image),  # the 28x28 the model saw (784 bytes), light on dark
-        "epoch": state["epoch"],
-    }
+def answer(probabilities, image, state, with_input=False):
+    """/predict's answer: the class (a "digit" for a data set of digits) and its
+    name, the probabilities, the model's epoch; WITH_INPUT, the 28x28 the model
+    saw (784 bytes, light on dark: the page shows it)."""
+    kind = DATASETS[state["config"].get("dataset", "mnist")]
+    best = int(probabilities.argmax())
+    out = {kind.class_word: best, "name": kind.classes[best]}
+    out |= {"probabilities": [round(float(p), 6) for p in probabilities], "epoch": state["epoch"]}
+    return out | ({"input": list(image)} if with_input else {})
+
+
+class AccessLog:
+    """One line a request on stdout, when its answer has gone: the client,
+    the request line, the status, the bytes sent and the milliseconds (the
+    common log format's fields, as uvicorn's own access log, which
+    log_level warning turns off)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, sent = time.perf_counter(), {"status": 0, "bytes": 0}
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            host, port = scope.get("client") or ("-", 0)
+            path = scope["path"] + (
+                "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+            )
+            ms = 1000 * (time.perf_counter() - started)
+            say(
+                f'{host}:{port} "{scope["method"]} {path} HTTP/{scope["http_version"]}" '
+                f'{sent["status"]} {sent["bytes"]} {ms:.1f}ms'
+            )
 
 
 def read_curves(path):

@@ -36,14 +36,23 @@ LINES = {
 }
 
 
+# The words the lines count, and their singular: "1 epoch", "2 epochs".
+PLURALS = {"epochs": "epoch", "processes": "process", "threads": "thread", "batches": "batch"}
+PLURALS |= {"workers": "worker"}
+_ONE = re.compile(r"(?<![\d.])1 (" + "|".join(PLURALS) + r")\b")
+
+
 def line(kind, **fields):
-    return LINES[kind].format(**fields)
+    return _ONE.sub(lambda m: "1 " + PLURALS[m.group(1)], LINES[kind].format(**fields))
 
 
 def _pattern(fmt):
     parts = []
     for literal, name, _, _ in string.Formatter().parse(fmt):
-        parts.append(re.escape(literal))
+        literal = re.escape(literal)
+        for plural, one in PLURALS.items():  # (either number of them)
+            literal = re.sub(rf"\b{plural}\b", f"(?:{plural}|{one})", literal)
+        parts.append(literal)
         if name is not None:
             parts.append(f"(?P<{name}>.+?)")
     return re.compile("^" + "".join(parts) + "$")

@@ -236,6 +236,15 @@ def unpack(gz_path, dest):
         raise DataError(f"{gz_path} is corrupt: {e}") from None
 
 
+def remove_empty(folders):
+    """Remove FOLDERS (deepest first) where they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty (or not ours to remove): nor is any folder above it
+
+
 def writable_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
@@ -292,8 +301,13 @@ def prepare(data_dir, dataset, log=print):
     else downloads NAME.gz. Each file is checked by structure when mapped.
     """
     raw = raw_dir(data_dir, dataset)
+    absent = [d for d in (raw, os.path.dirname(raw), data_dir) if not os.path.isdir(d)]
     can_write = writable_dir(raw)
-    fetch_missing(raw, dataset, can_write, log)
+    try:
+        fetch_missing(raw, dataset, can_write, log)
+    except DataError:
+        remove_empty(absent)  # a failed download leaves no empty folders behind
+        raise
     cache = os.path.join(tempfile.gettempdir(), f"mnist-hogwild-{os.getuid()}", dataset)
     paths = {name: unpacked(raw, name, cache, can_write) for name in FILES}
     return {

@@ -3,7 +3,9 @@
     PATH                    the checkpoint: model, optimizer state, progress
     STEM.models/            the history: every model, one file each, written once
     STEM.best.pth           a copy of the best model in STEM.models/ of the data set
-    STEM.metrics.jsonl      one JSON line per evaluated epoch
+    STEM.metrics.jsonl      one JSON line per evaluated epoch (and per log interval)
+    STEM.metrics.csv        one row per evaluated epoch
+    STEM.tensorboard/       TensorBoard's event files, a folder per run (when installed)
     .NAME.lock              held (flock) by the run that uses PATH
 
 (STEM is PATH without its extension, NAME its file name; the older layout's
@@ -15,6 +17,8 @@ import os
 MODELS = ".models"
 BEST = ".best.pth"
 METRICS = ".metrics.jsonl"
+METRICS_CSV = ".metrics.csv"
+TENSORBOARD = ".tensorboard"
 OLDER_LAYOUT = (".prev.pth", ".prev.best.pth")  # slots of versions before the history
 COPIES = (BEST, *OLDER_LAYOUT)  # model files beside a checkpoint, kept in its history
 
@@ -36,6 +40,14 @@ def metrics(path):
     return sibling(path, METRICS)
 
 
+def metrics_csv(path):
+    return sibling(path, METRICS_CSV)
+
+
+def tensorboard(path):
+    return sibling(path, TENSORBOARD)
+
+
 def lock(path):
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}.lock")
@@ -48,4 +60,4 @@ def in_history(path):
 
 def run_files(path):
     """Every file a run on checkpoint PATH owns besides its history."""
-    return [path, metrics(path), *(sibling(path, s) for s in COPIES), lock(path)]
+    return [path, metrics(path), metrics_csv(path), *(sibling(path, s) for s in COPIES), lock(path)]

@@ -24,6 +24,7 @@ from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.training import beside
 from mnist_hogwild.training import checkpoint, paths
 from mnist_hogwild.training.checkpoint import Record
+from mnist_hogwild.training.sinks import sinks
 from mnist_hogwild.training.history import History, run_tag
 from mnist_hogwild.training.lock import PathLock
 from mnist_hogwild.core.errors import CheckpointError
@@ -66,6 +67,7 @@ class CheckpointManager:
         self.history = History(self.path, log)
         self.lock = PathLock(beside.lock(self.path))
         self.metrics_path = beside.metrics(self.path)
+        self.sinks = sinks(self.path, warn)  # (the metrics file, its CSV, TensorBoard's)
         self.writes = True  # False: a dry run over an existing checkpoint, or a follower
         self.writer = None  # the node that writes PATH for this one (see follow)
         self.last_save = time.monotonic()
@@ -109,7 +111,7 @@ class CheckpointManager:
 
     def owned_paths(self):
         """The files a save replaces."""
-        return [self.path, self.metrics_path, self.best_path]
+        return [self.path, self.metrics_path, beside.metrics_csv(self.path), self.best_path]
 
     # ----- resume --------------------------------------------------------
     def restore(self, state, model, optimizer, per_epoch):
@@ -162,7 +164,8 @@ class CheckpointManager:
         with self.writing():
             latest = self.history.add(state)
             seconds = self.save(state)
-            checkpoint.write_metrics(self.path, state["metrics"], state.get("intervals", []))
+            for sink in self.sinks:
+                sink.write(state)
             self.history.settle_run(self.run_id, latest)
             self.history.refresh_copy(self.dataset, self.best_path)
         return seconds
@@ -193,4 +196,6 @@ class CheckpointManager:
         except (OSError, CheckpointError) as e:
             self.warn(f"could not prune {self.history.directory}: {e}")
         finally:
+            for sink in self.sinks:
+                sink.close()
             self.lock.release()

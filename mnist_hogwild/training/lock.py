@@ -9,6 +9,8 @@ import os
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 from mnist_hogwild.training import checkpoint
 
+MODE = 0o644  # private to write, readable to lock (see PathLock.open_file)
+
 
 class PathLock:
     """The lock file PATH (.NAME.lock beside the checkpoint) and its record
@@ -49,12 +51,12 @@ class PathLock:
         self.write_record("running")
 
     def open_file(self):
-        """The lock file, made writable by any uid (a run as root, then one with
-        docker run --user, share a volume). One left read-only by another
-        uid still locks (flock needs only an open file); its record of who
-        holds it is then not updated."""
+        """The lock file, writable by its owner only and readable by every uid
+        (a run as root, then one with docker run --user, share a volume):
+        one opened read-only by another uid still locks (flock needs only an
+        open file); its record of who holds it is then not updated."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, MODE)
         except PermissionError:
             try:
                 return os.open(self.path, os.O_RDONLY)
@@ -64,9 +66,9 @@ class PathLock:
                     f"{os.getuid()}): remove it, or run as its owner"
                 ) from None
         try:
-            os.fchmod(fd, 0o666)
+            os.fchmod(fd, MODE)  # (whatever the umask; an older version's 0o666 too)
         except OSError:
-            pass  # another uid's file: it was made writable when it was created
+            pass  # another uid's file, opened for writing: its mode lets us
         return fd
 
     def write_record(self, state):
