@@ -5,6 +5,12 @@
 #   docker build --build-arg TORCH_VARIANT=cuda -t mnist-hogwild:cuda .
 #   docker run --rm --gpus all -v "$PWD:/workspace" mnist-hogwild:cuda --num-processes 8
 #
+# Behind a package mirror or a proxy that re-signs TLS with its own CA:
+#   docker build --build-arg PIP_INDEX_URL=https://mirror.example/simple \
+#                --build-arg CA_CERT="$(cat company-ca.pem)" -t mnist-hogwild .
+# (PIP_EXTRA_INDEX_URL too; the mirror must hold torch's CPU build, or the
+# build takes PyPI's default CUDA one.)
+#
 # Air-gapped hosts: scripts/offline-base.sh builds Debian-based Python 3.11
 # base images and fills wheels/, then
 #   docker build --build-arg BASE_IMAGE=mnist-hogwild-base:bookworm \
@@ -21,6 +27,12 @@ FROM ${BUILDER_IMAGE} AS builder
 # no NVIDIA base image is needed (the host's driver comes in with --gpus).
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# A package mirror (pip reads these two from the environment) and the PEM text
+# of a CA certificate that pip trusts besides the ones it ships
+# (tests/mirror_test.sh builds through such a mirror).
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+ARG CA_CERT=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # strip(1) shrinks torch's libraries; the offline builder image already has it.
 # Not pinned (DL3008): the version is whatever the base image's Debian ships,
@@ -41,12 +53,21 @@ RUN set -eu; \
         cuda) wheels=/tmp/build/wheels/cuda; index="" ;; \
         *) echo "TORCH_VARIANT must be cpu or cuda, not $TORCH_VARIANT" >&2; exit 1 ;; \
     esac; \
+    if [ -n "$PIP_INDEX_URL" ]; then index=""; fi; \
+    [ -n "$PIP_INDEX_URL" ] || unset PIP_INDEX_URL; \
+    [ -n "$PIP_EXTRA_INDEX_URL" ] || unset PIP_EXTRA_INDEX_URL; \
+    if [ -n "$CA_CERT" ]; then \
+        /opt/venv/bin/python -c 'import os; from pip._vendor import certifi as c; \
+            p = c.where(); print(open(p).read() if os.path.exists(p) else "")' > /tmp/build/ca.pem; \
+        printf '%s\n' "$CA_CERT" >> /tmp/build/ca.pem; \
+        export PIP_CERT=/tmp/build/ca.pem; \
+    fi; \
     if ls "$wheels"/*.whl >/dev/null 2>&1; then \
         /opt/venv/bin/pip install --no-index --find-links "$wheels" -r /tmp/build/requirements.txt; \
     else \
         /opt/venv/bin/pip install $index -r /tmp/build/requirements.txt; \
     fi; \
-    rm -rf /tmp/build/wheels
+    rm -rf /tmp/build/wheels /tmp/build/ca.pem
 # Trim what import and training never load (measured: 588 MB -> see README):
 # - torch's C++ headers, CMake files, test libraries and build tools
 #   (torch_shm_manager stays: torch looks for it at import);

@@ -18,21 +18,35 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import MAIN, run_trainer
+import synthetic_data
+from conftest import MAIN, real_mnist, run_trainer
 from PIL import Image, ImageDraw, ImageOps
 from procs import LineReader, alive, comm, descendants, wait_until
 
 from mnist_hogwild.learn import data
 
+# Without the real MNIST the model is trained on synthetic digits: every
+# bound and route is tested all the same; what it reads is asserted only of
+# a model of the real MNIST (is_digit).
+READS_DIGITS = real_mnist() is not None
+
+
+def is_digit(answer, digit):
+    """Whether ANSWER is DIGIT (of a model of the real MNIST), or a digit at all."""
+    return answer["digit"] == digit if READS_DIGITS else answer["digit"] in range(10)
+
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, mnist_dir):
-    """A checkpoint trained one epoch on the real MNIST with the fast recipe."""
+def model(tmp_path_factory):
+    """A checkpoint trained one epoch with the fast recipe, on the real MNIST
+    where the tests find it, else on synthetic digits."""
     cwd = tmp_path_factory.mktemp("serve-model")
-    proc = run_trainer(
-        "--data-dir", mnist_dir, "--recipe", "fast", "--epochs", "1", "--log-interval", "10000",
-        cwd=cwd, timeout=600,
-    )  # fmt: skip
+    root = real_mnist()
+    if root is None:
+        root = str(cwd / "data")
+        synthetic_data.write_files(root, train=6400, test=500)
+    flags = ["--data-dir", root, "--recipe", "fast", "--epochs", "1", "--log-interval", "10000"]
+    proc = run_trainer(*flags, cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return cwd / "model_checkpoint.pth"
 
@@ -52,8 +66,11 @@ def server(model, tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, MAIN, "serve", "--checkpoint", served, "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc.out = LineReader(proc.stdout)
     try:
         proc.out.wait_for(lambda line: line.startswith("serving "), 60)
@@ -145,9 +162,11 @@ def test_bad_bodies_get_one_sentence(server, body, kind, says, status):
 
 def multipart(field, filename, payload, kind="image/png"):
     boundary = "----mnist-hogwild-test"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: {kind}\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="{filename}"\r\nContent-Type: {kind}\r\n\r\n'
+    ).encode()
     return (
         head + payload + f"\r\n--{boundary}--\r\n".encode(),
         f"multipart/form-data; boundary={boundary}",
@@ -171,7 +190,7 @@ def test_uploads_as_people_send_them_are_read(server):
         (jpeg.getvalue(), "image/png"),
     ]:
         status, answer = raw_post(url, payload, {} if kind is None else {"Content-Type": kind})
-        assert status == 200 and answer["digit"] == 1, (kind, answer)
+        assert status == 200 and is_digit(answer, 1), (kind, answer)
 
 
 def raw_post(url, body, headers):
@@ -192,9 +211,18 @@ def test_a_run_training_beside_it_is_served_at_its_next_save(server, mnist_dir):
     ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
     assert post(url, png(stroke))[1]["epoch"] == 1
     proc = run_trainer(
-        "--data-dir", mnist_dir, "--resume", "--more-epochs", "1", "--log-interval", "10000",
-        "--checkpoint", served, cwd=served.parent, timeout=600,
-    )  # fmt: skip
+        "--data-dir",
+        mnist_dir,
+        "--resume",
+        "--more-epochs",
+        "1",
+        "--log-interval",
+        "10000",
+        "--checkpoint",
+        served,
+        cwd=served.parent,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert post(url, png(stroke))[1]["epoch"] == 2
     with urllib.request.urlopen(url + "/metrics", timeout=30) as answer:
@@ -205,8 +233,11 @@ def test_a_stop_ends_serving_with_exit_0_and_a_taken_port_is_one_line(server, tm
     url, served, proc = server
     taken = subprocess.run(
         [sys.executable, MAIN, "serve", "--checkpoint", served, "--port", url.rsplit(":", 1)[1]],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert taken.returncode == 1
     assert taken.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:")
     assert "Traceback" not in taken.stderr
@@ -227,9 +258,17 @@ def open_browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1000,1000"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,1000",
+    ):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -242,7 +281,7 @@ needs_browser = pytest.mark.skipif(
 
 
 @needs_browser
-def test_a_browser_uploads_and_drops_a_photo_and_reads_the_answers(server, tmp_path):
+def test_a_browser_uploads_and_drops_a_photo_and_reads_the_answers(server, tmp_path, mnist_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -280,7 +319,7 @@ def test_a_browser_uploads_and_drops_a_photo_and_reads_the_answers(server, tmp_p
 
 
 @needs_browser
-def test_a_browser_draws_a_digit_on_the_canvas_and_reads_the_answer(server, tmp_path):
+def test_a_browser_draws_a_digit_on_the_canvas_and_reads_the_answer(server, tmp_path, mnist_dir):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -330,7 +369,7 @@ def test_the_page_answers_while_a_huge_image_is_read(server):
         pages.append(timed(urllib.request.urlopen, url + "/", timeout=30)[1])
     upload.join()
     (((status, body), took),) = answers
-    assert status == 200 and body["digit"] == 1, body
+    assert status == 200 and is_digit(body, 1), body
     assert len(pages) >= 3, "premise: the page was asked for while the image was read"
     assert max(pages) < took / 3, (max(pages), took)
 
@@ -353,7 +392,7 @@ def test_slow_clients_are_closed_and_never_lock_others_out(server):
     ImageDraw.Draw(stroke).line([(100, 20), (100, 180)], fill=0, width=14)
     for _ in range(5):
         status, answer = raw_post(url, png(stroke), {"Content-Type": "image/png"})
-        assert status == 200 and answer["digit"] == 1
+        assert status == 200 and is_digit(answer, 1)
     deadline = time.monotonic() + 60
     for s in slow:  # each gets the server's close within the header deadline
         s.settimeout(max(0.1, deadline - time.monotonic()))
@@ -401,7 +440,7 @@ def test_image_readers_that_die_are_replaced_and_every_request_is_answered(serve
         assert wait_until(lambda gone=tuple(readers): not any(map(alive, gone)), 30)  # premise
         for _ in range(len(readers) + 2):
             status, answer = post(url, png(stroke))
-            assert status == 200 and answer["digit"] == 1, answer
+            assert status == 200 and is_digit(answer, 1), answer
         replaced = named("image-reader")
         assert len(replaced) == len(readers) and not set(replaced) & seen, (readers, replaced)
         readers = replaced

@@ -92,8 +92,9 @@ def curves_figure(rows, intervals, title):
     seen, the epochs' test (and validation) loss and accuracy at their ends,
     epoch marks on top. Rows without sample counts (an older file) are drawn
     against the epoch."""
-    fig = _figure(9, 3.8)
+    fig = _figure(9, 4.4)
     loss, accuracy = fig.subplots(1, 2)
+    lines = []  # (the learning rate's, drawn on its own axis, joins the loss legend)
     by_samples = all("samples" in r for r in rows)
     x = [r["samples"] if by_samples else r["epoch"] for r in rows]
     if by_samples and intervals:
@@ -112,9 +113,11 @@ def curves_figure(rows, intervals, title):
             "--",
             color="grey",
             lw=1,
+            label="learning rate (right axis)",
         )
         rate.set_ylabel("learning rate (dashed)", color="grey")
         rate.set_ylim(bottom=0)
+        lines += rate.get_legend_handles_labels()[0]
     else:
         loss.plot(
             x, [r["train_loss"] for r in rows], "o-", color=COLOURS["training"], label="training"
@@ -126,7 +129,7 @@ def curves_figure(rows, intervals, title):
         if all(key in r for r in rows):
             loss.plot(x, [r[key] for r in rows], style, color=COLOURS[label], label=label)
     loss.set_ylabel("loss (negative log-likelihood)")
-    loss.legend()
+    below(loss, loss.get_legend_handles_labels()[0] + lines)
     accuracy_panel(accuracy, rows, x)
     for ax in (loss, accuracy):
         ax.grid(alpha=0.3)
@@ -144,19 +147,34 @@ def accuracy_panel(ax, rows, x):
         ax.plot(
             x, [r[decided] for r in rows], "s--", color=COLOURS["validation"], label="validation"
         )
-        ax.legend(loc="best")
+    below(ax, ax.get_legend_handles_labels()[0])
     ax.set_ylabel("accuracy (%)")
     best = max(range(len(rows)), key=lambda i: rows[i][decided])
+    # The label reaches into the plot from its point, never past an edge.
+    left = x[best] >= (min(x) + max(x)) / 2
     ax.annotate(
         f"chosen: test {rows[best]['accuracy_percent']:.2f}%",
         (x[best], rows[best]["accuracy_percent"]),
         textcoords="offset points",
-        xytext=(0, 8),
-        ha="center",
+        xytext=(4 if not left else -4, 8),
+        ha="right" if left else "left",
     )
     ax.margins(y=0.15)  # room above the chosen point for its label
     low, high = ax.get_ylim()
     ax.set_ylim(max(low, 0.0), min(high, 100.0))  # (a percentage: never past 100)
+
+
+def below(ax, handles):
+    """AX's legend of HANDLES under the plot, where it covers no line."""
+    if handles:
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=2,
+            fontsize="small",
+            frameon=False,
+        )
 
 
 def epoch_axis(ax, rows, x, by_samples):
