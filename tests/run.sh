@@ -48,9 +48,12 @@ lint() {
 # No suite may touch the user's files: everything in the checkout (a trained
 # model_checkpoint.pth, data/, metrics included; caches of compiled Python
 # aside) and git's view of it must be the same after the run as before.
+# (The linters' own caches are theirs, as __pycache__ is Python's.)
+caches='__pycache__|\.ruff_cache|\.import_linter_cache|\.pytest_cache'
 checkout_state() {
-  git status --porcelain --ignored --untracked-files=all 2>/dev/null | grep -v __pycache__
-  find . -path ./.git -prune -o -name __pycache__ -prune -o -type f -print0 \
+  git status --porcelain --ignored --untracked-files=all 2>/dev/null | grep -Ev "$caches"
+  find . -path ./.git -prune -o -type d \( -name __pycache__ -o -name .ruff_cache \
+    -o -name .import_linter_cache -o -name .pytest_cache \) -prune -o -type f -print0 \
     | sort -z | xargs -0 sha1sum
 }
 checkout_unchanged() {

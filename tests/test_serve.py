@@ -472,6 +472,7 @@ def test_predict_answers_what_readme_shows_and_health_and_the_access_log(server)
         proc.out.wait_for(lambda line: '"POST /predict HTTP/1.1" 200 ' in line, 30),
         proc.out.wait_for(lambda line: '"GET /healthz HTTP/1.1" 200 ' in line, 30),
     ]
+    logged = [line.strip() for line in logged]
     assert all(line.startswith("127.0.0.1:") and line.endswith("ms") for line in logged), logged
     with open(os.path.join(os.path.dirname(MAIN), "README.md")) as f:
         readme = f.read()

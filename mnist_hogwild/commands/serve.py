@@ -149,9 +149,9 @@ def refusal(error):
 
 
 def make_app(model, batcher, decoders):
-    from anyio import fail_after, to_thread  # noqa: PLC0415
+    from anyio import fail_after  # noqa: PLC0415
     from starlette.applications import Starlette  # noqa: PLC0415 - only serve needs them
-    from starlette.responses import FileResponse, JSONResponse  # noqa: PLC0415
+    from starlette.responses import JSONResponse  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
 
     waiting = [0]
@@ -186,24 +186,31 @@ def make_app(model, batcher, decoders):
             waiting[0] -= 1
         return JSONResponse(answer(probabilities, image, state, shown))
 
+    routes = [Route("/predict", predict, methods=["POST"]), *reading_routes(model)]
+    return AccessLog(Starlette(routes=routes))
+
+
+def reading_routes(model):
+    """GET /, /metrics and /healthz: the page, the run's curves, the model's state."""
+    from anyio import to_thread  # noqa: PLC0415
+    from starlette.responses import FileResponse, JSONResponse  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    async def page(request):
+        return FileResponse(PAGE, media_type="text/html")
+
     async def rows(request):
         rows, intervals = await to_thread.run_sync(read_curves, model.path)
         name = os.path.basename(model.path)  # (not the server's folders)
         return JSONResponse({"checkpoint": name, "metrics": rows, "intervals": intervals})
 
-    async def page(request):
-        return FileResponse(PAGE, media_type="text/html")
-
     async def health(request):
         state = model.state  # (the one serving now: a reload replaces it whole)
         name = os.path.basename(model.path)
-        return JSONResponse(
-            {"status": "ok", "epoch": state["epoch"], "dataset": model.dataset, "checkpoint": name}
-        )
+        said = {"status": "ok", "epoch": state["epoch"], "dataset": model.dataset}
+        return JSONResponse({**said, "checkpoint": name})
 
-    routes = [Route("/", page), Route("/predict", predict, methods=["POST"])]
-    routes += [Route("/metrics", rows), Route("/healthz", health)]
-    return AccessLog(Starlette(routes=routes))
+    return [Route("/", page), Route("/metrics", rows), Route("/healthz", health)]
 
 
 async def receive(request):

@@ -67,34 +67,34 @@ class Csv(Sink):
 
 class TensorBoard(Sink):
     """Event files in STEM.tensorboard/RUN_ID: each evaluated epoch's scalars
-    at step EPOCH. A resumed run writes to its run's folder again, from the
-    first epoch it adds (purge_step: TensorBoard drops what an interrupted
-    writer left beyond it)."""
+    at step EPOCH. Each save opens a writer, writes the epochs it adds and
+    closes it, so that no writer's thread outlives the save. A resumed run
+    writes to its run's folder again; its first writer drops whatever an
+    interrupted one left from its first epoch on (purge_step)."""
 
     def __init__(self, path):
-        self.folder, self.writer, self.written = beside.tensorboard(path), None, None
+        self.folder, self.written = beside.tensorboard(path), None
 
     def write(self, state):
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - when installed
+
         rows = state["metrics"]
         if not rows:
             return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - when installed
-
-            # Each save adds one row: the rows before this first one are earlier runs'.
+        run = os.path.join(self.folder, state.get("run_id") or "run")
+        if self.written is None:  # each save adds one row: those before are earlier runs'
             self.written = len(rows) - 1
-            run = os.path.join(self.folder, state.get("run_id") or "run")
-            self.writer = SummaryWriter(run, purge_step=rows[-1]["epoch"])
-        for row in rows[self.written :]:
-            for key, tag in SCALARS.items():
-                if key in row:
-                    self.writer.add_scalar(tag, row[key], row["epoch"])
+            writer = SummaryWriter(run, purge_step=rows[-1]["epoch"])
+        else:
+            writer = SummaryWriter(run)
+        try:
+            for row in rows[self.written :]:
+                for key, tag in SCALARS.items():
+                    if key in row:
+                        writer.add_scalar(tag, row[key], row["epoch"])
+        finally:
+            writer.close()
         self.written = len(rows)
-        self.writer.flush()
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
 
 
 class Optional(Sink):
