@@ -41,6 +41,7 @@ def trained(tmp_path_factory, data_dir):
     return work
 
 
+@pytest.mark.slow
 def test_the_best_model_survives_three_fresh_runs_and_the_output_names_it(
     trained, data_dir, tmp_path
 ):
@@ -192,6 +193,7 @@ def test_a_wrapped_error_keeps_whole_sentences_or_whole_words():
     assert one_line(RuntimeError("word " * 100), 48) == "word " * 9 + "..."
 
 
+@pytest.mark.slow
 def test_a_stopped_worker_is_named_once_the_run_stalls_and_the_run_goes_on(tmp_path, big_data_dir):
     import os
     import signal
@@ -244,6 +246,7 @@ def history_md5s(work, stem="ck"):
     return {md5(p): p.name for p in (work / f"{stem}.models").iterdir()}
 
 
+@pytest.mark.slow
 def test_switching_data_sets_twice_keeps_the_best_of_each_and_names_it(trained, data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
@@ -278,6 +281,7 @@ def test_writing_into_the_checkpoint_in_place_leaves_the_best_model(trained, tmp
     assert md5(work / "ck.best.pth") == best and best in history_md5s(work)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_copied_in_survives_two_fresh_runs_stopped_with_ctrl_c(
     trained, big_data_dir, tmp_path
 ):
@@ -345,6 +349,7 @@ def digit_png(path):
      ("export", "--out", "m.pt2"), ("models",)],
     ids=["evaluate", "infer", "export", "models"],
 )  # fmt: skip
+@pytest.mark.slow
 def test_the_first_command_that_sees_a_copied_in_checkpoint_keeps_it(
     trained, data_dir, tmp_path, args
 ):
@@ -363,6 +368,7 @@ def test_the_first_command_that_sees_a_copied_in_checkpoint_keeps_it(
     assert "kept" not in again.stdout and history_md5s(tmp_path, "m") == kept
 
 
+@pytest.mark.slow
 def test_a_command_keeps_no_history_of_a_history_file_a_copy_or_an_unreadable_file(
     trained, tmp_path
 ):

@@ -22,6 +22,7 @@ def under_a_terminal(*args, cwd, size="stty cols 100 rows 30; "):
     return proc.returncode, proc.stdout.decode(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["stty cols 100 rows 30; ", ""], ids=["sized", "unsized pty"])
 def test_a_terminal_gets_one_bar_per_epoch_redrawn_in_place(big_data_dir, tmp_path, size):
     code, out = under_a_terminal(
@@ -38,6 +39,7 @@ def test_a_terminal_gets_one_bar_per_epoch_redrawn_in_place(big_data_dir, tmp_pa
     )  # the epochs' lines stay
 
 
+@pytest.mark.slow
 def test_a_pipe_gets_the_progress_lines_unchanged(big_data_dir, tmp_path):
     """A line once an interval of batches is done since the last. The parent
     reports when it wakes, and on a busy machine one wake-up may cover several

@@ -252,7 +252,7 @@ BROWSER = next(
 )
 
 
-def open_browser(tmp_path):
+def open_browser(tmp_path, size="1000,1000"):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -267,7 +267,7 @@ def open_browser(tmp_path):
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1000,1000",
+        f"--window-size={size}",
     ):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
@@ -478,3 +478,45 @@ def test_predict_answers_what_readme_shows_and_health_and_the_access_log(server)
         readme = f.read()
     assert '{"digit": 7, "name": "7", "probabilities": [...], "epoch": 1}' in readme
     assert "/healthz" in readme
+
+
+# Where the page's parts are: nothing may move when the first answer arrives.
+PLACES = (
+    "return ['pad', 'digit', 'bars', 'seen', 'loss'].map(id => {"
+    "const r = document.getElementById(id).getBoundingClientRect();"
+    "return [id, Math.round(r.left), Math.round(r.top)]; })"
+    ".concat([['training', Math.round(document.querySelector('h1.section')"
+    ".getBoundingClientRect().top), 0]])"
+)
+
+
+@needs_browser
+@pytest.mark.parametrize("size", ["1280,900", "390,1800"], ids=["desktop", "phone"])
+def test_the_page_keeps_its_layout_when_the_first_answer_arrives(server, tmp_path, size):
+    """At a desktop's and a phone's width, every part is where it was before
+    the first answer (SCREENSHOTS=DIR keeps the pictures to look at)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _, _ = server
+    stroke = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(stroke).line([(150, 40), (140, 260)], fill=0, width=20)
+    (tmp_path / "one.png").write_bytes(png(stroke))
+    keep = os.environ.get("SCREENSHOTS") or str(tmp_path)
+    name = "phone" if size.startswith("390") else "desktop"
+    browser = open_browser(tmp_path, size)
+    try:
+        browser.get(url + "/")
+        before = browser.execute_script(PLACES)
+        browser.save_screenshot(os.path.join(keep, f"page-{name}-before.png"))
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "one.png"))
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "digit").text.strip())
+        after = browser.execute_script(PLACES)
+        browser.save_screenshot(os.path.join(keep, f"page-{name}-after.png"))
+        assert after == before
+        # The "Training" heading keeps its distance from what is above it.
+        seen = browser.find_element(By.ID, "seen").rect
+        heading = browser.find_element(By.CSS_SELECTOR, "h1.section").rect
+        assert heading["y"] - (seen["y"] + seen["height"]) >= 16
+    finally:
+        browser.quit()

@@ -54,6 +54,7 @@ def run(data_dir, cwd, *flags):
     return proc.stdout, chosen, len(loglines.parse_lines("epoch", proc.stdout))
 
 
+@pytest.mark.slow
 def test_decisions_do_not_change_when_the_test_labels_do(data_dir, tmp_path):
     shuffled = shuffled_test_labels(data_dir, tmp_path)
     out, chosen, epochs = run(data_dir, tmp_path / "a", "--validation-size", "500")
@@ -70,6 +71,7 @@ def test_decisions_do_not_change_when_the_test_labels_do(data_dir, tmp_path):
     assert plain_s.returncode == 1 and "the model collapsed" in plain_s.stderr
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_resumes_with_nothing_held_out(data_dir, tmp_path):
     proc = run_trainer(
         "--data-dir", data_dir, "--epochs", "1", "--checkpoint", "m.pth", cwd=tmp_path
