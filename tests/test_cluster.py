@@ -2,6 +2,7 @@
 127.0.0.1 (main.py --nnodes, which runs torchrun's launcher; gloo between
 the nodes). The container form is tests/cluster_test.sh."""
 
+import importlib.util
 import os
 import re
 import signal
@@ -243,9 +244,12 @@ def test_nodes_sharing_one_folder_share_its_checkpoint_stop_and_resume_together(
     assert all(f"at epoch 1, batch {saved['step']}/287" in out for out in outs), outs
     assert load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")["epoch"] == 2
     names = sorted(p.name for p in (tmp_path / "shared").iterdir())
-    assert names == [".model_checkpoint.pth.lock", "model_checkpoint.best.pth",
-                     "model_checkpoint.metrics.jsonl", "model_checkpoint.models",
-                     "model_checkpoint.pth"]  # fmt: skip
+    expected = [".model_checkpoint.pth.lock", "model_checkpoint.best.pth"]
+    expected += ["model_checkpoint.metrics.csv", "model_checkpoint.metrics.jsonl"]
+    expected += ["model_checkpoint.models", "model_checkpoint.pth"]
+    if importlib.util.find_spec("tensorboard") is not None:  # (its events, when installed)
+        expected.append("model_checkpoint.tensorboard")
+    assert names == sorted(expected)
 
 
 @pytest.mark.slow

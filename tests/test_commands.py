@@ -193,7 +193,7 @@ def test_plot_draws_the_curves_of_a_run_in_one_line(tmp_path):
     assert proc.stdout == (
         "run.metrics.jsonl: 3 epochs, chosen epoch 3: test accuracy 93.00%; wrote curves.png\n"
     )
-    assert Image.open(tmp_path / "curves.png").size == (900, 380)
+    assert Image.open(tmp_path / "curves.png").size == (900, 440)  # (the legends below)
     (tmp_path / "empty.metrics.jsonl").write_text("")
     for args, code, message in [
         (["--checkpoint", "empty.pth"], 1, "empty.metrics.jsonl has no epochs yet"),
