@@ -110,8 +110,8 @@ out=$(readme evaluate --plot cm.png 2>&1) && echo "$out" && grep '"Accuracy"' ev
   && [ "$(png_size cm.png)" = 640x600 ] && ! grep -qi warn <<<"$out" \
   && pass "evaluate --plot cm.png wrote eval_results.json and a 640x600 confusion matrix, no warning" \
   || fail "evaluate --plot (exit $?): $out"
-out=$(readme plot 2>&1) && echo "$out" && [ "$(png_size curves.png)" = 900x380 ] \
-  && ! grep -qi warn <<<"$out" && pass "plot wrote curves.png (900x380), no warning" \
+out=$(readme plot 2>&1) && echo "$out" && [ "$(png_size curves.png)" = 900x440 ] \
+  && ! grep -qi warn <<<"$out" && pass "plot wrote curves.png (900x440), no warning" \
   || fail "plot: $out"
 out=$(readme infer my7.png) && echo "$out" && echo "$out" | grep -E '^my7.png: [0-9] \(' >/dev/null \
   && pass "infer my7.png answered" || fail "infer my7.png: $out"
