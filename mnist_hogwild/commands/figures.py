@@ -94,21 +94,30 @@ def curves_figure(rows, intervals, title):
     against the epoch."""
     fig = _figure(9, 4.4)
     loss, accuracy = fig.subplots(1, 2)
-    lines = []  # (the learning rate's, drawn on its own axis, joins the loss legend)
     by_samples = all("samples" in r for r in rows)
     x = [r["samples"] if by_samples else r["epoch"] for r in rows]
-    if by_samples and intervals:
-        loss.plot(
-            [i["samples"] for i in intervals],
-            [i["train_loss"] for i in intervals],
-            "-",
-            lw=1,
-            color=COLOURS["training"],
-            label="training (each interval)",
+    loss_panel(loss, rows, x, intervals if by_samples else [])
+    accuracy_panel(accuracy, rows, x)
+    for ax in (loss, accuracy):
+        ax.grid(alpha=0.3)
+        epoch_axis(ax, rows, x, by_samples)
+    fig.suptitle(title)
+    return fig
+
+
+def loss_panel(ax, rows, x, intervals):
+    """The training loss of each interval with the learning rate on its own
+    axis (or, without INTERVALS, each epoch's), and the epochs' test and
+    validation loss; one legend for both axes, below the plot."""
+    if intervals:
+        seen = [i["samples"] for i in intervals]
+        training = [i["train_loss"] for i in intervals]
+        ax.plot(
+            seen, training, "-", lw=1, color=COLOURS["training"], label="training (each interval)"
         )
-        rate = loss.twinx()
+        rate = ax.twinx()
         rate.plot(
-            [i["samples"] for i in intervals],
+            seen,
             [i["lr"] for i in intervals],
             "--",
             color="grey",
@@ -117,25 +126,18 @@ def curves_figure(rows, intervals, title):
         )
         rate.set_ylabel("learning rate (dashed)", color="grey")
         rate.set_ylim(bottom=0)
-        lines += rate.get_legend_handles_labels()[0]
     else:
-        loss.plot(
-            x, [r["train_loss"] for r in rows], "o-", color=COLOURS["training"], label="training"
-        )
+        training = [r["train_loss"] for r in rows]
+        ax.plot(x, training, "o-", color=COLOURS["training"], label="training")
     for key, label, style in (
         ("test_loss", "test", "o-"),
         ("validation_loss", "validation", "s--"),
     ):
         if all(key in r for r in rows):
-            loss.plot(x, [r[key] for r in rows], style, color=COLOURS[label], label=label)
-    loss.set_ylabel("loss (negative log-likelihood)")
-    below(loss, loss.get_legend_handles_labels()[0] + lines)
-    accuracy_panel(accuracy, rows, x)
-    for ax in (loss, accuracy):
-        ax.grid(alpha=0.3)
-        epoch_axis(ax, rows, x, by_samples)
-    fig.suptitle(title)
-    return fig
+            ax.plot(x, [r[key] for r in rows], style, color=COLOURS[label], label=label)
+    ax.set_ylabel("loss (negative log-likelihood)")
+    lines = rate.get_legend_handles_labels()[0] if intervals else []
+    below(ax, ax.get_legend_handles_labels()[0] + lines)
 
 
 def accuracy_panel(ax, rows, x):
