@@ -34,13 +34,9 @@ class Adaptation:
     what the adaptation changed."""
 
     config: TrainConfig
+    saved: TrainConfig
     micro_batches: int = 1
     notes: list = field(default_factory=list)
-    saved: TrainConfig = None  # (None: CONFIG, nothing adapted)
-
-    def __post_init__(self):
-        if self.saved is None:
-            object.__setattr__(self, "saved", self.config)
 
 
 def micro_batches_for(processes, batch_size):
@@ -58,7 +54,7 @@ def adapt(config, processes, given, micro_batches=0):
     the settings given explicitly; MICRO_BATCHES: --micro-batches (0: auto)."""
     k = min(micro_batches or micro_batches_for(processes, config.batch_size), config.batch_size)
     if k == 1 and processes <= ADAPT_ABOVE:
-        return Adaptation(config)
+        return Adaptation(config, config)
     changes, notes = {}, []
     if k > 1:
         notes.append(f"{k} updates of {math.ceil(config.batch_size / k)} samples per batch")
@@ -72,7 +68,7 @@ def adapt(config, processes, given, micro_batches=0):
     if calmed and not set(calmed[0]) & set(given):
         changes.update(calmed[0])
         notes.append(calmed[1])
-    return Adaptation(replace(config, **changes), k, notes, saved=config)
+    return Adaptation(replace(config, **changes), config, k, notes)
 
 
 def describe(adaptation, processes):
