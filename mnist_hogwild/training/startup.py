@@ -32,9 +32,6 @@ from mnist_hogwild.training.outcome import stopped_before_training, warn
 from mnist_hogwild.training.trainer import Trainer
 from model import Net
 
-# The run options the checkpoint manager reads.
-SAVING = ("checkpoint_interval", "keep_models", "dry_run", "resume")
-
 
 def train(request, options, stop, started, pool):
     """Train as REQUEST (the ConfigRequest) and OPTIONS (the RunOptions) say;
@@ -43,8 +40,10 @@ def train(request, options, stop, started, pool):
     STARTED is time.monotonic() at the start of main(), for the start-up time;
     POOL holds the workers, already starting; the caller stops it on every exit.
     """
-    saving = {k: getattr(options, k) for k in SAVING}
-    checkpoints = CheckpointManager(options.checkpoint, say, warn, **saving)
+    o = options
+    checkpoints = CheckpointManager(
+        o.checkpoint, say, warn, o.checkpoint_interval, o.keep_models, o.dry_run, o.resume
+    )
     closing = {"node": nodes.LocalNode(), "checkpoints": checkpoints}
     try:
         return prepare(request, options, stop, started, pool, closing)
