@@ -49,7 +49,7 @@ def test_a_sink_that_fails_is_one_warning_and_the_run_goes_on():
         def write(self, state):
             raise OSError(28, "No space left on device")
 
-    sink = sinks.Optional(Broken(), said.append)
+    sink = sinks.Guarded(Broken(), said.append)
     sink.write({"metrics": []})
     sink.write({"metrics": []})
     assert said == ["Broken metrics not written from now on: [Errno 28] No space left on device"]

@@ -97,7 +97,7 @@ class TensorBoard(Sink):
         self.written = len(rows)
 
 
-class Optional(Sink):
+class Guarded(Sink):
     """SINK, whose failures (a viewer's package that does not load, a full
     disk) are one warning, after which it writes nothing more: the run, the
     checkpoint and the other sinks go on."""
@@ -121,5 +121,5 @@ def sinks(path, warn):
     where its package is installed."""
     found = [JsonLines(path), Csv(path)]
     if importlib.util.find_spec("tensorboard") is not None:
-        found.append(Optional(TensorBoard(path), warn))
+        found.append(Guarded(TensorBoard(path), warn))
     return found
