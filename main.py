@@ -33,11 +33,10 @@ def run_command(name, argv):
     run it, one line per error."""
     args = command_parser(name).parse_args(argv)
     try:
-        run = load(COMMANDS[name].run)  # (imported only now: --help answers before torch)
-        from mnist_hogwild.commands.output import keep_found_models  # torch: after --help
-
-        keep_found_models(args.checkpoint)
-        return run(args)
+        # (imported only now: --help answers before torch). A command reads
+        # the files beside its checkpoint and writes none of them: keeping a
+        # found model in the history is training's work.
+        return load(COMMANDS[name].run)(args)
     except UsageError as e:
         say(f"error: {e}", sys.stderr)
         return 2

@@ -113,7 +113,7 @@ c0=$(exit_code node0) c1=$(exit_code node1)
   && pass "both restarted with --resume on the shared folder finished the job" \
   || fail "shared folder, resume: exit codes $c0 and $c1"
 files=$(find "$work/shared" -mindepth 1 -maxdepth 1 ! -name data -printf '%f\n' | LC_ALL=C sort | tr '\n' ' ')
-[ "$files" = ".model_checkpoint.pth.lock model_checkpoint.best.pth model_checkpoint.metrics.csv model_checkpoint.metrics.jsonl model_checkpoint.models model_checkpoint.pth " ] \
+[ "$files" = ".model_checkpoint.lock model_checkpoint.best.pth model_checkpoint.metrics.csv model_checkpoint.metrics.jsonl model_checkpoint.models model_checkpoint.pth " ] \
   && pass "one set of files in the shared folder: $files" || fail "files in the shared folder: $files"
 remove
 

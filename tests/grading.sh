@@ -238,7 +238,7 @@ echo "$err" | tail -1
 # mostly omit --user): the lock file root left must not stop it with a traceback.
 mkdir -p "$OUT/uid" && chmod 777 "$OUT/uid"
 run "$IMAGE" --dry-run --checkpoint "$OUT/uid/ck.pth" >/dev/null 2>&1
-chmod 644 "$OUT/uid/.ck.pth.lock"  # as a lock file made under another umask is
+chmod 644 "$OUT/uid/.ck.lock"  # as a lock file made under another umask is
 err=$(run --user 1000:1000 "$IMAGE" --resume --more-epochs 1 --checkpoint "$OUT/uid/ck.pth" 2>&1 >/dev/null)
 rc=$?
 [ $rc -eq 0 ] && ! echo "$err" | grep Traceback >/dev/null \

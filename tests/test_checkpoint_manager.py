@@ -97,7 +97,8 @@ def test_only_temp_files_of_dead_writers_on_this_host_are_removed(tmp_path):
         (tmp_path / name).write_bytes(b"partial")
     m, notes = manager(path)
     m.open()
-    assert sorted(os.listdir(tmp_path)) == sorted([live, other_host, ".ck.pth.lock", "ck.models"])
+    # (no model was kept: no history folder either)
+    assert sorted(os.listdir(tmp_path)) == sorted([live, other_host, ".ck.lock"])
     assert notes == [f"W removed {stale}, left by an interrupted save"]
     m.close()
 
@@ -109,7 +110,7 @@ def test_a_fresh_run_keeps_the_model_it_finds_before_writing_anything(tmp_path):
     m, notes = manager(path)
     m.open()
     (kept,) = (tmp_path / "ck.models").iterdir()
-    assert kept.read_bytes() == old and kept.name.startswith("mnist_e03_acc")
+    assert kept.read_bytes() == old and kept.name.startswith("mnist_e03_unevaluated")
     assert notes == [f"kept {kept} (found at {path})"]
     m.save(valid_state(epoch=0))
     m.close()
@@ -128,7 +129,7 @@ def test_a_dry_run_never_replaces_an_existing_checkpoint(tmp_path):
     m.save_epoch({**valid_state(epoch=0), "metrics": [{"epoch": 1, "accuracy_percent": 11.0}]})
     m.close()
     assert path.read_bytes() == old
-    assert sorted(os.listdir(tmp_path)) == [".ck.pth.lock", "ck.pth"]
+    assert sorted(os.listdir(tmp_path)) == [".ck.lock", "ck.pth"]
     assert "nothing is saved" in notes[0]
 
 
@@ -212,7 +213,7 @@ def test_the_lock_file_is_writable_by_its_owner_only(tmp_path):
     finally:
         os.umask(old)
     try:
-        mode = os.stat(tmp_path / ".m.pth.lock").st_mode & 0o777
+        mode = os.stat(tmp_path / ".m.lock").st_mode & 0o777
         assert mode == 0o644, oct(mode)
     finally:
         m.close()

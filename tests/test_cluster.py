@@ -244,7 +244,7 @@ def test_nodes_sharing_one_folder_share_its_checkpoint_stop_and_resume_together(
     assert all(f"at epoch 1, batch {saved['step']}/287" in out for out in outs), outs
     assert load_checkpoint(tmp_path / "shared" / "model_checkpoint.pth")["epoch"] == 2
     names = sorted(p.name for p in (tmp_path / "shared").iterdir())
-    expected = [".model_checkpoint.pth.lock", "model_checkpoint.best.pth"]
+    expected = [".model_checkpoint.lock", "model_checkpoint.best.pth"]
     expected += ["model_checkpoint.metrics.csv", "model_checkpoint.metrics.jsonl"]
     expected += ["model_checkpoint.models", "model_checkpoint.pth"]
     if importlib.util.find_spec("tensorboard") is not None:  # (its events, when installed)

@@ -76,7 +76,7 @@ def test_a_dry_run_over_a_checkpoint_changes_no_file(trained, data_dir, tmp_path
     proc = run_trainer("--data-dir", data_dir, *flags, "--checkpoint", "ck.pth", cwd=work)
     assert proc.returncode == 0, proc.stderr
     after = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
-    lock = ".ck.pth.lock"  # the lock records who held it last
+    lock = ".ck.lock"  # the lock records who held it last
     assert {k: v for k, v in after.items() if k != lock} == {
         k: v for k, v in before.items() if k != lock
     }
@@ -87,7 +87,7 @@ def test_a_dry_run_over_a_checkpoint_changes_no_file(trained, data_dir, tmp_path
 def test_a_fresh_dry_run_writes_only_the_checkpoint(data_dir, tmp_path):
     proc = run_trainer("--data-dir", data_dir, "--dry-run", "--checkpoint", "ck.pth", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.pth.lock", "ck.pth"]  # no history
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.lock", "ck.pth"]  # no history
 
 
 def test_an_explosion_of_a_copied_checkpoint_stops_the_run_and_keeps_the_model(

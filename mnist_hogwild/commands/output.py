@@ -1,32 +1,12 @@
 """Where the commands write: atomically, with one clear error, and never over
-a model they did not train (the checkpoint they read, or any file a
-training run owns beside it)."""
+a model (the checkpoint they read, any file a training run owns beside it,
+or any checkpoint at all)."""
 
 import os
 
-from mnist_hogwild.core.errors import CheckpointError, InputError, UsageError
-from mnist_hogwild.core.loglines import say
-from mnist_hogwild.training import checkpoint, history
-from mnist_hogwild.training import beside
-from mnist_hogwild.training.beside import COPIES, in_history, run_files
-from mnist_hogwild.training.checkpoint_manager import adopt_found
-from model import Net
-
-
-def keep_found_models(path):
-    """Keep in the history beside checkpoint PATH each model found there that it
-    lacks (copied in, an older layout), as a training run does before it
-    writes: the first command that sees such a file keeps it too. Not a file
-    in a history or a copy beside a checkpoint (the run on that checkpoint
-    keeps them), nor one that does not load: a command replaces nothing. A
-    history that cannot be written gets a note, and the command goes on."""
-    path = os.path.realpath(path) if os.path.islink(path) else path
-    if path.endswith(COPIES) or in_history(path):
-        return
-    try:
-        adopt_found(history.History(path, say), path, going_on=True, unreadable=False)
-    except CheckpointError as e:
-        say(f"note: {e}; the next training run on {path} keeps it")
+from mnist_hogwild.core.errors import InputError, UsageError
+from mnist_hogwild.training import beside, checkpoint
+from mnist_hogwild.training.beside import in_history, run_files
 
 
 def check_output(path, model):
@@ -49,19 +29,17 @@ def check_output(path, model):
                 f"{path} is in {models}, where only training writes (each model once); "
                 f"choose another path"
             )
-    if os.path.isfile(target) and is_checkpoint(target):
+    if os.path.lexists(target) and not replaceable(target):
         raise UsageError(
-            f"{path} holds a trained model (a checkpoint): writing there would replace it; "
-            f"choose another path"
+            f"{path} holds a trained model (a checkpoint, maybe of another version or "
+            f"network): writing there would replace it; choose another path"
         )
 
 
-def is_checkpoint(path):
-    try:
-        checkpoint.load(path, Net().state_dict())
-    except CheckpointError:
-        return False
-    return True
+def replaceable(path):
+    """Whether a command may write over PATH: a regular file that holds no
+    checkpoint (see beside.is_saved_checkpoint)."""
+    return os.path.isfile(path) and not beside.is_saved_checkpoint(path)
 
 
 def write_output(path, write, model):

@@ -29,7 +29,7 @@ LINES = {
     "{chosen}); "
     "model {path}, best model {best_path}, every model {models}, metrics {metrics}",
     "target": "reached --target-accuracy {target:.2f}% at epoch {epoch} "
-    "({accuracy:.2f}%): stopping early",
+    "({accuracy:.2f}%): {then}",
     "syncs": "node {rank}/{world}: {syncs} syncs took {seconds:.2f}s, {percent:.1f}% of the "
     "training time",
     "cadence": "node {rank}/{world}: --sync-every auto ended at every {k} batches",

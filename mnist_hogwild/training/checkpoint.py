@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
@@ -231,7 +232,7 @@ def _rows(checkpoint_path, warn=None):
         except UnicodeDecodeError:
             damaged += 1
             continue
-        except ValueError:
+        except (ValueError, RecursionError):  # (not JSON, or nested past what json reads)
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -298,14 +299,7 @@ def load(source, model_state, name=None):
     flipped bit in a stored weight would load without complaint."""
     name = name or str(source)
     if isinstance(source, (str, os.PathLike)):
-        if os.path.exists(source) and not os.path.isfile(source):
-            raise CheckpointError(f"{name} is not a regular file")
-        try:
-            with open(source, "rb") as f:
-                payload = f.read()
-        except OSError as e:
-            raise CheckpointError(f"cannot read checkpoint {name}: {e.strerror or e}") from None
-        source = io.BytesIO(payload)
+        source = io.BytesIO(read_file(source, name))
     check_crc(source, name)
     try:
         with warnings.catch_warnings():  # (bytes that are no checkpoint: the error says so)
@@ -320,6 +314,35 @@ def load(source, model_state, name=None):
             ) from None
         raise CheckpointError(f"{name} is not a readable checkpoint ({reason})") from None
     return validate(upgrade(state, name), model_state, name)
+
+
+# No checkpoint of this Net comes near this: a bigger file (or a device that
+# never ends, behind a link) is refused before it is read.
+MAX_BYTES = 256 << 20
+
+
+def read_file(path, name=None, limit=MAX_BYTES):
+    """The bytes of the regular file PATH, read only if it is one and holds at
+    most LIMIT bytes; CheckpointError (one line) otherwise. A link is followed
+    (a user's name for a file), but what it names must be a regular file."""
+    name = name or str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {name}: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        found = os.fstat(f.fileno())
+        if not stat.S_ISREG(found.st_mode):
+            raise CheckpointError(f"{name} is not a regular file")
+        if found.st_size > limit:
+            raise CheckpointError(f"{name} is {found.st_size} bytes, more than a checkpoint holds")
+        try:
+            payload = f.read(limit + 1)
+        except OSError as e:
+            raise CheckpointError(f"cannot read checkpoint {name}: {e.strerror or e}") from None
+    if len(payload) > limit:
+        raise CheckpointError(f"{name} grew past {limit} bytes while it was read")
+    return payload
 
 
 def check_crc(f, name):
@@ -398,7 +421,9 @@ def _validate_model(state, model_state, name):
             f"model.py it was trained with (an image runs the copy it was built with: rebuild "
             f"it after editing model.py, or run python /workspace/train.py on the mounted one)"
         )
-    bad = [k for k, t in saved.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    odd = [k for k, t in saved.items() if t.layout != torch.strided or not t.is_floating_point()]
+    _check(not odd, name, f"weights {', '.join(odd)} are not dense floating-point tensors")
+    bad = [k for k, t in saved.items() if not bool(t.isfinite().all())]
     _check(not bad, name, f"weights {', '.join(bad)} are not finite (a diverged run?)")
 
 
@@ -452,6 +477,7 @@ def _validate_progress(state, name):
         name,
         "optimizer_state is not an optimizer state dict",
     )
+    _check(all(map(dense, optimizer["state"].values())), name, "optimizer_state is not dense")
     _check(isinstance(state.get("run_id", ""), str), name, "run_id is not a string")
     intervals = state.get("intervals", [])
     _check(
@@ -464,6 +490,13 @@ def _validate_progress(state, name):
         f"intervals is not a list of rows of {len(INTERVAL_COLUMNS)} numbers",
     )
     return {**state, "partial_epoch": partial, "options": state.get("options") or {}}
+
+
+def dense(per_parameter):
+    """Whether an optimizer's state of one parameter holds only dense tensors
+    (a sparse one would fail deep inside the optimizer's step)."""
+    values = per_parameter.values() if isinstance(per_parameter, dict) else ()
+    return all(v.layout == torch.strided for v in values if isinstance(v, torch.Tensor))
 
 
 def load_model(source, name=None):

@@ -22,13 +22,12 @@ from contextlib import contextmanager
 
 from mnist_hogwild.core.config import RunOptions
 from mnist_hogwild.training import beside
-from mnist_hogwild.training import checkpoint, paths
+from mnist_hogwild.training import checkpoint, history, paths
 from mnist_hogwild.training.checkpoint import Record
 from mnist_hogwild.training.sinks import sinks
 from mnist_hogwild.training.history import History, run_tag
 from mnist_hogwild.training.lock import PathLock
 from mnist_hogwild.core.errors import CheckpointError
-from model import Net
 
 
 def adopt_found(history, path, going_on, unreadable=True):
@@ -37,9 +36,26 @@ def adopt_found(history, path, going_on, unreadable=True):
     GOING_ON: PATH's run may go on from it (see History.adopt); UNREADABLE:
     keep the bytes of a file that does not load."""
     found = [path, *(beside.sibling(path, s) for s in beside.COPIES)]
-    expected = Net().state_dict()
-    entries = [history.adopt(p, expected, going_on and p == path, unreadable) for p in found]
+    entries = [history.adopt(p, going_on and p == path, unreadable) for p in found]
     return entries[0]
+
+
+def check_own(path):
+    """CheckpointError unless PATH is a checkpoint of its own: not a file of
+    another checkpoint's (its history, its best copy), and not sharing the
+    files beside it with another checkpoint of the same STEM."""
+    owner = beside.owned_by(path)
+    if owner:
+        raise CheckpointError(
+            f"--checkpoint {path} is {owner}: training there would replace a kept model; "
+            f"train on a copy of it (cp {path} new.pth) or on its own checkpoint"
+        )
+    other = beside.sharing(path)
+    if other is not None:
+        raise CheckpointError(
+            f"--checkpoint {path} would share {beside.models(path)}/, {beside.best(path)} and "
+            f"{beside.metrics(path)} with the checkpoint {other}: pass a name of another stem"
+        )
 
 
 class CheckpointManager:
@@ -71,7 +87,7 @@ class CheckpointManager:
         self.writes = True  # False: a dry run over an existing checkpoint, or a follower
         self.writer = None  # the node that writes PATH for this one (see follow)
         self.last_save = time.monotonic()
-        self.dataset = self.run_id = None  # of the last evaluated epoch saved
+        self.split = self.run_id = None  # of the last evaluated epoch saved
         self.failed = False  # a save failed (a full disk): the end prunes nothing
 
     # ----- start ---------------------------------------------------------
@@ -88,6 +104,7 @@ class CheckpointManager:
         keep every model found at PATH in the history."""
         if self.writer is not None:
             return
+        check_own(self.path)
         models = None if self.dry_run else self.history.directory
         paths.check_writable(self.path, self.directory, self.owned_paths(), models)
         self.lock.take(self.path, self.warn)
@@ -104,8 +121,8 @@ class CheckpointManager:
         """Keep in the history each model file found at PATH that it lacks."""
         try:
             entry = adopt_found(self.history, self.path, going_on=self.resume)
-            if entry is not None:  # the checkpoint's data set: its best is the copy's
-                self.history.refresh_copy(entry.dataset, self.best_path)
+            if entry is not None and entry.split:  # the checkpoint's split: its best is the copy's
+                self.history.refresh_copy(entry.split, self.best_path)
         except CheckpointError as e:
             raise CheckpointError(f"{e}; nothing was overwritten") from None
 
@@ -158,7 +175,7 @@ class CheckpointManager:
         leaves it only in the checkpoint, which a later write could replace),
         then the checkpoint, the metrics file and the best model's copy. A
         dry run writes neither the history nor the metrics."""
-        self.dataset, self.run_id = state["config"].get("dataset"), state.get("run_id")
+        self.split, self.run_id = history.split_of(state), state.get("run_id")
         if not self.writes or self.dry_run:
             return self.save(state)
         with self.writing():
@@ -167,13 +184,13 @@ class CheckpointManager:
             for sink in self.sinks:
                 sink.write(state)
             self.history.settle_run(self.run_id, latest)
-            self.history.refresh_copy(self.dataset, self.best_path)
+            self.history.refresh_copy(self.split, self.best_path)
         return seconds
 
     def best_elsewhere(self, run_id):
-        """The history's best model of this run's data set if another run
+        """The history's best model of this run's split if another run
         trained it, else None."""
-        best = self.history.best(self.dataset) if self.dataset else None
+        best = self.history.best(self.split) if self.split else None
         if best is None or best.run == run_tag(run_id):
             return None
         return best
@@ -190,9 +207,9 @@ class CheckpointManager:
         the history (this run's models stay: the checkpoint resumes it),
         unless a save failed: then nothing more is written."""
         try:
-            if self.writes and not self.dry_run and self.dataset and not self.failed:
+            if self.writes and not self.dry_run and self.split and not self.failed:
                 self.history.prune(self.keep_models, self.run_id)
-                self.history.refresh_copy(self.dataset, self.best_path)
+                self.history.refresh_copy(self.split, self.best_path)
         except (OSError, CheckpointError) as e:
             self.warn(f"could not prune {self.history.directory}: {e}")
         finally:

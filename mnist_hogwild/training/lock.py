@@ -13,7 +13,7 @@ MODE = 0o644  # private to write, readable to lock (see PathLock.open_file)
 
 
 class PathLock:
-    """The lock file PATH (.NAME.lock beside the checkpoint) and its record
+    """The lock file PATH (.STEM.lock beside the checkpoint) and its record
     {"pid", "host", "state": "running" or "ended"}."""
 
     def __init__(self, path):
@@ -89,6 +89,7 @@ class PathLock:
 
 def read_record(fd):
     try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError, RecursionError):
         return {}
+    return record if isinstance(record, dict) else {}

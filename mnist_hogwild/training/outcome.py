@@ -122,13 +122,15 @@ class IntervalRows:
         )
 
 
-def reached_target(row, target):
+def reached_target(row, target, last):
     """--target-accuracy: True (and one line) once an epoch reaches it (on
-    the validation images, where held out)."""
+    the validation images, where held out); LAST: the run's last planned
+    epoch, where reaching it ends nothing early."""
     accuracy = decided_by(row)
     if not target or accuracy < target:
         return False
-    say(line("target", target=target, epoch=row["epoch"], accuracy=accuracy))
+    then = "the last planned epoch" if last else "stopping early"
+    say(line("target", target=target, epoch=row["epoch"], accuracy=accuracy, then=then))
     return True
 
 
@@ -144,8 +146,8 @@ def log_summary(rows, checkpoints, run_id):
     kept = checkpoints.best_elsewhere(run_id)
     if kept is not None:
         say(
-            f"note: {checkpoints.best_path} is the best {kept.dataset} model trained at "
-            f"{checkpoints.path}, scoring {kept.accuracy:.2f}% (epoch {kept.epoch} of an earlier run, "
+            f"note: {checkpoints.best_path} is the best model trained at "
+            f"{checkpoints.path}, scoring {kept.accuracy:.2f}% on {kept.split} (epoch {kept.epoch} of an earlier run, "
             f"{checkpoints.history.where(kept.name)}); this run's models are in "
             f"{checkpoints.history.directory} too"
         )

@@ -45,9 +45,16 @@ def check_writable(path, directory, owned, models):
     # The probe's own name is as long, with a random part: one left by a
     # killed probe is another name (and a stale temp file, removed later).
     probe = fresh_token(longest)
-    for folder in (directory, models) if models else (directory,):
+    if models and os.path.lexists(models) and not os.path.isdir(models):
+        raise CheckpointError(
+            f"{models} is a file, not the folder of models: move it away "
+            f"(e.g. mv {models} {models}.file); nothing was written"
+        )
+    # The history folder is made by its first model: a run that keeps none
+    # leaves none behind (the folder itself is checked once it exists).
+    folders = (directory, models) if models and os.path.isdir(models) else (directory,)
+    for folder in folders:
         try:
-            os.makedirs(folder, exist_ok=True)
             probe_save(os.path.join(folder, probe))
         except OSError as e:
             raise CheckpointError(unwritable(folder, e)) from None

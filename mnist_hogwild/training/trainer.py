@@ -86,7 +86,7 @@ class Trainer:
                 self.train_epoch(epoch)
                 row = self.evaluate_epoch(epoch)
                 self.end_epoch(epoch, row)
-                if reached_target(row, self.options.target_accuracy):
+                if reached_target(row, self.options.target_accuracy, epoch + 1 == self.last_epoch):
                     break
         except Stopped as stopped:
             return self.stopped(stopped)
