@@ -240,12 +240,13 @@ class HistoryMachine(RuleBasedStateMachine):
     @rule(
         where=st.sampled_from(["ck.pth", "ck.best.pth", "history"]),
         how=st.sampled_from(["truncate", "flip", "folder", "link"]),
+        index=st.integers(0, 3),
     )
-    def damage(self, where, how):
+    def damage(self, where, how, index):
         """A disk, a user or a tool damages one file (the test accounts for a
         model whose every copy it destroys: that loss is its own)."""
         COUNT["damage"] = COUNT.get("damage", 0) + 1
-        path = self.pick(where)
+        path = self.pick(where, index)
         if path is None or not os.path.isfile(path) or os.path.islink(path):
             return
         if how in ("folder", "link") and where != "history":
@@ -300,14 +301,14 @@ class HistoryMachine(RuleBasedStateMachine):
         assert snapshot(self.root) == before, "a reading command wrote beside the checkpoint"
 
     # ----- helpers -------------------------------------------------------
-    def pick(self, target):
+    def pick(self, target, index=0):
+        """TARGET's path; "history": its INDEXth file, newest first."""
         if target == "history":
             folder = beside.models(self.path)
-            names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            names = [n for n in names if history.NAME.match(n)]
-            return (
-                os.path.join(folder, random.Random(len(self.log)).choice(names)) if names else None
-            )
+            names = os.listdir(folder) if os.path.isdir(folder) else []
+            paths = [os.path.join(folder, n) for n in names if history.NAME.match(n)]
+            paths.sort(key=lambda p: -os.lstat(p).st_mtime_ns)
+            return paths[index % len(paths)] if paths else None
         return os.path.join(self.root, target)
 
     def forget_only_copies(self, path):
