@@ -126,7 +126,7 @@ readme export --format torchscript && in_image "import torch
 m = torch.jit.load('/workspace/model_checkpoint.pt')
 assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)" \
   && pass "export --format torchscript: loads with torch.jit.load and runs" || fail "export (torchscript)"
-out=$(readme models) && echo "$out" && echo "$out" | grep -E '^mnist_e[0-9]+_acc[0-9.]+_.*best of mnist, = model_checkpoint.best.pth' >/dev/null \
+out=$(readme models) && echo "$out" && echo "$out" | grep -E '^mnist_e[0-9]+_acc[0-9.]+_.*best of mnist [a-z0-9 ]+, = model_checkpoint.best.pth' >/dev/null \
   && readme evaluate --checkpoint "model_checkpoint.models/$(echo "$out" | sed -n 2p | cut -d' ' -f1)" --out "$OUT/kept.json" >/dev/null \
   && pass "models lists the history; evaluate --checkpoint model_checkpoint.models/NAME reads one" \
   || fail "models: $out"

@@ -340,10 +340,12 @@ def test_models_lists_the_history_best_first_and_marks_the_copy(trained, data_di
     proc = command("models", cwd=tmp_path / "w")
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.strip().splitlines()
-    assert header.split() == ["name", "data", "set", "epoch", "accuracy", "written"]
+    assert header.split() == ["name", "judged", "on", "epoch", "accuracy", "written"]
     names = sorted(p.name for p in (tmp_path / "w" / "model_checkpoint.models").iterdir())
     assert sorted(r.split()[0] for r in rows) == names
-    assert rows[0].endswith("best of mnist, = model_checkpoint.best.pth")
+    assert (
+        rows[0].endswith(", = model_checkpoint.best.pth") and "best of mnist validation" in rows[0]
+    )
     first = f"model_checkpoint.models/{rows[0].split()[0]}"  # every command reads one
     proc = command("evaluate", "--data-dir", data_dir, "--checkpoint", first, "--out", "e.json",
                    cwd=tmp_path / "w")  # fmt: skip

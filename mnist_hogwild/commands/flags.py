@@ -349,7 +349,7 @@ COMMANDS = {
         ),
         Command(
             "models",
-            "the models kept beside a checkpoint (STEM.models/): name, data set, epoch, "
+            "the models kept beside a checkpoint (STEM.models/): name, split judged on, epoch, "
             "accuracy, when written",
             run="mnist_hogwild.commands.models:run_command",
         ),

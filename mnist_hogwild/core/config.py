@@ -217,8 +217,8 @@ class RunOptions:
     )
     keep_models: int = flag(
         5,
-        "models of each data set kept in STEM.models/: at a run's end, those scoring below "
-        "the K best go (never the best of a data set, nor the resumable run's)",
+        "models of each split (data set and validation images) kept in STEM.models/: at a "
+        "run's end, those scoring below the K best go (never the best, nor the resumable run's)",
         Whole(1),
         metavar="K",
     )
