@@ -15,9 +15,11 @@ steps (CI's default; the soak runs a longer one)."""
 import os
 import random
 import shutil
+import tempfile
 
 import torch
 from hypothesis import seed, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
@@ -28,6 +30,9 @@ from mnist_hogwild.training import beside, checkpoint, history
 from mnist_hogwild.training.checkpoint_manager import CheckpointManager
 from helpers import valid_state
 
+# Hypothesis keeps a cache in .hypothesis/ of the working directory: not in
+# a user's checkout (no test writes there), so in a temp folder of its own.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
 STEPS = int(os.environ.get("HISTORY_STEPS", "500"))
 PER_SEQUENCE = 25
 EXPECTED = valid_state()["model_state"]
@@ -124,8 +129,6 @@ class HistoryMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        import tempfile
-
         self.root = tempfile.mkdtemp(prefix="history-")
         self.path = os.path.join(self.root, "ck.pth")
         self.runs, self.pruned, self.lost = {}, set(), set()

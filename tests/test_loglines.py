@@ -56,7 +56,7 @@ SAMPLES = {
         models="ck.models/",
         metrics="ck.metrics.jsonl",
     ),
-    "target": dict(target=98.0, epoch=2, accuracy=98.12),
+    "target": dict(target=98.0, epoch=2, accuracy=98.12, then="stopping early"),
     "syncs": dict(rank=1, world=2, syncs=19, seconds=0.21, percent=1.7),
     "cadence": dict(rank=0, world=3, k=38),
 }

@@ -127,6 +127,42 @@ def name_for(state):
 _PROVEN = {}
 
 
+def prove(path, found, expected):
+    """PATH's Entry if the file (lstat FOUND) proves what its name claims:
+    a regular file that loads against EXPECTED (a state_dict) and whose
+    weights hash to its name's HASH (its bytes, for an unreadable file's);
+    else why not."""
+    name = os.path.basename(path)
+    if not stat.S_ISREG(found.st_mode):
+        return "not a regular file"
+    claimed = (NAME.match(name) or UNREADABLE.match(name))["hash"]
+    try:
+        payload = checkpoint.read_file(path)
+    except CheckpointError as e:
+        return str(e)
+    if UNREADABLE.match(name):
+        digest = hashlib.sha256(payload).hexdigest()[:8]
+        return Entry(name, "", 0, 0, None, "", "none", digest) if digest == claimed else "damaged"
+    try:
+        state = checkpoint.load(io.BytesIO(payload), expected, name)
+    except CheckpointError as e:
+        return str(e)
+    entry = facts(state, name)
+    if entry.hash != claimed:
+        return f"its weights hash to {entry.hash}, not the {claimed} its name records"
+    return entry
+
+
+def aside_name(path, found):
+    """A new name for PATH that says why it is set aside (never an existing one)."""
+    suffix = SET_ASIDE[0] if stat.S_ISREG(found.st_mode) else SET_ASIDE[1]
+    return next(
+        f"{path}{suffix}{n or ''}"
+        for n in range(10**6)
+        if not os.path.lexists(f"{path}{suffix}{n or ''}")
+    )
+
+
 class History:
     """STEM.models/ of checkpoint PATH. SAY hears every file kept, removed or
     set aside. WRITES: False for the commands that only read (they set
@@ -181,33 +217,11 @@ class History:
         if key not in _PROVEN:
             if len(_PROVEN) > 4096:  # (a long-lived process: only the files of now matter)
                 _PROVEN.clear()
-            _PROVEN[key] = self.prove(name, found)
+            _PROVEN[key] = prove(path, found, self.expected)
         result = _PROVEN[key]
         if not isinstance(result, Entry):
             self.set_aside(name, result, found)
         return result
-
-    def prove(self, name, found):
-        if not stat.S_ISREG(found.st_mode):
-            return "not a regular file"
-        claimed = (NAME.match(name) or UNREADABLE.match(name))["hash"]
-        try:
-            payload = checkpoint.read_file(self.where(name))
-        except CheckpointError as e:
-            return str(e)
-        if UNREADABLE.match(name):
-            digest = hashlib.sha256(payload).hexdigest()[:8]
-            return (
-                Entry(name, "", 0, 0, None, "", "none", digest) if digest == claimed else "damaged"
-            )
-        try:
-            state = checkpoint.load(io.BytesIO(payload), self.expected, name)
-        except CheckpointError as e:
-            return str(e)
-        entry = facts(state, name)
-        if entry.hash != claimed:
-            return f"its weights hash to {entry.hash}, not the {claimed} its name records"
-        return entry
 
     def set_aside(self, name, reason, found):
         """Move NAME out of the way (never over another file), or note it."""
@@ -216,12 +230,7 @@ class History:
                 self.warned.add(name)
                 self.say(f"note: {self.where(name)} is not counted: {reason}")
             return
-        suffix = SET_ASIDE[0] if stat.S_ISREG(found.st_mode) else SET_ASIDE[1]
-        target = next(
-            self.where(f"{name}{suffix}{n or ''}")
-            for n in range(10**6)
-            if not os.path.lexists(self.where(f"{name}{suffix}{n or ''}"))
-        )
+        target = aside_name(self.where(name), found)
         try:
             os.rename(self.where(name), target)
         except OSError as e:
