@@ -21,13 +21,15 @@ def history_property(soak, steps):
             "tests/test_history.py",
             "-k",
             "random_sequence",
+            "-s",
         ],
         cwd=repo,
         env={**os.environ, "HISTORY_STEPS": str(steps)},
         capture_output=True,
         text=True,
     )
-    last = proc.stdout.strip().splitlines()[-1:] or ["no output"]
-    print(f"  {2 * steps} random steps: {last[0]}", flush=True)
+    lines = proc.stdout.strip().splitlines()
+    seed = next((line for line in lines if line.startswith("HISTORY_SEED=")), "no seed printed")
+    print(f"  at least {steps} random steps ({seed}): {(lines or ['no output'])[-1]}", flush=True)
     if proc.returncode != 0:
         soak.problem(f"model history property test: {proc.stdout[-1500:]}")
