@@ -100,10 +100,13 @@ def files_under(root):
                 yield path
 
 
-def models_under(root):
-    """{weights hash: {(accuracy, split) of each loadable file holding it}}."""
-    found = {}
+def models_under(root, skipped=None):
+    """{weights hash: {(accuracy, split) of each loadable file holding it}};
+    but in SKIPPED (and its hard links)."""
+    found, same = {}, os.stat(skipped) if skipped and os.path.isfile(skipped) else None
     for path in files_under(root):
+        if same is not None and os.path.samestat(os.stat(path), same):
+            continue
         try:
             state = checkpoint.load(path, EXPECTED)
         except CheckpointError:
@@ -317,7 +320,7 @@ class HistoryMachine(RuleBasedStateMachine):
     def forget_only_copies(self, path):
         """Before the test destroys PATH: models it alone holds are lost by
         the test's hand."""
-        others = models_under_except(self.root, path)
+        others = models_under(self.root, path)
         self.lost |= {digest for digest in self.kept if digest not in others}
 
     # ----- the property --------------------------------------------------
@@ -343,19 +346,6 @@ class HistoryMachine(RuleBasedStateMachine):
             top = max(a for a, s in self.kept.values() if s == split)
             assert best is not None and best.comparable and best.split == split
             assert best.accuracy >= top, f"{split}: best {best.accuracy}, kept {top}"
-
-
-def models_under_except(root, skipped):
-    """The hashes of the models in files under ROOT but SKIPPED (and its hard links)."""
-    found, same = set(), os.stat(skipped) if os.path.isfile(skipped) else None
-    for path in files_under(root):
-        if same is not None and os.path.samestat(os.stat(path), same):
-            continue
-        try:
-            found.add(history.facts(checkpoint.load(path, EXPECTED)).hash)
-        except CheckpointError:
-            continue
-    return found
 
 
 def test_a_random_sequence_of_what_users_do_never_loses_a_kept_model():

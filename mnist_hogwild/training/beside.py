@@ -62,6 +62,11 @@ SIDE_FILES = (BEST, *OLDER_LAYOUT, METRICS, METRICS_CSV)
 HISTORY_FILE = re.compile(r"_[0-9a-f]{8}\.pth(\.damaged|\.not-a-file)?\d*$")
 
 
+def not_a_folder(models):
+    """What to say when MODELS (STEM.models) is a file, not a folder."""
+    return f"{models} is a file, not the folder of models: move it away (e.g. mv {models} {models}.file)"
+
+
 def in_history(path):
     """Whether PATH is a file in a model history (STEM.models/NAME)."""
     return is_history(os.path.dirname(os.path.realpath(path)))

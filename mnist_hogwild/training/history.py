@@ -183,10 +183,7 @@ class History:
         except FileNotFoundError:
             return []
         except NotADirectoryError:
-            raise CheckpointError(
-                f"{self.directory} is a file, not the folder of models: move it away "
-                f"(e.g. mv {self.directory} {self.directory}.file)"
-            ) from None
+            raise CheckpointError(beside.not_a_folder(self.directory)) from None
         except OSError as e:  # not ours to read
             raise CheckpointError(f"cannot read {self.directory}: {e.strerror or e}") from None
 

@@ -9,7 +9,7 @@ import stat
 
 from mnist_hogwild.core import processes
 from mnist_hogwild.core.errors import CheckpointError, UsageError
-from mnist_hogwild.training import checkpoint
+from mnist_hogwild.training import beside, checkpoint
 
 MAX_NAME = 255  # NAME_MAX on Linux file systems, where pathconf cannot tell
 
@@ -46,10 +46,7 @@ def check_writable(path, directory, owned, models):
     # killed probe is another name (and a stale temp file, removed later).
     probe = fresh_token(longest)
     if models and os.path.lexists(models) and not os.path.isdir(models):
-        raise CheckpointError(
-            f"{models} is a file, not the folder of models: move it away "
-            f"(e.g. mv {models} {models}.file); nothing was written"
-        )
+        raise CheckpointError(f"{beside.not_a_folder(models)}; nothing was written")
     # The history folder is made by its first model: a run that keeps none
     # leaves none behind (the folder itself is checked once it exists).
     folders = (directory, models) if models and os.path.isdir(models) else (directory,)
