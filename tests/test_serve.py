@@ -431,8 +431,11 @@ def test_image_readers_that_die_are_replaced_and_every_request_is_answered(serve
     def named(name):
         return sorted(p for p in descendants(proc.pid) if comm(p) == name and alive(p))
 
+    # Each forked process names itself once it runs: wait for the names (premise).
+    assert wait_until(
+        lambda: named("image-reader") and len(named("reader-spawner")) == 1, 30
+    ), descendants(proc.pid)
     readers, spawner = named("image-reader"), named("reader-spawner")
-    assert readers and len(spawner) == 1, descendants(proc.pid)
     seen = set(readers + spawner)
     for _ in range(2):
         for pid in readers:
@@ -441,6 +444,8 @@ def test_image_readers_that_die_are_replaced_and_every_request_is_answered(serve
         for _ in range(len(readers) + 2):
             status, answer = post(url, png(stroke))
             assert status == 200 and is_digit(answer, 1), answer
+        count = len(readers)  # (the replacements name themselves once they run)
+        assert wait_until(lambda n=count: len(named("image-reader")) >= n, 30)
         replaced = named("image-reader")
         assert len(replaced) == len(readers) and not set(replaced) & seen, (readers, replaced)
         readers = replaced
