@@ -1,14 +1,24 @@
 #!/usr/bin/env python3
-"""Load `serve` as many clients would, and print what it held.
+"""Load `serve` and two reference servers side by side, and print what each held.
 
     python scripts/serve_load.py --checkpoint model_checkpoint.pth
     python scripts/serve_load.py --checkpoint ck.pth --update-docs   # docs/performance.md
+    python scripts/serve_load.py --checkpoint ck.pth --servers "serve --workers 1" \\
+        "serve --workers 2" serve@1d67ae9   # process models side by side
 
-Starts `main.py serve` on a free port, then for 1, 8 and 32 concurrent
-clients (each one keep-alive connection, requests back to back) POSTs a
-28x28 PNG and a 1 MB phone photo: requests/s, p50 and p99 latency, the
-server's peak memory over idle (the growth of each of its processes, summed). Then the page's latency (GET /) while a
-7000x7000 PNG is being read. Time only on an idle machine.
+The servers, each started afresh for each measurement, one after the other:
+  ceiling   Starlette on uvicorn answering a constant JSON after reading the
+            body: the most the web framework itself carries on this machine;
+  naive     a tutorial's server: PIL decode, normalise and the same Net's
+            forward pass, in the async handler;
+  serve     `main.py serve` (with its flags after a space; @COMMIT: as that
+            commit has it, from a git worktree).
+The mix: C clients, each posting the same 100x100 PNG digit back to back, a
+new connection for each request (as `ab -c C` does); requests/s, p50 and p99
+latency, failures (any status but 200), and for serve the memory of its whole
+process tree (PSS: shared pages counted once) at the end of the load. Then
+how long small requests take while large images are being read. Time only on
+an idle machine.
 """
 
 import argparse
@@ -16,10 +26,13 @@ import asyncio
 import io
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import psutil
@@ -29,122 +42,199 @@ sys.path.insert(
 )
 from harness import REPO, update_doc  # noqa: E402
 
-
-def images():
-    """{name: PNG or JPEG bytes}: a drawn 28x28 digit, a 1 MB photo, a 7000x7000 page."""
-    from PIL import Image, ImageDraw, ImageFilter  # noqa: PLC0415
-
-    small = Image.new("L", (28, 28), 0)
-    ImageDraw.Draw(small).line([(14, 4), (12, 24)], fill=255, width=3)
-    photo = Image.effect_noise((2400, 1800), 40).convert("RGB").filter(ImageFilter.GaussianBlur(1))
-    photo = Image.blend(photo, Image.new("RGB", photo.size, (225, 220, 205)), 0.6)
-    ImageDraw.Draw(photo).line([(1200, 500), (1150, 1300)], fill=(30, 30, 60), width=70)
-    page = Image.new("L", (7000, 7000), 255)
-    ImageDraw.Draw(page).line([(3500, 1000), (3300, 6000)], fill=0, width=300)
-    out = {}
-    for name, image, fmt, options in (
-        ("28x28 PNG", small, "PNG", {}),
-        ("1 MB photo", photo, "JPEG", {"quality": 93}),
-        ("7000x7000 PNG", page, "PNG", {}),
-    ):
-        buffer = io.BytesIO()
-        image.save(buffer, fmt, **options)
-        out[name] = buffer.getvalue()
-    return out
+CONSTANT = b'{"digit": 7, "name": "7", "probabilities": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}'
 
 
-async def request(reader, writer, method, path, body=b""):
-    """One HTTP/1.1 request on a kept-alive connection: (status, seconds)."""
+def digit_png(side=100, page=None):
+    """A drawn digit (a stroke on white) as PNG bytes: SIDE pixels, or PAGE."""
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    side = page or side
+    image = Image.new("L", (side, side), 255)
+    ImageDraw.Draw(image).line(
+        [(side // 2, side // 10), (side * 9 // 20, side * 9 // 10)], fill=0, width=side // 12
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def reference_app(kind, checkpoint):
+    """The ceiling's or the naive server's Starlette app."""
+    from starlette.applications import Starlette  # noqa: PLC0415
+    from starlette.responses import JSONResponse, Response  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    if kind == "ceiling":
+
+        async def predict(request):
+            await request.body()
+            return Response(CONSTANT, media_type="application/json")
+
+    else:
+        import torch  # noqa: PLC0415
+        from PIL import Image  # noqa: PLC0415
+
+        sys.path.insert(0, REPO)
+        from mnist_hogwild.training import checkpoint as ck  # noqa: PLC0415
+
+        model, _ = ck.load_model(checkpoint)
+
+        async def predict(request):
+            image = Image.open(io.BytesIO(await request.body())).convert("L").resize((28, 28))
+            x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
+            x = ((255 - x) / 255 - 0.1307) / 0.3081
+            with torch.no_grad():
+                p = model(x.view(1, 1, 28, 28)).exp()[0]
+            return JSONResponse({"digit": int(p.argmax()), "probabilities": p.tolist()})
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+
+
+def run_reference(kind, checkpoint, port):
+    import uvicorn  # noqa: PLC0415
+
+    app = reference_app(kind, checkpoint)
+    print(f"serving {kind} on {port}", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server of the comparison, from start to stop: (port, pid)."""
+
+    def __init__(self, spec, checkpoint):
+        self.spec, self.checkpoint = spec, checkpoint
+
+    def command(self, port):
+        name, *flags = shlex.split(self.spec)
+        if name in ("ceiling", "naive"):
+            me = os.path.abspath(__file__)
+            return [sys.executable, me, "--reference", name, "--checkpoint", self.checkpoint]
+        tree = worktree(name.partition("@")[2]) if "@" in name else REPO
+        main = os.path.join(tree, "main.py")
+        return [sys.executable, main, "serve", "--checkpoint", self.checkpoint, *flags]
+
+    def __enter__(self):
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [*self.command(port), "--port", str(port)], stdout=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline()  # "serving ..." once it listens
+        if not line.startswith("serving"):
+            self.__exit__()
+            sys.exit(f"{self.spec} did not start: {line}")
+        # Its access log read on and dropped: a full pipe would stop the server.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        wait_for_port(port)
+        return port, self.proc.pid
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def wait_for_port(port):
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+WORKTREES = {}
+
+
+def worktree(commit):
+    """A checkout of COMMIT beside this one (made once; removed at exit)."""
+    if commit not in WORKTREES:
+        path = tempfile.mkdtemp(prefix=f"serve-{commit}-")
+        subprocess.run(
+            ["git", "-C", REPO, "worktree", "add", "--detach", path, commit],
+            check=True,
+            capture_output=True,
+        )
+        WORKTREES[commit] = path
+    return WORKTREES[commit]
+
+
+async def post(port, body, path="/predict"):
+    """One request on a new connection: (status, seconds)."""
     started = time.perf_counter()
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-    writer.write(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + body)
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    await reader.readexactly(length)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Content-Type: image/png\r\nConnection: close\r\n\r\n" + body)
+        status = int((await reader.readline()).split()[1])
+        await reader.read()  # (to the server's close)
+        writer.close()
+    except (OSError, IndexError, ValueError):
+        status = 0
     return status, time.perf_counter() - started
 
 
-async def client(port, body, count, results):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for _ in range(count):
-        results.append(await request(reader, writer, "POST", "/predict", body))
-    writer.close()
+async def client(port, body, until, results):
+    while time.perf_counter() < until:
+        results.append(await post(port, body))
 
 
-async def load(port, body, clients, total):
-    results = []
-    started = time.perf_counter()
-    await asyncio.gather(*(client(port, body, total // clients, results) for _ in range(clients)))
+async def load(port, body, clients, seconds):
+    """CLIENTS posting BODY back to back for SECONDS: (results, seconds taken)."""
+    results, started = [], time.perf_counter()
+    until = started + seconds
+    await asyncio.gather(*(client(port, body, until, results) for _ in range(clients)))
     return results, time.perf_counter() - started
 
 
-def memory(pid):
-    """The server's memory with its image readers: their PSS summed (pages
-    they share counted once, as a container's memory limit counts them)."""
+def tree_memory_mb(pid):
+    """The server's processes' PSS, summed (pages they share counted once)."""
     server = psutil.Process(pid)
-    return sum(p.memory_full_info().pss for p in [server, *server.children()])
+    tree = [server, *server.children(recursive=True)]
+    return sum(p.memory_full_info().pss for p in tree) / 2**20
 
 
-def status_kb(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-class Peak:
-    """How much the server's processes grew at most within a with block: the
-    kernel's peak RSS of each (VmHWM, reset on entry through clear_refs, so
-    nothing samples, and no peak is missed) less its RSS then, summed: an
-    upper bound, as if every process peaked at once."""
-
-    def __init__(self, pid):
-        server = psutil.Process(pid)
-        self.pids = [server.pid, *(p.pid for p in server.children())]
-
-    def __enter__(self):
-        self.start = {}
-        for pid in self.pids:
-            with open(f"/proc/{pid}/clear_refs", "w") as f:
-                f.write("5")  # (reset the peak to the current RSS; root only)
-            self.start[pid] = status_kb(pid, "VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        grown = sum(status_kb(pid, "VmHWM") - self.start[pid] for pid in self.pids)
-        self.peak_mb = grown / 1024
-
-
-def measure_loads(checkpoint, bodies, levels, seconds_each, repeats):
-    """One row per image and client count: REPEATS runs, each on a server
-    started afresh (so that a run's memory is over that server's own idle)."""
-    rows = []
-    for name in ("28x28 PNG", "1 MB photo"):
-        for clients in levels:
-            runs = [
-                one_load(checkpoint, bodies[name], clients, seconds_each) for _ in range(repeats)
-            ]
-            rows.append({"image": name, "clients": clients, "runs": runs})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
-def one_load(checkpoint, body, clients, seconds):
-    with Server(checkpoint) as (port, pid):
-        _, took = asyncio.run(load(port, body, 1, 5))  # (a warm-up, and a rate)
-        total = max(clients * 4, int(seconds * 5 / took) // clients * clients)
-        with Peak(pid) as peak:
-            results, took_all = asyncio.run(load(port, body, clients, total))
+def one_load(spec, checkpoint, body, clients, seconds):
+    with Server(spec, checkpoint) as (port, pid):
+        asyncio.run(load(port, body, 1, 1.0))  # (a warm-up)
+        results, took = asyncio.run(load(port, body, clients, seconds))
+        memory = tree_memory_mb(pid)
     times = sorted(t for _, t in results)
     return {
         "requests": len(results),
         "failed": sum(1 for s, _ in results if s != 200),
-        "per_s": len(results) / took_all,
+        "per_s": len(results) / took,
         "p50_ms": 1000 * times[len(times) // 2],
-        "p99_ms": 1000 * times[int(len(times) * 0.99) - 1],
-        "peak_memory_over_idle_mb": peak.peak_mb,
+        "p99_ms": 1000 * times[max(0, int(len(times) * 0.99) - 1)],
+        "memory_mb": memory,
     }
+
+
+def measure(servers, checkpoint, levels, seconds, repeats):
+    """One row per client count and server: REPEATS runs, the servers taking
+    turns within each repeat (so a busy moment falls on all of them alike)."""
+    body, rows = digit_png(), {}
+    for clients in levels:
+        for _ in range(repeats):
+            for spec in servers:
+                run = one_load(spec, checkpoint, body, clients, seconds)
+                rows.setdefault((clients, spec), []).append(run)
+                print(json.dumps({"clients": clients, "server": spec, **run}), flush=True)
+    return rows
+
+
+async def small_while_large(port, large_clients, seconds):
+    """Small requests' latencies while LARGE_CLIENTS post 7000x7000 PNGs back to back."""
+    small, large, stop = digit_png(), digit_png(page=7000), time.perf_counter() + seconds
+    big, smalls = [], []
+    tasks = [client(port, large, stop, big) for _ in range(large_clients)]
+    await asyncio.gather(client(port, small, stop, smalls), *tasks)
+    return smalls, big
 
 
 def spread(runs, key, digits, unit=""):
@@ -155,93 +245,71 @@ def spread(runs, key, digits, unit=""):
     return text if low == high else f"{text} ({low}-{high})"
 
 
-async def page_during_upload(port, big):
-    """(the 7000x7000 upload's status and seconds, GET / latencies meanwhile)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    upload = asyncio.create_task(request(reader, writer, "POST", "/predict", big))
-    pages = []
-    r2, w2 = await asyncio.open_connection("127.0.0.1", port)
-    await asyncio.sleep(0.05)  # (the upload's bytes are on their way)
-    while not upload.done():
-        pages.append((await request(r2, w2, "GET", "/"))[1])
-    return await upload, pages
-
-
-class Server:
-    """`main.py serve` on a free port, from start to stop: (port, pid)."""
-
-    def __init__(self, checkpoint):
-        self.checkpoint = checkpoint
-
-    def __enter__(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        args = [sys.executable, os.path.join(REPO, "main.py"), "serve", "--checkpoint"]
-        self.proc = subprocess.Popen(
-            args + [self.checkpoint, "--port", str(port)], stdout=subprocess.PIPE, text=True
-        )
-        line = self.proc.stdout.readline()  # "serving ..." once it listens
-        if not line.startswith("serving"):
-            self.__exit__()
-            sys.exit(f"serve did not start: {line}")
-        return port, self.proc.pid
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def markdown(rows, upload, pages, cores, upload_memory, idle):
-    repeats = len(rows[0]["runs"])
+def markdown(rows, commit, cores, repeats):
     lines = [
-        f"On {cores} cores, nothing else running (`python scripts/serve_load.py`); the "
-        f"median of {repeats} runs, each on a server started afresh, and their range:",
+        f"On {cores} cores at commit {commit} (`python scripts/serve_load.py`): the median "
+        f"of {repeats} runs, each on a server started afresh, and their range; the 100x100 "
+        "PNG digit, a new connection for each request.",
         "",
-        "| image | clients | requests/s | p50 | p99 | peak memory over idle | failed |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| clients | server | requests/s | x ceiling | p50 | p99 | failed | memory |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        runs, failed = r["runs"], sum(run["failed"] for run in r["runs"])
-        cells = [
-            spread(runs, "per_s", 0),
-            spread(runs, "p50_ms", 1, " ms"),
-            spread(runs, "p99_ms", 1, " ms"),
-            f"{max(run['peak_memory_over_idle_mb'] for run in runs):.0f} MB",
-        ]
-        lines.append(f"| {r['image']} | {r['clients']} | {' | '.join(cells)} | {failed} |")
-    status, seconds = upload
-    lines += [
-        "",
-        f"A 7000x7000 PNG (status {status}) took {seconds:.2f} s and {upload_memory:.0f} MB "
-        f"over idle; meanwhile `GET /` answered {len(pages)} times, at most in "
-        f"{1000 * max(pages):.1f} ms. At start, the server took {idle:.0f} MB with its image "
-        f"readers (PSS summed: shared pages counted once). Memory over idle: each process's "
-        f"peak RSS growth (VmHWM), summed.",
-    ]
+    for (clients, spec), runs in rows.items():
+        ceiling = rows.get((clients, "ceiling"))
+        ratio = "" if ceiling is None else f"{ratio_of(runs, ceiling):.2f}"
+        failed = sum(run["failed"] for run in runs)
+        memory = f"{max(run['memory_mb'] for run in runs):.0f} MB"
+        cells = [spread(runs, "per_s", 0), ratio, spread(runs, "p50_ms", 1, " ms")]
+        cells += [spread(runs, "p99_ms", 1, " ms"), str(failed), memory]
+        lines.append(f"| {clients} | {spec} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def ratio_of(runs, ceiling):
+    return statistics.median(r["per_s"] for r in runs) / statistics.median(
+        r["per_s"] for r in ceiling
+    )
+
+
+def large_lines(checkpoint, seconds):
+    out = []
+    for large_clients in (0, 2, 8):
+        with Server("serve", checkpoint) as (port, _):
+            smalls, big = asyncio.run(small_while_large(port, large_clients, seconds))
+        times = sorted(t for _, t in smalls)
+        failed = sum(1 for s, _ in smalls + big if s != 200)
+        out.append(
+            f"| {large_clients} | {len(big)} | {1000 * statistics.median(times):.1f} ms | "
+            f"{1000 * times[-1]:.1f} ms | {failed} |"
+        )
+        print(out[-1], flush=True)
+    head = "| clients posting 7000x7000 PNGs | large answered | small p50 | small max | failed |"
+    return "\n".join(["", "While large images are read (serve):", "", head, "| ---: |" * 5, *out])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--servers", nargs="+", default=["ceiling", "naive", "serve"])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 32, 256])
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: 5)")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
     p.add_argument("--update-docs", action="store_true")
+    p.add_argument("--reference", choices=["ceiling", "naive"], help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    bodies = images()
-    rows = measure_loads(args.checkpoint, bodies, args.clients, args.seconds, args.repeats)
-    with Server(args.checkpoint) as (port, pid):
-        started_with = memory(pid)
-        with Peak(pid) as peak:
-            upload, pages = asyncio.run(page_during_upload(port, bodies["7000x7000 PNG"]))
-    upload_memory = peak.peak_mb
-    print(
-        f"7000x7000 PNG: {upload}, peak memory over idle {upload_memory:.0f} MB; "
-        f"GET / meanwhile: {len(pages)} answers, max {1000 * max(pages):.1f} ms"
-    )
-    text = markdown(rows, upload, pages, psutil.cpu_count(), upload_memory, started_with / 2**20)
+    if args.reference:
+        return run_reference(args.reference, args.checkpoint, args.port)
+    try:
+        rows = measure(args.servers, args.checkpoint, args.clients, args.seconds, args.repeats)
+        large = large_lines(args.checkpoint, args.seconds)
+    finally:
+        for path in WORKTREES.values():
+            subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", path], check=False)
+    commit = subprocess.run(
+        ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    text = markdown(rows, commit, psutil.cpu_count(), args.repeats) + "\n" + large
     print(text)
     if args.update_docs:
         update_doc(os.path.join(REPO, "docs", "performance.md"), "serve", text)

@@ -310,7 +310,7 @@ def test_every_decoder_failure_of_pillow_is_one_line(monkeypatch, tmp_path, erro
     """Pillow raises these for damaged files (a broken PNG chunk, a cut header)."""
     from PIL import Image as PilImage  # noqa: PLC0415
 
-    from mnist_hogwild.commands import infer  # noqa: PLC0415
+    from mnist_hogwild.serving import images as infer  # noqa: PLC0415
     from mnist_hogwild.core.errors import InputError  # noqa: PLC0415
 
     class Broken:

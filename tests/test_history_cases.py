@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from conftest import run_trainer
 
 from mnist_hogwild.commands import output
-from mnist_hogwild.commands.serve import answer
+from mnist_hogwild.serving.holder import answer
 from mnist_hogwild.core.errors import CheckpointError, UsageError
 from mnist_hogwild.training import beside, checkpoint, history
 from mnist_hogwild.training.checkpoint_manager import CheckpointManager

@@ -11,7 +11,7 @@ import zlib
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_hogwild.commands import infer
+from mnist_hogwild.serving import images as infer
 from mnist_hogwild.core.errors import InputError
 
 FORMATS = {"PNG": {}, "JPEG": {"quality": 85}, "GIF": {}, "BMP": {}, "TIFF": {}, "WEBP": {}}

@@ -433,9 +433,9 @@ def test_image_readers_that_die_are_replaced_and_every_request_is_answered(serve
 
     # Each forked process names itself once it runs: wait for the names (premise).
     assert wait_until(
-        lambda: named("image-reader") and len(named("reader-spawner")) == 1, 30
+        lambda: named("serve-worker") and len(named("serve-spawner")) == 1, 30
     ), descendants(proc.pid)
-    readers, spawner = named("image-reader"), named("reader-spawner")
+    readers, spawner = named("serve-worker"), named("serve-spawner")
     seen = set(readers + spawner)
     for _ in range(2):
         for pid in readers:
@@ -445,15 +445,15 @@ def test_image_readers_that_die_are_replaced_and_every_request_is_answered(serve
             status, answer = post(url, png(stroke))
             assert status == 200 and is_digit(answer, 1), answer
         count = len(readers)  # (the replacements name themselves once they run)
-        assert wait_until(lambda n=count: len(named("image-reader")) >= n, 30)
-        replaced = named("image-reader")
+        assert wait_until(lambda n=count: len(named("serve-worker")) >= n, 30)
+        replaced = named("serve-worker")
         assert len(replaced) == len(readers) and not set(replaced) & seen, (readers, replaced)
         readers = replaced
         seen |= set(replaced)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
     log = proc.out.rest(10)
-    assert "warning: image readers: " in log and "Traceback" not in log, log
+    assert "warning: workers: " in log and "Traceback" not in log, log
     assert wait_until(lambda: not any(alive(p) for p in seen), 10)  # none left behind
 
 

@@ -146,7 +146,7 @@ def test_the_target_and_the_best_are_said_to_be_judged_on_the_validation_split()
 def test_predict_names_a_class_by_the_data_sets_entry():
     import torch  # noqa: PLC0415
 
-    from mnist_hogwild.commands.serve import answer  # noqa: PLC0415
+    from mnist_hogwild.serving.holder import answer  # noqa: PLC0415
 
     probabilities = torch.full((10,), 0.01).index_fill_(0, torch.tensor([3]), 0.91)
     state = {"config": {"dataset": "fashion-mnist"}, "epoch": 2}

@@ -19,7 +19,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mnist_hogwild.commands.infer import class_probabilities, prepare_image  # noqa: E402
+from mnist_hogwild.serving.images import class_probabilities, prepare_image  # noqa: E402
 from mnist_hogwild.core.errors import InputError  # noqa: E402
 from mnist_hogwild.learn import data  # noqa: E402
 from mnist_hogwild.training import checkpoint  # noqa: E402

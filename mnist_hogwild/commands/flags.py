@@ -307,6 +307,14 @@ def serve_flags(p):
         help="predictions of concurrent requests made in one forward pass, at most N; "
         "1: one pass per request (default: %(default)s)",
     )
+    p.add_argument(
+        "--workers",
+        type=Whole(1, 64).parse_flag,
+        default=None,
+        metavar="N",
+        help="processes that read images and run the model, besides one for images over "
+        "8 MB decoded (default: the usable cores, at most 4)",
+    )
 
 
 COMMANDS = {

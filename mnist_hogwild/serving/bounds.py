@@ -1,15 +1,23 @@
-"""What keeps `serve` answering when clients misbehave: a bound on open
-connections, a deadline for a request's headers, and logs that cannot flood.
+"""What each request may take, and what keeps `serve` answering when
+clients misbehave: a bound on open connections, deadlines, and logs that
+cannot flood.
+
+A request's body is at most MAX_BODY and must arrive within BODY_SECONDS
+(413, 408); its answer comes within REQUEST_SECONDS (503); at most
+MAX_WAITING requests are read or wait to be (503 beyond); the decoded size
+is bounded by images.DECODE_BUDGET. So each request's memory is bounded too.
 
 uvicorn bounds concurrent requests (limit_concurrency: 503 beyond) and idle
-keep-alive connections, but a client that sends its headers a byte at a time
-holds its connection, and its file descriptor, for ever; thousands of them
-exhaust the process's descriptors, and every refused accept logs a traceback.
-GuardedH11 (uvicorn's own h11 protocol, passed as Config(http=...)) gives
-each request HEADER_SECONDS to send its headers, and beyond MAX_CONNECTIONS
-closes the connection that has waited longest for its headers (a slow client,
-not a working one). RateLimited turns a burst of one message into one line
-and a count.
+keep-alive connections, but a client that sends its headers or its body a
+byte at a time, or never reads its answer, holds its connection, and its file
+descriptor, for ever; thousands of them exhaust the process's descriptors,
+and every refused accept logs a traceback. GuardedH11 (uvicorn's own h11
+protocol, passed as Config(http=...)) gives each request HEADER_SECONDS to
+send its headers, and beyond MAX_CONNECTIONS closes the connection that has
+waited longest for a slow client: for its headers, for the rest of its body,
+or for the client to read its answer. A working client is never among them:
+its request is in, and the server is at work on it. RateLimited turns a burst
+of one message into one line and a count.
 """
 
 import collections
@@ -20,15 +28,24 @@ import time
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+MAX_BODY = 4 * 2**20  # bytes: a drawing is a few KB, a phone photo a few MB
+DRAIN = 4 * MAX_BODY  # a body over MAX_BODY is read on (and dropped) up to this
+BODY_SECONDS = 10.0  # for a request's body to arrive
+REQUEST_SECONDS = 10.0  # for its answer, in all
+MAX_WAITING = 64  # requests being read or waiting to be; beyond, 503 at once
 HEADER_SECONDS = 10.0  # from a connection's start (or its last answer) to a request's headers
-MAX_CONNECTIONS = 512  # open at once; beyond, the longest waiting for headers is closed
+MAX_CONNECTIONS = 512  # open at once; beyond, the one waiting longest on its client is closed
+# uvicorn's limit counts open connections too, idle or slow ones included: it
+# is only a backstop above the bound on connections (which closes the slowest
+# instead of refusing a working client); MAX_WAITING bounds the work.
+LIMIT_CONCURRENCY = 2 * MAX_CONNECTIONS
 LOG_INTERVAL = 10.0  # seconds: at most one line per kind of message each
 
 
 class GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with a header deadline and a connection bound."""
 
-    waiting = collections.OrderedDict()  # connections awaiting headers, oldest first
+    waiting = collections.OrderedDict()  # connections waiting on their client, longest first
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -41,7 +58,7 @@ class GuardedH11(H11Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.deadline = None
         self.arm()
-        if len(self.connections) > MAX_CONNECTIONS and self.waiting:
+        if len(self.connections) > MAX_CONNECTIONS:
             oldest = next(iter(self.waiting))
             LIMITED.note(f"over {MAX_CONNECTIONS} connections: closed the one waiting longest")
             oldest.drop()
@@ -59,8 +76,21 @@ class GuardedH11(H11Protocol):
 
     def data_received(self, data):
         super().data_received(data)
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.disarm()  # the headers are in: the app's own limits apply to the body
+        if self.cycle is None or self.cycle.response_complete:
+            return
+        if self.deadline is not None:  # the headers are in: the body has the app's own limit
+            self.deadline.cancel()
+            self.deadline = None
+        if not self.cycle.more_body:
+            self.waiting.pop(self, None)  # the request is in: the server's turn
+
+    def pause_writing(self):
+        super().pause_writing()
+        self.waiting[self] = None  # the client does not read its answer
+
+    def resume_writing(self):
+        super().resume_writing()
+        self.waiting.pop(self, None)
 
     def on_response_complete(self):
         super().on_response_complete()
@@ -138,3 +168,31 @@ def raise_descriptor_limit():
         except (ValueError, OSError):
             pass
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+async def receive(request):
+    """(the request's body, None), or (None, (what is wrong, its status)):
+    over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408). A body
+    over the limit is read on (not kept) up to DRAIN bytes, so that the
+    client, still sending, gets the 413 rather than a reset connection."""
+    from anyio import fail_after  # noqa: PLC0415
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN:
+        return None, too_large()  # (then closed: not worth reading)
+    body, size = bytearray(), 0
+    try:
+        with fail_after(BODY_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > DRAIN:
+                    break
+                if size <= MAX_BODY:
+                    body += chunk
+    except TimeoutError:
+        return None, (f"The body took over {BODY_SECONDS:g} s to arrive.", 408)
+    return (bytes(body), None) if size <= MAX_BODY else (None, too_large())
+
+
+def too_large():
+    return f"The body is over {MAX_BODY // 2**20} MB, the most this accepts.", 413

@@ -1,0 +1,226 @@
+"""serve's HTTP app: a page to draw or upload a digit and see what the model
+reads, with the training curves of the checkpoint's run, and POST /predict
+for programs. Starlette on uvicorn; no authentication, so it belongs on a
+trusted network (README says so).
+
+    GET  /          the page (page/index.html: a canvas, an upload, the answer, the curves)
+    POST /predict   an image (PNG, JPEG, ...) as the body, raw or as a multipart/form-data
+                    file -> {"digit" (or "class"), "name", "probabilities", "epoch"}, and
+                    with ?input=1 the 28x28 "input" the model saw; read by infer's own
+                    preparation, one path for both
+    GET  /metrics   the checkpoint's file name, its metrics and interval rows
+    GET  /healthz   200 {"status": "ok", "epoch", "dataset", "checkpoint"}: the model loaded
+
+One access-log line a request on stdout (AccessLog). The event loop only
+moves bytes: the workers (workers.py) read the images and answer them.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+from mnist_hogwild.core import cpus
+from mnist_hogwild.core.errors import InputError
+from mnist_hogwild.core.loglines import say
+from mnist_hogwild.core.processes import STOP_SIGNALS
+from mnist_hogwild.serving import bounds
+from mnist_hogwild.serving.holder import ModelHolder
+from mnist_hogwild.serving.workers import ANSWER, FAILED, LATE, Unavailable, Workers
+from mnist_hogwild.training import checkpoint
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "index.html")
+RELOAD_SECONDS = 1.0  # how often the server looks at the checkpoint (/healthz, the warning)
+
+
+def serve(path, host, port, max_batch, workers):
+    """Serve the checkpoint at PATH until a stop signal: 0, or 1 if the port is taken."""
+    import uvicorn  # noqa: PLC0415
+
+    holder = ModelHolder(path, warn=lambda line: say(line, sys.stderr))
+    # First, before any thread exists: the workers are forked from this process.
+    pool = Workers(holder, workers or max(1, min(4, cpus.usable_cpus())), max_batch)
+    try:  # bound here, so that a taken port is one line of ours
+        listener = socket.create_server((host, port), reuse_port=False, backlog=1024)
+    except OSError as e:
+        pool.close()
+        say(f"error: cannot listen on {host}:{port}: {e.strerror or e}", sys.stderr)
+        return 1
+    bounds.raise_descriptor_limit()
+    bounds.quiet_logs(lambda line: say(line, sys.stderr))
+    say(
+        f"serving {path} (epoch {holder.state['epoch']}) at http://{host}:{port}/ "
+        "(no authentication: a trusted network only)"
+    )
+    config = uvicorn.Config(
+        make_app(holder, pool),
+        log_level="warning",
+        http=bounds.GuardedH11,
+        limit_concurrency=bounds.LIMIT_CONCURRENCY,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=1,
+        h11_max_incomplete_event_size=16384,
+    )
+    # uvicorn stops gracefully on SIGINT/SIGTERM (docker stop), then raises the
+    # signal again for the handler it found: a stop is the end of serving, exit 0.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda *_: None)
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        pool.close()
+    return 0
+
+
+def make_app(holder, pool):
+    from contextlib import asynccontextmanager  # noqa: PLC0415
+
+    from starlette.applications import Starlette  # noqa: PLC0415 - only serve needs them
+    from starlette.routing import Route  # noqa: PLC0415
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await pool.start()
+        watching = asyncio.get_running_loop().create_task(watch(holder))
+        yield
+        watching.cancel()
+
+    routes = [Route("/predict", predictor(pool), methods=["POST"]), *reading_routes(holder)]
+    return AccessLog(Starlette(routes=routes, lifespan=lifespan))
+
+
+async def watch(holder):
+    """Look at the checkpoint now and then (in a thread: a load is CPU work),
+    so that /healthz says what the workers answer with, and a bad file is
+    warned about once."""
+    from anyio import to_thread  # noqa: PLC0415
+
+    while True:
+        await to_thread.run_sync(holder.current)
+        await asyncio.sleep(RELOAD_SECONDS)
+
+
+def predictor(pool):
+    """POST /predict: the body, bounded, to a worker; its answer as it is."""
+    from anyio import fail_after  # noqa: PLC0415
+    from starlette.responses import Response  # noqa: PLC0415
+
+    waiting = [0]
+
+    async def predict(request):
+        body, problem = await bounds.receive(request)
+        if problem is not None:
+            return refuse(*problem)
+        if waiting[0] >= bounds.MAX_WAITING:
+            bounds.LIMITED.note(f"busy: {bounds.MAX_WAITING} requests waiting, answered 503")
+            return refuse(f"Busy: {bounds.MAX_WAITING} images are being read; try again.", 503)
+        waiting[0] += 1
+        deadline = time.monotonic() + bounds.REQUEST_SECONDS
+        shown = request.query_params.get("input") in ("1", "true")
+        try:
+            with fail_after(bounds.REQUEST_SECONDS):
+                status, payload = await pool.ask(
+                    body, request.headers.get("content-type"), shown, deadline
+                )
+        except Unavailable as e:
+            return refuse(f"{str(e)[0].upper()}{str(e)[1:]}; try again.", 503)
+        except TimeoutError:
+            status, payload = LATE, b""
+        finally:
+            waiting[0] -= 1
+        if status == ANSWER:
+            return Response(payload, media_type="application/json")
+        return refuse(*reply_refused(status, payload))
+
+    return predict
+
+
+def reply_refused(status, payload):
+    """(the message, its status) for a worker's answer that is not one."""
+    if status == LATE:
+        seconds = f"{bounds.REQUEST_SECONDS:g}"
+        return f"Reading the image took over {seconds} s; send a smaller one.", 503
+    if status == FAILED:
+        return f"The model failed: {payload.decode()}.", 500
+    return refusal(InputError(payload.decode()))
+
+
+def refuse(message, status=400):
+    from starlette.responses import JSONResponse  # noqa: PLC0415
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def refusal(error):
+    """An InputError as a sentence, and its status (413 for sizes)."""
+    reason = str(error).removeprefix("the image: ")
+    status = 413 if reason.startswith("too large") else 400
+    return reason[0].upper() + reason[1:] + ".", status
+
+
+def reading_routes(model):
+    """GET /, /metrics and /healthz: the page, the run's curves, the model's state."""
+    from anyio import to_thread  # noqa: PLC0415
+    from starlette.responses import FileResponse, JSONResponse, Response  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    async def page(request):
+        return FileResponse(PAGE, media_type="text/html")
+
+    async def rows(request):
+        # (read and written as JSON in a thread: a long run's file is CPU work)
+        return Response(await to_thread.run_sync(curves, model.path), media_type="application/json")
+
+    async def health(request):
+        state = model.state  # (the one serving now: a reload replaces it whole)
+        name = os.path.basename(model.path)
+        said = {"status": "ok", "epoch": state["epoch"], "dataset": model.dataset}
+        return JSONResponse({**said, "checkpoint": name})
+
+    return [Route("/", page), Route("/metrics", rows), Route("/healthz", health)]
+
+
+class AccessLog:
+    """One line a request on stdout, when its answer has gone: the client,
+    the request line, the status, the bytes sent and the milliseconds (the
+    common log format's fields, as uvicorn's own access log, which
+    log_level warning turns off)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, sent = time.perf_counter(), {"status": 0, "bytes": 0}
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            host, port = scope.get("client") or ("-", 0)
+            path = scope["path"] + (
+                "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+            )
+            ms = 1000 * (time.perf_counter() - started)
+            say(
+                f'{host}:{port} "{scope["method"]} {path} HTTP/{scope["http_version"]}" '
+                f'{sent["status"]} {sent["bytes"]} {ms:.1f}ms'
+            )
+
+
+def curves(path):
+    """/metrics' answer: the checkpoint's file name (not the server's folders),
+    its metrics rows and its interval rows."""
+    rows, intervals = checkpoint.read_metrics(path), checkpoint.read_intervals(path)
+    answer = {"checkpoint": os.path.basename(path), "metrics": rows, "intervals": intervals}
+    return json.dumps(answer).encode()
