@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageOps
 from procs import LineReader, alive, comm, descendants, wait_until
 
 from mnist_hogwild.learn import data
+from mnist_hogwild.serving.bounds import MAX_CONNECTIONS, PHASES
 
 # Without the real MNIST the model is trained on synthetic digits: every
 # bound and route is tested all the same; what it reads is asserted only of
@@ -467,11 +469,14 @@ def test_predict_answers_what_readme_shows_and_health_and_the_access_log(server)
     assert status == 200 and list(answer) == ["digit", "name", "probabilities", "epoch"], answer
     with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
         health = json.loads(response.read())
+    connections = health.pop("connections")
+    assert list(connections) == ["open", *(f"waiting for {k}" for k in PHASES)], connections
     assert health == {
         "status": "ok",
         "epoch": 1,
         "dataset": "mnist",
         "checkpoint": "model_checkpoint.pth",
+        "waiting": {"small": 0, "large": 0},
     }
     logged = [
         proc.out.wait_for(lambda line: '"POST /predict HTTP/1.1" 200 ' in line, 30),
@@ -525,3 +530,128 @@ def test_the_page_keeps_its_layout_when_the_first_answer_arrives(server, tmp_pat
         assert heading["y"] - (seen["y"] + seen["height"]) >= 16
     finally:
         browser.quit()
+
+
+def health(url):
+    with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_slow_bodies_beyond_the_connection_bound_never_cost_a_good_client_its_answer(server):
+    """Over MAX_CONNECTIONS clients that sent their headers and then trickle
+    their bodies, reconnecting when closed: each good client that connects
+    closes one of them (with no answer), never itself, and gets its answer."""
+    url, _, proc = server
+    address = url.removeprefix("http://").split(":")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+
+    def slow_client():
+        s = socket.create_connection((address[0], int(address[1])), timeout=30)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nP")
+        s.setblocking(False)  # (peek's MSG_DONTWAIT: a timeout would wait first)
+        return s
+
+    # Health asked on one kept-alive connection: asking opens none.
+    asking = http.client.HTTPConnection(address[0], int(address[1]), timeout=30)
+
+    def full():
+        """The premise: the server holds all the connections it may, and every
+        slow client's headers are in (it waits for its body): a connection
+        more is over the bound, and only slow bodies are there to close."""
+        asking.request("GET", "/healthz")
+        said = json.loads(asking.getresponse().read())["connections"]
+        return said["open"] == MAX_CONNECTIONS and said["waiting for headers"] == 0
+
+    slow, evicted, answers = [slow_client() for _ in range(MAX_CONNECTIONS + 8)], 0, []
+    # (asking connects after them: an idle kept-alive connection waits on its
+    # client too, and the one waiting longest is closed first)
+    stroke = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(stroke).line([(50, 10), (50, 90)], fill=0, width=8)
+    for _ in range(3):
+        assert wait_until(full, 30)
+        answers.append(post(url, png(stroke))[0])
+        assert wait_until(lambda: any(peek(s) is not None for s in slow), 30)
+        for i, s in enumerate(slow):  # the ones closed reconnect, as the issue's clients did
+            if (said := peek(s)) is not None:
+                evicted += said == b""  # closed with no answer
+                s.close()
+                slow[i] = slow_client()
+    asking.close()
+    for s in slow:
+        s.close()
+    assert answers == [200] * 3, answers
+    assert evicted >= 8 + 3, evicted  # one for each connection beyond the bound
+    proc.out.wait_for(lambda line: "connections: closed the one waiting longest" in line, 30)
+
+
+def peek(s):
+    """What a slow client's socket has: b"" once closed, None while open and silent."""
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except ConnectionResetError:
+        return b""
+
+
+def test_large_images_never_hold_small_ones(server):
+    """The worker for large images stopped (SIGSTOP) with three 7000x7000 PNGs
+    waiting for it, more than there are workers for small ones: small images
+    are answered all the while, and the large ones once it runs again."""
+    url, _, proc = server
+    assert wait_until(lambda: any(comm(p) == "serve-large" for p in descendants(proc.pid)), 30)
+    (large,) = [p for p in descendants(proc.pid) if comm(p) == "serve-large"]
+    page = Image.new("L", (7000, 7000), 255)
+    ImageDraw.Draw(page).line([(3500, 1000), (3300, 6000)], fill=0, width=300)
+    big, answers = png(page), []
+    os.kill(large, signal.SIGSTOP)
+    try:
+        threads = [
+            threading.Thread(target=lambda: answers.append(post(url, big))) for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: health(url)["waiting"]["large"] == 3, 60)  # the premise
+        stroke = Image.new("L", (100, 100), 255)
+        ImageDraw.Draw(stroke).line([(50, 10), (50, 90)], fill=0, width=8)
+        for _ in range(10):
+            status, answer = post(url, png(stroke))
+            assert status == 200 and is_digit(answer, 1), answer
+        assert answers == [] and health(url)["waiting"]["large"] == 3
+    finally:
+        os.kill(large, signal.SIGCONT)
+    for t in threads:
+        t.join(timeout=60)
+    assert [status for status, _ in answers] == [200] * 3, answers
+
+
+def test_a_checkpoint_of_another_data_set_prepares_and_answers_the_first_request(server):
+    """The served file replaced (atomically) by a Fashion-MNIST checkpoint: the
+    very next request is prepared as Fashion-MNIST's and answered by its model."""
+    from helpers import valid_state  # noqa: PLC0415
+
+    from mnist_hogwild.serving.images import prepare_image  # noqa: PLC0415
+    from mnist_hogwild.training import checkpoint  # noqa: PLC0415
+
+    url, served, _ = server
+    stroke = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(stroke).line([(50, 10), (50, 90)], fill=0, width=8)
+    status, before = post(url, png(stroke), path="/predict?input=1")
+    assert status == 200 and "digit" in before
+    state = valid_state(epoch=7)
+    state["config"] = {**state["config"], "dataset": "fashion-mnist"}
+    checkpoint.save(state, str(served))
+    status, after = post(url, png(stroke), path="/predict?input=1")
+    assert status == 200 and "class" in after and after["epoch"] == 7, after
+    expected = prepare_image("stroke", "fashion-mnist", io.BytesIO(png(stroke)))
+    assert after["input"] == expected.flatten().tolist() != before["input"]
+
+
+def test_a_metrics_line_nested_past_what_json_reads_is_skipped(server):
+    url, served, _ = server
+    with open(served.with_suffix(".metrics.jsonl"), "a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as answer:
+        assert answer.status == 200
+        assert [r["epoch"] for r in json.loads(answer.read())["metrics"]] == [1]

@@ -9,7 +9,9 @@ trusted network (README says so).
                     with ?input=1 the 28x28 "input" the model saw; read by infer's own
                     preparation, one path for both
     GET  /metrics   the checkpoint's file name, its metrics and interval rows
-    GET  /healthz   200 {"status": "ok", "epoch", "dataset", "checkpoint"}: the model loaded
+    GET  /healthz   200 {"status": "ok", "epoch", "dataset", "checkpoint", "waiting",
+                    "connections"}: the model loaded, the requests each lane of workers
+                    has yet to answer, and the connections open and waiting on clients
 
 One access-log line a request on stdout (AccessLog). The event loop only
 moves bytes: the workers (workers.py) read the images and answer them.
@@ -88,7 +90,7 @@ def make_app(holder, pool):
         yield
         watching.cancel()
 
-    routes = [Route("/predict", predictor(pool), methods=["POST"]), *reading_routes(holder)]
+    routes = [Route("/predict", predictor(pool), methods=["POST"]), *reading_routes(holder, pool)]
     return AccessLog(Starlette(routes=routes, lifespan=lifespan))
 
 
@@ -161,7 +163,7 @@ def refusal(error):
     return reason[0].upper() + reason[1:] + ".", status
 
 
-def reading_routes(model):
+def reading_routes(model, pool):
     """GET /, /metrics and /healthz: the page, the run's curves, the model's state."""
     from anyio import to_thread  # noqa: PLC0415
     from starlette.responses import FileResponse, JSONResponse, Response  # noqa: PLC0415
@@ -178,7 +180,8 @@ def reading_routes(model):
         state = model.state  # (the one serving now: a reload replaces it whole)
         name = os.path.basename(model.path)
         said = {"status": "ok", "epoch": state["epoch"], "dataset": model.dataset}
-        return JSONResponse({**said, "checkpoint": name})
+        said |= {"checkpoint": name, "waiting": pool.waiting()}
+        return JSONResponse({**said, "connections": bounds.GuardedH11.census()})
 
     return [Route("/", page), Route("/metrics", rows), Route("/healthz", health)]
 

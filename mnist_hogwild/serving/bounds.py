@@ -39,13 +39,17 @@ MAX_CONNECTIONS = 512  # open at once; beyond, the one waiting longest on its cl
 # is only a backstop above the bound on connections (which closes the slowest
 # instead of refusing a working client); MAX_WAITING bounds the work.
 LIMIT_CONCURRENCY = 2 * MAX_CONNECTIONS
+PHASES = ("headers", "body", "answer")
 LOG_INTERVAL = 10.0  # seconds: at most one line per kind of message each
 
 
 class GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with a header deadline and a connection bound."""
 
-    waiting = collections.OrderedDict()  # connections waiting on their client, longest first
+    # The connections waiting on their client, longest first, each with what
+    # it waits for: "headers", "body" (the rest of it), "answer" (to be read).
+    waiting = collections.OrderedDict()
+    open_count = 0
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -58,6 +62,7 @@ class GuardedH11(H11Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.deadline = None
         self.arm()
+        GuardedH11.open_count += 1
         if len(self.connections) > MAX_CONNECTIONS:
             oldest = next(iter(self.waiting))
             LIMITED.note(f"over {MAX_CONNECTIONS} connections: closed the one waiting longest")
@@ -66,7 +71,7 @@ class GuardedH11(H11Protocol):
     def arm(self):
         """Start the wait for a request's headers."""
         self.deadline = self.loop.call_later(HEADER_SECONDS, self.too_slow)
-        self.waiting[self] = None
+        self.waiting[self] = "headers"
 
     def disarm(self):
         if self.deadline is not None:
@@ -81,12 +86,14 @@ class GuardedH11(H11Protocol):
         if self.deadline is not None:  # the headers are in: the body has the app's own limit
             self.deadline.cancel()
             self.deadline = None
-        if not self.cycle.more_body:
+        if self.cycle.more_body:
+            self.waiting[self] = "body"  # (in its place: it has waited since its headers)
+        else:
             self.waiting.pop(self, None)  # the request is in: the server's turn
 
     def pause_writing(self):
         super().pause_writing()
-        self.waiting[self] = None  # the client does not read its answer
+        self.waiting[self] = "answer"  # the client does not read its answer
 
     def resume_writing(self):
         super().resume_writing()
@@ -100,7 +107,14 @@ class GuardedH11(H11Protocol):
 
     def connection_lost(self, exc):
         self.disarm()
+        GuardedH11.open_count -= 1
         super().connection_lost(exc)
+
+    @classmethod
+    def census(cls):
+        """The open connections, and those waiting on their client, by what for."""
+        waiting = collections.Counter(cls.waiting.values())
+        return {"open": cls.open_count, **{f"waiting for {k}": waiting[k] for k in PHASES}}
 
     def too_slow(self):
         LIMITED.note(f"closed connections that sent no request within {HEADER_SECONDS:g} s")
@@ -176,6 +190,7 @@ async def receive(request):
     over the limit is read on (not kept) up to DRAIN bytes, so that the
     client, still sending, gets the 413 rather than a reset connection."""
     from anyio import fail_after  # noqa: PLC0415
+    from starlette.requests import ClientDisconnect  # noqa: PLC0415
 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > DRAIN:
@@ -191,6 +206,8 @@ async def receive(request):
                     body += chunk
     except TimeoutError:
         return None, (f"The body took over {BODY_SECONDS:g} s to arrive.", 408)
+    except ClientDisconnect:  # (closed: by the client, or for the bound on connections)
+        return None, ("The client closed the connection before its body arrived.", 400)
     return (bytes(body), None) if size <= MAX_BODY else (None, too_large())
 
 

@@ -96,6 +96,13 @@ class Workers:
             link.watch(future)
             raise
 
+    def waiting(self):
+        """{"small": N, "large": N}: the requests each lane has yet to answer."""
+        count = {
+            lane: sum(len(link.pending) for link in links) for lane, links in self.links.items()
+        }
+        return {"small": count[SMALL_LANE], "large": count[LARGE_LANE]}
+
     def lost(self, link):
         """LINK's worker died: a note, and a new worker from the spawner in its place."""
         self.links[link.lane].remove(link)
@@ -253,7 +260,7 @@ def run_worker(sock, holder, max_batch, lane):
     try:
         import torch  # noqa: PLC0415
 
-        processes.name_process("serve-worker")
+        processes.name_process("serve-large" if lane == LARGE_LANE else "serve-worker")
         torch.set_num_threads(1)  # (the workers are the parallelism)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C and docker stop are the server's)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
