@@ -107,7 +107,6 @@ async def watch(holder):
 
 def predictor(pool):
     """POST /predict: the body, bounded, to a worker; its answer as it is."""
-    from anyio import fail_after  # noqa: PLC0415
     from starlette.responses import Response  # noqa: PLC0415
 
     waiting = [0]
@@ -123,7 +122,7 @@ def predictor(pool):
         deadline = time.monotonic() + bounds.REQUEST_SECONDS
         shown = request.query_params.get("input") in ("1", "true")
         try:
-            with fail_after(bounds.REQUEST_SECONDS):
+            async with asyncio.timeout(bounds.REQUEST_SECONDS):
                 status, payload = await pool.ask(
                     body, request.headers.get("content-type"), shown, deadline
                 )

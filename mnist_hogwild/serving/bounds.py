@@ -20,6 +20,7 @@ its request is in, and the server is at work on it. RateLimited turns a burst
 of one message into one line and a count.
 """
 
+import asyncio
 import collections
 import logging
 import resource
@@ -189,7 +190,6 @@ async def receive(request):
     over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408). A body
     over the limit is read on (not kept) up to DRAIN bytes, so that the
     client, still sending, gets the 413 rather than a reset connection."""
-    from anyio import fail_after  # noqa: PLC0415
     from starlette.requests import ClientDisconnect  # noqa: PLC0415
 
     declared = request.headers.get("content-length", "")
@@ -197,7 +197,7 @@ async def receive(request):
         return None, too_large()  # (then closed: not worth reading)
     body, size = bytearray(), 0
     try:
-        with fail_after(BODY_SECONDS):
+        async with asyncio.timeout(BODY_SECONDS):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > DRAIN:

@@ -91,7 +91,7 @@ class Workers:
         link = min(self.links[lane], key=lambda link: len(link.pending))
         future = link.send(frame)
         try:
-            return await asyncio.shield(future)
+            return await future
         except asyncio.CancelledError:  # (the request's time ran out) its answer still comes
             link.watch(future)
             raise
