@@ -284,7 +284,9 @@ def large_lines(checkpoint, seconds):
         )
         print(out[-1], flush=True)
     head = "| clients posting 7000x7000 PNGs | large answered | small p50 | small max | failed |"
-    return "\n".join(["", "While large images are read (serve):", "", head, "| ---: |" * 5, *out])
+    return "\n".join(
+        ["", "While large images are read (serve):", "", head, "|" + " ---: |" * 5, *out]
+    )
 
 
 def main():

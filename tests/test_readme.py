@@ -8,7 +8,8 @@ import re
 import torch
 
 from conftest import REPO
-from mnist_hogwild.commands import export, flags, serve
+from mnist_hogwild.commands import export, flags
+from mnist_hogwild.serving import holder
 from mnist_hogwild.training import beside
 
 with open(os.path.join(REPO, "README.md")) as f:
@@ -38,7 +39,7 @@ def test_predicts_answer_is_the_one_readme_shows():
     shown = re.search(r"# (\{\"digit\": 7, .*\})", README).group(1)
     keys = re.findall(r'"(\w+)":', shown)
     probabilities = torch.full((10,), 0.01).index_fill_(0, torch.tensor([7]), 0.91)
-    said = serve.answer(probabilities, bytes(784), {"config": {"dataset": "mnist"}, "epoch": 1})
+    said = holder.answer(probabilities, bytes(784), {"config": {"dataset": "mnist"}, "epoch": 1})
     assert list(said) == keys and (said["digit"], said["name"]) == (7, "7")
 
 
