@@ -655,3 +655,22 @@ def test_a_metrics_line_nested_past_what_json_reads_is_skipped(server):
     with urllib.request.urlopen(url + "/metrics", timeout=30) as answer:
         assert answer.status == 200
         assert [r["epoch"] for r in json.loads(answer.read())["metrics"]] == [1]
+
+
+def test_the_load_script_sets_serve_beside_the_framework_and_a_naive_server(model, tmp_path):
+    """scripts/serve_load.py as docs/performance.md runs it, briefly: a row for
+    each server, none failed, and the large images' lines."""
+    script = os.path.join(os.path.dirname(MAIN), "scripts", "serve_load.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--checkpoint", model, "--clients", "2", "--seconds", "0.5"]
+        + ["--repeats", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| 2 | ")]
+    assert [row[1] for row in rows] == ["ceiling", "naive", "serve"], proc.stdout
+    assert all(row[6] == "0" for row in rows), proc.stdout  # none failed
+    assert "While large images are read (serve):" in proc.stdout

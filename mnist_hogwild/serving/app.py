@@ -109,16 +109,17 @@ def predictor(pool):
     """POST /predict: the body, bounded, to a worker; its answer as it is."""
     from starlette.responses import Response  # noqa: PLC0415
 
-    waiting = [0]
+    waiting = [0]  # the bytes of the bodies that wait for their answers
 
     async def predict(request):
         body, problem = await bounds.receive(request)
         if problem is not None:
             return refuse(*problem)
-        if waiting[0] >= bounds.MAX_WAITING:
-            bounds.LIMITED.note(f"busy: {bounds.MAX_WAITING} requests waiting, answered 503")
-            return refuse(f"Busy: {bounds.MAX_WAITING} images are being read; try again.", 503)
-        waiting[0] += 1
+        if waiting[0] + len(body) > bounds.MAX_WAITING:
+            held = f"{bounds.MAX_WAITING // 2**20} MB of images"
+            bounds.LIMITED.note(f"busy: {held} waiting, answered 503")
+            return refuse(f"Busy: {held} are waiting to be read; try again.", 503)
+        waiting[0] += len(body)
         deadline = time.monotonic() + bounds.REQUEST_SECONDS
         shown = request.query_params.get("input") in ("1", "true")
         try:
@@ -131,7 +132,7 @@ def predictor(pool):
         except TimeoutError:
             status, payload = LATE, b""
         finally:
-            waiting[0] -= 1
+            waiting[0] -= len(body)
         if status == ANSWER:
             return Response(payload, media_type="application/json")
         return refuse(*reply_refused(status, payload))

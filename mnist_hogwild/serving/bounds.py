@@ -4,7 +4,7 @@ cannot flood.
 
 A request's body is at most MAX_BODY and must arrive within BODY_SECONDS
 (413, 408); its answer comes within REQUEST_SECONDS (503); at most
-MAX_WAITING requests are read or wait to be (503 beyond); the decoded size
+MAX_WAITING bytes of bodies wait for their answers (503 beyond); the decoded size
 is bounded by images.DECODE_BUDGET. So each request's memory is bounded too.
 
 uvicorn bounds concurrent requests (limit_concurrency: 503 beyond) and idle
@@ -33,7 +33,9 @@ MAX_BODY = 4 * 2**20  # bytes: a drawing is a few KB, a phone photo a few MB
 DRAIN = 4 * MAX_BODY  # a body over MAX_BODY is read on (and dropped) up to this
 BODY_SECONDS = 10.0  # for a request's body to arrive
 REQUEST_SECONDS = 10.0  # for its answer, in all
-MAX_WAITING = 64  # requests being read or waiting to be; beyond, 503 at once
+# The bytes of the bodies that wait for their answers; beyond, 503 at once: a
+# bound on memory, not on the count (thousands of drawings take a few MB).
+MAX_WAITING = 64 * 2**20
 HEADER_SECONDS = 10.0  # from a connection's start (or its last answer) to a request's headers
 MAX_CONNECTIONS = 512  # open at once; beyond, the one waiting longest on its client is closed
 # uvicorn's limit counts open connections too, idle or slow ones included: it
