@@ -90,7 +90,8 @@ def read_image(path, source=None, large=contextlib.nullcontext):
     MAX_SIDE pixels on a side. Its memory is bounded before it is decoded: a
     JPEG decodes at a reduced scale (draft), any other image must fit
     DECODE_BUDGET decoded, and is shrunk as soon as it is. An image over
-    LARGE_DECODE is decoded within LARGE() (serve: one at a time)."""
+    LARGE_DECODE is decoded within LARGE() (serve: a small image's worker
+    raises there, and the one worker for large images reads it)."""
     from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - commands only
 
     try:
