@@ -26,13 +26,9 @@ import asyncio
 import io
 import json
 import os
-import shlex
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 
 import psutil
@@ -41,8 +37,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
 from harness import REPO, update_doc  # noqa: E402
-
-CONSTANT = b'{"digit": 7, "name": "7", "probabilities": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}'
+from servers import WORKTREES, Server  # noqa: E402
 
 
 def digit_png(side=100, page=None):
@@ -57,111 +52,6 @@ def digit_png(side=100, page=None):
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def reference_app(kind, checkpoint):
-    """The ceiling's or the naive server's Starlette app."""
-    from starlette.applications import Starlette  # noqa: PLC0415
-    from starlette.responses import JSONResponse, Response  # noqa: PLC0415
-    from starlette.routing import Route  # noqa: PLC0415
-
-    if kind == "ceiling":
-
-        async def predict(request):
-            await request.body()
-            return Response(CONSTANT, media_type="application/json")
-
-    else:
-        import torch  # noqa: PLC0415
-        from PIL import Image  # noqa: PLC0415
-
-        sys.path.insert(0, REPO)
-        from mnist_hogwild.training import checkpoint as ck  # noqa: PLC0415
-
-        model, _ = ck.load_model(checkpoint)
-
-        async def predict(request):
-            image = Image.open(io.BytesIO(await request.body())).convert("L").resize((28, 28))
-            x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
-            x = ((255 - x) / 255 - 0.1307) / 0.3081
-            with torch.no_grad():
-                p = model(x.view(1, 1, 28, 28)).exp()[0]
-            return JSONResponse({"digit": int(p.argmax()), "probabilities": p.tolist()})
-
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
-
-
-def run_reference(kind, checkpoint, port):
-    import uvicorn  # noqa: PLC0415
-
-    app = reference_app(kind, checkpoint)
-    print(f"serving {kind} on {port}", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One server of the comparison, from start to stop: (port, pid)."""
-
-    def __init__(self, spec, checkpoint):
-        self.spec, self.checkpoint = spec, checkpoint
-
-    def command(self, port):
-        name, *flags = shlex.split(self.spec)
-        if name in ("ceiling", "naive"):
-            me = os.path.abspath(__file__)
-            return [sys.executable, me, "--reference", name, "--checkpoint", self.checkpoint]
-        tree = worktree(name.partition("@")[2]) if "@" in name else REPO
-        main = os.path.join(tree, "main.py")
-        return [sys.executable, main, "serve", "--checkpoint", self.checkpoint, *flags]
-
-    def __enter__(self):
-        port = free_port()
-        self.proc = subprocess.Popen(
-            [*self.command(port), "--port", str(port)], stdout=subprocess.PIPE, text=True
-        )
-        line = self.proc.stdout.readline()  # "serving ..." once it listens
-        if not line.startswith("serving"):
-            self.__exit__()
-            sys.exit(f"{self.spec} did not start: {line}")
-        # Its access log read on and dropped: a full pipe would stop the server.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        wait_for_port(port)
-        return port, self.proc.pid
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def wait_for_port(port):
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-
-
-WORKTREES = {}
-
-
-def worktree(commit):
-    """A checkout of COMMIT beside this one (made once; removed at exit)."""
-    if commit not in WORKTREES:
-        path = tempfile.mkdtemp(prefix=f"serve-{commit}-")
-        subprocess.run(
-            ["git", "-C", REPO, "worktree", "add", "--detach", path, commit],
-            check=True,
-            capture_output=True,
-        )
-        WORKTREES[commit] = path
-    return WORKTREES[commit]
 
 
 async def post(port, body, path="/predict"):
@@ -297,11 +187,7 @@ def main():
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement (default: 5)")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (default: 3)")
     p.add_argument("--update-docs", action="store_true")
-    p.add_argument("--reference", choices=["ceiling", "naive"], help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.reference:
-        return run_reference(args.reference, args.checkpoint, args.port)
     try:
         rows = measure(args.servers, args.checkpoint, args.clients, args.seconds, args.repeats)
         large = large_lines(args.checkpoint, args.seconds)
