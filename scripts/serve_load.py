@@ -36,6 +36,7 @@ import psutil
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
+from benchlib import pss_kb  # noqa: E402
 from harness import REPO, update_doc  # noqa: E402
 from servers import WORKTREES, Server  # noqa: E402
 
@@ -84,9 +85,8 @@ async def load(port, body, clients, seconds):
 
 def tree_memory_mb(pid):
     """The server's processes' PSS, summed (pages they share counted once)."""
-    server = psutil.Process(pid)
-    tree = [server, *server.children(recursive=True)]
-    return sum(p.memory_full_info().pss for p in tree) / 2**20
+    tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    return sum(map(pss_kb, tree)) / 1024
 
 
 def one_load(spec, checkpoint, body, clients, seconds):

@@ -26,7 +26,6 @@ import sys
 import time
 
 from mnist_hogwild.core import cpus
-from mnist_hogwild.core.errors import InputError
 from mnist_hogwild.core.loglines import say
 from mnist_hogwild.core.processes import STOP_SIGNALS
 from mnist_hogwild.serving import bounds
@@ -128,7 +127,7 @@ def predictor(pool):
                     body, request.headers.get("content-type"), shown, deadline
                 )
         except Unavailable as e:
-            return refuse(f"{str(e)[0].upper()}{str(e)[1:]}; try again.", 503)
+            return refuse(sentence(f"{e}; try again"), 503)
         except TimeoutError:
             status, payload = LATE, b""
         finally:
@@ -147,7 +146,7 @@ def reply_refused(status, payload):
         return f"Reading the image took over {seconds} s; send a smaller one.", 503
     if status == FAILED:
         return f"The model failed: {payload.decode()}.", 500
-    return refusal(InputError(payload.decode()))
+    return refusal(payload.decode())
 
 
 def refuse(message, status=400):
@@ -157,10 +156,13 @@ def refuse(message, status=400):
 
 
 def refusal(error):
-    """An InputError as a sentence, and its status (413 for sizes)."""
-    reason = str(error).removeprefix("the image: ")
-    status = 413 if reason.startswith("too large") else 400
-    return reason[0].upper() + reason[1:] + ".", status
+    """An InputError's text as a sentence, and its status (413 for sizes)."""
+    reason = error.removeprefix("the image: ")
+    return sentence(reason), 413 if reason.startswith("too large") else 400
+
+
+def sentence(text):
+    return text[0].upper() + text[1:] + "."
 
 
 def reading_routes(model, pool):

@@ -315,16 +315,16 @@ def answers(batch, holder, large_lane):
     import torch  # noqa: PLC0415
 
     model, state = holder.current()  # (the same for the preparation and the answer)
-    replies, read = [None] * len(batch), []
+    dataset, replies, read = dataset_of(state), [None] * len(batch), []
     for i, (header, body) in enumerate(batch):
-        replies[i], image = read_one(header, body, dataset_of(state), large_lane)
+        replies[i], image = read_one(header, body, dataset, large_lane)
         if image is not None:
             read.append((i, image))
     if read:
         pixels = bytearray(b"".join(image for _, image in read))
         images = torch.frombuffer(pixels, dtype=torch.uint8).view(len(read), 28, 28)
         try:
-            found = class_probabilities(model, images, dataset_of(state))
+            found = class_probabilities(model, images, dataset)
         except Exception as e:  # noqa: BLE001 - every request of the batch hears of it
             found = [e] * len(read)
         for (i, image), probabilities in zip(read, found, strict=True):
