@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.parse
 
 from mnist_hogwild.core import cpus
 from mnist_hogwild.core.loglines import say
@@ -89,8 +90,9 @@ def make_app(holder, pool):
         yield
         watching.cancel()
 
-    routes = [Route("/predict", predictor(pool), methods=["POST"]), *reading_routes(holder, pool)]
-    return AccessLog(Starlette(routes=routes, lifespan=lifespan))
+    predict = Predict(pool)
+    routes = [Route("/predict", predict, methods=["POST"]), *reading_routes(holder, pool)]
+    return AccessLog(Front(predict, Starlette(routes=routes, lifespan=lifespan)))
 
 
 async def watch(holder):
@@ -104,39 +106,54 @@ async def watch(holder):
         await asyncio.sleep(RELOAD_SECONDS)
 
 
-def predictor(pool):
-    """POST /predict: the body, bounded, to a worker; its answer as it is."""
-    from starlette.responses import Response  # noqa: PLC0415
+class Predict:
+    """POST /predict, as a bare ASGI app (Starlette's Request and Response
+    cost more than the rest of the server's work on a request): the body,
+    bounded, to a worker; its answer as it is."""
 
-    waiting = [0]  # the bytes of the bodies that wait for their answers
+    def __init__(self, pool):
+        self.pool = pool
+        self.waiting = 0  # the bytes of the bodies that wait for their answers
 
-    async def predict(request):
-        body, problem = await bounds.receive(request)
+    async def __call__(self, scope, receive, send):
+        body, problem = await bounds.receive(scope["headers"], receive)
         if problem is not None:
-            return refuse(*problem)
-        if waiting[0] + len(body) > bounds.MAX_WAITING:
+            return await reply(send, *refused(*problem))
+        if self.waiting + len(body) > bounds.MAX_WAITING:
             held = f"{bounds.MAX_WAITING // 2**20} MB of images"
             bounds.LIMITED.note(f"busy: {held} waiting, answered 503")
-            return refuse(f"Busy: {held} are waiting to be read; try again.", 503)
-        waiting[0] += len(body)
+            busy = f"Busy: {held} are waiting to be read; try again."
+            return await reply(send, *refused(busy, 503))
+        self.waiting += len(body)
+        try:
+            await reply(send, *await self.answer(scope, body))
+        finally:
+            self.waiting -= len(body)
+
+    async def answer(self, scope, body):
+        """(the HTTP status, the JSON payload): a worker's answer, or why none came."""
         deadline = time.monotonic() + bounds.REQUEST_SECONDS
-        shown = request.query_params.get("input") in ("1", "true")
+        query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+        shown = query.get("input", [""])[-1] in ("1", "true")
+        kind = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
         try:
             async with asyncio.timeout(bounds.REQUEST_SECONDS):
-                status, payload = await pool.ask(
-                    body, request.headers.get("content-type"), shown, deadline
-                )
+                status, payload = await self.pool.ask(body, kind, shown, deadline)
         except Unavailable as e:
-            return refuse(sentence(f"{e}; try again"), 503)
+            return refused(sentence(f"{e}; try again"), 503)
         except TimeoutError:
             status, payload = LATE, b""
-        finally:
-            waiting[0] -= len(body)
         if status == ANSWER:
-            return Response(payload, media_type="application/json")
-        return refuse(*reply_refused(status, payload))
+            return 200, payload
+        return refused(*reply_refused(status, payload))
 
-    return predict
+
+async def reply(send, status, payload):
+    """A JSON answer: STATUS and PAYLOAD's bytes."""
+    length = str(len(payload)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def reply_refused(status, payload):
@@ -149,10 +166,9 @@ def reply_refused(status, payload):
     return refusal(payload.decode())
 
 
-def refuse(message, status=400):
-    from starlette.responses import JSONResponse  # noqa: PLC0415
-
-    return JSONResponse({"error": message}, status_code=status)
+def refused(message, status=400):
+    """(STATUS, the JSON body saying MESSAGE)."""
+    return status, json.dumps({"error": message}).encode()
 
 
 def refusal(error):
@@ -186,6 +202,20 @@ def reading_routes(model, pool):
         return JSONResponse({**said, "connections": bounds.GuardedH11.census()})
 
     return [Route("/", page), Route("/metrics", rows), Route("/healthz", health)]
+
+
+class Front:
+    """POST /predict straight to PREDICT, past the framework's middleware and
+    routing (its Route is kept there too: other methods get its 405); the
+    rest to APP."""
+
+    def __init__(self, predict, app):
+        self.predict, self.app = predict, app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/predict":
+            return await self.predict(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class AccessLog:

@@ -187,29 +187,29 @@ def raise_descriptor_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def receive(request):
+async def receive(headers, messages):
     """(the request's body, None), or (None, (what is wrong, its status)):
-    over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408). A body
-    over the limit is read on (not kept) up to DRAIN bytes, so that the
+    over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408). HEADERS:
+    the request's, as the ASGI scope has them; MESSAGES: its ASGI receive. A
+    body over the limit is read on (not kept) up to DRAIN bytes, so that the
     client, still sending, gets the 413 rather than a reset connection."""
-    from starlette.requests import ClientDisconnect  # noqa: PLC0415
-
-    declared = request.headers.get("content-length", "")
+    declared = dict(headers).get(b"content-length", b"")
     if declared.isdigit() and int(declared) > DRAIN:
         return None, too_large()  # (then closed: not worth reading)
-    body, size = bytearray(), 0
+    body, size, more = bytearray(), 0, True
     try:
         async with asyncio.timeout(BODY_SECONDS):
-            async for chunk in request.stream():
+            while more and size <= DRAIN:
+                message = await messages()
+                if message["type"] == "http.disconnect":
+                    # (closed: by the client, or for the bound on connections)
+                    return None, ("The client closed the connection before its body arrived.", 400)
+                chunk, more = message.get("body", b""), message.get("more_body", False)
                 size += len(chunk)
-                if size > DRAIN:
-                    break
                 if size <= MAX_BODY:
                     body += chunk
     except TimeoutError:
         return None, (f"The body took over {BODY_SECONDS:g} s to arrive.", 408)
-    except ClientDisconnect:  # (closed: by the client, or for the bound on connections)
-        return None, ("The client closed the connection before its body arrived.", 400)
     return (bytes(body), None) if size <= MAX_BODY else (None, too_large())
 
 

@@ -62,5 +62,6 @@ def answer(probabilities, image, state, with_input=False):
     kind = DATASETS[dataset_of(state)]
     best = int(probabilities.argmax())
     out = {kind.class_word: best, "name": kind.classes[best]}
-    out |= {"probabilities": [round(float(p), 6) for p in probabilities], "epoch": state["epoch"]}
+    out |= {"probabilities": [round(p, 6) for p in probabilities.tolist()]}
+    out["epoch"] = state["epoch"]
     return out | ({"input": list(image)} if with_input else {})

@@ -15,6 +15,7 @@ import email.message
 import struct
 import warnings
 
+import numpy as np
 import torch
 
 from mnist_hogwild.core.errors import InputError
@@ -72,14 +73,15 @@ def prepare_image(path, dataset, source=None, large=contextlib.nullcontext):
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if DATASETS[dataset].preparation != "digit":
-        grey = _pixels(image.convert("L"), 1)[0]
+        grey = np.asarray(image.convert("L"), dtype=np.float32)
         if float(grey.max() - grey.min()) < NO_INK * 255:
             raise InputError(f"{path}: nothing found (the image is blank: no ink on it)")
-        border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+        border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
         if border.mean() > 127:  # a light background: Fashion-MNIST's is black
             grey = 255 - grey
-        return _resize(grey, (28, 28)).round().clamp(0, 255).to(torch.uint8)
-    ink = ink_map(_pixels(image.convert("RGB"), 3))
+        return to_uint8(_resize(grey, (28, 28)))
+    # (a grey image stays one channel: its ink is the same, at a third of the work)
+    ink = ink_map(np.asarray(image if image.mode == "L" else image.convert("RGB")))
     if float(ink.max()) < NO_INK * 255:
         raise InputError(f"{path}: no digit found (the image is blank: no ink on it)")
     return _mnist_digit(ink * (255 / float(ink.max())))
@@ -107,7 +109,9 @@ def read_image(path, source=None, large=contextlib.nullcontext):
                 gate = large() if check_decoded_size(path, opened) > LARGE_DECODE else NO_GATE
                 with gate:
                     opened.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
-                return ImageOps.exif_transpose(opened)
+                    opened.load()  # (one MAX_SIDE or smaller: thumbnail left it unread)
+                ImageOps.exif_transpose(opened, in_place=True)
+                return opened
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         millions = MAX_PIXELS // 10**6
         raise InputError(
@@ -136,81 +140,95 @@ def check_decoded_size(path, opened):
     return decoded
 
 
-def _pixels(image, channels):
-    """A Pillow IMAGE's pixels as a float [CHANNELS, H, W] tensor."""
-    values = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return values.view(image.size[1], image.size[0], channels).permute(2, 0, 1).float()
-
-
-def ink_map(rgb):
-    """How far each pixel of RGB (float [3, H, W]) stands out from the paper,
-    light on dark as MNIST's digits are: 0 on the background, more on the ink.
+def ink_map(pixels):
+    """How far each pixel of PIXELS (uint8 [H, W] or [H, W, channels]) stands
+    out from the paper, light on dark as MNIST's digits are: float [H, W], 0
+    on the background, more on the ink.
 
     The paper is a plane per colour channel fitted to the picture's border (the
     digit is assumed not to touch it), so an even page, a page in shade and a
     colour gradient are all taken away; a pixel's ink is its largest difference
-    from that plane over the three channels, so blue ink on red paper counts as
+    from that plane over the channels, so blue ink on red paper counts as
     much as black ink on white. The border's own differences are the photo's
     noise: the ink is what lies beyond them."""
-    h, w = rgb.shape[1:]
+    pixels = pixels.reshape(*pixels.shape[:2], -1)
+    h, w = pixels.shape[:2]
     band = max(1, round(BORDER * min(h, w)))
-    edge = torch.ones(h, w, dtype=torch.bool)
+    edge = np.ones((h, w), dtype=bool)
     edge[band:-band, band:-band] = False
-    paper = rgb[:, edge]  # [3, B]
-    even = bool((paper == paper[:, :1]).all())
-    source = rgb.data_ptr()  # (the caller's: never changed)
-    blur = max(1, round(min(h, w) / 100)) | 1  # grain smaller than a stroke
-    if blur > 1:
-        padded = torch.nn.functional.pad(rgb[None], [blur // 2] * 4, mode="replicate")
-        rgb = torch.nn.functional.avg_pool2d(padded, blur, stride=1)[0]
-    if even:  # (a drawing, the page's canvas: the plane below would be that
-        # colour and the noise none; the same ink, at a tenth of the work)
-        return (rgb - paper[:, :1, None]).abs_().amax(dim=0)
-    ys, xs = torch.linspace(-1, 1, h), torch.linspace(-1, 1, w)
-    rows, cols = edge.nonzero(as_tuple=True)
+    paper = pixels[edge]  # [B, channels]
+    rgb = box_blur(pixels, max(1, round(min(h, w) / 100)) | 1)  # grain smaller than a stroke
+    if bool((paper == paper[:1]).all()):  # (a drawing, the page's canvas: the plane
+        # below would be that colour and the noise none; the same ink, far less work)
+        return np.abs(rgb - paper[0], out=rgb).max(axis=2)
+    ys, xs = np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32)
+    rows, cols = edge.nonzero()
     # The border pixels' plane coordinates [B, 3]: a plane is a + bx + cy.
-    known = torch.stack([torch.ones(len(rows)), xs[cols], ys[rows]], dim=1)
-    values = rgb[:, edge].T  # [B, 3]
-    keep = torch.ones(len(known), dtype=torch.bool)
+    known = np.stack([np.ones(len(rows), dtype=np.float32), xs[cols], ys[rows]], axis=1)
+    values = rgb[edge]  # [B, channels]
+    keep = np.ones(len(known), dtype=bool)
     for _ in range(2):  # fit, then again without the border pixels the fit missed by far
-        fit = torch.linalg.lstsq(known[keep], values[keep]).solution
-        miss = (known @ fit - values).abs().amax(dim=1)
-        keep = miss <= miss.median() + 3 * (miss - miss.median()).abs().median() + 1
+        fit = np.linalg.lstsq(known[keep], values[keep], rcond=None)[0]
+        miss = np.abs(known @ fit - values).max(axis=1)
+        middle = np.quantile(miss, 0.5, method="lower")
+        keep = miss <= middle + 3 * np.quantile(np.abs(miss - middle), 0.5, method="lower") + 1
     # The paper taken away in place, one term of the plane at a time: the
-    # work stays at one [3, H, W] copy of the picture, whatever its size.
-    ink = rgb.clone() if rgb.data_ptr() == source else rgb
-    ink.sub_(fit[0][:, None, None]).sub_(fit[1][:, None, None] * xs[None, None, :])
-    ink.sub_(fit[2][:, None, None] * ys[None, :, None])
-    ink = ink.abs_().amax(dim=0)
-    noise = float(torch.quantile(ink[edge], 0.99))
-    return (ink - noise).clamp_(min=0)
+    # work stays at one float copy of the picture, whatever its size.
+    rgb -= fit[0]
+    rgb -= fit[1] * xs[None, :, None]
+    rgb -= fit[2] * ys[:, None, None]
+    ink = np.abs(rgb, out=rgb).max(axis=2)
+    noise = np.float32(np.quantile(ink[edge], 0.99))
+    return np.maximum(ink - noise, 0, dtype=np.float32)
+
+
+def box_blur(pixels, size):
+    """uint8 PIXELS [H, W, C] as float32, each the mean of the SIZE x SIZE
+    square around it (the picture's edge repeated beyond it)."""
+    if size == 1:
+        return pixels.astype(np.float32)
+    r = size // 2
+    padded = np.pad(pixels, ((r, r), (r, r), (0, 0)), mode="edge").astype(np.int32)
+    # Sums of a window from running sums: exact in integers, whatever the size.
+    sums = np.cumsum(padded, axis=0)
+    sums = np.concatenate([sums[size - 1 : size], sums[size:] - sums[:-size]])
+    sums = np.cumsum(sums, axis=1)
+    sums = np.concatenate([sums[:, size - 1 : size], sums[:, size:] - sums[:, :-size]], axis=1)
+    return sums.astype(np.float32) / np.float32(size * size)
 
 
 def _resize(grey, size):
-    return torch.nn.functional.interpolate(
-        grey[None, None], size=size, mode="bilinear", antialias=True, align_corners=False
-    )[0, 0]
+    """float GREY [H, W] scaled to SIZE (rows, columns): bilinear, antialiased."""
+    from PIL import Image  # noqa: PLC0415
+
+    image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
+    return np.asarray(image.resize(size[::-1], Image.Resampling.BILINEAR))
+
+
+def to_uint8(grey):
+    return torch.from_numpy(np.clip(grey, 0, 255).round().astype(np.uint8))
 
 
 def _mnist_digit(grey):
-    """The ink's bounding box fitted into 20x20, centred by its centre of mass in 28x28."""
+    """float GREY [H, W]: the ink's bounding box fitted into 20x20, centred by
+    its centre of mass in 28x28, as a uint8 tensor."""
     ink = grey > INK * max(float(grey.max()), 1.0)
-    canvas = torch.zeros(28, 28)
-    if not bool(ink.any()):
-        return canvas.to(torch.uint8)
-    rows, cols = ink.any(dim=1).nonzero(), ink.any(dim=0).nonzero()
-    box = grey[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+    canvas = np.zeros((28, 28), dtype=np.float32)
+    if not ink.any():
+        return to_uint8(canvas)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    box = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = box.shape
     factor = 20 / max(h, w)
-    digit = _resize(box, (max(1, round(h * factor)), max(1, round(w * factor)))).clamp(0, 255)
+    digit = np.clip(_resize(box, (max(1, round(h * factor)), max(1, round(w * factor)))), 0, 255)
     h, w = digit.shape
-    mass = digit.sum().clamp(min=1e-6)
-    cy = float((digit.sum(dim=1) * torch.arange(h)).sum() / mass)
-    cx = float((digit.sum(dim=0) * torch.arange(w)).sum() / mass)
+    mass = max(float(digit.sum()), 1e-6)
+    cy = float(digit.sum(axis=1) @ np.arange(h)) / mass
+    cx = float(digit.sum(axis=0) @ np.arange(w)) / mass
     top = min(max(round(14 - cy), 0), 28 - h)
     left = min(max(round(14 - cx), 0), 28 - w)
     canvas[top : top + h, left : left + w] = digit
-    return canvas.round().to(torch.uint8)
+    return to_uint8(canvas)
 
 
 def nonempty(image):
