@@ -154,13 +154,14 @@ def ink_map(pixels):
     pixels = pixels.reshape(*pixels.shape[:2], -1)
     h, w = pixels.shape[:2]
     band = max(1, round(BORDER * min(h, w)))
+    rgb = box_blur(pixels, max(1, round(min(h, w) / 100)) | 1)  # grain smaller than a stroke
+    corner = pixels[0, 0]
+    sides = pixels[:band], pixels[-band:], pixels[:, :band], pixels[:, -band:]
+    if all((side == corner).all() for side in sides):  # (a drawing, the page's canvas:
+        # the plane below would be that colour and the noise none; the same ink, far less work)
+        return np.abs(rgb - corner, out=rgb).max(axis=2)
     edge = np.ones((h, w), dtype=bool)
     edge[band:-band, band:-band] = False
-    paper = pixels[edge]  # [B, channels]
-    rgb = box_blur(pixels, max(1, round(min(h, w) / 100)) | 1)  # grain smaller than a stroke
-    if bool((paper == paper[:1]).all()):  # (a drawing, the page's canvas: the plane
-        # below would be that colour and the noise none; the same ink, far less work)
-        return np.abs(rgb - paper[0], out=rgb).max(axis=2)
     ys, xs = np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32)
     rows, cols = edge.nonzero()
     # The border pixels' plane coordinates [B, 3]: a plane is a + bx + cy.
