@@ -207,21 +207,23 @@ def _resize(grey, size):
 
 
 def to_uint8(grey):
-    return torch.from_numpy(np.clip(grey, 0, 255).round().astype(np.uint8))
+    """float GREY, within [0, 255], rounded to a uint8 tensor (the resize's
+    weights are positive and sum to 1: what it makes stays within the range)."""
+    return torch.from_numpy(np.rint(grey).astype(np.uint8))
 
 
 def _mnist_digit(grey):
-    """float GREY [H, W]: the ink's bounding box fitted into 20x20, centred by
-    its centre of mass in 28x28, as a uint8 tensor."""
+    """float GREY [H, W] (at most 255): the ink's bounding box fitted into
+    20x20, centred by its centre of mass in 28x28, as a uint8 tensor."""
     ink = grey > INK * max(float(grey.max()), 1.0)
     canvas = np.zeros((28, 28), dtype=np.float32)
-    if not ink.any():
-        return to_uint8(canvas)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not len(rows):
+        return to_uint8(canvas)
     box = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = box.shape
     factor = 20 / max(h, w)
-    digit = np.clip(_resize(box, (max(1, round(h * factor)), max(1, round(w * factor)))), 0, 255)
+    digit = _resize(box, (max(1, round(h * factor)), max(1, round(w * factor))))
     h, w = digit.shape
     mass = max(float(digit.sum()), 1e-6)
     cy = float(digit.sum(axis=1) @ np.arange(h)) / mass
