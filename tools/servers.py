@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from harness import REPO
@@ -86,19 +85,31 @@ class Server:
 
     def __enter__(self):
         port = free_port()
-        self.proc = subprocess.Popen(self.command(port), stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # "serving ..." once it listens
+        # Its output (serve's access log: a line a request) to a file, not a
+        # pipe this process drains: draining it would cost the load's own
+        # process a wake-up a request, and the reference servers log nothing.
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(self.command(port), stdout=self.log, text=True)
+        line = self.first_line()  # "serving ..." once it listens
         if not line.startswith("serving"):
             self.__exit__()
             sys.exit(f"{self.spec} did not start: {line}")
-        # Its access log read on and dropped: a full pipe would stop the server.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         wait_for_port(port)
         return port, self.proc.pid
+
+    def first_line(self):
+        while self.proc.poll() is None:
+            self.log.seek(0)
+            line = self.log.readline()
+            if line.endswith("\n"):
+                return line
+            time.sleep(0.05)
+        return f"exited {self.proc.returncode}"
 
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait()
+        self.log.close()
 
 
 def wait_for_port(port):
