@@ -107,3 +107,37 @@ def test_memory_is_bounded_before_decoding():
     page = io.BytesIO()
     Image.new("L", (7000, 7000), 255).save(page, "PNG")
     assert infer.read_image("page.png", io.BytesIO(page.getvalue())).size == (1024, 1024)
+
+
+@pytest.mark.parametrize("size", [3, 5, 11])
+def test_the_blur_is_torch_s_mean_over_a_square_with_the_edge_repeated(size):
+    """box_blur (numpy, running sums) against avg_pool2d on replicate padding."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    pixels = np.random.default_rng(size).integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    padded = torch.nn.functional.pad(
+        torch.from_numpy(pixels).permute(2, 0, 1)[None].float(), [size // 2] * 4, mode="replicate"
+    )
+    expected = torch.nn.functional.avg_pool2d(padded, size, stride=1)[0].permute(1, 2, 0)
+    blurred = infer.box_blur(pixels, size)
+    assert blurred.shape == (37, 23, 3)
+    assert np.abs(blurred - expected.numpy()).max() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "shape, size", [((81, 20), (20, 5)), ((7, 9), (28, 28)), ((300, 40), (28, 28))]
+)
+def test_the_resize_is_torch_s_antialiased_bilinear(shape, size):
+    """_resize (Pillow) against torch's interpolate, antialiased: shrinking
+    and enlarging, in both directions at once."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    grey = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(grey)[None, None], size=size, mode="bilinear", antialias=True
+    )[0, 0]
+    resized = infer._resize(grey, size)
+    assert resized.shape == size
+    assert np.abs(resized - expected.numpy()).max() < 0.01

@@ -13,7 +13,9 @@ with the fewest waiting; an image over images.LARGE_DECODE decoded goes on to
 the one worker for large images, so that large images wait for each other and
 never for small ones, and at most one is decoded at a time. A worker checks
 the checkpoint before each batch: an image is prepared for, and answered by,
-one and the same model.
+one and the same model. POST /predict is a bare ASGI app in front of the
+framework (app.Front), which has the other routes: the framework's request
+and response cost more than the rest of the server's work on a request.
 
     app.py       the HTTP app: routes, the access log, serve()
     bounds.py    the size, time and connection bounds; the rate-limited logs
