@@ -116,7 +116,8 @@ class Predict:
         self.waiting = 0  # the bytes of the bodies that wait for their answers
 
     async def __call__(self, scope, receive, send):
-        body, problem = await bounds.receive(scope["headers"], receive)
+        headers = dict(scope["headers"])  # (ASGI's names: lower-case bytes)
+        body, problem = await bounds.receive(headers, receive)
         if problem is not None:
             return await reply(send, *refused(*problem))
         if self.waiting + len(body) > bounds.MAX_WAITING:
@@ -126,16 +127,16 @@ class Predict:
             return await reply(send, *refused(busy, 503))
         self.waiting += len(body)
         try:
-            await reply(send, *await self.answer(scope, body))
+            await reply(send, *await self.answer(scope, headers, body))
         finally:
             self.waiting -= len(body)
 
-    async def answer(self, scope, body):
+    async def answer(self, scope, headers, body):
         """(the HTTP status, the JSON payload): a worker's answer, or why none came."""
         deadline = time.monotonic() + bounds.REQUEST_SECONDS
         query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
         shown = query.get("input", [""])[-1] in ("1", "true")
-        kind = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        kind = headers.get(b"content-type", b"").decode("latin-1")
         try:
             async with asyncio.timeout(bounds.REQUEST_SECONDS):
                 status, payload = await self.pool.ask(body, kind, shown, deadline)

@@ -190,10 +190,10 @@ def raise_descriptor_limit():
 async def receive(headers, messages):
     """(the request's body, None), or (None, (what is wrong, its status)):
     over MAX_BODY (413), or slower than BODY_SECONDS to arrive (408). HEADERS:
-    the request's, as the ASGI scope has them; MESSAGES: its ASGI receive. A
+    the request's, a dict of the ASGI scope's; MESSAGES: its ASGI receive. A
     body over the limit is read on (not kept) up to DRAIN bytes, so that the
     client, still sending, gets the 413 rather than a reset connection."""
-    declared = dict(headers).get(b"content-length", b"")
+    declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > DRAIN:
         return None, too_large()  # (then closed: not worth reading)
     body, size, more = bytearray(), 0, True

@@ -192,6 +192,7 @@ class Spawner:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             holder.warn = quiet  # (the server's own holder says it)
+            torch_for_workers()  # (before the warm-up: it runs what the workers will)
             warm_up(holder)
             os._exit(spawn_on_request(theirs, holder, max_batch))
         theirs.close()
@@ -223,16 +224,23 @@ class Spawner:
             pass
 
 
+def torch_for_workers():
+    """torch as the workers run it, set in the spawner, whose forks inherit
+    it: one thread (the workers are the parallelism, and the spawner must
+    start none before it forks), and torch's own convolution kernels (for a
+    batch of a few 28x28 images, oneDNN's setup of each convolution costs more
+    than the convolution)."""
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+
+
 def warm_up(holder):
     """One image read and answered before any worker is forked: the first
     call's costs (lazy imports, first allocations) are then paid once, and
     every worker starts with them paid."""
-    import torch  # noqa: PLC0415
     from PIL import Image, ImageDraw  # noqa: PLC0415
-
-    # For a batch of a few 28x28 images, oneDNN's setup of each convolution
-    # costs more than the convolution: torch's own kernels answer in half the time.
-    torch.backends.mkldnn.enabled = False
 
     image, buffer = Image.new("L", (28, 28), 255), io.BytesIO()
     ImageDraw.Draw(image).line([(14, 4), (12, 24)], fill=0, width=3)
@@ -263,10 +271,7 @@ def run_worker(sock, holder, max_batch, lane):
     """A worker's process, from its fork to its exit: never returns."""
     code = 0
     try:
-        import torch  # noqa: PLC0415
-
         processes.name_process("serve-large" if lane == LARGE_LANE else "serve-worker")
-        torch.set_num_threads(1)  # (the workers are the parallelism)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C and docker stop are the server's)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         frames = Frames(sock)
