@@ -48,3 +48,14 @@ def shareable_cuda_allocations(environ=os.environ):
             environ[name] = ",".join(kept + ["expandable_segments:False"])
             changed = True
     return changed
+
+
+def training_layout(model, device):
+    """MODEL in the memory layout it trains fastest in on DEVICE: on the CPU
+    channels-last, oneDNN's own layout, which spares each thin convolution a
+    reorder of its weights and activations at every call (docs/performance.md
+    measures it); on a GPU as built. The values are the same either way, and
+    a checkpoint loads into a model of either layout."""
+    if device.type == "cpu":
+        return model.to(memory_format=torch.channels_last)
+    return model

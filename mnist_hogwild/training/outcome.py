@@ -122,14 +122,12 @@ class IntervalRows:
         )
 
 
-def reached_target(row, target, last):
-    """--target-accuracy: True (and one line) once an epoch reaches it (on
-    the validation images, where held out); LAST: the run's last planned
-    epoch, where reaching it ends nothing early."""
+def reached_target(row, target, then):
+    """--target-accuracy: True (and one line, ending THEN: what happens now)
+    once a metrics ROW reaches it (on the validation images, where held out)."""
     accuracy = decided_by(row)
     if not target or accuracy < target:
         return False
-    then = "the last planned epoch" if last else "stopping early"
     say(line("target", target=target, epoch=row["epoch"], accuracy=accuracy, then=then))
     return True
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from mnist_hogwild.learn import optimizers
+from mnist_hogwild.learn.device import training_layout
 from mnist_hogwild.training import checkpoint
 from model import Net
 
@@ -27,7 +28,7 @@ class SharedModel:
     def build(cls, config, device, state, checkpoints, per_epoch):
         """Fresh (seeded), or restored from STATE, then shared."""
         torch.manual_seed(config.seed)
-        model = Net(config.dropout).to(device)
+        model = training_layout(Net(config.dropout).to(device), device)
         params = list(model.parameters())
         optimizer = optimizers.from_config(config, params)
         if state is None:

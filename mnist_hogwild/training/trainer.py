@@ -10,6 +10,7 @@ before it.
 """
 
 import math
+from contextlib import suppress
 import time
 from functools import partial
 
@@ -32,7 +33,6 @@ from mnist_hogwild.training.outcome import (
     log_summary,
     log_syncs,
     metrics_row,
-    reached_target,
     say_done,
     say_epoch,
     say_start,
@@ -42,6 +42,7 @@ from mnist_hogwild.training.outcome import (
 )
 from mnist_hogwild.training.shared import SharedModel
 from mnist_hogwild.training.splits import evaluate_splits, load_splits
+from mnist_hogwild.training.target import TargetReached, target_watch
 
 
 class Trainer:
@@ -74,6 +75,7 @@ class Trainer:
         self.epoch, self.epoch_trained = self.first_epoch, False
         # (The collapse checks name the rate the flags set, before the adaptation.)
         self.health = HealthWatch(plan.saved, options.num_processes, self.per_epoch)
+        self.target = target_watch(self, options)
         self.run_started = time.perf_counter()
         self.counters.reset(0)  # the shared counters count this node's batches of this run
 
@@ -84,9 +86,7 @@ class Trainer:
             self.start_workers()
             for epoch in range(self.first_epoch, self.last_epoch):
                 self.train_epoch(epoch)
-                row = self.evaluate_epoch(epoch)
-                self.end_epoch(epoch, row)
-                if reached_target(row, self.options.target_accuracy, epoch + 1 == self.last_epoch):
+                if self.end_epoch(epoch, self.evaluate_epoch(epoch)):
                     break
         except Stopped as stopped:
             return self.stopped(stopped)
@@ -124,14 +124,19 @@ class Trainer:
             end = min(end, self.schedule.local_start(epoch) + self.batch_limit)
         self.report.begin_epoch(epoch, self.counters.done.value, self.counters.loss_sum.value)
         staleness = self.staleness_counts()
-        for boundary in self.node.boundaries(self.schedule, epoch, self.counters.done.value, end):
-            while not self.run_to(boundary):
-                self.synchronise_at_boundary(at_end=False)
-            self.synchronise_at_boundary(at_end=boundary == end)
+        with suppress(TargetReached):  # (paused there: the epoch's row judges it again)
+            self.train_to(epoch, end)
         self.report.end_epoch(self.counters.done.value)
         self.stale = staleness_summary(staleness, self.staleness_counts())
         self.record.partial_epoch = self.epoch_partial()
         self.epoch_trained = True
+
+    def train_to(self, epoch, end):
+        """Train EPOCH's batches up to END, through each of the node's boundaries."""
+        for boundary in self.node.boundaries(self.schedule, epoch, self.counters.done.value, end):
+            while not self.run_to(boundary):
+                self.synchronise_at_boundary(at_end=False)
+            self.synchronise_at_boundary(at_end=boundary == end)
 
     def run_to(self, boundary):
         """Let the workers train up to this node's batch BOUNDARY: True there;
@@ -151,6 +156,7 @@ class Trainer:
         batch = self.epoch * self.per_epoch + self.schedule.step(self.epoch, done)
         if interval is not None and self.node.leader:
             self.intervals.add(interval)
+            self.target.check()
         try:
             self.health.check_interval(
                 loss_sum, interval and interval["train_loss"], batch, self.epoch
@@ -186,7 +192,7 @@ class Trainer:
         return row
 
     def end_epoch(self, epoch, row):
-        """Judge EPOCH's metrics ROW, keep it, save, and say so."""
+        """Judge EPOCH's metrics ROW, keep it, save and say so; True: the target is reached."""
         done = self.counters.done.value
         finished = done == self.schedule.local_end(epoch)  # a dry run is not a finished epoch
         self.health.check_epoch(epoch, row, self.record.metrics, whole=finished)
@@ -196,6 +202,7 @@ class Trainer:
             self.record.partial_epoch = checkpoint.empty_partial()
         self.checkpoints.save_epoch(self.snapshot(*((epoch + 1, 0) if finished else (epoch, step))))
         say_epoch(row, self.config.epochs, self.checkpoints.saved_where())
+        return self.target.reached(row, epoch + 1 == self.last_epoch, None if finished else step)
 
     def finish(self):
         self.pool.stop(graceful=True)
