@@ -152,6 +152,29 @@ def reached(target):
     return cell
 
 
+def flops(result):
+    return f"{result['flops_per_sample'] / 1e6:.2f}M" if "flops_per_sample" in result else "?"
+
+
+def peak(result):
+    return f"{result['peak_gflops']:.0f} GFLOP/s" if "peak_gflops" in result else "?"
+
+
+def _of_peak(result):
+    """The "of peak" cell: the row's median samples/s as a share of RESULT's peak."""
+    if "peak_gflops" not in result:
+        return lambda row: "-"
+
+    def cell(row):
+        rates = [v for v in row.get("samples_per_s", []) if v is not None]
+        if not rates:
+            return "-"
+        share = statistics.median(rates) * result["flops_per_sample"] / result["peak_gflops"] / 1e9
+        return f"{100 * share:.0f}%"
+
+    return cell
+
+
 def _seeds(key, unit="", digits=1):
     return lambda row: _spread([round(v, digits) for v in row.get(key, []) if v is not None], unit)
 
@@ -186,13 +209,16 @@ def table(rows, columns=TTA_COLUMNS):
 def tta_markdown(result):
     intro = (
         f"Time to accuracy on {result['machine']}, {result['data']}, --device "
-        f"{result['device']}; each cell: median (min-max) over the seeds, seconds from the "
+        f"{result['device']}, commit {result.get('commit', 'not recorded')}; each cell: median (min-max) over the seeds, seconds from the "
         f"command to the epoch line; runs stop at 99% or their last epoch; staleness: the "
         f"others' batches that landed while a batch was computed, the epoch's mean; faster: the "
         f"sample recipe's median seconds to 98% over this row's, at the same process count, in "
-        f"the same run (`python scripts/time_to_accuracy.py`)."
+        f"the same run; of peak: samples/s x {flops(result)} FLOP a sample (forward and backward, "
+        f"torch's FlopCounterMode) over {peak(result)}, the machine's fp32 peak (a 2048x2048 "
+        f"matmul on every usable CPU, in the same run) (`python scripts/time_to_accuracy.py`)."
     )
-    return "\n".join([intro, "", *table(result["time_to_accuracy"])]) + "\n"
+    columns = (*TTA_COLUMNS[:5], ("of peak", _of_peak(result)), *TTA_COLUMNS[5:])
+    return "\n".join([intro, "", *table(result["time_to_accuracy"], columns)]) + "\n"
 
 
 def plot_time_to_accuracy(result, path):
@@ -242,18 +268,25 @@ def plot_processes(result, path):
     fig.savefig(path, dpi=100)
 
 
+def is_sweep(result):
+    """A process sweep (more than three counts): docs' "Every process count"."""
+    return len({r["processes"] for r in result["time_to_accuracy"]}) > 3
+
+
 def publish_time_to_accuracy(result, args):
-    md = tta_markdown(result)
-    with open(os.path.join(args.out, "time_to_accuracy.md"), "w") as f:
+    md, name = tta_markdown(result), "processes" if is_sweep(result) else "time_to_accuracy"
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(md)
     try:
         plot_time_to_accuracy(result, os.path.join(args.out, "time_to_accuracy.png"))
-        if len({r["processes"] for r in result["time_to_accuracy"]}) > 3:
+        if is_sweep(result):
             plot_processes(result, os.path.join(args.out, "processes.png"))
     except ImportError:
         print("note: no matplotlib here: the table and JSON are written, the plot is not")
     print(md)
-    if args.update_docs:
+    if args.update_docs and is_sweep(result):
+        harness.update_doc("docs/performance.md", "processes", "\n" + md)
+    elif args.update_docs:
         harness.update_doc("docs/performance.md", "time-to-accuracy", "\n" + md)
         harness.update_doc("README.md", "recipes", "\n" + recipes_summary(result))
 
@@ -297,7 +330,9 @@ def main():
         return
     with benchlib.bench_run(args.data_dir, args.smoke) as (work, data_dir, dataset, result):
         result.update(measure_time_to_accuracy(args, data_dir, dataset, work))
-        benchlib.save_json(result, args.out, "time_to_accuracy")
+        benchlib.save_json(
+            result, args.out, "processes" if is_sweep(result) else "time_to_accuracy"
+        )
         publish_time_to_accuracy(result, args)
 
 

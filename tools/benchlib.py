@@ -210,10 +210,48 @@ def bench_run(data_dir, smoke):
             f"torch {harness.torch_version()}",
             "data": label,
             "usable_cpus": usable,
+            "commit": commit(),
+            **compute_figures(usable),
         }
         yield work, data_dir, dataset, header
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def commit():
+    """The commit measured (short), "+changes" if tracked files differ from it."""
+    git = ["git", "-C", harness.REPO]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], capture_output=True).returncode
+    return (head.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+
+
+def compute_figures(threads):
+    """What the fraction of the machine's peak is made from: the network's
+    FLOPs per training sample (forward and backward, as torch's
+    FlopCounterMode counts them) and this machine's fp32 peak, a large matmul
+    on THREADS threads (the best of a few)."""
+    import torch  # noqa: PLC0415 - the scripts' other figures come from subprocesses
+    import torch.nn.functional as F  # noqa: PLC0415
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    from model import Net  # noqa: PLC0415
+
+    x, y = torch.zeros(64, 1, 28, 28), torch.zeros(64, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.nll_loss(Net()(x), y).backward()
+    before, n = torch.get_num_threads(), 2048
+    torch.set_num_threads(threads)
+    a, b, best = torch.randn(n, n), torch.randn(n, n), float("inf")
+    for _ in range(6):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    torch.set_num_threads(before)
+    return {
+        "flops_per_sample": counter.get_total_flops() / len(y),
+        "peak_gflops": 2 * n**3 / best / 1e9,
+    }
 
 
 def save_json(result, out, name):

@@ -249,9 +249,10 @@ class RunOptions:
     )
     target_accuracy: float = flag(
         0.0,  # 0: train every epoch
-        "stop (saved, exit 0) after the first epoch whose validation accuracy (with "
-        "--validation-size 0: test accuracy) reaches PERCENT, a percentage such as 98 (0.98 "
-        "is refused as a fraction)",
+        "stop (saved, exit 0) as soon as the validation accuracy (with --validation-size 0: "
+        "test accuracy) reaches PERCENT, a percentage such as 98 (0.98 is refused as a "
+        "fraction): judged at each epoch's end and, on one machine, at the progress rows "
+        "within it, so where it stops depends on timing",
         Percent(),
         shown="train every epoch",
         metavar="PERCENT",
