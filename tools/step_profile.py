@@ -60,7 +60,7 @@ def table(batches, repeats, compiled):
     print("| batch | " + " | ".join(f"{v}{' compiled' * c}" for v, c in variants) + " |")
     print("| ---: |" + " ---: |" * len(variants))
     for batch in batches:
-        rates, warm = {v: [] for v in variants}, {}
+        rates = {v: [] for v in variants}
         steppers = {v: stepper(v[0], batch, v[1]) for v in variants}
         warm = {v: s[1] for v, s in steppers.items()}
         for _ in range(repeats):  # the variants take turns

@@ -6,8 +6,8 @@ A check costs an evaluation, and the epoch's rows come often (every
 --log-interval batches), so a check is two steps: a probe of a fixed part of
 the split that decides (the validation images, or the test set where none are
 held out), evaluated while the workers train on; and, only when the probe
-comes within its sampling error of the target, the whole split, with the workers paused (the model still)
-- the same judgement an epoch's end makes. An interval row is checked while
+comes within its sampling error of the target, the whole split, with the
+workers paused (the model still): the same judgement an epoch's end makes. An interval row is checked while
 the checks so far have cost at most BUDGET of the time trained, so they stay
 a small share of any run, on any machine; docs/performance.md measures them.
 
@@ -85,9 +85,10 @@ class TargetWatch(EpochTarget):
             if self.accuracy(self.probe, threads=1) >= self.gate:
                 self.confirm()
         finally:
-            # (The first check's cost is mostly once-only set-up of the
-            # evaluation's kernels, which the epoch's end would pay anyway.)
-            self.spent += (time.perf_counter() - started) * (self.probes > 1)
+            # The first check's cost is mostly once-only set-up of the
+            # evaluation's kernels, which the epoch's end would pay anyway.
+            if self.probes > 1:
+                self.spent += time.perf_counter() - started
 
     def confirm(self):
         """The whole split, with the workers paused (they keep their limit)."""

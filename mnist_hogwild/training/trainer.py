@@ -10,8 +10,8 @@ before it.
 """
 
 import math
-from contextlib import suppress
 import time
+from contextlib import suppress
 from functools import partial
 
 import torch
